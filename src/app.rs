@@ -1,0 +1,60 @@
+//! `wstrace serve`: telemetry up, serve until a signal, telemetry flushed.
+
+use crate::cli::ServeArgs;
+use crate::server::Server;
+use crate::telemetry::{self, TelemetryConfig, TelemetryError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let config =
+        TelemetryConfig::from_env(args.log_file.then(|| args.log_dir.clone()), args.log_stdout);
+    let (subscriber, mut guard) = telemetry::get_subscriber(&config)?;
+    telemetry::init_subscriber(subscriber)?;
+
+    let result = run(args, &config).await;
+    if let Err(error) = &result {
+        tracing::error!(%error, "server stopped with an error");
+    }
+    tracing::info!("telemetry flushing; bye");
+    guard.shutdown();
+    result
+}
+
+async fn run(args: ServeArgs, config: &TelemetryConfig) -> Result<(), ServeError> {
+    let server = Server::bind(args.listen, args.limits())
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = server.local_addr().map_err(ServeError::Serve)?;
+    tracing::info!(
+        listen = %addr,
+        ws_url = %format_args!("ws://{addr}/ws"),
+        log_dir = config.log_dir.as_ref().map(|d| d.display().to_string()),
+        otlp_endpoint = config.otlp.as_ref().map(|o| o.endpoint_for_display.as_str()),
+        version = env!("CARGO_PKG_VERSION"),
+        "wstrace listening"
+    );
+    server
+        .run(async {
+            let signal = crate::shutdown::signal().await;
+            tracing::info!(signal, "shutdown requested");
+        })
+        .await
+        .map_err(ServeError::Serve)?;
+    tracing::info!("server stopped");
+    Ok(())
+}

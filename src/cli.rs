@@ -1,0 +1,127 @@
+//! Command line. Every flag can also be set by its `WSTRACE_*` variable.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::limits::{self, Limits};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wstrace",
+    version,
+    about = "A WebSocket server whose every session can be found by one trace ID"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the WebSocket server.
+    ///
+    /// Logs are bunyan JSON lines on stdout and in daily-rolling files.
+    /// Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    /// (also honoured: OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_PROTOCOL=grpc|http/protobuf,
+    /// OTEL_TRACES_SAMPLER[_ARG], OTEL_BSP_*). RUST_LOG sets the log filter.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "WSTRACE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the daily-rolling JSON log files.
+    #[arg(long, env = "WSTRACE_LOG_DIR", default_value = "logs")]
+    pub log_dir: PathBuf,
+
+    /// Write log lines to files in --log-dir.
+    #[arg(long, env = "WSTRACE_LOG_FILE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_file: bool,
+
+    /// Write log lines to stdout.
+    #[arg(long, env = "WSTRACE_LOG_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub log_stdout: bool,
+
+    /// Interval between server pings (e.g. 30s, 500ms).
+    #[arg(long, env = "WSTRACE_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Close a session after this long without any frame from the client.
+    #[arg(long, env = "WSTRACE_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long to wait for the client's Close after the server sent one.
+    #[arg(long, env = "WSTRACE_CLOSE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub close_timeout: Duration,
+
+    /// How long shutdown waits for sessions to close before exiting.
+    #[arg(long, env = "WSTRACE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Largest accepted message in bytes; larger ones close the session with 1009.
+    #[arg(long, env = "WSTRACE_MAX_MESSAGE_BYTES", default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// Most concurrent sessions; further upgrades get 503.
+    #[arg(long, env = "WSTRACE_MAX_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+}
+
+impl ServeArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            heartbeat_interval: self.heartbeat_interval,
+            idle_timeout: self.idle_timeout,
+            close_timeout: self.close_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            max_message_bytes: self.max_message_bytes,
+            max_connections: self.max_connections,
+            ..Limits::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_limits() {
+        let Cli {
+            command: Command::Serve(args),
+        } = Cli::try_parse_from(["wstrace", "serve"]).unwrap();
+        let limits = args.limits();
+        let defaults = Limits::default();
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(limits.heartbeat_interval, defaults.heartbeat_interval);
+        assert_eq!(limits.idle_timeout, defaults.idle_timeout);
+        assert_eq!(limits.close_timeout, defaults.close_timeout);
+        assert_eq!(limits.shutdown_timeout, defaults.shutdown_timeout);
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            if matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let env = arg
+                .get_env()
+                .unwrap_or_else(|| panic!("--{} has no env", arg.get_id()));
+            assert!(env.to_string_lossy().starts_with("WSTRACE_"));
+        }
+    }
+}

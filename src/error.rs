@@ -1,0 +1,186 @@
+//! Every way a request or a session can fail, and what the peer is told.
+//!
+//! [`SessionError`] maps to a WebSocket close code, [`HttpError`] to an HTTP
+//! status with a JSON body. Both mappings live here and nowhere else.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// RFC 6455 close codes the server sends or records.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Recorded only: "no status code was present".
+    pub const NO_STATUS: u16 = 1005;
+    /// Recorded only: "the connection was closed without a Close frame".
+    pub const ABNORMAL: u16 = 1006;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const INTERNAL_ERROR: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// A failure that ends a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("message larger than {limit} bytes")]
+    MessageTooBig { limit: usize },
+    #[error("text frame is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("WebSocket protocol violation: {0}")]
+    Protocol(String),
+    /// The peer went away without a Close frame (reset, EOF, broken pipe).
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    #[error("connection error: {0}")]
+    Transport(String),
+}
+
+impl SessionError {
+    /// Classifies an error read from the socket.
+    pub fn from_read(error: axum::Error, max_message_bytes: usize) -> Self {
+        use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+        let inner = error.into_inner();
+        match inner.downcast_ref::<WsError>() {
+            Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))
+            | Some(WsError::ConnectionClosed)
+            | Some(WsError::AlreadyClosed)
+            | Some(WsError::Io(_)) => SessionError::ConnectionLost(inner.to_string()),
+            Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                SessionError::MessageTooBig {
+                    limit: max_message_bytes,
+                }
+            }
+            Some(WsError::Capacity(CapacityError::TooManyHeaders)) => {
+                SessionError::Protocol("too many headers".into())
+            }
+            Some(WsError::Utf8(_)) => SessionError::InvalidUtf8,
+            Some(WsError::Protocol(p)) => SessionError::Protocol(p.to_string()),
+            Some(other) => SessionError::Transport(other.to_string()),
+            None => SessionError::Transport(inner.to_string()),
+        }
+    }
+
+    /// The close code sent to the peer.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            SessionError::MessageTooBig { .. } => close_code::MESSAGE_TOO_BIG,
+            SessionError::InvalidUtf8 => close_code::INVALID_PAYLOAD,
+            SessionError::Protocol(_) => close_code::PROTOCOL_ERROR,
+            SessionError::ConnectionLost(_) | SessionError::Transport(_) => close_code::ABNORMAL,
+        }
+    }
+
+    /// The close reason sent to the peer (≤ 123 bytes by RFC 6455).
+    pub fn close_reason(&self) -> &'static str {
+        match self {
+            SessionError::MessageTooBig { .. } => "message too big",
+            SessionError::InvalidUtf8 => "invalid utf-8",
+            SessionError::Protocol(_) => "protocol error",
+            SessionError::ConnectionLost(_) => "connection lost without close frame",
+            SessionError::Transport(_) => "connection error",
+        }
+    }
+
+    /// Whether a Close frame can still be sent after this error.
+    pub fn can_send_close(&self) -> bool {
+        !matches!(
+            self,
+            SessionError::ConnectionLost(_) | SessionError::Transport(_)
+        )
+    }
+}
+
+/// A failure answered over HTTP, before or instead of an upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("server is at its limit of {limit} connections; retry later")]
+    TooManyConnections { limit: usize },
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl HttpError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HttpError::TooManyConnections { .. } | HttpError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            HttpError::TooManyConnections { .. } => "too_many_connections",
+            HttpError::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_errors_map_to_rfc6455_codes() {
+        assert_eq!(
+            SessionError::MessageTooBig { limit: 1 }.close_code(),
+            close_code::MESSAGE_TOO_BIG
+        );
+        assert_eq!(
+            SessionError::InvalidUtf8.close_code(),
+            close_code::INVALID_PAYLOAD
+        );
+        assert_eq!(
+            SessionError::Protocol("x".into()).close_code(),
+            close_code::PROTOCOL_ERROR
+        );
+        assert!(!SessionError::Transport("x".into()).can_send_close());
+        for e in [
+            SessionError::MessageTooBig { limit: 1 },
+            SessionError::InvalidUtf8,
+            SessionError::Protocol("x".into()),
+        ] {
+            assert!(e.close_reason().len() <= 123);
+        }
+    }
+
+    #[test]
+    fn read_errors_are_classified() {
+        use tungstenite::error::{CapacityError, Error as WsError};
+        let too_long = axum::Error::new(WsError::Capacity(CapacityError::MessageTooLong {
+            size: 10,
+            max_size: 5,
+        }));
+        assert!(matches!(
+            SessionError::from_read(too_long, 5),
+            SessionError::MessageTooBig { limit: 5 }
+        ));
+    }
+
+    #[test]
+    fn http_errors_have_status_and_json_body() {
+        let response = HttpError::TooManyConnections { limit: 3 }.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}

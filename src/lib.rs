@@ -1,0 +1,30 @@
+//! wstrace: a WebSocket server whose every session can be found, end to
+//! end, by one trace ID.
+//!
+//! Map of the crate:
+//!
+//! - [`cli`]: the command line; every flag also has a `WSTRACE_*` variable.
+//! - [`app`]: `wstrace serve`, from telemetry setup to flushed exit.
+//! - [`server`]: routes, the HTTP server span, the upgrade, graceful shutdown.
+//! - [`session`]: one WebSocket session: its span, its reader, writer and
+//!   heartbeat tasks, and the `session closed` record.
+//! - [`protocol`]: the JSON frames of protocol v1.
+//! - [`trace_context`]: W3C `traceparent` in (header or query) and
+//!   `traceresponse` out.
+//! - [`telemetry`]: the tracing subscriber: bunyan JSON lines with
+//!   `trace_id`/`span_id`/`session_id`, lossless file and stdout writers,
+//!   OTLP export; and the guard that flushes them.
+//! - [`error`]: every failure and its close code or HTTP status.
+//! - [`limits`]: every bound the server enforces.
+//! - [`shutdown`]: the signals that start a graceful shutdown.
+
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod limits;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;
+pub mod trace_context;

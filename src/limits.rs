@@ -1,0 +1,55 @@
+//! Every bound the server enforces, in one place.
+//!
+//! Defaults are chosen so that one slow or hostile peer cannot make the
+//! server use unbounded memory or time; each one is overridable from the CLI
+//! (see [`crate::cli::ServeArgs`]).
+
+use std::time::Duration;
+
+/// How often the server pings an idle-looking peer.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
+/// A session that sends nothing (not even a pong) for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long we wait for the peer to answer our Close before dropping TCP.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for sessions to finish their close handshake.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest WebSocket message (after reassembly of fragments) we accept.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Concurrent sessions; beyond this the upgrade is answered with 503.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Frames queued for one session's writer. When a client stops reading the
+/// reader stops too (backpressure) instead of buffering without bound.
+pub const OUTBOUND_QUEUE_FRAMES: usize = 64;
+/// Lines the log writer thread may hold before producers block. Producers
+/// block (never drop) when it is full: see `telemetry`.
+pub const LOG_QUEUE_LINES: usize = 128 * 1024;
+/// Longest `traceparent` value we will even try to parse. Version 00 is
+/// exactly 55 bytes; later versions may append fields.
+pub const MAX_TRACEPARENT_BYTES: usize = 512;
+
+/// The limits one running server applies, resolved from CLI and environment.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub heartbeat_interval: Duration,
+    pub idle_timeout: Duration,
+    pub close_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub max_connections: usize,
+    pub outbound_queue_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            outbound_queue_frames: OUTBOUND_QUEUE_FRAMES,
+        }
+    }
+}

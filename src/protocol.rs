@@ -1,0 +1,278 @@
+//! Protocol v1: JSON text frames tagged by `type`.
+//!
+//! Client → server: `ping`, `echo`. Server → client: `welcome` (always the
+//! first frame), `pong`, `echo`, `error`. Binary frames are echoed back
+//! verbatim (see README, "Protocol").
+//!
+//! Decoding never panics and never fails the session: anything that is not a
+//! valid client frame becomes a [`DecodeError`] that the session answers with
+//! an `error` frame.
+
+use serde::{Deserialize, Serialize};
+
+/// A frame a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Application-level ping; answered with [`ServerFrame::Pong`].
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    /// Answered with [`ServerFrame::Echo`] carrying the same content.
+    Echo { content: String },
+}
+
+/// A frame the server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome {
+        session_id: String,
+        trace_id: String,
+        heartbeat_interval_ms: u64,
+    },
+    Pong {
+        /// Server wall clock, milliseconds since the Unix epoch.
+        server_time_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    Echo {
+        content: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Machine-readable error codes carried by `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The text frame is not JSON at all.
+    InvalidJson,
+    /// JSON, but with no string `type` field.
+    MissingType,
+    /// A `type` this server does not know.
+    UnknownType,
+    /// A known `type` whose fields are missing or of the wrong kind.
+    InvalidFrame,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::MissingType => "missing_type",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidFrame => "invalid_frame",
+        }
+    }
+}
+
+/// Why a text frame could not be decoded. The message is built from serde's
+/// description, never from the frame's content, so it is safe to log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl DecodeError {
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame::Error {
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+}
+
+/// The type names a client may use, for error messages.
+const KNOWN_TYPES: &str = "ping, echo";
+
+/// Decodes one text frame. The fast path is a single serde pass; only a
+/// failing frame is parsed a second time to say precisely what is wrong.
+pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
+    serde_json::from_str::<ClientFrame>(text).map_err(|_| classify(text))
+}
+
+fn classify(text: &str) -> DecodeError {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        kind: Option<serde_json::Value>,
+    }
+    match serde_json::from_str::<Probe>(text) {
+        Err(e) => DecodeError {
+            code: ErrorCode::InvalidJson,
+            message: format!(
+                "frame is not a JSON object ({} at line {} column {})",
+                category(&e),
+                e.line(),
+                e.column()
+            ),
+        },
+        Ok(Probe { kind: None }) => DecodeError {
+            code: ErrorCode::MissingType,
+            message: format!("frame has no \"type\" field; expected one of: {KNOWN_TYPES}"),
+        },
+        Ok(Probe {
+            kind: Some(serde_json::Value::String(kind)),
+        }) if !matches!(kind.as_str(), "ping" | "echo") => DecodeError {
+            code: ErrorCode::UnknownType,
+            message: format!(
+                "unknown frame type ({} bytes); expected one of: {KNOWN_TYPES}",
+                kind.len()
+            ),
+        },
+        Ok(Probe {
+            kind: Some(serde_json::Value::String(kind)),
+        }) => DecodeError {
+            code: ErrorCode::InvalidFrame,
+            message: invalid_frame_message(&kind, text),
+        },
+        Ok(Probe { kind: Some(_) }) => DecodeError {
+            code: ErrorCode::MissingType,
+            message: format!("\"type\" must be a string; expected one of: {KNOWN_TYPES}"),
+        },
+    }
+}
+
+fn invalid_frame_message(kind: &str, text: &str) -> String {
+    let detail = serde_json::from_str::<ClientFrame>(text)
+        .err()
+        .map(|e| format!(" ({})", category(&e)))
+        .unwrap_or_default();
+    match kind {
+        "echo" => format!("echo needs a string \"content\" field{detail}"),
+        _ => format!("{kind} frame has invalid fields{detail}"),
+    }
+}
+
+fn category(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "io error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "wrong field type or missing field",
+        serde_json::error::Category::Eof => "unexpected end of input",
+    }
+}
+
+impl ServerFrame {
+    /// Serializes to the JSON text sent on the wire.
+    pub fn to_json(&self) -> String {
+        // Every variant is plain strings and integers: serialization of these
+        // types cannot fail.
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_round_trip() {
+        for frame in [
+            ClientFrame::Ping { id: None },
+            ClientFrame::Ping {
+                id: Some("abc".into()),
+            },
+            ClientFrame::Echo {
+                content: "hello \"world\"\n".into(),
+            },
+        ] {
+            let json = serde_json::to_string(&frame).unwrap();
+            assert_eq!(decode(&json).unwrap(), frame, "{json}");
+        }
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        for frame in [
+            ServerFrame::Welcome {
+                session_id: "s".into(),
+                trace_id: "t".into(),
+                heartbeat_interval_ms: 30_000,
+            },
+            ServerFrame::Pong {
+                server_time_ms: 1,
+                id: Some("x".into()),
+            },
+            ServerFrame::Echo {
+                content: "c".into(),
+            },
+            ServerFrame::Error {
+                code: ErrorCode::UnknownType,
+                message: "m".into(),
+            },
+        ] {
+            let json = frame.to_json();
+            let back: ServerFrame = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, frame);
+        }
+    }
+
+    #[test]
+    fn wire_shape_is_tagged_by_type() {
+        let json = ServerFrame::Welcome {
+            session_id: "s".into(),
+            trace_id: "t".into(),
+            heartbeat_interval_ms: 5,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"welcome","session_id":"s","trace_id":"t","heartbeat_interval_ms":5}"#
+        );
+        assert_eq!(
+            decode(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping { id: None }
+        );
+        assert_eq!(
+            ServerFrame::Error {
+                code: ErrorCode::InvalidJson,
+                message: "m".into()
+            }
+            .to_json(),
+            r#"{"type":"error","code":"invalid_json","message":"m"}"#
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_classified() {
+        let cases = [
+            ("not json", ErrorCode::InvalidJson),
+            ("", ErrorCode::InvalidJson),
+            ("[1,2]", ErrorCode::InvalidJson),
+            ("{\"type\":", ErrorCode::InvalidJson),
+            ("{}", ErrorCode::MissingType),
+            ("{\"type\":7}", ErrorCode::MissingType),
+            ("{\"type\":\"nope\"}", ErrorCode::UnknownType),
+            ("{\"type\":\"echo\"}", ErrorCode::InvalidFrame),
+            ("{\"type\":\"echo\",\"content\":5}", ErrorCode::InvalidFrame),
+            ("{\"type\":\"ping\",\"id\":[]}", ErrorCode::InvalidFrame),
+        ];
+        for (text, code) in cases {
+            let err = decode(text).unwrap_err();
+            assert_eq!(err.code, code, "{text:?}: {}", err.message);
+            assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn error_messages_never_echo_frame_content() {
+        let secret = "eyJhbGciOiJIUzI1NiJ9.secret";
+        for text in [
+            format!("{{\"type\":\"{secret}\"}}"),
+            secret.to_string(),
+            format!("{{\"type\":\"echo\",\"content\":{{\"{secret}\":1}}}}"),
+        ] {
+            let err = decode(&text).unwrap_err();
+            assert!(!err.message.contains(secret), "{}", err.message);
+        }
+    }
+}

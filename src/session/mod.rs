@@ -1,0 +1,229 @@
+//! One WebSocket session: its span, its three tasks, and its end.
+//!
+//! ```text
+//! ws.session span (child of the upgrade's HTTP span, same trace)
+//!   ├─ ws.reader     reads frames, queues replies        (reader.rs)
+//!   ├─ ws.writer     the only writer to the socket       (writer.rs)
+//!   └─ ws.heartbeat  pings, closes idle sessions         (heartbeat.rs)
+//! ```
+//!
+//! Tasks talk through a bounded outbound queue and a [`CloseSignal`]. The
+//! supervisor ([`run_session`]) waits for the reader to finish, or for a
+//! close decision (idle timeout, shutdown, error) and then at most the close
+//! timeout for the peer's acknowledgement, stops the other tasks, and writes
+//! the one `session closed` line. The session is written against
+//! `Sink`/`Stream`, so tests can drive it without a network.
+
+mod heartbeat;
+mod reader;
+pub mod stats;
+mod writer;
+
+use axum::extract::ws::Message;
+use futures_util::{Sink, Stream, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use crate::error::close_code;
+use crate::limits::Limits;
+use crate::protocol::ServerFrame;
+use stats::{CloseDecision, CloseSignal, ClosedBy, PeerClose, SessionStats};
+
+/// What a session knows about itself when it starts.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub session_id: Uuid,
+    /// The session's trace id, as sent in the welcome frame.
+    pub trace_id: String,
+    pub peer: SocketAddr,
+    /// How the upgrade arrived, for the `session opened` line.
+    pub upgrade: UpgradeInfo,
+}
+
+/// The parts of the upgrade request worth one log line.
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeInfo {
+    pub user_agent: String,
+    /// `header`, `query`, or `new` when the session started a new trace.
+    pub trace_origin: &'static str,
+}
+
+impl SessionInfo {
+    /// The `ws.session` span. Its fields are inherited by every span and
+    /// log line below it; the close fields are filled in at the end.
+    ///
+    /// In the trace it is a child of the upgrade's HTTP span; in `tracing`
+    /// it is a root, so its log lines do not repeat every HTTP attribute.
+    pub fn span(&self, upgrade: &tracing::Span) -> tracing::Span {
+        let span = tracing::info_span!(
+            parent: None,
+            "ws.session",
+            session_id = %self.session_id,
+            ws.connection.id = %self.session_id,
+            ws.protocol = "ws",
+            net.peer.ip = %self.peer.ip(),
+            net.peer.port = self.peer.port(),
+            ws.close.code = tracing::field::Empty,
+            ws.close.reason = tracing::field::Empty,
+            ws.closed_by = tracing::field::Empty,
+            ws.messages.received = tracing::field::Empty,
+            ws.messages.sent = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        // Cannot fail: the span was just created and not yet entered.
+        let _ = span.set_parent(upgrade.context());
+        span
+    }
+}
+
+/// How a session ended, as written in its `session closed` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub decision: CloseDecision,
+    /// Whether the peer acknowledged (or sent) a Close frame.
+    pub clean: bool,
+}
+
+/// Runs a session to its end. Must be called inside the session's span
+/// (see [`SessionInfo::span`]); all log lines and child spans hang off it.
+pub async fn run_session<W>(
+    socket: W,
+    info: SessionInfo,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) -> SessionSummary
+where
+    W: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Send
+        + Unpin
+        + 'static,
+{
+    let stats = Arc::new(SessionStats::new());
+    let close = CloseSignal::new();
+    let peer_close = Arc::new(PeerClose::default());
+    let (outbound_tx, outbound_rx) = tokio::sync::mpsc::channel(limits.outbound_queue_frames);
+    let (sink, stream) = socket.split();
+
+    tracing::info!(
+        user_agent.original = %info.upgrade.user_agent,
+        trace.origin = info.upgrade.trace_origin,
+        "session opened"
+    );
+    let welcome = ServerFrame::Welcome {
+        session_id: info.session_id.to_string(),
+        trace_id: info.trace_id.clone(),
+        heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
+    };
+    // The queue is empty and owned here: this cannot fail or wait.
+    let _ = outbound_tx.try_send(Message::Text(welcome.to_json().into()));
+
+    let writer = tokio::spawn(
+        writer::run_writer(sink, outbound_rx, close.subscribe(), stats.clone())
+            .instrument(tracing::info_span!("ws.writer")),
+    );
+    let heartbeat = tokio::spawn(
+        heartbeat::run_heartbeat(
+            outbound_tx.clone(),
+            stats.clone(),
+            close.clone(),
+            limits.heartbeat_interval,
+            limits.idle_timeout,
+        )
+        .instrument(tracing::info_span!("ws.heartbeat")),
+    );
+    let mut reader = tokio::spawn(
+        reader::Reader {
+            outbound: outbound_tx,
+            stats: stats.clone(),
+            close: close.clone(),
+            peer_close: peer_close.clone(),
+            max_message_bytes: limits.max_message_bytes,
+        }
+        .run(stream)
+        .instrument(tracing::info_span!("ws.reader")),
+    );
+
+    let mut decided = close.subscribe();
+    let reader_done = tokio::select! {
+        _ = &mut reader => true,
+        _ = decided.wait_for(Option::is_some) => false,
+        _ = shutdown.cancelled() => {
+            close.decide(CloseDecision::new(
+                close_code::GOING_AWAY,
+                "server shutting down",
+                ClosedBy::Shutdown,
+            ));
+            false
+        }
+    };
+    // A close was decided by us or the peer: give the handshake (our Close
+    // out, theirs in, or the reverse) a bounded time to finish.
+    if !reader_done {
+        finish_within(&mut reader, limits.close_timeout, "reader").await;
+    }
+    heartbeat.abort();
+    let mut writer = writer;
+    finish_within(&mut writer, limits.close_timeout, "writer").await;
+
+    let decision = close.decision().unwrap_or_else(|| {
+        CloseDecision::new(close_code::ABNORMAL, "session ended", ClosedBy::Server)
+    });
+    let summary = SessionSummary {
+        clean: peer_close.get().is_some(),
+        decision,
+    };
+    log_closed(&stats, &summary, peer_close.get());
+    summary
+}
+
+async fn finish_within(task: &mut JoinHandle<()>, limit: std::time::Duration, name: &str) {
+    if tokio::time::timeout(limit, &mut *task).await.is_err() {
+        task.abort();
+        tracing::warn!(
+            task = name,
+            timeout_ms = limit.as_millis() as u64,
+            "session task did not finish in time; aborted"
+        );
+    }
+}
+
+fn log_closed(stats: &SessionStats, summary: &SessionSummary, peer_close: Option<(u16, String)>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let decision = &summary.decision;
+    let (rtt_last, rtt_mean) = stats.ping_rtt_ms().unzip();
+    let (peer_code, _) = peer_close.unzip();
+    tracing::info!(
+        close_code = decision.code,
+        close_reason = %decision.reason,
+        closed_by = decision.by.as_str(),
+        close_clean = summary.clean,
+        peer_close_code = peer_code,
+        duration_ms = stats.elapsed().as_millis() as u64,
+        messages_in = stats.messages_in.load(Relaxed),
+        messages_out = stats.messages_out.load(Relaxed),
+        bytes_in = stats.bytes_in.load(Relaxed),
+        bytes_out = stats.bytes_out.load(Relaxed),
+        pings_sent = stats.pings_sent.load(Relaxed),
+        ping_rtt_last_ms = rtt_last,
+        ping_rtt_mean_ms = rtt_mean,
+        error_count = stats.errors.load(Relaxed),
+        "session closed"
+    );
+    // Recorded after the line above, so log lines do not repeat them; the
+    // trace backend gets them as span attributes.
+    let span = tracing::Span::current();
+    span.record("ws.close.code", decision.code);
+    span.record("ws.close.reason", decision.reason.as_str());
+    span.record("ws.closed_by", decision.by.as_str());
+    span.record("ws.messages.received", stats.messages_in.load(Relaxed));
+    span.record("ws.messages.sent", stats.messages_out.load(Relaxed));
+    if decision.by == ClosedBy::Error {
+        span.record("otel.status_code", "error");
+    }
+}

@@ -1,0 +1,236 @@
+//! The bunyan JSON line format, with the trace identity built in.
+//!
+//! `tracing-bunyan-formatter`'s `JsonStorageLayer` keeps each span's fields
+//! (and copies its parent's, which is how `session_id` reaches every line a
+//! session's tasks log). This layer turns each event into one bunyan record
+//! and adds the event span's OpenTelemetry `trace_id` and `span_id` as
+//! top-level fields, so no call site can forget them.
+//!
+//! Unlike `BunyanFormattingLayer` it writes no `[SPAN - START]`/`[SPAN - END]`
+//! records: spans go to the trace backend, and a session's lifecycle is told
+//! by explicit events. That halves the log volume per session and keeps
+//! `msg` equal to what the call site wrote, so `jq 'select(.msg=="session
+//! closed")'` works.
+
+use serde::Serializer;
+use serde::ser::SerializeMap;
+use std::io::Write;
+use std::time::SystemTime;
+use tracing::dispatcher::WeakDispatch;
+use tracing::field::{Field, Visit};
+use tracing::{Dispatch, Event, Level, Subscriber};
+use tracing_bunyan_formatter::JsonStorage;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+/// Keys written by the layer itself; span or event fields with these names
+/// are not written again (a JSON object with duplicate keys is ambiguous).
+const RESERVED: &[&str] = &[
+    "v", "name", "msg", "level", "hostname", "pid", "time", "target", "trace_id", "span_id",
+];
+
+/// Span attributes that exist for the trace backend's conventions but only
+/// repeat another field in a log line (`ws.connection.id` is `session_id`).
+const SPAN_ONLY: &[&str] = &["ws.connection.id"];
+
+/// Formats events as bunyan JSON lines and writes each line with one
+/// `write_all`, so concurrent lines never interleave.
+pub struct BunyanJsonLayer<W> {
+    make_writer: W,
+    /// The dispatcher this layer is part of, to ask the OpenTelemetry layer
+    /// for span contexts. (`dispatcher::get_default` cannot be used: inside
+    /// a subscriber callback it answers with the no-op dispatcher whenever
+    /// the subscriber is a scoped default, as in tests.) Weak, because the
+    /// dispatcher owns this layer.
+    dispatch: std::sync::OnceLock<WeakDispatch>,
+    name: String,
+    hostname: String,
+    pid: u32,
+}
+
+impl<W> BunyanJsonLayer<W> {
+    pub fn new(name: impl Into<String>, make_writer: W) -> Self {
+        Self {
+            make_writer,
+            dispatch: std::sync::OnceLock::new(),
+            name: name.into(),
+            hostname: hostname(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// bunyan's numeric levels.
+pub fn bunyan_level(level: &Level) -> u8 {
+    match *level {
+        Level::TRACE => 10,
+        Level::DEBUG => 20,
+        Level::INFO => 30,
+        Level::WARN => 40,
+        Level::ERROR => 50,
+    }
+}
+
+/// The OpenTelemetry identity of a span, rendered once and cached in the
+/// span's extensions.
+#[derive(Clone)]
+struct TraceIds {
+    trace_id: String,
+    span_id: String,
+}
+
+fn trace_ids<S>(span: &SpanRef<'_, S>, dispatch: &Dispatch) -> Option<TraceIds>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    if let Some(ids) = span.extensions().get::<TraceIds>() {
+        return Some(ids.clone());
+    }
+    use opentelemetry::trace::TraceContextExt;
+    let cx = tracing_opentelemetry::get_otel_context(&span.id(), dispatch)?;
+    let otel_span = cx.span();
+    let span_context = otel_span.span_context();
+    if !span_context.is_valid() {
+        return None;
+    }
+    let ids = TraceIds {
+        trace_id: span_context.trace_id().to_string(),
+        span_id: span_context.span_id().to_string(),
+    };
+    span.extensions_mut().insert(ids.clone());
+    Some(ids)
+}
+
+/// Collects an event's fields in the order they were written.
+#[derive(Default)]
+struct EventFields {
+    message: Option<String>,
+    fields: Vec<(&'static str, serde_json::Value)>,
+}
+
+impl EventFields {
+    fn push(&mut self, field: &Field, value: serde_json::Value) {
+        self.fields.push((field.name(), value));
+    }
+}
+
+impl Visit for EventFields {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.push(field, value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.push(field, value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.push(field, value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.push(field, value.into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message = Some(value.to_string());
+        } else {
+            self.push(field, value.into());
+        }
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.push(field, value.to_string().into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = Some(format!("{value:?}"));
+        } else if !field.name().starts_with("log.") {
+            self.push(field, format!("{value:?}").into());
+        }
+    }
+}
+
+impl<S, W> Layer<S> for BunyanJsonLayer<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+        let span = ctx.event_span(event);
+        let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
+        let ids = span
+            .as_ref()
+            .zip(dispatch.as_ref())
+            .and_then(|(span, dispatch)| trace_ids(span, dispatch));
+
+        let mut line = Vec::with_capacity(512);
+        let written = (|| -> serde_json::Result<()> {
+            let mut ser = serde_json::Serializer::new(&mut line);
+            let mut map = ser.serialize_map(None)?;
+            map.serialize_entry("v", &0)?;
+            map.serialize_entry("name", &self.name)?;
+            map.serialize_entry("msg", fields.message.as_deref().unwrap_or(""))?;
+            map.serialize_entry("level", &bunyan_level(meta.level()))?;
+            map.serialize_entry("hostname", &self.hostname)?;
+            map.serialize_entry("pid", &self.pid)?;
+            map.serialize_entry(
+                "time",
+                &humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            )?;
+            map.serialize_entry("target", meta.target())?;
+            if let Some(ids) = &ids {
+                map.serialize_entry("trace_id", &ids.trace_id)?;
+                map.serialize_entry("span_id", &ids.span_id)?;
+            }
+            let is_written_elsewhere = |key: &str| {
+                RESERVED.contains(&key)
+                    || SPAN_ONLY.contains(&key)
+                    || key.starts_with("otel.")
+                    || fields.fields.iter().any(|(k, _)| *k == key)
+            };
+            if let Some(span) = &span {
+                let extensions = span.extensions();
+                if let Some(storage) = extensions.get::<JsonStorage>() {
+                    let mut span_fields: Vec<_> = storage
+                        .values()
+                        .iter()
+                        .filter(|(key, _)| !is_written_elsewhere(key))
+                        .collect();
+                    // HashMap order is random; sorted keys make lines diffable.
+                    span_fields.sort_unstable_by_key(|(key, _)| **key);
+                    for (key, value) in span_fields {
+                        map.serialize_entry(key, value)?;
+                    }
+                }
+            }
+            for (key, value) in &fields.fields {
+                if !RESERVED.contains(key) {
+                    map.serialize_entry(key, value)?;
+                }
+            }
+            map.end()
+        })();
+        if written.is_ok() {
+            line.push(b'\n');
+            // The writers are lossless (they block when full); an error here
+            // means the writer thread is gone, i.e. the process is exiting.
+            let _ = self.make_writer.make_writer_for(meta).write_all(&line);
+        }
+    }
+}

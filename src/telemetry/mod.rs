@@ -1,0 +1,318 @@
+//! Everything about how wstrace reports on itself, built in one place.
+//!
+//! [`get_subscriber`] assembles the `tracing` stack:
+//!
+//! ```text
+//! Registry
+//!   ├─ EnvFilter            RUST_LOG-style filtering (default: info)
+//!   ├─ JsonStorageLayer     keeps span fields; children inherit session_id
+//!   ├─ OpenTelemetryLayer   gives every span a W3C trace/span id; exports
+//!   │                       over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
+//!   └─ BunyanJsonLayer      one bunyan JSON line per event, with trace_id,
+//!                           span_id and the span fields, to stdout and to a
+//!                           daily-rolling file
+//! ```
+//!
+//! Log lines go through `tracing-appender` writer threads configured as
+//! *lossless*: when a burst fills the queue, the logging task blocks rather
+//! than dropping a line. The [`TelemetryGuard`] flushes spans first (their
+//! export may itself log), then the log writers.
+
+mod bunyan;
+
+pub use bunyan::{BunyanJsonLayer, bunyan_level};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use std::io;
+use std::path::PathBuf;
+use tracing::Subscriber;
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::rolling::{RollingFileAppender, Rotation};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::limits::LOG_QUEUE_LINES;
+
+const DEFAULT_SERVICE_NAME: &str = "wstrace";
+/// Our own default directives; `RUST_LOG` replaces them entirely.
+const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,tower=warn,tonic=warn,reqwest=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn";
+
+/// Where log lines go and where spans are exported.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// bunyan `name` and OpenTelemetry `service.name` (`OTEL_SERVICE_NAME`
+    /// overrides it).
+    pub service_name: String,
+    /// Directory for daily-rolling log files; `None` disables file output.
+    pub log_dir: Option<PathBuf>,
+    /// File name prefix: files are `<prefix>.YYYY-MM-DD.log`.
+    pub log_file_prefix: String,
+    /// Also write every line to stdout.
+    pub log_stdout: bool,
+    /// Filter directives, `RUST_LOG` syntax.
+    pub filter: String,
+    /// OTLP export, `None` to keep spans local (IDs are still generated).
+    pub otlp: Option<OtlpConfig>,
+}
+
+impl TelemetryConfig {
+    /// Local defaults, with the standard environment applied: `RUST_LOG`,
+    /// `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`,
+    /// `OTEL_TRACES_EXPORTER=none`.
+    pub fn from_env(log_dir: Option<PathBuf>, log_stdout: bool) -> Self {
+        Self {
+            service_name: env_nonempty("OTEL_SERVICE_NAME")
+                .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
+            log_dir,
+            log_file_prefix: DEFAULT_SERVICE_NAME.to_string(),
+            log_stdout,
+            filter: env_nonempty("RUST_LOG").unwrap_or_else(|| DEFAULT_FILTER.to_string()),
+            otlp: OtlpConfig::from_env(),
+        }
+    }
+}
+
+/// OTLP trace export. Endpoint, protocol (`grpc` or `http/protobuf`),
+/// headers, timeout and compression are read by `opentelemetry-otlp` from
+/// the standard `OTEL_EXPORTER_OTLP_*` variables; the sampler from
+/// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`; batching from
+/// `OTEL_BSP_*`.
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// For the startup log line only; userinfo is stripped.
+    pub endpoint_for_display: String,
+}
+
+impl OtlpConfig {
+    pub fn from_env() -> Option<Self> {
+        if env_nonempty("OTEL_TRACES_EXPORTER").is_some_and(|e| e == "none") {
+            return None;
+        }
+        let endpoint = env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
+        Some(Self {
+            endpoint_for_display: strip_userinfo(&endpoint),
+        })
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `http://user:pass@host:4318` → `http://host:4318`: credentials never
+/// reach a log line.
+fn strip_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.rsplit_once('@').map_or(url, |(_, h)| h).to_string(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("cannot create log directory {dir}: {source}")]
+    LogDir { dir: PathBuf, source: io::Error },
+    #[error("cannot open rolling log file in {dir}: {source}")]
+    LogFile {
+        dir: PathBuf,
+        source: tracing_appender::rolling::InitError,
+    },
+    #[error("invalid log filter {filter:?}: {source}")]
+    Filter {
+        filter: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot build the OTLP span exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// Flushes telemetry when dropped: spans first, then log lines.
+#[must_use = "dropping the guard flushes and stops telemetry"]
+pub struct TelemetryGuard {
+    tracer_provider: Option<SdkTracerProvider>,
+    log_writers: Vec<WorkerGuard>,
+}
+
+impl TelemetryGuard {
+    /// Exports every finished span, then writes every queued log line.
+    /// Safe to call once; also what `Drop` does.
+    pub fn shutdown(&mut self) {
+        if let Some(provider) = self.tracer_provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            // The log writers still work here, so say so.
+            tracing::error!(%error, "span export did not complete at shutdown");
+        }
+        // Dropping a WorkerGuard joins its writer thread after it drained.
+        self.log_writers.clear();
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The fan-out of one formatted line to every configured output.
+#[derive(Clone)]
+pub struct LogOutputs(Vec<NonBlocking>);
+
+impl<'a> MakeWriter<'a> for LogOutputs {
+    type Writer = LogOutputsWriter<'a>;
+    fn make_writer(&'a self) -> Self::Writer {
+        LogOutputsWriter(&self.0)
+    }
+}
+
+pub struct LogOutputsWriter<'a>(&'a [NonBlocking]);
+
+impl io::Write for LogOutputsWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        for output in self.0 {
+            output.clone().write_all(buf)?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn lossless<W: io::Write + Send + 'static>(writer: W, name: &str) -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name(name)
+        .finish(writer)
+}
+
+/// Builds the subscriber and the guard that flushes it. Nothing global is
+/// touched: tests install it with `tracing::subscriber::set_default`, the
+/// binary with [`init_subscriber`].
+pub fn get_subscriber(
+    config: &TelemetryConfig,
+) -> Result<
+    (
+        impl Subscriber + Send + Sync + for<'a> LookupSpan<'a>,
+        TelemetryGuard,
+    ),
+    TelemetryError,
+> {
+    let filter = EnvFilter::builder()
+        .parse(&config.filter)
+        .map_err(|source| TelemetryError::Filter {
+            filter: config.filter.clone(),
+            source,
+        })?;
+
+    let mut outputs = Vec::new();
+    let mut log_writers = Vec::new();
+    if let Some(dir) = &config.log_dir {
+        std::fs::create_dir_all(dir).map_err(|source| TelemetryError::LogDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        let file = RollingFileAppender::builder()
+            .rotation(Rotation::DAILY)
+            .filename_prefix(&config.log_file_prefix)
+            .filename_suffix("log")
+            .build(dir)
+            .map_err(|source| TelemetryError::LogFile {
+                dir: dir.clone(),
+                source,
+            })?;
+        let (writer, guard) = lossless(file, "wstrace-log-file");
+        outputs.push(writer);
+        log_writers.push(guard);
+    }
+    if config.log_stdout {
+        let (writer, guard) = lossless(io::stdout(), "wstrace-log-stdout");
+        outputs.push(writer);
+        log_writers.push(guard);
+    }
+
+    let mut resource = Resource::builder();
+    if env_nonempty("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(config.service_name.clone());
+    }
+    let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
+    match &config.otlp {
+        Some(_) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder().build()?;
+            provider = provider.with_batch_exporter(exporter);
+        }
+        // Nothing would receive the spans: keep their ids (for logs and
+        // headers) but skip recording them.
+        None => provider = provider.with_sampler(Sampler::AlwaysOff),
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer(DEFAULT_SERVICE_NAME);
+
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_bunyan_formatter::JsonStorageLayer)
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_location(false),
+        )
+        .with(BunyanJsonLayer::new(
+            config.service_name.clone(),
+            LogOutputs(outputs),
+        ));
+
+    Ok((
+        subscriber,
+        TelemetryGuard {
+            tracer_provider: Some(provider),
+            log_writers,
+        },
+    ))
+}
+
+/// Installs the subscriber for the whole process.
+pub fn init_subscriber(subscriber: impl Subscriber + Send + Sync) -> Result<(), TelemetryError> {
+    tracing::subscriber::set_global_default(subscriber)
+        .map_err(|_| TelemetryError::AlreadyInstalled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_never_reaches_display() {
+        assert_eq!(
+            strip_userinfo("https://user:secret@otel.example:4318/v1/traces"),
+            "https://otel.example:4318/v1/traces"
+        );
+        assert_eq!(
+            strip_userinfo("http://127.0.0.1:4317"),
+            "http://127.0.0.1:4317"
+        );
+        assert_eq!(strip_userinfo("a:b@host:1"), "host:1");
+    }
+
+    #[test]
+    fn default_filter_parses() {
+        EnvFilter::builder().parse(DEFAULT_FILTER).unwrap();
+    }
+}

@@ -1,0 +1,297 @@
+//! W3C Trace Context at the edge: where a session's trace comes from.
+//!
+//! The caller's `traceparent` is taken from the request header or, because
+//! browsers cannot set headers on a WebSocket, from a `traceparent` query
+//! parameter. A value that is missing starts a new root trace silently; a
+//! value that is present but unusable starts a new root trace and is reported
+//! as a [`RejectedTraceparent`], which describes the value (source, length)
+//! without ever copying it, since it is attacker-controlled.
+
+use axum::http::{HeaderMap, Uri};
+use opentelemetry::Context;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use std::collections::HashMap;
+
+use crate::limits::MAX_TRACEPARENT_BYTES;
+
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+/// Where a `traceparent` value was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceparentSource {
+    Header,
+    Query,
+}
+
+impl TraceparentSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TraceparentSource::Header => "header",
+            TraceparentSource::Query => "query",
+        }
+    }
+}
+
+/// A `traceparent` that was present but could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedTraceparent {
+    pub source: TraceparentSource,
+    pub length: usize,
+    pub reason: &'static str,
+}
+
+/// What the edge learned about the caller's trace.
+#[derive(Debug, Clone)]
+pub enum IncomingTrace {
+    /// No `traceparent` anywhere: a new root trace.
+    Absent,
+    /// A valid remote parent to continue.
+    Continued {
+        parent: Context,
+        source: TraceparentSource,
+    },
+    /// A value was present but unusable: a new root trace, and a warning.
+    Rejected(RejectedTraceparent),
+}
+
+impl IncomingTrace {
+    /// The parent context for the server span (empty for a new root).
+    pub fn parent(&self) -> Option<&Context> {
+        match self {
+            IncomingTrace::Continued { parent, .. } => Some(parent),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the caller's trace context, header first, then query.
+pub fn extract(headers: &HeaderMap, uri: &Uri) -> IncomingTrace {
+    if let Some(value) = headers.get(TRACEPARENT) {
+        let tracestate = headers.get(TRACESTATE).and_then(|v| v.to_str().ok());
+        return match value.to_str() {
+            Ok(value) => parse(value, tracestate, TraceparentSource::Header),
+            Err(_) => IncomingTrace::Rejected(RejectedTraceparent {
+                source: TraceparentSource::Header,
+                length: value.len(),
+                reason: "not visible ASCII",
+            }),
+        };
+    }
+    match query_param(uri, TRACEPARENT) {
+        Some(Ok(value)) => parse(&value, None, TraceparentSource::Query),
+        Some(Err(length)) => IncomingTrace::Rejected(RejectedTraceparent {
+            source: TraceparentSource::Query,
+            length,
+            reason: "invalid percent-encoding",
+        }),
+        None => IncomingTrace::Absent,
+    }
+}
+
+fn parse(value: &str, tracestate: Option<&str>, source: TraceparentSource) -> IncomingTrace {
+    let reject = |reason| {
+        IncomingTrace::Rejected(RejectedTraceparent {
+            source,
+            length: value.len(),
+            reason,
+        })
+    };
+    if value.len() > MAX_TRACEPARENT_BYTES {
+        return reject("too long");
+    }
+    if value.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+        return reject("contains control or non-ASCII characters");
+    }
+    let mut carrier = HashMap::with_capacity(2);
+    carrier.insert(TRACEPARENT.to_string(), value.to_string());
+    if let Some(tracestate) = tracestate {
+        carrier.insert(TRACESTATE.to_string(), tracestate.to_string());
+    }
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        IncomingTrace::Continued { parent, source }
+    } else {
+        reject("not a valid W3C traceparent")
+    }
+}
+
+/// Finds one query parameter and percent-decodes it. `Err` carries the raw
+/// length when the encoding is broken.
+fn query_param(uri: &Uri, name: &str) -> Option<Result<String, usize>> {
+    let query = uri.query()?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value).ok_or(value.len()))
+    })
+}
+
+fn percent_decode(input: &str) -> Option<String> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The `traceresponse` header value (W3C Trace Context Level 2) for a span.
+pub fn traceresponse(span: &SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        span.trace_id(),
+        span.span_id(),
+        span.trace_flags().to_u8()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn uri(s: &str) -> Uri {
+        s.parse().unwrap()
+    }
+
+    fn trace_id(trace: &IncomingTrace) -> String {
+        trace
+            .parent()
+            .expect("continued")
+            .span()
+            .span_context()
+            .trace_id()
+            .to_string()
+    }
+
+    #[test]
+    fn header_is_continued() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(VALID));
+        let trace = extract(&headers, &uri("/ws"));
+        assert!(matches!(
+            trace,
+            IncomingTrace::Continued {
+                source: TraceparentSource::Header,
+                ..
+            }
+        ));
+        assert_eq!(trace_id(&trace), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn query_is_continued_and_percent_decoded() {
+        let encoded = VALID.replace('-', "%2D");
+        let trace = extract(
+            &HeaderMap::new(),
+            &uri(&format!("/ws?a=1&traceparent={encoded}")),
+        );
+        assert!(matches!(
+            trace,
+            IncomingTrace::Continued {
+                source: TraceparentSource::Query,
+                ..
+            }
+        ));
+        assert_eq!(trace_id(&trace), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn header_wins_over_query() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, HeaderValue::from_static(VALID));
+        let other = "00-11111111111111111111111111111111-2222222222222222-01";
+        let trace = extract(&headers, &uri(&format!("/ws?traceparent={other}")));
+        assert_eq!(trace_id(&trace), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn absent_is_a_silent_new_root() {
+        assert!(matches!(
+            extract(&HeaderMap::new(), &uri("/ws?x=1")),
+            IncomingTrace::Absent
+        ));
+    }
+
+    #[test]
+    fn malformed_values_are_rejected_with_a_reason() {
+        let long = "0".repeat(MAX_TRACEPARENT_BYTES + 1);
+        let cases = [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            long.as_str(),
+        ];
+        for value in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(TRACEPARENT, HeaderValue::from_str(value).unwrap());
+            match extract(&headers, &uri("/ws")) {
+                IncomingTrace::Rejected(r) => {
+                    assert_eq!(r.length, value.len());
+                    assert_eq!(r.source, TraceparentSource::Header);
+                }
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn control_characters_in_query_are_rejected() {
+        let trace = extract(
+            &HeaderMap::new(),
+            &uri(
+                "/ws?traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01%0A%7B%22level%22%3A50%7D",
+            ),
+        );
+        match trace {
+            IncomingTrace::Rejected(r) => {
+                assert_eq!(r.reason, "contains control or non-ASCII characters");
+                assert_eq!(r.source, TraceparentSource::Query);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            extract(&HeaderMap::new(), &uri("/ws?traceparent=%zz")),
+            IncomingTrace::Rejected(RejectedTraceparent {
+                reason: "invalid percent-encoding",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn traceresponse_has_w3c_shape() {
+        let trace = extract(
+            &{
+                let mut h = HeaderMap::new();
+                h.insert(TRACEPARENT, HeaderValue::from_static(VALID));
+                h
+            },
+            &uri("/ws"),
+        );
+        let cx = trace.parent().unwrap().span().span_context().clone();
+        assert_eq!(traceresponse(&cx), VALID);
+    }
+}

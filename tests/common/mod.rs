@@ -1,0 +1,212 @@
+//! Test harness: the real server in-process on 127.0.0.1:0, its real
+//! telemetry stack writing real JSON files into a temporary directory, and
+//! real WebSocket clients.
+//!
+//! Each test runs on a current-thread runtime, so the subscriber installed
+//! with `set_default` sees every task the server spawns. Logs are silent
+//! unless `TEST_LOG` is set (then they also go to stdout).
+
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::Response;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wstrace::limits::Limits;
+use wstrace::server::Server;
+use wstrace::telemetry::{TelemetryConfig, TelemetryGuard, get_subscriber};
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    log_dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    telemetry: Option<TelemetryGuard>,
+    _subscriber: tracing::subscriber::DefaultGuard,
+}
+
+pub fn test_limits() -> Limits {
+    Limits {
+        close_timeout: Duration::from_secs(2),
+        shutdown_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    }
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(test_limits()).await
+    }
+
+    pub async fn start_with(limits: Limits) -> Self {
+        let log_dir = tempfile::tempdir().unwrap();
+        let config = TelemetryConfig {
+            service_name: "wstrace".into(),
+            log_dir: Some(log_dir.path().to_path_buf()),
+            log_file_prefix: "wstrace".into(),
+            log_stdout: std::env::var_os("TEST_LOG").is_some(),
+            filter: "info,wstrace=debug".into(),
+            otlp: None,
+        };
+        let (subscriber, guard) = get_subscriber(&config).unwrap();
+        let default = tracing::subscriber::set_default(subscriber);
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), limits)
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            log_dir,
+            stop: Some(stop),
+            task: Some(task),
+            telemetry: Some(guard),
+            _subscriber: default,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    pub async fn connect(&self) -> (Client, Response<Option<Vec<u8>>>) {
+        self.connect_with(&self.url("/ws"), &[]).await
+    }
+
+    pub async fn connect_with(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> (Client, Response<Option<Vec<u8>>>) {
+        let mut request = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName = name.parse().unwrap();
+            request.headers_mut().insert(name, value.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request).await.unwrap()
+    }
+
+    /// Graceful shutdown, as on SIGTERM; then every log line is flushed.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        if let Some(mut guard) = self.telemetry.take() {
+            guard.shutdown();
+        }
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        self.log_dir.path()
+    }
+
+    /// Every line in every log file, each parsed as one JSON object.
+    pub fn log_lines(&self) -> Vec<Value> {
+        read_log_lines(self.log_dir.path())
+    }
+
+    /// Polls the log files until `predicate` holds for some line.
+    pub async fn wait_for_line(&self, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.log_lines().into_iter().find(|l| predicate(l)) {
+                return line;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no log line: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn read_log_lines(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut lines = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines() {
+            let value: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line in {}: {e}: {line}", file.display()));
+            assert!(value.is_object(), "{line}");
+            lines.push(value);
+        }
+    }
+    lines
+}
+
+pub fn lines_of_session<'a>(lines: &'a [Value], session_id: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|l| l["session_id"] == session_id)
+        .collect()
+}
+
+pub fn with_msg<'a>(lines: &'a [Value], msg: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["msg"] == msg).collect()
+}
+
+/// Reads the next text frame as JSON, skipping pings.
+pub async fn next_json(client: &mut Client) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("stream ended")
+            .expect("read error");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server's Close frame; returns (code, reason).
+pub async fn next_close(client: &mut Client) -> (u16, String) {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("timed out waiting for close")
+            .expect("stream ended before a close frame")
+            .expect("read error");
+        if let Message::Close(frame) = message {
+            let frame = frame.expect("close frame without code");
+            // Keep reading so the client's automatic Close reply is sent.
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_secs(5), client.next()).await
+            {}
+            return (frame.code.into(), frame.reason.to_string());
+        }
+    }
+}
+
+pub async fn send_json(client: &mut Client, value: Value) {
+    client
+        .send(Message::Text(value.to_string().into()))
+        .await
+        .unwrap();
+}
+
+pub fn is_trace_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()) && s != "0".repeat(32)
+}

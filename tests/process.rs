@@ -1,0 +1,397 @@
+//! The real `wstrace` binary as a child process: real SIGTERM, real stdout,
+//! and spans exported over OTLP to a real collector (rotel, from PyPI;
+//! `scripts/test.sh` installs it and sets `ROTEL_AGENT`).
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Wstrace {
+    child: Child,
+    log_dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl Wstrace {
+    fn start(envs: &[(&str, &str)]) -> Self {
+        let log_dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wstrace"));
+        command
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--shutdown-timeout",
+                "5s",
+            ])
+            .arg("--log-dir")
+            .arg(log_dir.path())
+            .env_remove("RUST_LOG")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("spawn wstrace");
+        let listening = wait_for(Duration::from_secs(20), "wstrace listening", || {
+            read_log_lines(log_dir.path())
+                .into_iter()
+                .find(|l| l["msg"] == "wstrace listening")
+        });
+        let addr = listening["listen"].as_str().unwrap().to_owned();
+        Self {
+            child,
+            log_dir,
+            addr,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit; returns (exit code, stdout).
+    fn wait(mut self) -> (Option<i32>, String, tempfile::TempDir) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "wstrace did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        (status.code(), stdout, self.log_dir)
+    }
+}
+
+fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_1001_and_flushes_every_line() {
+    let server = Wstrace::start(&[]);
+    let mut sessions = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let (mut client, _) = tokio_tungstenite::connect_async(server.url())
+            .await
+            .unwrap();
+        let welcome = next_json(&mut client).await;
+        sessions.push(welcome["session_id"].as_str().unwrap().to_owned());
+        send_json(&mut client, json!({"type": "echo", "content": "x"})).await;
+        assert_eq!(next_json(&mut client).await["type"], "echo");
+        readers.push(tokio::spawn(async move { next_close(&mut client).await }));
+    }
+    server.sigterm();
+    for reader in readers {
+        assert_eq!(
+            reader.await.unwrap(),
+            (1001, "server shutting down".to_owned())
+        );
+    }
+    let (code, stdout, log_dir) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "exit code");
+
+    let file_lines = read_log_lines(log_dir.path());
+    // stdout carries the same JSON lines as the file.
+    let stdout_lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(stdout_lines.len(), file_lines.len());
+    for session in &sessions {
+        let closed: Vec<_> = lines_of_session(&file_lines, session)
+            .into_iter()
+            .filter(|l| l["msg"] == "session closed")
+            .collect();
+        assert_eq!(closed.len(), 1, "{session}");
+        assert_eq!(closed[0]["closed_by"], "shutdown");
+        assert_eq!(closed[0]["close_code"], 1001);
+        assert_eq!(closed[0]["messages_in"], 1);
+    }
+    let msgs: Vec<&str> = file_lines
+        .iter()
+        .map(|l| l["msg"].as_str().unwrap())
+        .collect();
+    let signal = msgs
+        .iter()
+        .position(|m| *m == "shutdown requested")
+        .unwrap();
+    let last_closed = msgs.iter().rposition(|m| *m == "session closed").unwrap();
+    assert!(signal < last_closed);
+    assert_eq!(msgs.last(), Some(&"telemetry flushing; bye"));
+}
+
+fn rotel_agent() -> PathBuf {
+    if let Some(path) = std::env::var_os("ROTEL_AGENT") {
+        return path.into();
+    }
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "rotel is not installed: `pip install rotel` (scripts/test.sh does it)"
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real OTLP collector printing every span it receives.
+struct Collector {
+    child: Child,
+    output: PathBuf,
+    _dir: tempfile::TempDir,
+    grpc: u16,
+    http: u16,
+}
+
+impl Collector {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("rotel.out");
+        let (grpc, http) = (free_port(), free_port());
+        let child = Command::new(rotel_agent())
+            .args(["start", "--exporter", "blackhole"])
+            .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .stdout(std::fs::File::create(&output).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rotel-agent");
+        for port in [grpc, http] {
+            wait_for(Duration::from_secs(20), "rotel to listen", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            });
+        }
+        Self {
+            child,
+            output,
+            _dir: dir,
+            grpc,
+            http,
+        }
+    }
+
+    /// Spans received so far, as (trace id, name, attribute lines).
+    fn spans(&self) -> Vec<ReceivedSpan> {
+        parse_spans(&std::fs::read_to_string(&self.output).unwrap_or_default())
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct ReceivedSpan {
+    trace_id: String,
+    name: String,
+    body: String,
+}
+
+/// Parses rotel's detailed debug output: blocks starting with `Span #N`.
+fn parse_spans(text: &str) -> Vec<ReceivedSpan> {
+    text.split("\nSpan #")
+        .skip(1)
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block.lines().find_map(|l| {
+                    let (key, value) = l.split_once(':')?;
+                    (key.trim() == name).then(|| value.trim().to_owned())
+                })
+            };
+            Some(ReceivedSpan {
+                trace_id: field("Trace ID")?,
+                name: field("Name")?,
+                body: block.to_owned(),
+            })
+        })
+        .collect()
+}
+
+async fn traced_session_reaches_collector(protocol: &str) {
+    let collector = Collector::start();
+    let endpoint = match protocol {
+        "grpc" => format!("http://127.0.0.1:{}", collector.grpc),
+        _ => format!("http://127.0.0.1:{}", collector.http),
+    };
+    let server = Wstrace::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_SERVICE_NAME", "wstrace-under-test"),
+    ]);
+    let (mut client, response) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    let trace_id = response.headers()["x-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let welcome = next_json(&mut client).await;
+    assert_eq!(welcome["trace_id"], trace_id);
+    let session_id = welcome["session_id"].as_str().unwrap().to_owned();
+    send_json(&mut client, json!({"type": "echo", "content": "traced"})).await;
+    next_json(&mut client).await;
+    client.send(Message::Text("oops".into())).await.unwrap();
+    next_json(&mut client).await;
+    client.close(None).await.unwrap();
+    while let Some(Ok(_)) = client.next().await {}
+
+    server.sigterm();
+    let (code, _, log_dir) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+
+    // The guard flushed spans before exit, so they are there (or arriving).
+    let expected: HashSet<&str> = [
+        "GET /ws",
+        "ws.session",
+        "ws.reader",
+        "ws.writer",
+        "ws.heartbeat",
+    ]
+    .into();
+    let spans = wait_for(Duration::from_secs(20), "spans at the collector", || {
+        let spans: Vec<_> = collector
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect();
+        let names: HashSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        expected.is_subset(&names).then_some(spans)
+    });
+    let session_span = spans.iter().find(|s| s.name == "ws.session").unwrap();
+    assert!(
+        session_span.body.contains(&session_id),
+        "{}",
+        session_span.body
+    );
+    let output = std::fs::read_to_string(&collector.output).unwrap();
+    assert!(
+        output.contains("wstrace-under-test"),
+        "service.name from OTEL_SERVICE_NAME"
+    );
+
+    // The same trace id is on every one of the session's log lines.
+    let lines = read_log_lines(log_dir.path());
+    let session_lines = lines_of_session(&lines, &session_id);
+    assert!(session_lines.len() >= 3, "{session_lines:?}");
+    for line in session_lines {
+        assert_eq!(line["trace_id"], trace_id);
+    }
+    // And each logged span id is a span the collector received.
+    let logged_span_ids: HashSet<&str> = lines
+        .iter()
+        .filter(|l| l["trace_id"] == trace_id.as_str())
+        .map(|l| l["span_id"].as_str().unwrap())
+        .collect();
+    for span_id in logged_span_ids {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.body.contains(&format!("ID             : {span_id}"))),
+            "span {span_id} of a log line never reached the collector"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_real_collector_over_otlp_http() {
+    traced_session_reaches_collector("http/protobuf").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_real_collector_over_otlp_grpc() {
+    traced_session_reaches_collector("grpc").await;
+}
+
+#[test]
+fn help_documents_every_flag_and_its_env_var() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--log-dir",
+        "--log-file",
+        "--log-stdout",
+        "--heartbeat-interval",
+        "--idle-timeout",
+        "--close-timeout",
+        "--shutdown-timeout",
+        "--max-message-bytes",
+        "--max-connections",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    assert!(help.contains("WSTRACE_LISTEN"));
+    assert!(help.contains("OTEL_EXPORTER_OTLP_ENDPOINT"));
+}
+
+#[test]
+fn unusable_log_dir_is_a_clear_startup_error() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-dir"])
+        .arg(file.path().join("sub"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("cannot create log directory"), "{stderr}");
+}

@@ -105,6 +105,9 @@ fn parse(value: &str, tracestate: Option<&str>, source: TraceparentSource) -> In
     if value.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
         return reject("contains control or non-ASCII characters");
     }
+    if !has_w3c_shape(value) {
+        return reject("not a valid W3C traceparent");
+    }
     let mut carrier = HashMap::with_capacity(2);
     carrier.insert(TRACEPARENT.to_string(), value.to_string());
     if let Some(tracestate) = tracestate {
@@ -116,6 +119,31 @@ fn parse(value: &str, tracestate: Option<&str>, source: TraceparentSource) -> In
     } else {
         reject("not a valid W3C traceparent")
     }
+}
+
+/// `version-traceid-parentid-flags` with exactly 2, 32, 16 and 2 lowercase
+/// hex digits (the propagator alone accepts shorter ids). Version 00 has
+/// nothing after the flags; a later version may append `-…` fields.
+fn has_w3c_shape(value: &str) -> bool {
+    let is_hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let mut parts = value.splitn(5, '-');
+    let (Some(version), Some(trace_id), Some(span_id), Some(flags)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let rest_ok = match parts.next() {
+        None => true,
+        Some(_) => version != "00",
+    };
+    is_hex(version, 2)
+        && version != "ff"
+        && is_hex(trace_id, 32)
+        && is_hex(span_id, 16)
+        && is_hex(flags, 2)
+        && rest_ok
 }
 
 /// Finds one query parameter and percent-decodes it. `Err` carries the raw
@@ -242,6 +270,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
             long.as_str(),
         ];
         for value in cases {

@@ -2,6 +2,7 @@
 
 use crate::cli::ServeArgs;
 use crate::server::Server;
+use crate::state::ServerConfig;
 use crate::telemetry::{self, TelemetryConfig, TelemetryError};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +24,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let (subscriber, mut guard) = telemetry::get_subscriber(&config)?;
     telemetry::init_subscriber(subscriber)?;
 
-    let result = run(args, &config).await;
+    let mut server_config = args.server_config();
+    server_config.telemetry = Some(guard.counters());
+    let result = run(args.listen, server_config, &config).await;
     if let Err(error) = &result {
         tracing::error!(%error, "server stopped with an error");
     }
@@ -32,11 +35,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     result
 }
 
-async fn run(args: ServeArgs, config: &TelemetryConfig) -> Result<(), ServeError> {
-    let server = Server::bind(args.listen, args.limits())
+async fn run(
+    listen: std::net::SocketAddr,
+    server_config: ServerConfig,
+    config: &TelemetryConfig,
+) -> Result<(), ServeError> {
+    let admin_api = server_config.admin_token.is_some();
+    let jwt_auth = server_config.jwt_secret.is_some();
+    let sample_ratio = server_config.message_sample_ratio;
+    let server = Server::bind(listen, server_config)
         .await
         .map_err(|source| ServeError::Bind {
-            addr: args.listen,
+            addr: listen,
             source,
         })?;
     let addr = server.local_addr().map_err(ServeError::Serve)?;
@@ -46,6 +56,9 @@ async fn run(args: ServeArgs, config: &TelemetryConfig) -> Result<(), ServeError
         log_dir = config.log_dir.as_ref().map(|d| d.display().to_string()),
         otlp_endpoint = config.otlp.as_ref().map(|o| o.endpoint_for_display.as_str()),
         version = env!("CARGO_PKG_VERSION"),
+        admin_api,
+        jwt_auth,
+        message_sample_ratio = sample_ratio,
         "wstrace listening"
     );
     server

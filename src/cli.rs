@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::Secret;
 use crate::limits::{self, Limits};
+use crate::state::ServerConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +72,54 @@ pub struct ServeArgs {
     /// Most concurrent sessions; further upgrades get 503.
     #[arg(long, env = "WSTRACE_MAX_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// Messages per second one session may send (0: unlimited). Over it
+    /// frames are refused with an error frame; a client that keeps going
+    /// for another burst is closed with 1008.
+    #[arg(long, env = "WSTRACE_MESSAGES_PER_SECOND", default_value_t = limits::DEFAULT_MESSAGES_PER_SECOND)]
+    pub messages_per_second: u32,
+
+    /// Messages a session may send at once before the rate applies.
+    #[arg(long, env = "WSTRACE_MESSAGE_BURST", default_value_t = limits::DEFAULT_MESSAGE_BURST)]
+    pub message_burst: u32,
+
+    /// Channels one session may subscribe to.
+    #[arg(long, env = "WSTRACE_MAX_SUBSCRIPTIONS", default_value_t = limits::DEFAULT_MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: usize,
+
+    /// Frames queued for a session's writer; a receiver whose queue is full
+    /// is closed with 1013.
+    #[arg(long, env = "WSTRACE_OUTBOUND_QUEUE_FRAMES", default_value_t = limits::OUTBOUND_QUEUE_FRAMES)]
+    pub outbound_queue_frames: usize,
+
+    /// Time a client has to send its whole HTTP request head.
+    #[arg(long, env = "WSTRACE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Share of messages (0.0-1.0) that get ws.receive/ws.send spans and log
+    /// lines. Errors, closes and session lifecycle are always recorded.
+    #[arg(long, env = "WSTRACE_MESSAGE_SAMPLE_RATIO", default_value_t = crate::state::DEFAULT_MESSAGE_SAMPLE_RATIO)]
+    pub message_sample_ratio: f64,
+
+    /// Browser origin allowed to open a WebSocket (repeatable, or
+    /// comma-separated in the variable; `*` for any). Default: the origin
+    /// must match the Host the request was sent to.
+    #[arg(
+        long = "allowed-origin",
+        env = "WSTRACE_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Bearer token for the admin API under /api. Unset: the API answers
+    /// 403. Prefer the variable: flags show in `ps`.
+    #[arg(long, env = "WSTRACE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// HS256 key for session JWTs (`Authorization: Bearer` or `?token=`).
+    /// Set: every upgrade needs a valid token, whose `sub` is the user.
+    #[arg(long, env = "WSTRACE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
 }
 
 impl ServeArgs {
@@ -81,7 +131,22 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
-            ..Limits::default()
+            outbound_queue_frames: self.outbound_queue_frames,
+            messages_per_second: self.messages_per_second,
+            message_burst: self.message_burst,
+            max_subscriptions: self.max_subscriptions,
+            header_read_timeout: self.header_read_timeout,
+        }
+    }
+
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            limits: self.limits(),
+            message_sample_ratio: self.message_sample_ratio,
+            admin_token: self.admin_token.clone(),
+            jwt_secret: self.jwt_secret.clone(),
+            allowed_origins: self.allowed_origins.clone(),
+            telemetry: None,
         }
     }
 }
@@ -108,6 +173,18 @@ mod tests {
         assert_eq!(limits.idle_timeout, defaults.idle_timeout);
         assert_eq!(limits.close_timeout, defaults.close_timeout);
         assert_eq!(limits.shutdown_timeout, defaults.shutdown_timeout);
+        assert_eq!(limits.header_read_timeout, defaults.header_read_timeout);
+        assert_eq!(limits.messages_per_second, defaults.messages_per_second);
+        assert_eq!(limits.max_subscriptions, defaults.max_subscriptions);
+        assert!(args.admin_token.is_none());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let Cli {
+            command: Command::Serve(args),
+        } = Cli::try_parse_from(["wstrace", "serve", "--admin-token", "hunter2"]).unwrap();
+        assert!(!format!("{args:?}").contains("hunter2"));
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Application code: closed by an operator through the admin API
+    /// (the default of `DELETE /api/sessions/{id}`).
+    pub const KICKED: u16 = 4000;
+    /// Application code: closed by `POST /api/cleanup` for being idle.
+    pub const CLEANED_UP: u16 = 4001;
 }
 
 /// A failure that ends a session.
@@ -103,6 +108,18 @@ pub enum HttpError {
     TooManyConnections { limit: usize },
     #[error("server is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    Unauthorized(#[from] crate::auth::AuthError),
+    #[error("origin not allowed; see --allowed-origin")]
+    OriginNotAllowed,
+    #[error("the admin API is disabled: set WSTRACE_ADMIN_TOKEN to enable it")]
+    AdminDisabled,
+    #[error("the admin API needs `Authorization: Bearer <WSTRACE_ADMIN_TOKEN>`")]
+    AdminUnauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl HttpError {
@@ -111,6 +128,10 @@ impl HttpError {
             HttpError::TooManyConnections { .. } | HttpError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            HttpError::Unauthorized(_) | HttpError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            HttpError::OriginNotAllowed | HttpError::AdminDisabled => StatusCode::FORBIDDEN,
+            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -118,6 +139,12 @@ impl HttpError {
         match self {
             HttpError::TooManyConnections { .. } => "too_many_connections",
             HttpError::ShuttingDown => "shutting_down",
+            HttpError::Unauthorized(e) => e.code(),
+            HttpError::OriginNotAllowed => "origin_not_allowed",
+            HttpError::AdminDisabled => "admin_disabled",
+            HttpError::AdminUnauthorized => "admin_unauthorized",
+            HttpError::NotFound(_) => "not_found",
+            HttpError::BadRequest(_) => "bad_request",
         }
     }
 }
@@ -127,10 +154,15 @@ impl IntoResponse for HttpError {
         let status = self.status();
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
         let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
         }
         response
     }

@@ -5,9 +5,18 @@
 //!
 //! - [`cli`]: the command line; every flag also has a `WSTRACE_*` variable.
 //! - [`app`]: `wstrace serve`, from telemetry setup to flushed exit.
-//! - [`server`]: routes, the HTTP server span, the upgrade, graceful shutdown.
+//! - [`server`]: the accept loop, routes, the HTTP server span, the upgrade,
+//!   graceful shutdown.
+//! - [`state`]: what all parts of a running server share.
 //! - [`session`]: one WebSocket session: its span, its reader, writer and
-//!   heartbeat tasks, and the `session closed` record.
+//!   heartbeat tasks, message sampling, rate limit, and the `session
+//!   closed` record.
+//! - [`hub`]: the session registry, users and channels; non-blocking
+//!   fan-out.
+//! - [`api`]: the admin REST API.
+//! - [`auth`]: JWT for sessions, the Origin allowlist, secrets that never
+//!   print.
+//! - [`metrics`]: Prometheus text at `/metrics`.
 //! - [`protocol`]: the JSON frames of protocol v1.
 //! - [`trace_context`]: W3C `traceparent` in (header or query) and
 //!   `traceresponse` out.
@@ -18,13 +27,18 @@
 //! - [`limits`]: every bound the server enforces.
 //! - [`shutdown`]: the signals that start a graceful shutdown.
 
+pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
 pub mod trace_context;

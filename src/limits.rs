@@ -18,12 +18,31 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Concurrent sessions; beyond this the upgrade is answered with 503.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Messages a session may send per second (token bucket refill rate);
+/// 0 disables the limit.
+pub const DEFAULT_MESSAGES_PER_SECOND: u32 = 100;
+/// Token bucket size: a burst this long passes; a client that keeps going
+/// after as many refusals is closed with 1008.
+pub const DEFAULT_MESSAGE_BURST: u32 = 200;
+/// Channels one session may be subscribed to at once.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 100;
+/// A client must finish sending its HTTP request head within this time.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// WebSocket read buffer per connection. tungstenite's default is 128 KiB,
+/// which costs ~140 KB per idle connection; messages larger than this
+/// still work, the buffer just grows while they are read.
+pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// WebSocket write buffer per connection (tungstenite's default: 128 KiB).
+pub const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames queued for one session's writer. When a client stops reading the
 /// reader stops too (backpressure) instead of buffering without bound.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 64;
 /// Lines the log writer thread may hold before producers block. Producers
 /// block (never drop) when it is full: see `telemetry`.
 pub const LOG_QUEUE_LINES: usize = 128 * 1024;
+/// Finished spans waiting for OTLP export (`OTEL_BSP_MAX_QUEUE_SIZE`
+/// overrides). Beyond it spans are dropped and counted in `/metrics`.
+pub const SPAN_QUEUE_SPANS: usize = 16 * 1024;
 /// Longest `traceparent` value we will even try to parse. Version 00 is
 /// exactly 55 bytes; later versions may append fields.
 pub const MAX_TRACEPARENT_BYTES: usize = 512;
@@ -38,6 +57,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_connections: usize,
     pub outbound_queue_frames: usize,
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    pub max_subscriptions: usize,
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -50,6 +73,10 @@ impl Default for Limits {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             outbound_queue_frames: OUTBOUND_QUEUE_FRAMES,
+            messages_per_second: DEFAULT_MESSAGES_PER_SECOND,
+            message_burst: DEFAULT_MESSAGE_BURST,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }

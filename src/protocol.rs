@@ -1,8 +1,9 @@
 //! Protocol v1: JSON text frames tagged by `type`.
 //!
-//! Client → server: `ping`, `echo`. Server → client: `welcome` (always the
-//! first frame), `pong`, `echo`, `error`. Binary frames are echoed back
-//! verbatim (see README, "Protocol").
+//! Client → server: `ping`, `echo`, `subscribe`, `unsubscribe`, `publish`,
+//! `direct`. Server → client: `welcome` (always the first frame), `pong`,
+//! `echo`, `subscribed`, `unsubscribed`, `message`, `error`. Binary frames
+//! are echoed back verbatim (see README, "Protocol").
 //!
 //! Decoding never panics and never fails the session: anything that is not a
 //! valid client frame becomes a [`DecodeError`] that the session answers with
@@ -20,7 +21,29 @@ pub enum ClientFrame {
         id: Option<String>,
     },
     /// Answered with [`ServerFrame::Echo`] carrying the same content.
-    Echo { content: String },
+    Echo {
+        content: String,
+    },
+    Subscribe {
+        channel: String,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    /// Delivered as [`ServerFrame::Message`] to every subscriber of the
+    /// channel (the sender too, if subscribed).
+    Publish {
+        channel: String,
+        content: String,
+    },
+    /// Delivered to one session, or to every session of one user.
+    Direct {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_session: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_user: Option<String>,
+        content: String,
+    },
 }
 
 /// A frame the server sends.
@@ -41,6 +64,29 @@ pub enum ServerFrame {
     Echo {
         content: String,
     },
+    Subscribed {
+        channel: String,
+    },
+    Unsubscribed {
+        channel: String,
+    },
+    /// A channel publish, a direct message, or an admin send/broadcast.
+    Message {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+        /// The sending session; absent for messages from the admin API.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_session: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_user: Option<String>,
+        content: String,
+        /// Milliseconds since the Unix epoch, when the server accepted it.
+        ts: u64,
+        /// W3C traceparent of the publisher's span, to follow the message
+        /// back to where it came from.
+        traceparent: String,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -59,6 +105,16 @@ pub enum ErrorCode {
     UnknownType,
     /// A known `type` whose fields are missing or of the wrong kind.
     InvalidFrame,
+    /// Channel names are 1–64 characters of `A-Z a-z 0-9 _ - . :`.
+    InvalidChannel,
+    /// The session already has the most subscriptions allowed.
+    TooManySubscriptions,
+    /// Unsubscribe from a channel the session is not subscribed to.
+    NotSubscribed,
+    /// A direct message to a session or user that is not connected.
+    NoSuchRecipient,
+    /// Over the per-session message rate; the frame was not processed.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -68,6 +124,11 @@ impl ErrorCode {
             ErrorCode::MissingType => "missing_type",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::InvalidChannel => "invalid_channel",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::NoSuchRecipient => "no_such_recipient",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -91,7 +152,7 @@ impl DecodeError {
 }
 
 /// The type names a client may use, for error messages.
-const KNOWN_TYPES: &str = "ping, echo";
+const KNOWN_TYPES: &str = "ping, echo, subscribe, unsubscribe, publish, direct";
 
 /// Decodes one text frame. The fast path is a single serde pass; only a
 /// failing frame is parsed a second time to say precisely what is wrong.
@@ -121,13 +182,19 @@ fn classify(text: &str) -> DecodeError {
         },
         Ok(Probe {
             kind: Some(serde_json::Value::String(kind)),
-        }) if !matches!(kind.as_str(), "ping" | "echo") => DecodeError {
-            code: ErrorCode::UnknownType,
-            message: format!(
-                "unknown frame type ({} bytes); expected one of: {KNOWN_TYPES}",
-                kind.len()
-            ),
-        },
+        }) if !matches!(
+            kind.as_str(),
+            "ping" | "echo" | "subscribe" | "unsubscribe" | "publish" | "direct"
+        ) =>
+        {
+            DecodeError {
+                code: ErrorCode::UnknownType,
+                message: format!(
+                    "unknown frame type ({} bytes); expected one of: {KNOWN_TYPES}",
+                    kind.len()
+                ),
+            }
+        }
         Ok(Probe {
             kind: Some(serde_json::Value::String(kind)),
         }) => DecodeError {
@@ -146,10 +213,14 @@ fn invalid_frame_message(kind: &str, text: &str) -> String {
         .err()
         .map(|e| format!(" ({})", category(&e)))
         .unwrap_or_default();
-    match kind {
-        "echo" => format!("echo needs a string \"content\" field{detail}"),
-        _ => format!("{kind} frame has invalid fields{detail}"),
-    }
+    let needs = match kind {
+        "echo" => "a string \"content\"",
+        "subscribe" | "unsubscribe" => "a string \"channel\"",
+        "publish" => "string \"channel\" and \"content\"",
+        "direct" => "a string \"content\" and \"to_session\" or \"to_user\"",
+        _ => "valid fields",
+    };
+    format!("{kind} needs {needs}{detail}")
 }
 
 fn category(e: &serde_json::Error) -> &'static str {
@@ -159,6 +230,19 @@ fn category(e: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Data => "wrong field type or missing field",
         serde_json::error::Category::Eof => "unexpected end of input",
     }
+}
+
+/// Longest channel name.
+pub const MAX_CHANNEL_NAME: usize = 64;
+
+/// Whether a channel name is acceptable: short, and safe to put in a log
+/// line or a URL as it is.
+pub fn valid_channel(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CHANNEL_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
 }
 
 impl ServerFrame {
@@ -184,6 +268,21 @@ mod tests {
             ClientFrame::Echo {
                 content: "hello \"world\"\n".into(),
             },
+            ClientFrame::Subscribe {
+                channel: "room-1".into(),
+            },
+            ClientFrame::Unsubscribe {
+                channel: "room-1".into(),
+            },
+            ClientFrame::Publish {
+                channel: "room-1".into(),
+                content: "hi".into(),
+            },
+            ClientFrame::Direct {
+                to_session: Some("s".into()),
+                to_user: None,
+                content: "psst".into(),
+            },
         ] {
             let json = serde_json::to_string(&frame).unwrap();
             assert_eq!(decode(&json).unwrap(), frame, "{json}");
@@ -208,6 +307,21 @@ mod tests {
             ServerFrame::Error {
                 code: ErrorCode::UnknownType,
                 message: "m".into(),
+            },
+            ServerFrame::Subscribed {
+                channel: "c".into(),
+            },
+            ServerFrame::Unsubscribed {
+                channel: "c".into(),
+            },
+            ServerFrame::Message {
+                id: "m1".into(),
+                channel: Some("c".into()),
+                from_session: Some("s".into()),
+                from_user: None,
+                content: "x".into(),
+                ts: 5,
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             },
         ] {
             let json = frame.to_json();
@@ -255,11 +369,26 @@ mod tests {
             ("{\"type\":\"echo\"}", ErrorCode::InvalidFrame),
             ("{\"type\":\"echo\",\"content\":5}", ErrorCode::InvalidFrame),
             ("{\"type\":\"ping\",\"id\":[]}", ErrorCode::InvalidFrame),
+            (
+                "{\"type\":\"publish\",\"channel\":\"c\"}",
+                ErrorCode::InvalidFrame,
+            ),
+            ("{\"type\":\"subscribe\"}", ErrorCode::InvalidFrame),
         ];
         for (text, code) in cases {
             let err = decode(text).unwrap_err();
             assert_eq!(err.code, code, "{text:?}: {}", err.message);
             assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn channel_names_are_validated() {
+        for ok in ["a", "room-1", "org:team.general", &"x".repeat(64)] {
+            assert!(valid_channel(ok), "{ok}");
+        }
+        for bad in ["", "has space", "new\nline", "ünï", &"x".repeat(65), "a/b"] {
+            assert!(!valid_channel(bad), "{bad}");
         }
     }
 

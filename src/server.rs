@@ -1,9 +1,9 @@
-//! The HTTP side: routes, the per-request server span, the upgrade, and
-//! graceful shutdown.
+//! The HTTP side: the accept loop, routes, the per-request server span, the
+//! upgrade, and graceful shutdown.
 //!
-//! Shutdown follows mini-redis: one [`CancellationToken`] is the broadcast
-//! that every session watches, a [`TaskTracker`] tells when they are all
-//! done, and a [`Semaphore`] caps concurrent sessions.
+//! Shutdown follows mini-redis: one `CancellationToken` is the broadcast
+//! that every session watches, a `TaskTracker` tells when they are all
+//! done, and a `Semaphore` caps concurrent sessions (see [`ServerState`]).
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
@@ -12,22 +12,25 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use opentelemetry::trace::TraceContextExt;
 use serde_json::json;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
+use crate::auth;
 use crate::error::HttpError;
-use crate::limits::Limits;
+use crate::limits::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
 use crate::session::{SessionInfo, UpgradeInfo, run_session};
+use crate::state::{ServerConfig, ServerState};
 use crate::trace_context::{self, IncomingTrace};
 
 pub const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
@@ -35,20 +38,12 @@ pub const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
 /// User agents are attacker-controlled; keep what a human needs.
 const MAX_USER_AGENT_CHARS: usize = 256;
 
-#[derive(Clone)]
-struct AppState {
-    limits: Arc<Limits>,
-    shutdown: CancellationToken,
-    sessions: TaskTracker,
-    connections: Arc<Semaphore>,
-}
-
 /// The trace identity of one HTTP request, put in its extensions by the
 /// tracing middleware.
 #[derive(Clone)]
-struct RequestTrace {
-    span: tracing::Span,
-    trace_id: String,
+pub struct RequestTrace {
+    pub span: tracing::Span,
+    pub trace_id: String,
     user_agent: String,
     origin: &'static str,
 }
@@ -56,26 +51,24 @@ struct RequestTrace {
 /// A bound, not yet serving, server.
 pub struct Server {
     listener: TcpListener,
-    state: AppState,
+    state: Arc<ServerState>,
 }
 
 impl Server {
-    pub async fn bind(addr: SocketAddr, limits: Limits) -> std::io::Result<Self> {
+    pub async fn bind(addr: SocketAddr, config: ServerConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
-        let connections = Arc::new(Semaphore::new(limits.max_connections));
         Ok(Self {
             listener,
-            state: AppState {
-                limits: Arc::new(limits),
-                shutdown: CancellationToken::new(),
-                sessions: TaskTracker::new(),
-                connections,
-            },
+            state: ServerState::new(config),
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> Arc<ServerState> {
+        self.state.clone()
     }
 
     /// Serves until `signal` resolves, then: stop accepting, send Close 1001
@@ -86,31 +79,71 @@ impl Server {
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let Server { listener, state } = self;
+        let app = router(state.clone());
+        // HTTP connections (not yet upgraded) are tracked apart from
+        // sessions: at shutdown they get hyper's graceful close.
+        let connections = tokio_util::task::TaskTracker::new();
         let shutdown = state.shutdown.clone();
-        let sessions = state.sessions.clone();
-        let shutdown_timeout = state.limits.shutdown_timeout;
-        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let stop = shutdown.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    _ = signal => {}
-                    _ = stop.cancelled() => {}
+        let mut signal = std::pin::pin!(signal);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of fds, mostly: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut signal => break,
+                _ = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let service = TowerToHyperService::new(tower::service_fn(
+                move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            ));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(state.limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let mut connection = std::pin::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "http connection ended with an error");
                 }
-                stop.cancel();
-            })
-            .await?;
-
-        sessions.close();
-        let open = sessions.len();
-        tracing::info!(open_sessions = open, "stopped accepting; closing sessions");
-        if tokio::time::timeout(shutdown_timeout, sessions.wait())
-            .await
-            .is_err()
-        {
+            });
+        }
+        drop(listener);
+        shutdown.cancel();
+        state.sessions.close();
+        tracing::info!(
+            open_sessions = state.sessions.len(),
+            "stopped accepting; closing sessions"
+        );
+        let timeout = state.limits.shutdown_timeout;
+        connections.close();
+        let drained = async {
+            connections.wait().await;
+            state.sessions.wait().await;
+        };
+        if tokio::time::timeout(timeout, drained).await.is_err() {
             tracing::error!(
-                open_sessions = sessions.len(),
-                timeout_ms = shutdown_timeout.as_millis() as u64,
+                open_sessions = state.sessions.len(),
+                timeout_ms = timeout.as_millis() as u64,
                 "sessions still open at shutdown timeout"
             );
         }
@@ -118,20 +151,36 @@ impl Server {
     }
 }
 
-fn router(state: AppState) -> Router {
+fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/ws", get(ws_upgrade))
+        .nest("/api", crate::api::router(state.clone()))
         .layer(middleware::from_fn(trace_http))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn healthz(State(state): State<AppState>) -> Response {
+async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
     if state.shutdown.is_cancelled() {
         HttpError::ShuttingDown.into_response()
     } else {
-        Json(json!({ "status": "ok", "sessions": state.sessions.len() })).into_response()
+        Json(json!({ "status": "ok", "sessions": state.hub.len() })).into_response()
     }
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    let body = state
+        .metrics
+        .render(state.hub.gauges(), state.telemetry.as_deref());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Opens the HTTP server span, continuing the caller's trace when it sent a
@@ -206,29 +255,62 @@ async fn trace_http(
     if status.is_server_error() {
         span.record("otel.status_code", "error");
     }
+    if status.is_client_error() || status.is_server_error() {
+        span.in_scope(|| tracing::info!(status = status.as_u16(), %route, "request refused"));
+    }
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&trace_id) {
         headers.insert(X_TRACE_ID, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&trace_context::traceresponse(&span_context)) {
+    if let Ok(value) = HeaderValue::from_str(&trace_context::format_traceparent(&span_context)) {
         headers.insert(TRACERESPONSE, value);
     }
     response
 }
 
 async fn ws_upgrade(
-    State(state): State<AppState>,
+    State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(trace): Extension<RequestTrace>,
+    request_headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, HttpError> {
     if state.shutdown.is_cancelled() {
         return Err(HttpError::ShuttingDown);
     }
+    if !state.origins.allows(
+        request_headers.get(header::ORIGIN),
+        request_headers.get(header::HOST),
+    ) {
+        state.metrics.upgrade_rejected("origin");
+        tracing::warn!("upgrade refused: origin not allowed");
+        return Err(HttpError::OriginNotAllowed);
+    }
+    let user = match &state.jwt {
+        None => None,
+        Some(jwt) => {
+            let token =
+                auth::bearer_token(&request_headers, uri.query()).ok_or(auth::AuthError::Missing);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match token.and_then(|t| jwt.verify(&t, now)) {
+                Ok(user) => Some(user),
+                Err(error) => {
+                    state.metrics.upgrade_rejected("auth");
+                    // The reason, never the token.
+                    tracing::warn!(reason = error.code(), "upgrade refused: bad token");
+                    return Err(error.into());
+                }
+            }
+        }
+    };
     let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
+        state.metrics.upgrade_rejected("connection_limit");
         tracing::warn!(
             limit = state.limits.max_connections,
-            "connection limit reached"
+            "upgrade refused: connection limit reached"
         );
         HttpError::TooManyConnections {
             limit: state.limits.max_connections,
@@ -238,24 +320,26 @@ async fn ws_upgrade(
         session_id: Uuid::now_v7(),
         trace_id: trace.trace_id,
         peer,
+        user,
         upgrade: UpgradeInfo {
             user_agent: trace.user_agent,
             trace_origin: trace.origin,
         },
     };
     let session_span = info.span(&trace.span);
-    let limits = state.limits.clone();
-    let shutdown = state.shutdown.clone();
-    let sessions = state.sessions.clone();
-    Ok(upgrade
+    let limits = &state.limits;
+    let upgrade = upgrade
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
-        .on_failed_upgrade(|error| tracing::warn!(%error, "websocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            let session = async move {
-                run_session(socket, info, limits, shutdown).await;
-                drop(permit);
-            };
-            sessions.track_future(session.instrument(session_span))
-        }))
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .on_failed_upgrade(|error| tracing::warn!(%error, "websocket upgrade failed"));
+    let sessions = state.sessions.clone();
+    Ok(upgrade.on_upgrade(move |socket| {
+        let session = async move {
+            run_session(socket, info, state).await;
+            drop(permit);
+        };
+        sessions.track_future(session.instrument(session_span))
+    }))
 }

@@ -80,7 +80,7 @@ pub fn extract(headers: &HeaderMap, uri: &Uri) -> IncomingTrace {
             }),
         };
     }
-    match query_param(uri, TRACEPARENT) {
+    match uri.query().and_then(|q| query_param(q, TRACEPARENT)) {
         Some(Ok(value)) => parse(&value, None, TraceparentSource::Query),
         Some(Err(length)) => IncomingTrace::Rejected(RejectedTraceparent {
             source: TraceparentSource::Query,
@@ -148,8 +148,7 @@ fn has_w3c_shape(value: &str) -> bool {
 
 /// Finds one query parameter and percent-decodes it. `Err` carries the raw
 /// length when the encoding is broken.
-fn query_param(uri: &Uri, name: &str) -> Option<Result<String, usize>> {
-    let query = uri.query()?;
+pub fn query_param(query: &str, name: &str) -> Option<Result<String, usize>> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| percent_decode(value).ok_or(value.len()))
@@ -181,8 +180,9 @@ fn percent_decode(input: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The `traceresponse` header value (W3C Trace Context Level 2) for a span.
-pub fn traceresponse(span: &SpanContext) -> String {
+/// The W3C `traceparent` form of a span context; also the value of the
+/// `traceresponse` header (Trace Context Level 2).
+pub fn format_traceparent(span: &SpanContext) -> String {
     format!(
         "00-{}-{}-{:02x}",
         span.trace_id(),
@@ -323,6 +323,6 @@ mod tests {
             &uri("/ws"),
         );
         let cx = trace.parent().unwrap().span().span_context().clone();
-        assert_eq!(traceresponse(&cx), VALID);
+        assert_eq!(format_traceparent(&cx), VALID);
     }
 }

@@ -7,11 +7,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
+use super::outbound::Outbound;
 use super::stats::{CloseDecision, CloseSignal, ClosedBy, SessionStats};
 use crate::error::close_code;
+use crate::metrics::FrameKind;
 
 pub async fn run_heartbeat(
-    outbound: mpsc::Sender<Message>,
+    outbound: mpsc::Sender<Outbound>,
     stats: Arc<SessionStats>,
     close: CloseSignal,
     interval: Duration,
@@ -24,9 +26,10 @@ pub async fn run_heartbeat(
         tokio::select! {
             _ = pings.tick() => {
                 let payload = stats.ping_payload();
+                let ping = Outbound::frame(FrameKind::Ping, Message::Ping(payload.to_vec().into()), false);
                 // A full queue means the peer is not reading; the idle
                 // check, not a blocked ping, decides what happens then.
-                match outbound.try_send(Message::Ping(payload.to_vec().into())) {
+                match outbound.try_send(ping) {
                     Ok(()) => tracing::debug!("ping sent"),
                     Err(_) => tracing::debug!("ping skipped: outbound queue full"),
                 }

@@ -2,36 +2,46 @@
 //!
 //! ```text
 //! ws.session span (child of the upgrade's HTTP span, same trace)
-//!   ├─ ws.reader     reads frames, queues replies        (reader.rs)
-//!   ├─ ws.writer     the only writer to the socket       (writer.rs)
-//!   └─ ws.heartbeat  pings, closes idle sessions         (heartbeat.rs)
+//!   ├─ ws.reader     reads frames, queues replies, publishes  (reader.rs)
+//!   │    └─ ws.receive   one per sampled inbound message
+//!   ├─ ws.writer     the only writer to the socket             (writer.rs)
+//!   │    └─ ws.send      one per sampled outbound message (linked to the
+//!   │                    publisher's span for deliveries)
+//!   └─ ws.heartbeat  pings, closes idle sessions               (heartbeat.rs)
 //! ```
 //!
 //! Tasks talk through a bounded outbound queue and a [`CloseSignal`]. The
 //! supervisor ([`run_session`]) waits for the reader to finish, or for a
-//! close decision (idle timeout, shutdown, error) and then at most the close
-//! timeout for the peer's acknowledgement, stops the other tasks, and writes
-//! the one `session closed` line. The session is written against
-//! `Sink`/`Stream`, so tests can drive it without a network.
+//! close decision (idle timeout, shutdown, error, admin, policy) and then
+//! at most the close timeout for the peer's acknowledgement, stops the
+//! other tasks, and writes the one `session closed` line. The session is
+//! written against `Sink`/`Stream`, so tests can drive it without a
+//! network.
 
 mod heartbeat;
+pub mod outbound;
+mod rate;
 mod reader;
 pub mod stats;
 mod writer;
 
 use axum::extract::ws::Message;
 use futures_util::{Sink, Stream, StreamExt};
+use opentelemetry::trace::TraceContextExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::error::close_code;
-use crate::limits::Limits;
+use crate::hub::SessionHandle;
+use crate::metrics::FrameKind;
 use crate::protocol::ServerFrame;
+use crate::state::ServerState;
+use outbound::{MessageSampler, Outbound};
+pub use rate::{RateDecision, RateLimiter};
 use stats::{CloseDecision, CloseSignal, ClosedBy, PeerClose, SessionStats};
 
 /// What a session knows about itself when it starts.
@@ -41,6 +51,8 @@ pub struct SessionInfo {
     /// The session's trace id, as sent in the welcome frame.
     pub trace_id: String,
     pub peer: SocketAddr,
+    /// The JWT subject, when auth is on.
+    pub user: Option<String>,
     /// How the upgrade arrived, for the `session opened` line.
     pub upgrade: UpgradeInfo,
 }
@@ -68,6 +80,7 @@ impl SessionInfo {
             ws.protocol = "ws",
             net.peer.ip = %self.peer.ip(),
             net.peer.port = self.peer.port(),
+            user.id = self.user.as_deref(),
             ws.close.code = tracing::field::Empty,
             ws.close.reason = tracing::field::Empty,
             ws.closed_by = tracing::field::Empty,
@@ -91,12 +104,7 @@ pub struct SessionSummary {
 
 /// Runs a session to its end. Must be called inside the session's span
 /// (see [`SessionInfo::span`]); all log lines and child spans hang off it.
-pub async fn run_session<W>(
-    socket: W,
-    info: SessionInfo,
-    limits: Arc<Limits>,
-    shutdown: CancellationToken,
-) -> SessionSummary
+pub async fn run_session<W>(socket: W, info: SessionInfo, state: Arc<ServerState>) -> SessionSummary
 where
     W: Stream<Item = Result<Message, axum::Error>>
         + Sink<Message, Error = axum::Error>
@@ -104,11 +112,26 @@ where
         + Unpin
         + 'static,
 {
+    let limits = &state.limits;
     let stats = Arc::new(SessionStats::new());
     let close = CloseSignal::new();
     let peer_close = Arc::new(PeerClose::default());
     let (outbound_tx, outbound_rx) = tokio::sync::mpsc::channel(limits.outbound_queue_frames);
     let (sink, stream) = socket.split();
+    let span = tracing::Span::current();
+    let handle = Arc::new(SessionHandle::new(
+        info.session_id,
+        info.trace_id.clone(),
+        info.user.clone(),
+        info.peer,
+        span.clone(),
+        span.context().span().span_context().clone(),
+        stats.clone(),
+        close.clone(),
+        outbound_tx.clone(),
+    ));
+    state.hub.register(handle.clone());
+    state.metrics.session_opened();
 
     tracing::info!(
         user_agent.original = %info.upgrade.user_agent,
@@ -121,11 +144,19 @@ where
         heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
     };
     // The queue is empty and owned here: this cannot fail or wait.
-    let _ = outbound_tx.try_send(Message::Text(welcome.to_json().into()));
+    let _ = outbound_tx.try_send(Outbound::frame(
+        FrameKind::Welcome,
+        Message::Text(welcome.to_json().into()),
+        false,
+    ));
 
     let writer = tokio::spawn(
-        writer::run_writer(sink, outbound_rx, close.subscribe(), stats.clone())
-            .instrument(tracing::info_span!("ws.writer")),
+        writer::Writer {
+            stats: stats.clone(),
+            state: state.clone(),
+        }
+        .run(sink, outbound_rx, close.subscribe())
+        .instrument(tracing::info_span!("ws.writer")),
     );
     let heartbeat = tokio::spawn(
         heartbeat::run_heartbeat(
@@ -137,13 +168,15 @@ where
         )
         .instrument(tracing::info_span!("ws.heartbeat")),
     );
+    let seed = info.session_id.as_u64_pair().1;
     let mut reader = tokio::spawn(
         reader::Reader {
+            session: handle.clone(),
             outbound: outbound_tx,
-            stats: stats.clone(),
-            close: close.clone(),
+            state: state.clone(),
             peer_close: peer_close.clone(),
-            max_message_bytes: limits.max_message_bytes,
+            sampler: MessageSampler::new(state.message_sample_ratio, seed),
+            rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
         }
         .run(stream)
         .instrument(tracing::info_span!("ws.reader")),
@@ -153,7 +186,7 @@ where
     let reader_done = tokio::select! {
         _ = &mut reader => true,
         _ = decided.wait_for(Option::is_some) => false,
-        _ = shutdown.cancelled() => {
+        _ = state.shutdown.cancelled() => {
             close.decide(CloseDecision::new(
                 close_code::GOING_AWAY,
                 "server shutting down",
@@ -162,6 +195,8 @@ where
             false
         }
     };
+    // Stop taking deliveries: nothing more will be sent.
+    state.hub.remove(info.session_id);
     // A close was decided by us or the peer: give the handshake (our Close
     // out, theirs in, or the reverse) a bounded time to finish.
     if !reader_done {
@@ -178,18 +213,28 @@ where
         clean: peer_close.get().is_some(),
         decision,
     };
+    state
+        .metrics
+        .session_closed(summary.decision.code, summary.decision.by.as_str());
     log_closed(&stats, &summary, peer_close.get());
     summary
 }
 
 async fn finish_within(task: &mut JoinHandle<()>, limit: std::time::Duration, name: &str) {
-    if tokio::time::timeout(limit, &mut *task).await.is_err() {
-        task.abort();
-        tracing::warn!(
-            task = name,
-            timeout_ms = limit.as_millis() as u64,
-            "session task did not finish in time; aborted"
-        );
+    match tokio::time::timeout(limit, &mut *task).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) if error.is_panic() => {
+            tracing::error!(task = name, "session task panicked");
+        }
+        Ok(Err(_)) => {}
+        Err(_) => {
+            task.abort();
+            tracing::info!(
+                task = name,
+                timeout_ms = limit.as_millis() as u64,
+                "session task did not finish in time; aborted"
+            );
+        }
     }
 }
 

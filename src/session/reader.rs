@@ -1,121 +1,401 @@
-//! The reader task: reads frames, answers them through the writer's queue.
+//! The reader task: reads frames and acts on them; replies go through the
+//! writer's queue, messages for others through the hub.
 
 use axum::extract::ws::Message;
 use futures_util::{Stream, StreamExt};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
 
-use super::stats::{CloseDecision, CloseSignal, ClosedBy, PeerClose, SessionStats};
+use super::outbound::{Delivery, MessageSampler, Outbound};
+use super::rate::{RateDecision, RateLimiter};
+use super::stats::{CloseDecision, ClosedBy, PeerClose};
 use crate::error::{SessionError, close_code};
-use crate::protocol::{self, ClientFrame, ServerFrame};
+use crate::hub::{SessionHandle, SubscribeError};
+use crate::metrics::FrameKind;
+use crate::protocol::{self, ClientFrame, DecodeError, ErrorCode, ServerFrame};
+use crate::state::ServerState;
+use crate::trace_context::format_traceparent;
 
 pub struct Reader {
-    pub outbound: mpsc::Sender<Message>,
-    pub stats: Arc<SessionStats>,
-    pub close: CloseSignal,
+    pub session: Arc<SessionHandle>,
+    pub outbound: mpsc::Sender<Outbound>,
+    pub state: Arc<ServerState>,
     pub peer_close: Arc<PeerClose>,
-    pub max_message_bytes: usize,
+    pub sampler: MessageSampler,
+    pub rate: RateLimiter,
 }
+
+/// The outbound queue is closed: the session is ending.
+struct Gone;
 
 impl Reader {
     /// Reads until the stream ends. A client Close is recorded and reading
     /// goes on, so the WebSocket layer can send its reply and end the
     /// stream cleanly; an error is recorded as the close decision.
-    pub async fn run<T>(self, mut stream: T)
+    pub async fn run<T>(mut self, mut stream: T)
     where
         T: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
         while let Some(item) = stream.next().await {
-            self.stats.touch();
+            self.session.stats.touch();
             let message = match item {
                 Ok(message) => message,
                 Err(error) => {
-                    let error = SessionError::from_read(error, self.max_message_bytes);
+                    let error = SessionError::from_read(error, self.state.limits.max_message_bytes);
                     self.fail(error);
                     return;
                 }
             };
-            let reply = match message {
-                Message::Text(text) => {
-                    self.stats.message_in(text.len());
-                    Some(Message::Text(self.answer(text.as_str()).into()))
-                }
-                // Binary frames are echoed verbatim (documented in README).
-                Message::Binary(bytes) => {
-                    self.stats.message_in(bytes.len());
-                    Some(Message::Binary(bytes))
-                }
+            let handled = match message {
+                Message::Text(text) => self.on_data(Data::Text(text.as_str())).await,
+                Message::Binary(bytes) => self.on_data(Data::Binary(bytes)).await,
                 // The WebSocket layer answers pings by itself.
-                Message::Ping(_) => None,
+                Message::Ping(_) => Ok(()),
                 Message::Pong(payload) => {
-                    if let Some(rtt) = self.stats.pong(&payload) {
+                    if let Some(rtt) = self.session.stats.pong(&payload) {
                         tracing::trace!(rtt_us = rtt.as_micros() as u64, "pong");
                     }
-                    None
+                    Ok(())
                 }
                 Message::Close(frame) => {
                     let (code, reason) = frame
                         .map(|f| (f.code, f.reason.to_string()))
                         .unwrap_or((close_code::NO_STATUS, String::new()));
                     self.peer_close.set(code, reason.clone());
-                    self.close
+                    self.session
+                        .close
                         .decide(CloseDecision::new(code, reason, ClosedBy::Client));
-                    None
+                    Ok(())
                 }
             };
-            if let Some(reply) = reply {
-                // Waiting here is the backpressure: a client that does not
-                // read its replies stops being read.
-                if self.outbound.send(reply).await.is_err() {
-                    return;
-                }
+            if handled.is_err() {
+                return;
             }
         }
         // The stream ended without a Close frame from the peer or from us.
-        self.close.decide(CloseDecision::new(
+        self.session.close.decide(CloseDecision::new(
             close_code::ABNORMAL,
             "connection lost without close frame",
             ClosedBy::Client,
         ));
     }
 
-    fn answer(&self, text: &str) -> String {
-        match protocol::decode(text) {
-            Ok(ClientFrame::Ping { id }) => ServerFrame::Pong {
-                server_time_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0),
-                id,
+    async fn on_data(&mut self, data: Data<'_>) -> Result<(), Gone> {
+        let size = data.len();
+        self.session.stats.message_in(size);
+        match self.rate.check() {
+            RateDecision::Allow => {}
+            RateDecision::Refuse { first } => return self.refuse(size, first).await,
+            RateDecision::Abuse => {
+                self.abuse();
+                return Err(Gone);
             }
-            .to_json(),
-            Ok(ClientFrame::Echo { content }) => ServerFrame::Echo { content }.to_json(),
+        }
+        let sampled = self.sampler.sample();
+        let (kind, frame) = match data {
+            Data::Binary(bytes) => {
+                self.state.metrics.message_in(FrameKind::Binary, size);
+                // Binary frames are echoed verbatim (documented in README).
+                return self
+                    .reply(FrameKind::Binary, Message::Binary(bytes), sampled)
+                    .await;
+            }
+            Data::Text(text) => {
+                let frame = protocol::decode(text);
+                (frame.as_ref().map_or(FrameKind::Invalid, kind_of), frame)
+            }
+        };
+        self.state.metrics.message_in(kind, size);
+        if !sampled {
+            return self.handle(frame, false).await;
+        }
+        let span = tracing::info_span!(
+            "ws.receive",
+            ws.message.type = kind.as_str(),
+            ws.message.size = size,
+            ws.message.id = tracing::field::Empty,
+        );
+        self.handle(frame, true).instrument(span).await
+    }
+
+    async fn handle(
+        &mut self,
+        frame: Result<ClientFrame, DecodeError>,
+        sampled: bool,
+    ) -> Result<(), Gone> {
+        let frame = match frame {
+            Ok(frame) => frame,
             Err(error) => {
-                self.stats.error();
+                self.session.stats.error();
                 tracing::warn!(
                     error.code = error.code.as_str(),
                     error.message = %error.message,
-                    ws.message.size = text.len(),
                     "rejected client frame"
                 );
-                error.to_frame().to_json()
+                return self.reply_frame(error.to_frame(), sampled).await;
+            }
+        };
+        if sampled {
+            tracing::info!("message received");
+        }
+        match frame {
+            ClientFrame::Ping { id } => {
+                if let Some(id) = &id {
+                    tracing::Span::current().record("ws.message.id", id.as_str());
+                }
+                let pong = ServerFrame::Pong {
+                    server_time_ms: now_ms(),
+                    id,
+                };
+                self.reply_frame(pong, sampled).await
+            }
+            ClientFrame::Echo { content } => {
+                self.reply_frame(ServerFrame::Echo { content }, sampled)
+                    .await
+            }
+            ClientFrame::Subscribe { channel } => self.subscribe(channel, sampled).await,
+            ClientFrame::Unsubscribe { channel } => {
+                if !self.state.hub.unsubscribe(&self.session, &channel) {
+                    return self
+                        .error(
+                            ErrorCode::NotSubscribed,
+                            "not subscribed to that channel",
+                            sampled,
+                        )
+                        .await;
+                }
+                tracing::info!(%channel, "unsubscribed");
+                self.reply_frame(ServerFrame::Unsubscribed { channel }, sampled)
+                    .await
+            }
+            ClientFrame::Publish { channel, content } => {
+                if !protocol::valid_channel(&channel) {
+                    return self.invalid_channel(sampled).await;
+                }
+                let delivery = self.delivery(Some(channel.clone()), content, sampled);
+                let report =
+                    self.state
+                        .hub
+                        .publish(&channel, delivery.clone(), &self.state.metrics);
+                if sampled {
+                    tracing::info!(
+                        %channel,
+                        ws.message.id = %delivery.message_id,
+                        delivered = report.delivered,
+                        dropped = report.dropped,
+                        "message published"
+                    );
+                }
+                Ok(())
+            }
+            ClientFrame::Direct {
+                to_session,
+                to_user,
+                content,
+            } => self.direct(to_session, to_user, content, sampled).await,
+        }
+    }
+
+    async fn subscribe(&mut self, channel: String, sampled: bool) -> Result<(), Gone> {
+        if !protocol::valid_channel(&channel) {
+            return self.invalid_channel(sampled).await;
+        }
+        let limit = self.state.limits.max_subscriptions;
+        match self.state.hub.subscribe(&self.session, &channel, limit) {
+            Ok(_) => {
+                tracing::info!(%channel, "subscribed");
+                self.reply_frame(ServerFrame::Subscribed { channel }, sampled)
+                    .await
+            }
+            Err(SubscribeError::TooMany { limit }) => {
+                let message = format!("at most {limit} subscriptions per session");
+                self.error(ErrorCode::TooManySubscriptions, &message, sampled)
+                    .await
             }
         }
+    }
+
+    async fn direct(
+        &mut self,
+        to_session: Option<String>,
+        to_user: Option<String>,
+        content: String,
+        sampled: bool,
+    ) -> Result<(), Gone> {
+        let hub = &self.state.hub;
+        let receivers = match (&to_session, &to_user) {
+            (Some(id), _) => Uuid::parse_str(id)
+                .ok()
+                .and_then(|id| hub.get(id))
+                .into_iter()
+                .collect(),
+            (None, Some(user)) => hub.sessions_of_user(user),
+            (None, None) => Vec::new(),
+        };
+        if receivers.is_empty() {
+            return self
+                .error(
+                    ErrorCode::NoSuchRecipient,
+                    "no such session or user is connected",
+                    sampled,
+                )
+                .await;
+        }
+        let delivery = self.delivery(None, content, sampled);
+        let report = hub.fan_out(receivers, delivery.clone(), &self.state.metrics);
+        if sampled {
+            tracing::info!(
+                ws.message.id = %delivery.message_id,
+                delivered = report.delivered,
+                dropped = report.dropped,
+                "direct message sent"
+            );
+        }
+        Ok(())
+    }
+
+    /// A `message` frame from this session, serialized once for every
+    /// receiver, carrying this span as its origin.
+    fn delivery(&self, channel: Option<String>, content: String, sampled: bool) -> Arc<Delivery> {
+        let origin: SpanContext = if sampled {
+            tracing::Span::current()
+                .context()
+                .span()
+                .span_context()
+                .clone()
+        } else {
+            self.session.span_context.clone()
+        };
+        let message_id = Uuid::now_v7().to_string();
+        if sampled {
+            tracing::Span::current().record("ws.message.id", message_id.as_str());
+        }
+        let frame = ServerFrame::Message {
+            id: message_id.clone(),
+            channel: channel.clone(),
+            from_session: Some(self.session.id.to_string()),
+            from_user: self.session.user.clone(),
+            content,
+            ts: now_ms(),
+            traceparent: format_traceparent(&origin),
+        };
+        Arc::new(Delivery {
+            message_id,
+            frame: frame.to_json().into(),
+            channel,
+            from_session: Some(self.session.id),
+            origin,
+            sampled,
+        })
+    }
+
+    async fn invalid_channel(&mut self, sampled: bool) -> Result<(), Gone> {
+        self.error(
+            ErrorCode::InvalidChannel,
+            "channel names are 1-64 characters of A-Z a-z 0-9 _ - . :",
+            sampled,
+        )
+        .await
+    }
+
+    async fn error(&mut self, code: ErrorCode, message: &str, sampled: bool) -> Result<(), Gone> {
+        self.session.stats.error();
+        tracing::warn!(
+            error.code = code.as_str(),
+            error.message = message,
+            "request refused"
+        );
+        let frame = ServerFrame::Error {
+            code,
+            message: message.to_owned(),
+        };
+        self.reply_frame(frame, sampled).await
+    }
+
+    async fn reply_frame(&mut self, frame: ServerFrame, sampled: bool) -> Result<(), Gone> {
+        let kind = match &frame {
+            ServerFrame::Welcome { .. } => FrameKind::Welcome,
+            ServerFrame::Pong { .. } => FrameKind::Pong,
+            ServerFrame::Echo { .. } => FrameKind::Echo,
+            ServerFrame::Subscribed { .. } => FrameKind::Subscribed,
+            ServerFrame::Unsubscribed { .. } => FrameKind::Unsubscribed,
+            ServerFrame::Message { .. } => FrameKind::Message,
+            ServerFrame::Error { .. } => FrameKind::Error,
+        };
+        self.reply(kind, Message::Text(frame.to_json().into()), sampled)
+            .await
+    }
+
+    /// Waiting here is the backpressure: a client that does not read its
+    /// replies stops being read.
+    async fn reply(
+        &mut self,
+        kind: FrameKind,
+        message: Message,
+        sampled: bool,
+    ) -> Result<(), Gone> {
+        self.outbound
+            .send(Outbound::frame(kind, message, sampled))
+            .await
+            .map_err(|_| Gone)
+    }
+
+    async fn refuse(&mut self, size: usize, first: bool) -> Result<(), Gone> {
+        self.state.metrics.rate_limited.fetch_add(1, Relaxed);
+        self.state.metrics.message_in(FrameKind::Invalid, size);
+        self.session.stats.error();
+        if !first {
+            return Ok(());
+        }
+        tracing::warn!(
+            messages_per_second = self.state.limits.messages_per_second,
+            burst = self.state.limits.message_burst,
+            "message rate exceeded; refusing frames"
+        );
+        let frame = ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: format!(
+                "more than {} messages per second; frames are dropped until the rate falls, \
+                 and the session is closed (1008) if it does not",
+                self.state.limits.messages_per_second
+            ),
+        };
+        self.reply_frame(frame, false).await
+    }
+
+    fn abuse(&self) {
+        tracing::warn!(
+            messages_per_second = self.state.limits.messages_per_second,
+            "message rate still exceeded; closing with 1008"
+        );
+        self.session.close.decide(CloseDecision::new(
+            close_code::POLICY_VIOLATION,
+            "message rate exceeded",
+            ClosedBy::Policy,
+        ));
     }
 
     fn fail(&self, error: SessionError) {
         if let SessionError::ConnectionLost(cause) = &error {
             // A client vanishing is its choice, not a server error.
             tracing::debug!(%cause, "peer went away without a close frame");
-            self.close.decide(CloseDecision::new(
+            self.session.close.decide(CloseDecision::new(
                 close_code::ABNORMAL,
                 error.close_reason(),
                 ClosedBy::Client,
             ));
             return;
         }
-        self.stats.error();
+        if let SessionError::MessageTooBig { .. } = error {
+            self.state.metrics.oversize.fetch_add(1, Relaxed);
+        }
+        self.session.stats.error();
         tracing::warn!(
             error = %error,
             close_code = error.close_code(),
@@ -126,10 +406,42 @@ impl Reader {
         } else {
             close_code::ABNORMAL
         };
-        self.close.decide(CloseDecision::new(
+        self.session.close.decide(CloseDecision::new(
             code,
             error.close_reason(),
             ClosedBy::Error,
         ));
     }
+}
+
+enum Data<'a> {
+    Text(&'a str),
+    Binary(axum::body::Bytes),
+}
+
+impl Data<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Data::Text(t) => t.len(),
+            Data::Binary(b) => b.len(),
+        }
+    }
+}
+
+fn kind_of(frame: &ClientFrame) -> FrameKind {
+    match frame {
+        ClientFrame::Ping { .. } => FrameKind::Ping,
+        ClientFrame::Echo { .. } => FrameKind::Echo,
+        ClientFrame::Subscribe { .. } => FrameKind::Subscribe,
+        ClientFrame::Unsubscribe { .. } => FrameKind::Unsubscribe,
+        ClientFrame::Publish { .. } => FrameKind::Publish,
+        ClientFrame::Direct { .. } => FrameKind::Direct,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -112,8 +112,12 @@ impl Default for SessionStats {
 pub enum ClosedBy {
     /// The client sent Close, or dropped the connection.
     Client,
-    /// The server decided (reserved for admin kicks and policy closes).
+    /// The server decided, for no reason below.
     Server,
+    /// An operator, through the admin API.
+    Admin,
+    /// A policy: message rate, outbound queue overflow.
+    Policy,
     /// Nothing heard from the client within the idle timeout.
     IdleTimeout,
     /// A protocol or transport error.
@@ -127,6 +131,8 @@ impl ClosedBy {
         match self {
             ClosedBy::Client => "client",
             ClosedBy::Server => "server",
+            ClosedBy::Admin => "admin",
+            ClosedBy::Policy => "policy",
             ClosedBy::IdleTimeout => "idle_timeout",
             ClosedBy::Error => "error",
             ClosedBy::Shutdown => "shutdown",

@@ -4,63 +4,140 @@ use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::outbound::{Delivery, Outbound};
 use super::stats::{CloseDecision, SessionStats};
+use crate::metrics::FrameKind;
+use crate::state::ServerState;
 
-/// Writes queued frames until the queue closes or a close is decided; on a
-/// server-side decision it sends the Close frame and stops (nothing may
-/// follow a Close).
-pub async fn run_writer<K>(
-    mut sink: K,
-    mut outbound: mpsc::Receiver<Message>,
-    mut close: watch::Receiver<Option<CloseDecision>>,
-    stats: Arc<SessionStats>,
-) where
-    K: Sink<Message, Error = axum::Error> + Unpin,
-{
-    loop {
-        tokio::select! {
-            biased;
-            _ = decided(&mut close) => {
-                let decision = close.borrow().clone();
-                if let Some(decision) = decision.filter(CloseDecision::server_sends_close) {
-                    let frame = CloseFrame {
-                        code: decision.code,
-                        reason: decision.reason.as_str().into(),
-                    };
-                    match sink.send(Message::Close(Some(frame))).await {
-                        Ok(()) => tracing::debug!(
-                            close_code = decision.code,
-                            closed_by = decision.by.as_str(),
-                            "close frame sent"
-                        ),
-                        Err(error) => tracing::debug!(%error, "could not send close frame"),
+pub struct Writer {
+    pub stats: Arc<SessionStats>,
+    pub state: Arc<ServerState>,
+}
+
+impl Writer {
+    /// Writes queued frames until the queue closes or a close is decided;
+    /// on a server-side decision it sends the Close frame and stops
+    /// (nothing may follow a Close).
+    pub async fn run<K>(
+        self,
+        mut sink: K,
+        mut outbound: mpsc::Receiver<Outbound>,
+        mut close: watch::Receiver<Option<CloseDecision>>,
+    ) where
+        K: Sink<Message, Error = axum::Error> + Unpin,
+    {
+        loop {
+            tokio::select! {
+                biased;
+                _ = decided(&mut close) => {
+                    let decision = close.borrow().clone();
+                    if let Some(decision) = decision.filter(CloseDecision::server_sends_close) {
+                        send_close(&mut sink, &decision).await;
                     }
+                    return;
                 }
-                return;
-            }
-            next = outbound.recv() => {
-                let Some(message) = next else { return };
-                // Drain what is already queued, then flush once: one syscall
-                // for a burst instead of one per frame.
-                let mut batch = Some(message);
-                while let Some(message) = batch.take() {
-                    let data_len = data_len(&message);
-                    if let Err(error) = sink.feed(message).await {
-                        tracing::debug!(%error, "write failed; peer is gone");
+                next = outbound.recv() => {
+                    let Some(item) = next else { return };
+                    // Drain what is already queued, then flush once: one
+                    // syscall for a burst instead of one per frame.
+                    let mut batch = Some(item);
+                    while let Some(item) = batch.take() {
+                        if let Err(error) = self.feed(&mut sink, item).await {
+                            tracing::debug!(%error, "write failed; peer is gone");
+                            return;
+                        }
+                        batch = outbound.try_recv().ok();
+                    }
+                    if let Err(error) = sink.flush().await {
+                        tracing::debug!(%error, "flush failed; peer is gone");
                         return;
                     }
-                    if let Some(len) = data_len {
-                        stats.message_out(len);
-                    }
-                    batch = outbound.try_recv().ok();
-                }
-                if let Err(error) = sink.flush().await {
-                    tracing::debug!(%error, "flush failed; peer is gone");
-                    return;
                 }
             }
         }
+    }
+
+    async fn feed<K>(&self, sink: &mut K, item: Outbound) -> Result<(), axum::Error>
+    where
+        K: Sink<Message, Error = axum::Error> + Unpin,
+    {
+        match item {
+            Outbound::Frame {
+                kind,
+                message,
+                sampled,
+            } => {
+                let size = data_len(&message);
+                if sampled && let Some(size) = size {
+                    let span = tracing::info_span!(
+                        "ws.send",
+                        ws.message.type = kind.as_str(),
+                        ws.message.size = size,
+                    );
+                    sink.feed(message).instrument(span).await?;
+                } else {
+                    sink.feed(message).await?;
+                }
+                if let Some(size) = size {
+                    self.stats.message_out(size);
+                    self.state.metrics.message_out(kind, size);
+                }
+            }
+            Outbound::Delivery(delivery) => {
+                let size = delivery.frame.len();
+                if delivery.sampled {
+                    record_delivery(&delivery, size);
+                }
+                sink.feed(Message::Text(delivery.frame.clone())).await?;
+                self.stats.message_out(size);
+                self.state.metrics.message_out(FrameKind::Message, size);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The receiver's side of a delivery: a `ws.send` span linked (not
+/// parented: each session keeps its own trace) to the publisher's span, and
+/// a log line naming that span.
+fn record_delivery(delivery: &Delivery, size: usize) {
+    let span = tracing::info_span!(
+        "ws.send",
+        ws.message.type = "message",
+        ws.message.size = size,
+        ws.message.id = %delivery.message_id,
+    );
+    span.add_link(delivery.origin.clone());
+    span.in_scope(|| {
+        tracing::info!(
+            ws.message.id = %delivery.message_id,
+            channel = delivery.channel.as_deref(),
+            from_session = delivery.from_session.map(|s| s.to_string()),
+            link.trace_id = %delivery.origin.trace_id(),
+            link.span_id = %delivery.origin.span_id(),
+            "message delivered"
+        );
+    });
+}
+
+async fn send_close<K>(sink: &mut K, decision: &CloseDecision)
+where
+    K: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let frame = CloseFrame {
+        code: decision.code,
+        reason: decision.reason.as_str().into(),
+    };
+    match sink.send(Message::Close(Some(frame))).await {
+        Ok(()) => tracing::debug!(
+            close_code = decision.code,
+            closed_by = decision.by.as_str(),
+            "close frame sent"
+        ),
+        Err(error) => tracing::debug!(%error, "could not send close frame"),
     }
 }
 

@@ -15,6 +15,8 @@
 use serde::Serializer;
 use serde::ser::SerializeMap;
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
@@ -23,6 +25,8 @@ use tracing_bunyan_formatter::JsonStorage;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
+
+use super::TelemetryCounters;
 
 /// Keys written by the layer itself; span or event fields with these names
 /// are not written again (a JSON object with duplicate keys is ambiguous).
@@ -44,15 +48,17 @@ pub struct BunyanJsonLayer<W> {
     /// the subscriber is a scoped default, as in tests.) Weak, because the
     /// dispatcher owns this layer.
     dispatch: std::sync::OnceLock<WeakDispatch>,
+    counters: Arc<TelemetryCounters>,
     name: String,
     hostname: String,
     pid: u32,
 }
 
 impl<W> BunyanJsonLayer<W> {
-    pub fn new(name: impl Into<String>, make_writer: W) -> Self {
+    pub fn new(name: impl Into<String>, make_writer: W, counters: Arc<TelemetryCounters>) -> Self {
         Self {
             make_writer,
+            counters,
             dispatch: std::sync::OnceLock::new(),
             name: name.into(),
             hostname: hostname(),
@@ -230,7 +236,11 @@ where
             line.push(b'\n');
             // The writers are lossless (they block when full); an error here
             // means the writer thread is gone, i.e. the process is exiting.
-            let _ = self.make_writer.make_writer_for(meta).write_all(&line);
+            let counter = match self.make_writer.make_writer_for(meta).write_all(&line) {
+                Ok(()) => &self.counters.log_lines_written,
+                Err(_) => &self.counters.log_lines_dropped,
+            };
+            counter.fetch_add(1, Relaxed);
         }
     }
 }

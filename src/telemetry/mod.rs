@@ -19,14 +19,19 @@
 //! export may itself log), then the log writers.
 
 mod bunyan;
+mod counters;
 
 pub use bunyan::{BunyanJsonLayer, bunyan_level};
+pub use counters::{CountingExporter, CountingProcessor, TelemetryCounters};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tracing::Subscriber;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
@@ -35,7 +40,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::limits::LOG_QUEUE_LINES;
+use crate::limits::{LOG_QUEUE_LINES, SPAN_QUEUE_SPANS};
 
 const DEFAULT_SERVICE_NAME: &str = "wstrace";
 /// Our own default directives; `RUST_LOG` replaces them entirely.
@@ -142,9 +147,15 @@ pub enum TelemetryError {
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
     log_writers: Vec<WorkerGuard>,
+    counters: Arc<TelemetryCounters>,
 }
 
 impl TelemetryGuard {
+    /// What this telemetry stack wrote, exported and dropped.
+    pub fn counters(&self) -> Arc<TelemetryCounters> {
+        self.counters.clone()
+    }
+
     /// Exports every finished span, then writes every queued log line.
     /// Safe to call once; also what `Drop` does.
     pub fn shutdown(&mut self) {
@@ -251,11 +262,26 @@ pub fn get_subscriber(
     if env_nonempty("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(config.service_name.clone());
     }
+    let counters = Arc::new(TelemetryCounters::default());
     let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
     match &config.otlp {
         Some(_) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder().build()?;
-            provider = provider.with_batch_exporter(exporter);
+            let exporter = CountingExporter::new(exporter, counters.clone());
+            let max_in_flight = env_nonempty("OTEL_BSP_MAX_QUEUE_SIZE")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(SPAN_QUEUE_SPANS);
+            let batch = BatchConfigBuilder::default()
+                .with_max_queue_size(max_in_flight)
+                .build();
+            let processor = BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch)
+                .build();
+            provider = provider.with_span_processor(CountingProcessor::new(
+                processor,
+                counters.clone(),
+                max_in_flight,
+            ));
         }
         // Nothing would receive the spans: keep their ids (for logs and
         // headers) but skip recording them.
@@ -277,6 +303,7 @@ pub fn get_subscriber(
         .with(BunyanJsonLayer::new(
             config.service_name.clone(),
             LogOutputs(outputs),
+            counters.clone(),
         ));
 
     Ok((
@@ -284,6 +311,7 @@ pub fn get_subscriber(
         TelemetryGuard {
             tracer_provider: Some(provider),
             log_writers,
+            counters,
         },
     ))
 }

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::http::Response;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use wstrace::limits::Limits;
 use wstrace::server::Server;
+use wstrace::state::{ServerConfig, ServerState};
 use wstrace::telemetry::{TelemetryConfig, TelemetryGuard, get_subscriber};
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -30,6 +31,7 @@ pub struct TestServer {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     telemetry: Option<TelemetryGuard>,
+    pub state: std::sync::Arc<ServerState>,
     _subscriber: tracing::subscriber::DefaultGuard,
 }
 
@@ -41,12 +43,29 @@ pub fn test_limits() -> Limits {
     }
 }
 
+/// No per-message sampling unless a test asks: line counts stay exact.
+pub fn test_config() -> ServerConfig {
+    ServerConfig {
+        limits: test_limits(),
+        message_sample_ratio: 0.0,
+        ..ServerConfig::default()
+    }
+}
+
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(test_limits()).await
     }
 
     pub async fn start_with(limits: Limits) -> Self {
+        Self::start_with_config(ServerConfig {
+            limits,
+            ..test_config()
+        })
+        .await
+    }
+
+    pub async fn start_with_config(mut server_config: ServerConfig) -> Self {
         let log_dir = tempfile::tempdir().unwrap();
         let config = TelemetryConfig {
             service_name: "wstrace".into(),
@@ -58,9 +77,11 @@ impl TestServer {
         };
         let (subscriber, guard) = get_subscriber(&config).unwrap();
         let default = tracing::subscriber::set_default(subscriber);
-        let server = Server::bind("127.0.0.1:0".parse().unwrap(), limits)
+        server_config.telemetry = Some(guard.counters());
+        let server = Server::bind("127.0.0.1:0".parse().unwrap(), server_config)
             .await
             .unwrap();
+        let state = server.state();
         let addr = server.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(server.run(async {
@@ -72,8 +93,13 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
             telemetry: Some(guard),
+            state,
             _subscriber: default,
         }
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
     }
 
     pub fn url(&self, path_and_query: &str) -> String {

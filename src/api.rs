@@ -1,0 +1,346 @@
+//! The admin REST API under `/api`, behind `Authorization: Bearer
+//! <WSTRACE_ADMIN_TOKEN>`.
+//!
+//! Each request is its own trace (the HTTP middleware gives it a server
+//! span). A session an admin request touches logs a line in its own trace
+//! with a span link back to the request, so the two stories join up.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use crate::auth::constant_time_eq;
+use crate::error::{HttpError, close_code};
+use crate::hub::{FanOut, SessionHandle};
+use crate::protocol::{self, ServerFrame};
+use crate::session::outbound::Delivery;
+use crate::session::stats::{CloseDecision, ClosedBy};
+use crate::state::ServerState;
+use crate::trace_context::format_traceparent;
+
+pub fn router(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
+    Router::new()
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{id}", get(get_session).delete(close_session))
+        .route("/stats", get(stats))
+        .route("/channels", get(channels))
+        .route("/send", post(send))
+        .route("/broadcast", post(broadcast))
+        .route("/cleanup", post(cleanup))
+        .layer(middleware::from_fn_with_state(state, require_admin_token))
+}
+
+async fn require_admin_token(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, HttpError> {
+    state.metrics.admin_requests.fetch_add(1, Relaxed);
+    let Some(expected) = &state.admin_token else {
+        return Err(HttpError::AdminDisabled);
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
+        tracing::warn!("admin request refused: missing or wrong token");
+        return Err(HttpError::AdminUnauthorized);
+    }
+    Ok(next.run(request).await)
+}
+
+#[derive(Debug, Serialize)]
+struct SessionView {
+    session_id: String,
+    trace_id: String,
+    user: Option<String>,
+    peer: String,
+    connected_at_ms: u64,
+    idle_ms: u64,
+    channels: Vec<String>,
+    messages_in: u64,
+    messages_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    errors: u64,
+}
+
+fn view(session: &Arc<SessionHandle>) -> SessionView {
+    let stats = &session.stats;
+    SessionView {
+        session_id: session.id.to_string(),
+        trace_id: session.trace_id.clone(),
+        user: session.user.clone(),
+        peer: session.peer.to_string(),
+        connected_at_ms: unix_ms(session.connected_at),
+        idle_ms: stats.last_seen().elapsed().as_millis() as u64,
+        channels: session.channels(),
+        messages_in: stats.messages_in.load(Relaxed),
+        messages_out: stats.messages_out.load(Relaxed),
+        bytes_in: stats.bytes_in.load(Relaxed),
+        bytes_out: stats.bytes_out.load(Relaxed),
+        errors: stats.errors.load(Relaxed),
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn list_sessions(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    let sessions: Vec<_> = state.hub.sessions().iter().map(view).collect();
+    Json(json!({ "count": sessions.len(), "sessions": sessions }))
+}
+
+fn find(state: &ServerState, id: &str) -> Result<Arc<SessionHandle>, HttpError> {
+    Uuid::parse_str(id)
+        .ok()
+        .and_then(|id| state.hub.get(id))
+        .ok_or_else(|| HttpError::NotFound("no such session".into()))
+}
+
+async fn get_session(
+    State(state): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionView>, HttpError> {
+    Ok(Json(view(&find(&state, &id)?)))
+}
+
+#[derive(Debug, Deserialize)]
+struct CloseParams {
+    code: Option<u16>,
+    reason: Option<String>,
+}
+
+/// Application close codes an operator may use: 1000, 1001, 1008, and the
+/// 4000–4999 private range.
+fn allowed_close_code(code: u16) -> bool {
+    matches!(code, 1000 | 1001 | 1008) || (4000..=4999).contains(&code)
+}
+
+async fn close_session(
+    State(state): State<Arc<ServerState>>,
+    Path(id): Path<String>,
+    Query(params): Query<CloseParams>,
+) -> Result<Json<Value>, HttpError> {
+    let session = find(&state, &id)?;
+    let code = params.code.unwrap_or(close_code::KICKED);
+    if !allowed_close_code(code) {
+        return Err(HttpError::BadRequest(
+            "code must be 1000, 1001, 1008 or 4000-4999".into(),
+        ));
+    }
+    let reason = params.reason.unwrap_or_else(|| "closed by admin".into());
+    if reason.len() > 123 {
+        return Err(HttpError::BadRequest("reason is at most 123 bytes".into()));
+    }
+    record_in_session(&session, "close", &current_span_context());
+    let decided = session
+        .close
+        .decide(CloseDecision::new(code, reason.clone(), ClosedBy::Admin));
+    tracing::info!(session_id = %session.id, code, "admin closed session");
+    Ok(Json(json!({
+        "session_id": session.id.to_string(),
+        "code": code,
+        "reason": reason,
+        "already_closing": !decided,
+    })))
+}
+
+async fn stats(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    let metrics = &state.metrics;
+    let gauges = state.hub.gauges();
+    let (mut messages_in, mut messages_out) = (0, 0);
+    for session in state.hub.sessions() {
+        messages_in += session.stats.messages_in.load(Relaxed);
+        messages_out += session.stats.messages_out.load(Relaxed);
+    }
+    Json(json!({
+        "sessions_active": state.hub.len(),
+        "sessions_opened_total": metrics.sessions_opened.load(Relaxed),
+        "channels": gauges.channels,
+        "subscriptions": gauges.subscriptions,
+        "messages_in_active_sessions": messages_in,
+        "messages_out_active_sessions": messages_out,
+        "rate_limited_total": metrics.rate_limited.load(Relaxed),
+        "outbound_queue_drops_total": metrics.outbound_queue_drops.load(Relaxed),
+        "uptime_s": state.started.elapsed().as_secs(),
+    }))
+}
+
+async fn channels(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    let channels: Vec<_> = state
+        .hub
+        .channel_list()
+        .into_iter()
+        .map(|(channel, subscribers)| json!({ "channel": channel, "subscribers": subscribers }))
+        .collect();
+    Json(json!({ "count": channels.len(), "channels": channels }))
+}
+
+#[derive(Debug, Deserialize)]
+struct SendRequest {
+    session_id: Option<String>,
+    user: Option<String>,
+    content: String,
+}
+
+async fn send(
+    State(state): State<Arc<ServerState>>,
+    Json(body): Json<SendRequest>,
+) -> Result<Json<Value>, HttpError> {
+    let receivers = match (&body.session_id, &body.user) {
+        (Some(id), _) => vec![find(&state, id)?],
+        (None, Some(user)) => state.hub.sessions_of_user(user),
+        (None, None) => {
+            return Err(HttpError::BadRequest(
+                "give \"session_id\" or \"user\"".into(),
+            ));
+        }
+    };
+    if receivers.is_empty() {
+        return Err(HttpError::NotFound(
+            "no session of that user is connected".into(),
+        ));
+    }
+    let delivery = admin_delivery(None, body.content);
+    for receiver in &receivers {
+        record_in_session(receiver, "send", &delivery.origin);
+    }
+    let report = state
+        .hub
+        .fan_out(receivers, delivery.clone(), &state.metrics);
+    Ok(Json(fan_out_json(&delivery, report)))
+}
+
+#[derive(Debug, Deserialize)]
+struct BroadcastRequest {
+    channel: Option<String>,
+    content: String,
+}
+
+async fn broadcast(
+    State(state): State<Arc<ServerState>>,
+    Json(body): Json<BroadcastRequest>,
+) -> Result<Json<Value>, HttpError> {
+    if let Some(channel) = &body.channel
+        && !protocol::valid_channel(channel)
+    {
+        return Err(HttpError::BadRequest("invalid channel name".into()));
+    }
+    let delivery = admin_delivery(body.channel.clone(), body.content);
+    let receivers = match &body.channel {
+        Some(channel) => state.hub.subscribers(channel),
+        None => state.hub.sessions(),
+    };
+    for receiver in &receivers {
+        record_in_session(receiver, "broadcast", &delivery.origin);
+    }
+    let report = state
+        .hub
+        .fan_out(receivers, delivery.clone(), &state.metrics);
+    Ok(Json(fan_out_json(&delivery, report)))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct CleanupRequest {
+    /// Close sessions silent for at least this long (default 300).
+    idle_seconds: Option<u64>,
+}
+
+async fn cleanup(
+    State(state): State<Arc<ServerState>>,
+    body: Option<Json<CleanupRequest>>,
+) -> Json<Value> {
+    let idle = Duration::from_secs(body.unwrap_or_default().idle_seconds.unwrap_or(300));
+    let origin = current_span_context();
+    let mut closed = Vec::new();
+    for session in state.hub.sessions() {
+        if session.stats.last_seen().elapsed() >= idle {
+            record_in_session(&session, "cleanup", &origin);
+            if session.close.decide(CloseDecision::new(
+                close_code::CLEANED_UP,
+                "idle session cleaned up",
+                ClosedBy::Admin,
+            )) {
+                closed.push(session.id.to_string());
+            }
+        }
+    }
+    tracing::info!(
+        closed = closed.len(),
+        idle_s = idle.as_secs(),
+        "admin cleanup"
+    );
+    Json(json!({ "closed": closed.len(), "session_ids": closed }))
+}
+
+fn current_span_context() -> SpanContext {
+    tracing::Span::current()
+        .context()
+        .span()
+        .span_context()
+        .clone()
+}
+
+/// A message from the admin API: always recorded (admin traffic is rare),
+/// its origin the admin request's span.
+fn admin_delivery(channel: Option<String>, content: String) -> Arc<Delivery> {
+    let origin = current_span_context();
+    let message_id = Uuid::now_v7().to_string();
+    let frame = ServerFrame::Message {
+        id: message_id.clone(),
+        channel: channel.clone(),
+        from_session: None,
+        from_user: None,
+        content,
+        ts: unix_ms(SystemTime::now()),
+        traceparent: format_traceparent(&origin),
+    };
+    Arc::new(Delivery {
+        message_id,
+        frame: frame.to_json().into(),
+        channel,
+        from_session: None,
+        origin,
+        sampled: true,
+    })
+}
+
+fn fan_out_json(delivery: &Delivery, report: FanOut) -> Value {
+    json!({
+        "message_id": delivery.message_id,
+        "delivered": report.delivered,
+        "dropped": report.dropped,
+    })
+}
+
+/// A line in the touched session's own trace, in a `ws.admin` span linked
+/// to the admin request.
+fn record_in_session(session: &SessionHandle, action: &'static str, origin: &SpanContext) {
+    let span = tracing::info_span!(parent: &session.span, "ws.admin", admin.action = action);
+    span.add_link(origin.clone());
+    span.in_scope(|| {
+        tracing::info!(
+            admin.action = action,
+            link.trace_id = %origin.trace_id(),
+            link.span_id = %origin.span_id(),
+            "admin request touched this session"
+        )
+    });
+}

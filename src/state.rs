@@ -1,0 +1,80 @@
+//! What every part of a running server shares.
+
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{JwtVerifier, OriginPolicy, Secret};
+use crate::hub::Hub;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::telemetry::TelemetryCounters;
+
+/// How a server is set up (from the CLI, or by a test).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub limits: Limits,
+    /// Share of messages that get `ws.receive`/`ws.send` spans and log lines.
+    pub message_sample_ratio: f64,
+    pub admin_token: Option<Secret>,
+    pub jwt_secret: Option<Secret>,
+    pub allowed_origins: Vec<String>,
+    /// The telemetry stack's counters, for `/metrics`.
+    pub telemetry: Option<Arc<TelemetryCounters>>,
+}
+
+/// Default message sample ratio; see BENCHMARKS.md for how it was chosen.
+pub const DEFAULT_MESSAGE_SAMPLE_RATIO: f64 = 0.01;
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            message_sample_ratio: DEFAULT_MESSAGE_SAMPLE_RATIO,
+            admin_token: None,
+            jwt_secret: None,
+            allowed_origins: Vec::new(),
+            telemetry: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ServerState {
+    pub limits: Limits,
+    pub message_sample_ratio: f64,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    pub telemetry: Option<Arc<TelemetryCounters>>,
+    pub admin_token: Option<Secret>,
+    pub jwt: Option<JwtVerifier>,
+    pub origins: OriginPolicy,
+    /// Broadcast to every session: the server is shutting down.
+    pub shutdown: CancellationToken,
+    /// Every running session, to wait for at shutdown.
+    pub sessions: TaskTracker,
+    /// One permit per session: the connection cap.
+    pub connections: Arc<Semaphore>,
+    pub started: Instant,
+}
+
+impl ServerState {
+    pub fn new(config: ServerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            limits: config.limits,
+            message_sample_ratio: config.message_sample_ratio,
+            hub: Hub::default(),
+            metrics: Metrics::default(),
+            telemetry: config.telemetry,
+            admin_token: config.admin_token,
+            jwt: config.jwt_secret.map(JwtVerifier::new),
+            origins: OriginPolicy::from_list(&config.allowed_origins),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            started: Instant::now(),
+        })
+    }
+}

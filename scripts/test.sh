@@ -5,10 +5,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Real tools the tests use: rotel (OTLP collector, PyPI); promtool
+# (Prometheus, Debian) to validate /metrics and the Prometheus config.
 if ! python3 -c 'import rotel' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 ROTEL_AGENT="$(python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 export ROTEL_AGENT
+
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+if ((${#missing[@]})); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "test.sh: please install: ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+# Tests that use these tools fail, rather than skip, when they are absent.
+export WSTRACE_REQUIRE_TOOLS=1
 
 cargo test --locked --all-targets "$@"

@@ -13,6 +13,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
+use wstrace::auth::{JwtVerifier, Secret};
+
+const JWT_SECRET: &str = "process-jwt-secret-5d1c";
+const ADMIN_TOKEN: &str = "process-admin-token-9e77";
 
 struct Wstrace {
     child: Child,
@@ -270,10 +274,13 @@ async fn traced_session_reaches_collector(protocol: &str) {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
         ("OTEL_SERVICE_NAME", "wstrace-under-test"),
+        ("WSTRACE_JWT_SECRET", JWT_SECRET),
+        ("WSTRACE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("WSTRACE_MESSAGE_SAMPLE_RATIO", "1.0"),
     ]);
-    let (mut client, response) = tokio_tungstenite::connect_async(server.url())
-        .await
-        .unwrap();
+    let token = JwtVerifier::new(Secret::new(JWT_SECRET)).sign(&json!({"sub": "dave"}));
+    let url = format!("{}?token={token}", server.url());
+    let (mut client, response) = tokio_tungstenite::connect_async(url).await.unwrap();
     let trace_id = response.headers()["x-trace-id"]
         .to_str()
         .unwrap()
@@ -285,6 +292,20 @@ async fn traced_session_reaches_collector(protocol: &str) {
     next_json(&mut client).await;
     client.send(Message::Text("oops".into())).await.unwrap();
     next_json(&mut client).await;
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let listed = http(
+        addr,
+        "GET",
+        "/api/sessions",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+    let refused =
+        tokio_tungstenite::connect_async(format!("{}?token=forged.{token}", server.url())).await;
+    assert!(refused.is_err());
     client.close(None).await.unwrap();
     while let Some(Ok(_)) = client.next().await {}
 
@@ -301,6 +322,8 @@ async fn traced_session_reaches_collector(protocol: &str) {
         "ws.reader",
         "ws.writer",
         "ws.heartbeat",
+        "ws.receive",
+        "ws.send",
     ]
     .into();
     let spans = wait_for(Duration::from_secs(20), "spans at the collector", || {
@@ -323,6 +346,23 @@ async fn traced_session_reaches_collector(protocol: &str) {
         output.contains("wstrace-under-test"),
         "service.name from OTEL_SERVICE_NAME"
     );
+    assert!(
+        output.contains("ws.receive"),
+        "sampled message spans are exported"
+    );
+    // No secret reaches a span: not the JWT (sent in the query), its key,
+    // nor the admin token.
+    let signature = token.rsplit('.').next().unwrap();
+    for secret in [signature, JWT_SECRET, ADMIN_TOKEN] {
+        assert!(!output.contains(secret), "{secret} reached the collector");
+    }
+    let logs: String = std::fs::read_dir(log_dir.path())
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    for secret in [signature, JWT_SECRET, ADMIN_TOKEN] {
+        assert!(!logs.contains(secret), "{secret} reached the logs");
+    }
 
     // The same trace id is on every one of the session's log lines.
     let lines = read_log_lines(log_dir.path());

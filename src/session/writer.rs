@@ -35,6 +35,14 @@ impl Writer {
                 _ = decided(&mut close) => {
                     let decision = close.borrow().clone();
                     if let Some(decision) = decision.filter(CloseDecision::server_sends_close) {
+                        // Frames queued before the decision still go out
+                        // first (a stalled peer blocks here; the supervisor
+                        // gives up after the close timeout).
+                        while let Ok(item) = outbound.try_recv() {
+                            if self.feed(&mut sink, item).await.is_err() {
+                                return;
+                            }
+                        }
                         send_close(&mut sink, &decision).await;
                     }
                     return;

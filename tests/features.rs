@@ -1,0 +1,856 @@
+//! Session features against the in-process server with real WebSocket
+//! clients: channels, direct messages, the admin API, auth, limits and
+//! metrics.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use wstrace::auth::{JwtVerifier, Secret};
+use wstrace::limits::Limits;
+use wstrace::state::ServerConfig;
+
+const ADMIN_TOKEN: &str = "admin-7f3c9d2e-never-logged";
+const JWT_SECRET: &str = "jwt-secret-b41e-never-logged";
+
+fn traced_config() -> ServerConfig {
+    ServerConfig {
+        message_sample_ratio: 1.0,
+        admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        ..test_config()
+    }
+}
+
+fn admin() -> [(&'static str, &'static str); 1] {
+    [("authorization", "Bearer admin-7f3c9d2e-never-logged")]
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn jwt(claims: Value) -> String {
+    JwtVerifier::new(Secret::new(JWT_SECRET)).sign(&claims)
+}
+
+struct Peer {
+    client: Client,
+    session_id: String,
+    trace_id: String,
+}
+
+async fn join(server: &TestServer) -> Peer {
+    let (mut client, _) = server.connect().await;
+    let welcome = next_json(&mut client).await;
+    Peer {
+        client,
+        session_id: welcome["session_id"].as_str().unwrap().to_owned(),
+        trace_id: welcome["trace_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn subscribe(peer: &mut Peer, channel: &str) {
+    send_json(
+        &mut peer.client,
+        json!({"type": "subscribe", "channel": channel}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut peer.client).await,
+        json!({"type": "subscribed", "channel": channel})
+    );
+}
+
+/// Asserts no data frame arrives within a short wait.
+async fn assert_silent(client: &mut Client) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    while let Ok(frame) = tokio::time::timeout_at(deadline, client.next()).await {
+        match frame {
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected nothing, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn publish_reaches_every_subscriber_and_no_one_else() {
+    let mut server = TestServer::start_with_config(traced_config()).await;
+    let mut a = join(&server).await;
+    let mut b = join(&server).await;
+    let mut c = join(&server).await;
+    subscribe(&mut a, "room").await;
+    subscribe(&mut b, "room").await;
+    subscribe(&mut c, "other").await;
+
+    send_json(
+        &mut a.client,
+        json!({"type": "publish", "channel": "room", "content": "hello room"}),
+    )
+    .await;
+    let a_id = a.session_id.clone();
+    let mut ids = Vec::new();
+    for peer in [&mut a, &mut b] {
+        let message = next_json(&mut peer.client).await;
+        assert_eq!(message["type"], "message");
+        assert_eq!(message["channel"], "room");
+        assert_eq!(message["content"], "hello room");
+        assert_eq!(message["from_session"], a_id.as_str());
+        let traceparent = message["traceparent"].as_str().unwrap();
+        ids.push((
+            message["id"].as_str().unwrap().to_owned(),
+            traceparent.to_owned(),
+        ));
+    }
+    assert_eq!(ids[0], ids[1], "one message, one id and one origin");
+    let a_trace = a.trace_id.clone();
+    assert!(
+        ids[0].1.starts_with(&format!("00-{a_trace}-")),
+        "{}",
+        ids[0].1
+    );
+    assert_silent(&mut c.client).await;
+
+    // The channel list shows both channels; leaving removes empty ones.
+    send_json(
+        &mut c.client,
+        json!({"type": "unsubscribe", "channel": "other"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut c.client).await["type"], "unsubscribed");
+    let channels = http(server.addr, "GET", "/api/channels", &admin(), None)
+        .await
+        .json();
+    assert_eq!(
+        channels["channels"],
+        json!([{"channel": "room", "subscribers": 2}])
+    );
+
+    for peer in [&mut a, &mut b, &mut c] {
+        peer.client.close(None).await.unwrap();
+        while let Some(Ok(_)) = peer.client.next().await {}
+    }
+    server.stop().await;
+
+    let lines = server.log_lines();
+    let delivered: Vec<_> = with_msg(&lines, "message delivered");
+    assert_eq!(delivered.len(), 2);
+    let (message_id, traceparent) = &ids[0];
+    let origin_span = traceparent.split('-').nth(2).unwrap();
+    for line in &delivered {
+        // Each receiver records the delivery in its own trace...
+        let receiver = line["session_id"].as_str().unwrap();
+        let own_trace = if receiver == a.session_id {
+            &a.trace_id
+        } else {
+            &b.trace_id
+        };
+        assert_eq!(line["trace_id"], own_trace.as_str());
+        // ...with a link to the publisher's span.
+        assert_eq!(line["link.trace_id"], a_trace);
+        assert_eq!(line["link.span_id"], origin_span);
+        assert_eq!(line["ws.message.id"], message_id.as_str());
+        assert_eq!(line["from_session"], a.session_id);
+        assert_eq!(line["channel"], "room");
+    }
+    assert!(delivered.iter().any(|l| l["session_id"] == b.session_id));
+    let published = with_msg(&lines, "message published");
+    assert_eq!(published[0]["delivered"], 2);
+    assert_eq!(published[0]["span_id"], origin_span);
+}
+
+#[tokio::test]
+async fn direct_message_reaches_only_its_target() {
+    let mut server = TestServer::start_with_config(traced_config()).await;
+    let mut a = join(&server).await;
+    let mut b = join(&server).await;
+    let mut c = join(&server).await;
+    send_json(
+        &mut a.client,
+        json!({"type": "direct", "to_session": b.session_id, "content": "psst"}),
+    )
+    .await;
+    let message = next_json(&mut b.client).await;
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["content"], "psst");
+    assert_eq!(message["from_session"], a.session_id);
+    assert!(message.get("channel").is_none());
+    assert_silent(&mut a.client).await;
+    assert_silent(&mut c.client).await;
+
+    send_json(&mut a.client, json!({"type": "direct", "to_session": "01a20000-0000-7000-8000-000000000000", "content": "x"})).await;
+    let error = next_json(&mut a.client).await;
+    assert_eq!(error["code"], "no_such_recipient");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn direct_to_user_reaches_all_of_the_users_sessions() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        jwt_secret: Some(Secret::new(JWT_SECRET)),
+        ..traced_config()
+    })
+    .await;
+    let token = |sub: &str| jwt(json!({"sub": sub, "exp": now() + 600}));
+    let connect = |sub: &'static str| {
+        let url = server.url(&format!("/ws?token={}", token(sub)));
+        async move {
+            let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            next_json(&mut client).await;
+            client
+        }
+    };
+    let mut alice1 = connect("alice").await;
+    let mut alice2 = connect("alice").await;
+    let mut bob = connect("bob").await;
+    send_json(
+        &mut bob,
+        json!({"type": "direct", "to_user": "alice", "content": "hi alice"}),
+    )
+    .await;
+    for client in [&mut alice1, &mut alice2] {
+        let message = next_json(client).await;
+        assert_eq!(message["content"], "hi alice");
+        assert_eq!(message["from_user"], "bob");
+    }
+    assert_silent(&mut bob).await;
+    let sessions = http(server.addr, "GET", "/api/sessions", &admin(), None)
+        .await
+        .json();
+    let users: Vec<_> = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["user"].clone())
+        .collect();
+    assert_eq!(users.iter().filter(|u| **u == "alice").count(), 2);
+    server.stop().await;
+    assert_no_secret_in_logs(&server, &[&token("alice"), JWT_SECRET, ADMIN_TOKEN]);
+}
+
+#[tokio::test]
+async fn admin_api_is_disabled_without_a_token_and_refuses_wrong_ones() {
+    let mut server = TestServer::start().await;
+    let disabled = http(server.addr, "GET", "/api/sessions", &[], None).await;
+    assert_eq!(disabled.status, 403);
+    assert_eq!(disabled.json()["error"]["code"], "admin_disabled");
+    assert!(
+        disabled.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("WSTRACE_ADMIN_TOKEN")
+    );
+    server.stop().await;
+
+    let mut server = TestServer::start_with_config(traced_config()).await;
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer wrong")],
+        vec![("authorization", "admin-7f3c9d2e-never-logged")],
+    ] {
+        for (method, path) in [
+            ("GET", "/api/sessions"),
+            ("GET", "/api/stats"),
+            ("GET", "/api/channels"),
+            ("POST", "/api/send"),
+            ("POST", "/api/broadcast"),
+            ("POST", "/api/cleanup"),
+            ("DELETE", "/api/sessions/x"),
+        ] {
+            let response = http(server.addr, method, path, &headers, None).await;
+            assert_eq!(response.status, 401, "{method} {path} {headers:?}");
+            assert_eq!(response.json()["error"]["code"], "admin_unauthorized");
+        }
+    }
+    server.stop().await;
+    assert_no_secret_in_logs(&server, &[ADMIN_TOKEN]);
+}
+
+#[tokio::test]
+async fn admin_api_lists_sends_broadcasts_kicks_and_cleans_up() {
+    let mut server = TestServer::start_with_config(traced_config()).await;
+    let mut a = join(&server).await;
+    let mut b = join(&server).await;
+    subscribe(&mut a, "news").await;
+
+    let list = http(server.addr, "GET", "/api/sessions", &admin(), None).await;
+    assert_eq!(list.status, 200);
+    let list = list.json();
+    assert_eq!(list["count"], 2);
+    let one = http(
+        server.addr,
+        "GET",
+        &format!("/api/sessions/{}", a.session_id),
+        &admin(),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(one["trace_id"], a.trace_id);
+    assert_eq!(one["channels"], json!(["news"]));
+    assert!(one["messages_in"].as_u64().unwrap() >= 1);
+    let missing = http(server.addr, "GET", "/api/sessions/nope", &admin(), None).await;
+    assert_eq!(missing.status, 404);
+
+    let stats = http(server.addr, "GET", "/api/stats", &admin(), None)
+        .await
+        .json();
+    assert_eq!(stats["sessions_active"], 2);
+    assert_eq!(stats["channels"], 1);
+
+    // Send to one session.
+    let sent = http(
+        server.addr,
+        "POST",
+        "/api/send",
+        &admin(),
+        Some(json!({"session_id": b.session_id, "content": "from ops"})),
+    )
+    .await;
+    assert_eq!(sent.status, 200);
+    assert_eq!(sent.json()["delivered"], 1);
+    let send_trace = sent.header("x-trace-id").unwrap().to_owned();
+    let message = next_json(&mut b.client).await;
+    assert_eq!(message["content"], "from ops");
+    assert!(
+        message["traceparent"]
+            .as_str()
+            .unwrap()
+            .contains(&send_trace)
+    );
+    assert_silent(&mut a.client).await;
+
+    // Broadcast to a channel, then to everyone.
+    let to_channel = http(
+        server.addr,
+        "POST",
+        "/api/broadcast",
+        &admin(),
+        Some(json!({"channel": "news", "content": "headline"})),
+    )
+    .await
+    .json();
+    assert_eq!(to_channel["delivered"], 1);
+    assert_eq!(next_json(&mut a.client).await["content"], "headline");
+    let to_all = http(
+        server.addr,
+        "POST",
+        "/api/broadcast",
+        &admin(),
+        Some(json!({"content": "all hands"})),
+    )
+    .await
+    .json();
+    assert_eq!(to_all["delivered"], 2);
+    for peer in [&mut a, &mut b] {
+        assert_eq!(next_json(&mut peer.client).await["content"], "all hands");
+    }
+    let bad = http(
+        server.addr,
+        "POST",
+        "/api/send",
+        &admin(),
+        Some(json!({"content": "x"})),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+
+    // Kick: the session gets the close code, and logs a line linked to the
+    // admin request's trace.
+    let kick = http(
+        server.addr,
+        "DELETE",
+        &format!("/api/sessions/{}?code=4003&reason=bye", a.session_id),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(kick.status, 200);
+    let kick_trace = kick.header("x-trace-id").unwrap().to_owned();
+    assert_eq!(next_close(&mut a.client).await, (4003, "bye".to_owned()));
+    let bad_code = http(
+        server.addr,
+        "DELETE",
+        &format!("/api/sessions/{}?code=1011", b.session_id),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(bad_code.status, 400);
+
+    // Cleanup closes sessions idle for at least idle_seconds.
+    let cleaned = http(
+        server.addr,
+        "POST",
+        "/api/cleanup",
+        &admin(),
+        Some(json!({"idle_seconds": 0})),
+    )
+    .await
+    .json();
+    assert_eq!(cleaned["closed"], 1);
+    assert_eq!(next_close(&mut b.client).await.0, 4001);
+    server.stop().await;
+
+    let lines = server.log_lines();
+    let touched: Vec<_> = with_msg(&lines, "admin request touched this session");
+    let kicked = touched
+        .iter()
+        .find(|l| l["admin.action"] == "close")
+        .expect("kick line");
+    assert_eq!(kicked["session_id"], a.session_id);
+    assert_eq!(kicked["trace_id"], a.trace_id);
+    assert_eq!(kicked["link.trace_id"], kick_trace);
+    let sent_line = touched
+        .iter()
+        .find(|l| l["admin.action"] == "send")
+        .unwrap();
+    assert_eq!(sent_line["session_id"], b.session_id);
+    assert_eq!(sent_line["link.trace_id"], send_trace);
+    let closed_a = lines_of_session(&lines, &a.session_id)
+        .into_iter()
+        .find(|l| l["msg"] == "session closed")
+        .unwrap();
+    assert_eq!(closed_a["closed_by"], "admin");
+    assert_eq!(closed_a["close_code"], 4003);
+    assert_no_secret_in_logs(&server, &[ADMIN_TOKEN]);
+}
+
+#[tokio::test]
+async fn jwt_is_required_when_configured_and_never_logged() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        jwt_secret: Some(Secret::new(JWT_SECRET)),
+        ..traced_config()
+    })
+    .await;
+    let good = jwt(json!({"sub": "carol", "exp": now() + 600}));
+    let expired = jwt(json!({"sub": "carol", "exp": now() - 3600}));
+    let forged = JwtVerifier::new(Secret::new("not-the-secret")).sign(&json!({"sub": "carol"}));
+    for (token, code) in [
+        (None, "token_missing"),
+        (Some("not-a-jwt"), "token_malformed"),
+        (Some(expired.as_str()), "token_expired"),
+        (Some(forged.as_str()), "token_signature"),
+    ] {
+        let mut request = server.url("/ws").into_client_request_checked();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 401);
+                let body: Value =
+                    serde_json::from_slice(response.body().as_ref().unwrap()).unwrap();
+                assert_eq!(body["error"]["code"], code);
+            }
+            other => panic!("expected 401 for {token:?}, got {other:?}"),
+        }
+    }
+    // Good token by header, and by query.
+    let (mut by_header, _) = server
+        .connect_with(
+            &server.url("/ws"),
+            &[("authorization", &format!("Bearer {good}"))],
+        )
+        .await;
+    next_json(&mut by_header).await;
+    let (mut by_query, _) = server
+        .connect_with(&server.url(&format!("/ws?token={good}")), &[])
+        .await;
+    next_json(&mut by_query).await;
+    let sessions = http(server.addr, "GET", "/api/sessions", &admin(), None)
+        .await
+        .json();
+    assert!(
+        sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["user"] == "carol")
+    );
+    server.stop().await;
+
+    let lines = server.log_lines();
+    let opened = with_msg(&lines, "session opened");
+    assert_eq!(opened.len(), 2);
+    assert!(opened.iter().all(|l| l["user.id"] == "carol"));
+    assert_eq!(with_msg(&lines, "upgrade refused: bad token").len(), 4);
+    assert_no_secret_in_logs(
+        &server,
+        &[
+            &good,
+            &expired,
+            &forged,
+            JWT_SECRET,
+            ADMIN_TOKEN,
+            "not-a-jwt",
+        ],
+    );
+}
+
+trait IntoRequestChecked {
+    fn into_client_request_checked(
+        self,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request;
+}
+
+impl IntoRequestChecked for String {
+    fn into_client_request_checked(
+        self,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        self.into_client_request().unwrap()
+    }
+}
+
+fn assert_no_secret_in_logs(server: &TestServer, secrets: &[&str]) {
+    for entry in std::fs::read_dir(server.log_dir()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for secret in secrets {
+            // A token's signature part is its most unique piece.
+            let needle = secret.rsplit('.').next().unwrap();
+            assert!(
+                !text.contains(needle),
+                "secret {secret:?} found in the logs"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn wrong_origin_is_refused_with_403() {
+    let mut server = TestServer::start().await;
+    let host = server.addr.to_string();
+    let same = format!("http://{host}");
+    let (mut ok, _) = server
+        .connect_with(&server.url("/ws"), &[("origin", &same)])
+        .await;
+    next_json(&mut ok).await;
+    let mut request = server.url("/ws").into_client_request_checked();
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+            let body: Value = serde_json::from_slice(response.body().as_ref().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "origin_not_allowed");
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    server.stop().await;
+
+    let mut listed = TestServer::start_with_config(ServerConfig {
+        allowed_origins: vec!["https://app.example".into()],
+        ..test_config()
+    })
+    .await;
+    let (mut ok, _) = listed
+        .connect_with(&listed.url("/ws"), &[("origin", "https://app.example")])
+        .await;
+    next_json(&mut ok).await;
+    listed.stop().await;
+}
+
+#[tokio::test]
+async fn message_flood_gets_an_error_frame_then_1008() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        limits: Limits {
+            messages_per_second: 10,
+            message_burst: 5,
+            ..test_limits()
+        },
+        ..traced_config()
+    })
+    .await;
+    let mut peer = join(&server).await;
+    let frame = json!({"type": "echo", "content": "spam"}).to_string();
+    for _ in 0..50 {
+        if peer
+            .client
+            .send(Message::Text(frame.clone().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let mut echoes = 0;
+    let mut limited = 0;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), peer.client.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Text(text))) => {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                match v["type"].as_str().unwrap() {
+                    "echo" => echoes += 1,
+                    "error" => {
+                        assert_eq!(v["code"], "rate_limited");
+                        limited += 1;
+                    }
+                    other => panic!("{other}"),
+                }
+            }
+            Some(Ok(Message::Close(frame))) => break frame.unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason.as_str(), "message rate exceeded");
+    assert_eq!(echoes, 5, "the burst is answered before the close");
+    assert_eq!(limited, 1, "one error frame per refused streak");
+    server.stop().await;
+    let metrics = parse_prometheus(&server.state.metrics.render(server.state.hub.gauges(), None));
+    assert!(metrics["wstrace_rate_limited_total"] >= 5.0);
+    let lines = server.log_lines();
+    let closed = with_msg(&lines, "session closed");
+    assert_eq!(closed[0]["closed_by"], "policy");
+    assert_eq!(closed[0]["close_code"], 1008);
+}
+
+#[tokio::test]
+async fn stalled_reader_never_blocks_a_publisher() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        limits: Limits {
+            messages_per_second: 0,
+            outbound_queue_frames: 16,
+            ..test_limits()
+        },
+        ..test_config()
+    })
+    .await;
+    let mut publisher = join(&server).await;
+    let mut stalled = join(&server).await;
+    subscribe(&mut publisher, "firehose").await;
+    subscribe(&mut stalled, "firehose").await;
+    // `stalled` never reads again. The publisher sends enough to fill the
+    // socket buffers and the stalled session's queue many times over, and
+    // reads its own copies back.
+    let content = "x".repeat(16 * 1024);
+    let total = 300;
+    let (mut tx, mut rx) = publisher.client.split();
+    let publishing = async {
+        for i in 0..total {
+            let frame = json!({"type": "publish", "channel": "firehose", "content": format!("{i}:{content}")});
+            tx.send(Message::Text(frame.to_string().into()))
+                .await
+                .unwrap();
+        }
+    };
+    let receiving = async {
+        let mut received = 0;
+        while received < total {
+            match rx.next().await.unwrap().unwrap() {
+                Message::Text(text) => {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(v["type"], "message");
+                    assert!(
+                        v["content"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with(&format!("{received}:"))
+                    );
+                    received += 1;
+                }
+                Message::Close(frame) => panic!("publisher closed: {frame:?}"),
+                _ => {}
+            }
+        }
+        received
+    };
+    let (_, received) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(publishing, receiving)
+    })
+    .await
+    .expect("the publisher was blocked");
+    assert_eq!(received, total);
+    let metrics = parse_prometheus(&server.state.metrics.render(server.state.hub.gauges(), None));
+    assert!(metrics["wstrace_outbound_queue_drops_total"] >= 1.0);
+    server.stop().await;
+    drop(stalled.client);
+
+    let lines = server.log_lines();
+    let stalled_lines = lines_of_session(&lines, &stalled.session_id);
+    let overflow = stalled_lines
+        .iter()
+        .find(|l| l["msg"] == "outbound queue full: client is not reading; closing with 1013")
+        .expect("overflow logged in the stalled session");
+    assert_eq!(overflow["trace_id"], stalled.trace_id);
+    let closed = stalled_lines
+        .iter()
+        .find(|l| l["msg"] == "session closed")
+        .unwrap();
+    assert_eq!(closed["closed_by"], "policy");
+    assert_eq!(closed["close_code"], 1013);
+}
+
+#[tokio::test]
+async fn subscriptions_are_limited_and_channel_names_checked() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        limits: Limits {
+            max_subscriptions: 2,
+            ..test_limits()
+        },
+        ..test_config()
+    })
+    .await;
+    let mut peer = join(&server).await;
+    subscribe(&mut peer, "a").await;
+    subscribe(&mut peer, "b").await;
+    send_json(
+        &mut peer.client,
+        json!({"type": "subscribe", "channel": "c"}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut peer.client).await["code"],
+        "too_many_subscriptions"
+    );
+    send_json(
+        &mut peer.client,
+        json!({"type": "subscribe", "channel": "bad name"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut peer.client).await["code"], "invalid_channel");
+    send_json(
+        &mut peer.client,
+        json!({"type": "unsubscribe", "channel": "zzz"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut peer.client).await["code"], "not_subscribed");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_frames_close_with_1009_and_memory_stays_flat() {
+    let mut server = TestServer::start_with(Limits {
+        max_message_bytes: 64 * 1024,
+        ..test_limits()
+    })
+    .await;
+    let big = "x".repeat(1024 * 1024);
+    let attempt = async || {
+        let mut peer = join(&server).await;
+        // Fragmented: many frames that add up past the limit.
+        let _ = peer.client.send(Message::Text(big.clone().into())).await;
+        let (code, _) = next_close(&mut peer.client).await;
+        assert_eq!(code, 1009);
+    };
+    for _ in 0..5 {
+        attempt().await;
+    }
+    let before = rss_kib();
+    for _ in 0..40 {
+        attempt().await;
+    }
+    let grown = rss_kib().saturating_sub(before);
+    // 40 MiB were sent; what is kept must not scale with it.
+    assert!(grown < 8 * 1024, "RSS grew by {grown} KiB");
+    server.stop().await;
+    let metrics = parse_prometheus(&server.state.metrics.render(server.state.hub.gauges(), None));
+    assert_eq!(metrics["wstrace_oversize_messages_total"], 45.0);
+}
+
+#[tokio::test]
+async fn header_read_timeout_cuts_off_unfinished_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start_with(Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..test_limits()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept the unfinished request open");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_parse_and_match_what_happened() {
+    let mut server = TestServer::start_with_config(traced_config()).await;
+    let mut a = join(&server).await;
+    let mut b = join(&server).await;
+    subscribe(&mut a, "m").await;
+    for i in 0..3 {
+        send_json(
+            &mut b.client,
+            json!({"type": "echo", "content": format!("{i}")}),
+        )
+        .await;
+        next_json(&mut b.client).await;
+    }
+    send_json(
+        &mut b.client,
+        json!({"type": "publish", "channel": "m", "content": "x"}),
+    )
+    .await;
+    next_json(&mut a.client).await;
+    b.client
+        .send(Message::Text("nonsense".into()))
+        .await
+        .unwrap();
+    next_json(&mut b.client).await;
+    b.client.close(None).await.unwrap();
+    while let Some(Ok(_)) = b.client.next().await {}
+    server
+        .wait_for_line("b closed", |l| l["msg"] == "session closed")
+        .await;
+
+    let response = http(server.addr, "GET", "/metrics", &[], None).await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let m = parse_prometheus(&response.body);
+    assert_eq!(m["wstrace_sessions_opened_total"], 2.0);
+    assert_eq!(m["wstrace_sessions_active"], 1.0);
+    assert_eq!(
+        m["wstrace_sessions_closed_total{code=\"1005\",closed_by=\"client\"}"],
+        1.0
+    );
+    assert_eq!(m["wstrace_messages_received_total{type=\"echo\"}"], 3.0);
+    assert_eq!(m["wstrace_messages_received_total{type=\"publish\"}"], 1.0);
+    assert_eq!(
+        m["wstrace_messages_received_total{type=\"subscribe\"}"],
+        1.0
+    );
+    assert_eq!(m["wstrace_messages_received_total{type=\"invalid\"}"], 1.0);
+    assert_eq!(m["wstrace_messages_sent_total{type=\"welcome\"}"], 2.0);
+    assert_eq!(m["wstrace_messages_sent_total{type=\"echo\"}"], 3.0);
+    assert_eq!(m["wstrace_messages_sent_total{type=\"message\"}"], 1.0);
+    assert_eq!(m["wstrace_messages_sent_total{type=\"error\"}"], 1.0);
+    assert_eq!(m["wstrace_message_size_bytes_count{direction=\"in\"}"], 6.0);
+    assert_eq!(m["wstrace_channels"], 1.0);
+    assert_eq!(m["wstrace_channel_subscriptions"], 1.0);
+    assert!(m["wstrace_log_lines_written_total"] > 5.0);
+    assert_eq!(m["wstrace_log_lines_dropped_total"], 0.0);
+    if let Some(promtool) = which("promtool") {
+        let checked = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .output_with_stdin(response.body.as_bytes());
+        assert!(
+            checked.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+    server.stop().await;
+}

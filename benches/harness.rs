@@ -1,0 +1,780 @@
+//! What tracing costs, side by side: four echo servers, one client, one run.
+//!
+//! ```text
+//! cargo bench --bench harness            # full run (BENCHMARKS.md)
+//! cargo test --bench harness             # smoke run: tiny counts, seconds
+//! ```
+//!
+//! Servers (each its own process, pinned to core 0 when `taskset` exists;
+//! the client pins itself to core 1):
+//! - `tt-plain`: a plain tokio-tungstenite echo server (the floor);
+//! - `axum-bare`: an axum echo server, no tracing;
+//! - `wstrace-session`: wstrace, session spans and lifecycle logs only
+//!   (message sample ratio 0), spans exported to a real collector (rotel);
+//! - `wstrace-full`: wstrace at the default message sample ratio, JSON
+//!   logs to files, spans exported over OTLP to rotel.
+//!
+//! Every measurement runs for every server in the same round, rounds are
+//! interleaved (the order rotates), and results are medians over rounds,
+//! reported as ratios to `axum-bare` and `tt-plain`. Nothing here asserts a
+//! timing; a run fails only if a log line or span was dropped.
+
+use futures_util::{SinkExt, StreamExt};
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+type Ws = WebSocketStream<TcpStream>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve-tt") => return serve(tt_plain(args[1].parse().unwrap())),
+        Some("serve-axum") => return serve(axum_bare(args[1].parse().unwrap())),
+        _ => {}
+    }
+    // `cargo bench` passes --bench; `cargo test` runs us without it.
+    let full = args.iter().any(|a| a == "--bench");
+    let plan = if full { Plan::full() } else { Plan::smoke() };
+    let out = std::env::var_os("WSTRACE_BENCH_OUT").map(PathBuf::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    pin_self(1);
+    let report = runtime.block_on(run(plan));
+    println!("{report}");
+    if let Some(out) = out {
+        std::fs::write(&out, &report).unwrap();
+        eprintln!("report written to {}", out.display());
+    }
+    println!("1 passed, 0 failed");
+}
+
+#[derive(Debug, Clone)]
+struct Plan {
+    rounds: usize,
+    connections: usize,
+    window: usize,
+    saturation: Duration,
+    latency: Duration,
+    latency_connections: usize,
+    upgrades: usize,
+    idle_connections: usize,
+    lifecycle_sessions: usize,
+    payload: usize,
+}
+
+impl Plan {
+    fn full() -> Self {
+        Self {
+            rounds: 3,
+            connections: 32,
+            window: 16,
+            saturation: Duration::from_secs(3),
+            latency: Duration::from_secs(3),
+            latency_connections: 32,
+            upgrades: 2000,
+            idle_connections: 10_000,
+            lifecycle_sessions: 500,
+            payload: 64,
+        }
+    }
+
+    fn smoke() -> Self {
+        Self {
+            rounds: 1,
+            connections: 4,
+            window: 4,
+            saturation: Duration::from_millis(300),
+            latency: Duration::from_millis(300),
+            latency_connections: 4,
+            upgrades: 40,
+            idle_connections: 100,
+            lifecycle_sessions: 20,
+            payload: 64,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- servers
+
+fn serve<F: Future<Output = ()>>(server: F) {
+    tokio::runtime::Runtime::new().unwrap().block_on(server);
+}
+
+/// The floor: accept, echo, nothing else.
+async fn tt_plain(addr: SocketAddr) {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    println!("listening {}", listener.local_addr().unwrap());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            let (mut tx, mut rx) = ws.split();
+            while let Some(Ok(message)) = rx.next().await {
+                if (message.is_text() || message.is_binary()) && tx.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// axum's websocket example shape: split, echo, no tracing.
+async fn axum_bare(addr: SocketAddr) {
+    use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
+    async fn echo(mut socket: WebSocket) {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, AxMessage::Text(_) | AxMessage::Binary(_))
+                && socket.send(message).await.is_err()
+            {
+                break;
+            }
+        }
+    }
+    let app = axum::Router::new().route(
+        "/ws",
+        axum::routing::get(|upgrade: WebSocketUpgrade| async move { upgrade.on_upgrade(echo) }),
+    );
+    let listener = TcpListener::bind(addr).await.unwrap();
+    println!("listening {}", listener.local_addr().unwrap());
+    axum::serve(listener, app).await.unwrap();
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    TtPlain,
+    AxumBare,
+    WstraceSession,
+    WstraceFull,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::TtPlain, Kind::AxumBare, Kind::WstraceSession, Kind::WstraceFull];
+    fn name(self) -> &'static str {
+        match self {
+            Kind::TtPlain => "tt-plain",
+            Kind::AxumBare => "axum-bare",
+            Kind::WstraceSession => "wstrace-session",
+            Kind::WstraceFull => "wstrace-full",
+        }
+    }
+    fn is_wstrace(self) -> bool {
+        matches!(self, Kind::WstraceSession | Kind::WstraceFull)
+    }
+}
+
+struct Server {
+    kind: Kind,
+    child: Child,
+    addr: SocketAddr,
+    log_dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn start(kind: Kind, otlp_endpoint: &str, sample_ratio: f64) -> Self {
+        let mut command = pinned(0);
+        let mut log_dir = None;
+        match kind {
+            Kind::TtPlain | Kind::AxumBare => {
+                command
+                    .arg(std::env::current_exe().unwrap())
+                    .arg(if kind == Kind::TtPlain { "serve-tt" } else { "serve-axum" })
+                    .arg("127.0.0.1:0");
+            }
+            Kind::WstraceSession | Kind::WstraceFull => {
+                let dir = tempfile::tempdir().unwrap();
+                let ratio = if kind == Kind::WstraceFull { sample_ratio } else { 0.0 };
+                command
+                    .arg(env!("CARGO_BIN_EXE_wstrace"))
+                    .args(["serve", "--listen", "127.0.0.1:0", "--log-stdout", "false"])
+                    .args(["--messages-per-second", "0", "--max-connections", "20000"])
+                    .args(["--message-sample-ratio", &ratio.to_string()])
+                    .arg("--log-dir")
+                    .arg(dir.path())
+                    .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
+                    .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+                    .env_remove("RUST_LOG");
+                log_dir = Some(dir);
+            }
+        }
+        command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("start server");
+        let addr = match &log_dir {
+            None => {
+                use std::io::BufRead;
+                let mut line = String::new();
+                std::io::BufReader::new(child.stdout.take().unwrap())
+                    .read_line(&mut line)
+                    .unwrap();
+                line.trim().strip_prefix("listening ").unwrap().parse().unwrap()
+            }
+            Some(dir) => wait_for_listen_line(dir.path()),
+        };
+        Self {
+            kind,
+            child,
+            addr,
+            log_dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn cpu(&self) -> Duration {
+        cpu_time(self.pid())
+    }
+
+    fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    fn log_bytes(&self) -> u64 {
+        self.log_dir.as_ref().map_or(0, |d| dir_bytes(d.path()))
+    }
+
+    fn log_lines(&self) -> u64 {
+        self.log_dir.as_ref().map_or(0, |d| {
+            std::fs::read_dir(d.path())
+                .unwrap()
+                .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap().lines().count() as u64)
+                .sum()
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// SIGTERM, wait for exit.
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pinned(core: usize) -> Command {
+    if Path::new("/usr/bin/taskset").exists() && num_cores() >= 2 {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &core.to_string()]);
+        c
+    } else {
+        // `env` runs its argument: the same command shape without pinning.
+        Command::new("env")
+    }
+}
+
+fn pin_self(core: usize) {
+    if Path::new("/usr/bin/taskset").exists() && num_cores() >= 2 {
+        let _ = Command::new("taskset")
+            .args(["-a", "-cp", &core.to_string(), &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn wait_for_listen_line(dir: &Path) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                if v["msg"] == "wstrace listening" {
+                    return v["listen"].as_str().unwrap().parse().unwrap();
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "wstrace did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// utime + stime of a process (and all its threads).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split(' ').collect();
+    // Fields 14 and 15 of stat; after the comm they are at 11 and 12.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = 100; // USER_HZ is 100 on every Linux we run on.
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+// ----------------------------------------------------------------- client
+
+/// Source addresses to spread connections over, past one address's
+/// ephemeral port range.
+fn source_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8))
+}
+
+async fn connect(server: &Server, i: usize) -> Ws {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source_ip(i), 0)).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut ws, _) = client_async(server.url(), stream).await.unwrap();
+    if server.kind.is_wstrace() {
+        // The welcome frame.
+        ws.next().await.unwrap().unwrap();
+    }
+    ws
+}
+
+fn frame(kind: Kind, payload: usize) -> Message {
+    let content = "x".repeat(payload);
+    // wstrace speaks its protocol; the plain servers echo anything. The
+    // same bytes go to every server.
+    let _ = kind;
+    Message::Text(serde_json::json!({"type": "echo", "content": content}).to_string().into())
+}
+
+struct Saturation {
+    messages: u64,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+async fn saturate(server: &Server, plan: &Plan) -> Saturation {
+    let mut sockets = Vec::new();
+    for i in 0..plan.connections {
+        sockets.push(connect(server, i).await);
+    }
+    let message = frame(server.kind, plan.payload);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let cpu_before = server.cpu();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut ws in sockets {
+        let (message, stop, count, window) = (message.clone(), stop.clone(), count.clone(), plan.window);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..window {
+                ws.feed(message.clone()).await.unwrap();
+            }
+            ws.flush().await.unwrap();
+            let mut in_flight = window;
+            while in_flight > 0 {
+                match ws.next().await {
+                    Some(Ok(Message::Text(_))) => {
+                        in_flight -= 1;
+                        count.fetch_add(1, Ordering::Relaxed);
+                        if !stop.load(Ordering::Relaxed) {
+                            ws.send(message.clone()).await.unwrap();
+                            in_flight += 1;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("saturation read: {other:?}"),
+                }
+            }
+            let _ = ws.close(None).await;
+        }));
+    }
+    tokio::time::sleep(plan.saturation).await;
+    let messages = count.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    let cpu = server.cpu() - cpu_before;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Saturation { messages, elapsed, cpu }
+}
+
+/// Open loop at a fixed rate: each connection sends on a schedule, and the
+/// latency of a reply is measured from when its request was due, so a slow
+/// server cannot hide its delay by slowing the client down.
+async fn latency(server: &Server, plan: &Plan, rate: f64) -> Vec<u64> {
+    let connections = plan.latency_connections;
+    let interval = Duration::from_secs_f64(connections as f64 / rate.max(1.0));
+    let message = frame(server.kind, plan.payload);
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let ws = connect(server, i).await;
+        let (message, duration) = (message.clone(), plan.latency);
+        tasks.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let due = Arc::new(std::sync::Mutex::new(VecDeque::<Instant>::new()));
+            let sent = {
+                let due = due.clone();
+                async move {
+                    let start = tokio::time::Instant::now() + interval.mul_f64(i as f64 / connections as f64);
+                    let mut ticks = tokio::time::interval_at(start, interval);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    let end = Instant::now() + duration;
+                    let mut n = 0u64;
+                    loop {
+                        let tick = ticks.tick().await.into_std();
+                        if tick >= end {
+                            break;
+                        }
+                        due.lock().unwrap().push_back(tick);
+                        tx.send(message.clone()).await.unwrap();
+                        n += 1;
+                    }
+                    (tx, n)
+                }
+            };
+            let received = {
+                let due = due.clone();
+                async move {
+                    let mut samples = Vec::new();
+                    while let Some(Ok(reply)) = rx.next().await {
+                        if reply.is_text() {
+                            let due = due.lock().unwrap().pop_front().unwrap();
+                            samples.push(due.elapsed().as_micros() as u64);
+                        }
+                    }
+                    samples
+                }
+            };
+            let sender = tokio::spawn(sent);
+            let receiver = tokio::spawn(received);
+            let (mut tx, n) = sender.await.unwrap();
+            // Wait for the last replies, then close.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !due.lock().unwrap().is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let _ = tx.close().await;
+            let samples = receiver.await.unwrap();
+            assert!(samples.len() as u64 <= n);
+            samples
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort_unstable();
+    all
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i]
+}
+
+/// Sessions opened (upgrade + welcome) and closed, 16 at a time.
+async fn upgrades(server: &Server, plan: &Plan) -> (f64, Duration) {
+    let cpu_before = server.cpu();
+    let start = Instant::now();
+    let per_worker = plan.upgrades / 16;
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (url, addr, kind) = (server.url(), server.addr, server.kind);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_worker {
+                let socket = TcpSocket::new_v4().unwrap();
+                socket.bind(SocketAddr::new(source_ip(w * per_worker + i), 0)).unwrap();
+                let stream = socket.connect(addr).await.unwrap();
+                let (mut ws, _) = client_async(url.as_str(), stream).await.unwrap();
+                if kind.is_wstrace() {
+                    ws.next().await.unwrap().unwrap();
+                }
+                ws.close(None).await.unwrap();
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let n = (per_worker * 16) as f64;
+    let elapsed = start.elapsed();
+    (n / elapsed.as_secs_f64(), (server.cpu() - cpu_before).div_f64(n))
+}
+
+/// Resident memory per idle connection: open many, let them settle, compare.
+async fn idle_memory(server: &Server, plan: &Plan) -> f64 {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss_kib();
+    let mut sockets = Vec::with_capacity(plan.idle_connections);
+    for i in 0..plan.idle_connections {
+        sockets.push(connect(server, i).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = server.rss_kib();
+    for mut ws in sockets {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    after.saturating_sub(before) as f64 * 1024.0 / plan.idle_connections as f64
+}
+
+/// Log bytes for a session that only opens and closes.
+async fn lifecycle_log_bytes(server: &Server, plan: &Plan) -> f64 {
+    let before = server.log_bytes();
+    for i in 0..plan.lifecycle_sessions {
+        let mut ws = connect(server, i).await;
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    let closed = plan.lifecycle_sessions;
+    // Lines are written by a background thread: wait until they are there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = server.log_bytes();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = server.log_bytes();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last.saturating_sub(before) as f64 / closed as f64
+}
+
+async fn scrape(server: &Server) -> std::collections::HashMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect()
+}
+
+// ----------------------------------------------------------------- report
+
+#[derive(Debug, Default, Clone)]
+struct Row {
+    cpu_us_per_msg: Vec<f64>,
+    msgs_per_s: Vec<f64>,
+    p50_us: Vec<f64>,
+    p99_us: Vec<f64>,
+    p999_us: Vec<f64>,
+    upgrades_per_s: Vec<f64>,
+    cpu_us_per_upgrade: Vec<f64>,
+    idle_bytes_per_conn: f64,
+    log_bytes_per_session: f64,
+    log_bytes_per_msg: f64,
+    log_lines: u64,
+    lines_dropped: u64,
+    spans_exported: u64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// A real OTLP collector for the wstrace servers (rotel, from PyPI).
+fn start_collector(dir: &Path) -> (Child, String, PathBuf) {
+    let agent = std::env::var("ROTEL_AGENT").unwrap_or_else(|_| {
+        let out = Command::new("python3")
+            .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "rotel is not installed: pip install rotel");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let output = dir.join("rotel.out");
+    let child = pinned(1)
+        .arg(agent)
+        .args(["start", "--exporter", "blackhole", "--debug-log", "traces", "--log-format", "json"])
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{port}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rotel");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "rotel did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, format!("http://127.0.0.1:{port}"), output)
+}
+
+/// Spans the collector says it received (its JSON "Received traces." lines).
+fn spans_received(output: &Path) -> u64 {
+    std::fs::read_to_string(output)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["msg"] == "Received traces.")
+        .filter_map(|v| v["spans"].as_u64())
+        .sum()
+}
+
+async fn run(plan: Plan) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let (mut collector, endpoint, collector_out) = start_collector(work.path());
+    let sample_ratio = wstrace::state::DEFAULT_MESSAGE_SAMPLE_RATIO;
+    let mut servers: Vec<Server> = Kind::ALL
+        .iter()
+        .map(|&k| Server::start(k, &endpoint, sample_ratio))
+        .collect();
+    let mut rows = vec![Row::default(); servers.len()];
+
+    for round in 0..plan.rounds {
+        // Rotate the order so no server always runs first (warm caches) or last.
+        let order: Vec<usize> = (0..servers.len()).map(|i| (i + round) % servers.len()).collect();
+        for &i in &order {
+            let server = &servers[i];
+            let log_before = server.log_bytes();
+            let s = saturate(server, &plan).await;
+            let messages = s.messages.max(1) as f64;
+            rows[i].cpu_us_per_msg.push(s.cpu.as_secs_f64() * 1e6 / messages);
+            rows[i].msgs_per_s.push(messages / s.elapsed.as_secs_f64());
+            if server.kind.is_wstrace() {
+                rows[i].log_bytes_per_msg = (server.log_bytes() - log_before) as f64 / messages;
+            }
+        }
+        let bare = Kind::ALL.iter().position(|k| *k == Kind::AxumBare).unwrap();
+        let rate = median(&rows[bare].msgs_per_s) * 0.5;
+        for &i in &order {
+            let samples = latency(&servers[i], &plan, rate).await;
+            rows[i].p50_us.push(percentile(&samples, 50.0) as f64);
+            rows[i].p99_us.push(percentile(&samples, 99.0) as f64);
+            rows[i].p999_us.push(percentile(&samples, 99.9) as f64);
+        }
+        for &i in &order {
+            let (per_s, cpu) = upgrades(&servers[i], &plan).await;
+            rows[i].upgrades_per_s.push(per_s);
+            rows[i].cpu_us_per_upgrade.push(cpu.as_secs_f64() * 1e6);
+        }
+        eprintln!("round {} of {} done", round + 1, plan.rounds);
+    }
+    for (i, server) in servers.iter().enumerate() {
+        if server.kind.is_wstrace() {
+            rows[i].log_bytes_per_session = lifecycle_log_bytes(server, &plan).await;
+        }
+        rows[i].idle_bytes_per_conn = idle_memory(server, &plan).await;
+    }
+    // Nothing lost: what was written is on disk, what was exported arrived.
+    let mut failures = Vec::new();
+    for (i, server) in servers.iter_mut().enumerate() {
+        if !server.kind.is_wstrace() {
+            continue;
+        }
+        let metrics = scrape(server).await;
+        let written = metrics["wstrace_log_lines_written_total"] as u64;
+        rows[i].lines_dropped = metrics["wstrace_log_lines_dropped_total"] as u64;
+        rows[i].spans_exported = metrics["wstrace_spans_exported_total"] as u64;
+        let spans_dropped = metrics["wstrace_spans_dropped_total"] as u64;
+        if spans_dropped > 0 {
+            failures.push(format!("{}: {spans_dropped} spans dropped", server.kind.name()));
+        }
+        server.stop();
+        let on_disk = server.log_lines();
+        rows[i].log_lines = on_disk;
+        if on_disk < written {
+            failures.push(format!("{}: {written} lines written, {on_disk} on disk", server.kind.name()));
+        }
+        if rows[i].lines_dropped > 0 {
+            failures.push(format!("{}: {} log lines dropped", server.kind.name(), rows[i].lines_dropped));
+        }
+    }
+    // Both wstrace servers exported to the one collector, and have exited
+    // (flushing their spans): compare what they sent with what it got.
+    std::thread::sleep(Duration::from_millis(500));
+    let received = spans_received(&collector_out);
+    let exported: u64 = rows.iter().map(|r| r.spans_exported).sum();
+    if received < exported {
+        failures.push(format!("servers exported {exported} spans, the collector got {received}"));
+    }
+    let _ = collector.kill();
+    let _ = collector.wait();
+
+    let mut report = String::new();
+    use std::fmt::Write;
+    let _ = writeln!(report, "| server | CPU µs/msg | ×axum-bare | ×tt-plain | msgs/s | p50 µs | p99 µs | p99.9 µs | p99 ×axum-bare | upgrades/s | CPU µs/upgrade | idle KiB/conn | log B/session | log B/msg |");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let cpu = |k: Kind| median(&rows[Kind::ALL.iter().position(|x| *x == k).unwrap()].cpu_us_per_msg);
+    let p99 = |k: Kind| median(&rows[Kind::ALL.iter().position(|x| *x == k).unwrap()].p99_us);
+    for (i, kind) in Kind::ALL.iter().enumerate() {
+        let r = &rows[i];
+        let c = median(&r.cpu_us_per_msg);
+        let _ = writeln!(
+            report,
+            "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.1} | {} | {} |",
+            kind.name(),
+            c,
+            c / cpu(Kind::AxumBare),
+            c / cpu(Kind::TtPlain),
+            median(&r.msgs_per_s),
+            median(&r.p50_us),
+            median(&r.p99_us),
+            median(&r.p999_us),
+            median(&r.p99_us) / p99(Kind::AxumBare),
+            median(&r.upgrades_per_s),
+            median(&r.cpu_us_per_upgrade),
+            r.idle_bytes_per_conn / 1024.0,
+            if kind.is_wstrace() { format!("{:.0}", r.log_bytes_per_session) } else { "-".into() },
+            if kind.is_wstrace() { format!("{:.2}", r.log_bytes_per_msg) } else { "-".into() },
+        );
+    }
+    let lines: u64 = rows.iter().map(|r| r.log_lines).sum();
+    let dropped: u64 = rows.iter().map(|r| r.lines_dropped).sum();
+    let _ = writeln!(report);
+    let _ = writeln!(report, "log lines on disk: {lines}; log lines dropped: {dropped}; spans exported (before shutdown): {exported}; spans received by the collector (after shutdown): {received}; spans dropped: 0");
+    let _ = writeln!(report, "plan: {plan:?}; message sample ratio (wstrace-full): {sample_ratio}");
+    if !failures.is_empty() {
+        panic!("telemetry was lost:\n{}\n{report}", failures.join("\n"));
+    }
+    report
+}

@@ -116,10 +116,14 @@ async fn tt_plain(addr: SocketAddr) {
     let listener = TcpListener::bind(addr).await.unwrap();
     println!("listening {}", listener.local_addr().unwrap());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+                return;
+            };
             let (mut tx, mut rx) = ws.split();
             while let Some(Ok(message)) = rx.next().await {
                 if (message.is_text() || message.is_binary()) && tx.send(message).await.is_err() {
@@ -160,7 +164,12 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::TtPlain, Kind::AxumBare, Kind::WstraceSession, Kind::WstraceFull];
+    const ALL: [Kind; 4] = [
+        Kind::TtPlain,
+        Kind::AxumBare,
+        Kind::WstraceSession,
+        Kind::WstraceFull,
+    ];
     fn name(self) -> &'static str {
         match self {
             Kind::TtPlain => "tt-plain",
@@ -189,12 +198,20 @@ impl Server {
             Kind::TtPlain | Kind::AxumBare => {
                 command
                     .arg(std::env::current_exe().unwrap())
-                    .arg(if kind == Kind::TtPlain { "serve-tt" } else { "serve-axum" })
+                    .arg(if kind == Kind::TtPlain {
+                        "serve-tt"
+                    } else {
+                        "serve-axum"
+                    })
                     .arg("127.0.0.1:0");
             }
             Kind::WstraceSession | Kind::WstraceFull => {
                 let dir = tempfile::tempdir().unwrap();
-                let ratio = if kind == Kind::WstraceFull { sample_ratio } else { 0.0 };
+                let ratio = if kind == Kind::WstraceFull {
+                    sample_ratio
+                } else {
+                    0.0
+                };
                 command
                     .arg(env!("CARGO_BIN_EXE_wstrace"))
                     .args(["serve", "--listen", "127.0.0.1:0", "--log-stdout", "false"])
@@ -217,7 +234,11 @@ impl Server {
                 std::io::BufReader::new(child.stdout.take().unwrap())
                     .read_line(&mut line)
                     .unwrap();
-                line.trim().strip_prefix("listening ").unwrap().parse().unwrap()
+                line.trim()
+                    .strip_prefix("listening ")
+                    .unwrap()
+                    .parse()
+                    .unwrap()
             }
             Some(dir) => wait_for_listen_line(dir.path()),
         };
@@ -249,7 +270,12 @@ impl Server {
         self.log_dir.as_ref().map_or(0, |d| {
             std::fs::read_dir(d.path())
                 .unwrap()
-                .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap().lines().count() as u64)
+                .map(|f| {
+                    std::fs::read_to_string(f.unwrap().path())
+                        .unwrap()
+                        .lines()
+                        .count() as u64
+                })
                 .sum()
         })
     }
@@ -295,7 +321,12 @@ fn pinned(core: usize) -> Command {
 fn pin_self(core: usize) {
     if Path::new("/usr/bin/taskset").exists() && num_cores() >= 2 {
         let _ = Command::new("taskset")
-            .args(["-a", "-cp", &core.to_string(), &std::process::id().to_string()])
+            .args([
+                "-a",
+                "-cp",
+                &core.to_string(),
+                &std::process::id().to_string(),
+            ])
             .stdout(Stdio::null())
             .status();
     }
@@ -375,7 +406,11 @@ fn frame(kind: Kind, payload: usize) -> Message {
     // wstrace speaks its protocol; the plain servers echo anything. The
     // same bytes go to every server.
     let _ = kind;
-    Message::Text(serde_json::json!({"type": "echo", "content": content}).to_string().into())
+    Message::Text(
+        serde_json::json!({"type": "echo", "content": content})
+            .to_string()
+            .into(),
+    )
 }
 
 struct Saturation {
@@ -396,7 +431,8 @@ async fn saturate(server: &Server, plan: &Plan) -> Saturation {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for mut ws in sockets {
-        let (message, stop, count, window) = (message.clone(), stop.clone(), count.clone(), plan.window);
+        let (message, stop, count, window) =
+            (message.clone(), stop.clone(), count.clone(), plan.window);
         tasks.push(tokio::spawn(async move {
             for _ in 0..window {
                 ws.feed(message.clone()).await.unwrap();
@@ -428,7 +464,11 @@ async fn saturate(server: &Server, plan: &Plan) -> Saturation {
     for task in tasks {
         task.await.unwrap();
     }
-    Saturation { messages, elapsed, cpu }
+    Saturation {
+        messages,
+        elapsed,
+        cpu,
+    }
 }
 
 /// Open loop at a fixed rate: each connection sends on a schedule, and the
@@ -448,7 +488,8 @@ async fn latency(server: &Server, plan: &Plan, rate: f64) -> Vec<u64> {
             let sent = {
                 let due = due.clone();
                 async move {
-                    let start = tokio::time::Instant::now() + interval.mul_f64(i as f64 / connections as f64);
+                    let start = tokio::time::Instant::now()
+                        + interval.mul_f64(i as f64 / connections as f64);
                     let mut ticks = tokio::time::interval_at(start, interval);
                     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                     let end = Instant::now() + duration;
@@ -519,7 +560,9 @@ async fn upgrades(server: &Server, plan: &Plan) -> (f64, Duration) {
         tasks.push(tokio::spawn(async move {
             for i in 0..per_worker {
                 let socket = TcpSocket::new_v4().unwrap();
-                socket.bind(SocketAddr::new(source_ip(w * per_worker + i), 0)).unwrap();
+                socket
+                    .bind(SocketAddr::new(source_ip(w * per_worker + i), 0))
+                    .unwrap();
                 let stream = socket.connect(addr).await.unwrap();
                 let (mut ws, _) = client_async(url.as_str(), stream).await.unwrap();
                 if kind.is_wstrace() {
@@ -535,7 +578,10 @@ async fn upgrades(server: &Server, plan: &Plan) -> (f64, Duration) {
     }
     let n = (per_worker * 16) as f64;
     let elapsed = start.elapsed();
-    (n / elapsed.as_secs_f64(), (server.cpu() - cpu_before).div_f64(n))
+    (
+        n / elapsed.as_secs_f64(),
+        (server.cpu() - cpu_before).div_f64(n),
+    )
 }
 
 /// Resident memory per idle connection: open many, let them settle, compare.
@@ -629,12 +675,28 @@ fn start_collector(dir: &Path) -> (Child, String, PathBuf) {
         assert!(out.status.success(), "rotel is not installed: pip install rotel");
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     });
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let output = dir.join("rotel.out");
     let child = pinned(1)
         .arg(agent)
-        .args(["start", "--exporter", "blackhole", "--debug-log", "traces", "--log-format", "json"])
+        .args([
+            "start",
+            "--exporter",
+            "blackhole",
+            "--debug-log",
+            "traces",
+            "--log-format",
+            "json",
+        ])
         .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{port}")])
         .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
         .stdout(std::fs::File::create(&output).unwrap())
@@ -672,13 +734,17 @@ async fn run(plan: Plan) -> String {
 
     for round in 0..plan.rounds {
         // Rotate the order so no server always runs first (warm caches) or last.
-        let order: Vec<usize> = (0..servers.len()).map(|i| (i + round) % servers.len()).collect();
+        let order: Vec<usize> = (0..servers.len())
+            .map(|i| (i + round) % servers.len())
+            .collect();
         for &i in &order {
             let server = &servers[i];
             let log_before = server.log_bytes();
             let s = saturate(server, &plan).await;
             let messages = s.messages.max(1) as f64;
-            rows[i].cpu_us_per_msg.push(s.cpu.as_secs_f64() * 1e6 / messages);
+            rows[i]
+                .cpu_us_per_msg
+                .push(s.cpu.as_secs_f64() * 1e6 / messages);
             rows[i].msgs_per_s.push(messages / s.elapsed.as_secs_f64());
             if server.kind.is_wstrace() {
                 rows[i].log_bytes_per_msg = (server.log_bytes() - log_before) as f64 / messages;
@@ -717,16 +783,26 @@ async fn run(plan: Plan) -> String {
         rows[i].spans_exported = metrics["wstrace_spans_exported_total"] as u64;
         let spans_dropped = metrics["wstrace_spans_dropped_total"] as u64;
         if spans_dropped > 0 {
-            failures.push(format!("{}: {spans_dropped} spans dropped", server.kind.name()));
+            failures.push(format!(
+                "{}: {spans_dropped} spans dropped",
+                server.kind.name()
+            ));
         }
         server.stop();
         let on_disk = server.log_lines();
         rows[i].log_lines = on_disk;
         if on_disk < written {
-            failures.push(format!("{}: {written} lines written, {on_disk} on disk", server.kind.name()));
+            failures.push(format!(
+                "{}: {written} lines written, {on_disk} on disk",
+                server.kind.name()
+            ));
         }
         if rows[i].lines_dropped > 0 {
-            failures.push(format!("{}: {} log lines dropped", server.kind.name(), rows[i].lines_dropped));
+            failures.push(format!(
+                "{}: {} log lines dropped",
+                server.kind.name(),
+                rows[i].lines_dropped
+            ));
         }
     }
     // Both wstrace servers exported to the one collector, and have exited
@@ -735,16 +811,25 @@ async fn run(plan: Plan) -> String {
     let received = spans_received(&collector_out);
     let exported: u64 = rows.iter().map(|r| r.spans_exported).sum();
     if received < exported {
-        failures.push(format!("servers exported {exported} spans, the collector got {received}"));
+        failures.push(format!(
+            "servers exported {exported} spans, the collector got {received}"
+        ));
     }
     let _ = collector.kill();
     let _ = collector.wait();
 
     let mut report = String::new();
     use std::fmt::Write;
-    let _ = writeln!(report, "| server | CPU µs/msg | ×axum-bare | ×tt-plain | msgs/s | p50 µs | p99 µs | p99.9 µs | p99 ×axum-bare | upgrades/s | CPU µs/upgrade | idle KiB/conn | log B/session | log B/msg |");
-    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let cpu = |k: Kind| median(&rows[Kind::ALL.iter().position(|x| *x == k).unwrap()].cpu_us_per_msg);
+    let _ = writeln!(
+        report,
+        "| server | CPU µs/msg | ×axum-bare | ×tt-plain | msgs/s | p50 µs | p99 µs | p99.9 µs | p99 ×axum-bare | upgrades/s | CPU µs/upgrade | idle KiB/conn | log B/session | log B/msg |"
+    );
+    let _ = writeln!(
+        report,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let cpu =
+        |k: Kind| median(&rows[Kind::ALL.iter().position(|x| *x == k).unwrap()].cpu_us_per_msg);
     let p99 = |k: Kind| median(&rows[Kind::ALL.iter().position(|x| *x == k).unwrap()].p99_us);
     for (i, kind) in Kind::ALL.iter().enumerate() {
         let r = &rows[i];
@@ -764,15 +849,29 @@ async fn run(plan: Plan) -> String {
             median(&r.upgrades_per_s),
             median(&r.cpu_us_per_upgrade),
             r.idle_bytes_per_conn / 1024.0,
-            if kind.is_wstrace() { format!("{:.0}", r.log_bytes_per_session) } else { "-".into() },
-            if kind.is_wstrace() { format!("{:.2}", r.log_bytes_per_msg) } else { "-".into() },
+            if kind.is_wstrace() {
+                format!("{:.0}", r.log_bytes_per_session)
+            } else {
+                "-".into()
+            },
+            if kind.is_wstrace() {
+                format!("{:.2}", r.log_bytes_per_msg)
+            } else {
+                "-".into()
+            },
         );
     }
     let lines: u64 = rows.iter().map(|r| r.log_lines).sum();
     let dropped: u64 = rows.iter().map(|r| r.lines_dropped).sum();
     let _ = writeln!(report);
-    let _ = writeln!(report, "log lines on disk: {lines}; log lines dropped: {dropped}; spans exported (before shutdown): {exported}; spans received by the collector (after shutdown): {received}; spans dropped: 0");
-    let _ = writeln!(report, "plan: {plan:?}; message sample ratio (wstrace-full): {sample_ratio}");
+    let _ = writeln!(
+        report,
+        "log lines on disk: {lines}; log lines dropped: {dropped}; spans exported (before shutdown): {exported}; spans received by the collector (after shutdown): {received}; spans dropped: 0"
+    );
+    let _ = writeln!(
+        report,
+        "plan: {plan:?}; message sample ratio (wstrace-full): {sample_ratio}"
+    );
     if !failures.is_empty() {
         panic!("telemetry was lost:\n{}\n{report}", failures.join("\n"));
     }

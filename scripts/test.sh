@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Real tools the tests use: rotel (OTLP collector, PyPI); promtool
-# (Prometheus, Debian) to validate /metrics and the Prometheus config.
+# (Prometheus, Debian) to validate /metrics and the Prometheus config;
+# docker-compose (Debian) to validate docker-compose.yml offline.
 if ! python3 -c 'import rotel' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
@@ -15,6 +16,7 @@ export ROTEL_AGENT
 
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 if ((${#missing[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         apt-get update -qq

@@ -29,6 +29,19 @@ pub enum Command {
     /// (also honoured: OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_PROTOCOL=grpc|http/protobuf,
     /// OTEL_TRACES_SAMPLER[_ARG], OTEL_BSP_*). RUST_LOG sets the log filter.
     Serve(ServeArgs),
+    /// Exit 0 if the server's /healthz answers 200 (for container health
+    /// checks: the runtime image has no curl).
+    Health {
+        #[arg(
+            long,
+            env = "WSTRACE_HEALTH_URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
+        url: String,
+    },
+    /// Follow one session through wstrace, Vector, Loki, Tempo and Grafana,
+    /// and name the first broken link.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -163,9 +176,10 @@ mod tests {
 
     #[test]
     fn defaults_match_limits() {
-        let Cli {
-            command: Command::Serve(args),
-        } = Cli::try_parse_from(["wstrace", "serve"]).unwrap();
+        let Command::Serve(args) = Cli::try_parse_from(["wstrace", "serve"]).unwrap().command
+        else {
+            unreachable!()
+        };
         let limits = args.limits();
         let defaults = Limits::default();
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
@@ -181,17 +195,20 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug() {
-        let Cli {
-            command: Command::Serve(args),
-        } = Cli::try_parse_from(["wstrace", "serve", "--admin-token", "hunter2"]).unwrap();
+        let Command::Serve(args) =
+            Cli::try_parse_from(["wstrace", "serve", "--admin-token", "hunter2"])
+                .unwrap()
+                .command
+        else {
+            unreachable!()
+        };
         assert!(!format!("{args:?}").contains("hunter2"));
     }
 
     #[test]
     fn every_flag_has_an_env_var() {
         let command = Cli::command();
-        let serve = command.find_subcommand("serve").unwrap();
-        for arg in serve.get_arguments() {
+        for arg in command.get_subcommands().flat_map(|c| c.get_arguments()) {
             if matches!(arg.get_id().as_str(), "help" | "version") {
                 continue;
             }

@@ -17,6 +17,9 @@
 //! - [`auth`]: JWT for sessions, the Origin allowlist, secrets that never
 //!   print.
 //! - [`metrics`]: Prometheus text at `/metrics`.
+//! - [`doctor`]: `wstrace doctor`, one session followed through the
+//!   production pipeline.
+//! - [`http_client`]: the small HTTP client the tools use.
 //! - [`protocol`]: the JSON frames of protocol v1.
 //! - [`trace_context`]: W3C `traceparent` in (header or query) and
 //!   `traceresponse` out.
@@ -31,7 +34,9 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod doctor;
 pub mod error;
+pub mod http_client;
 pub mod hub;
 pub mod limits;
 pub mod metrics;

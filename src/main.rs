@@ -11,8 +11,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(wstrace::app::serve(args)),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Serve(args) => runtime
+            .block_on(wstrace::app::serve(args))
+            .map_err(Into::into),
+        Command::Health { url } => runtime.block_on(health(&url)),
+        Command::Doctor(args) => runtime
+            .block_on(wstrace::doctor::run(args))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -20,5 +26,14 @@ fn main() -> ExitCode {
             eprintln!("wstrace: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn health(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let response = wstrace::http_client::get(url, std::time::Duration::from_secs(3)).await?;
+    if response.status == 200 {
+        Ok(())
+    } else {
+        Err(format!("{url} answered {}", response.status).into())
     }
 }

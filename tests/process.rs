@@ -435,3 +435,105 @@ fn unusable_log_dir_is_a_clear_startup_error() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("cannot create log directory"), "{stderr}");
 }
+
+fn doctor(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .arg("doctor")
+        .args(args)
+        .args(["--timeout", "2s"])
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn doctor_names_an_unreachable_server_as_the_broken_link() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (code, _, stderr) = doctor(&[
+        "--url",
+        &format!("ws://{dead}/ws"),
+        "--loki",
+        &format!("http://{dead}"),
+        "--tempo",
+        &format!("http://{dead}"),
+        "--grafana",
+        &format!("http://{dead}"),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!(
+            "step 1 (wstrace at ws://{dead}/ws): cannot open a session"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn doctor_names_loki_when_the_server_works_but_loki_is_down() {
+    let server = Wstrace::start(&[]);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (code, stdout, stderr) = doctor(&[
+        "--url",
+        &server.url(),
+        "--loki",
+        &format!("http://{dead}"),
+        "--tempo",
+        &format!("http://{dead}"),
+        "--grafana",
+        &format!("http://{dead}"),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stdout.contains("ok   1. wstrace answered with trace"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "step 2 (Vector → Loki at http://{dead}): cannot query Loki"
+        )),
+        "{stderr}"
+    );
+    // The doctor's session continued its traceparent: its trace id is in the
+    // server's log lines.
+    let trace = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("trace ID for this check: "))
+        .unwrap()
+        .to_owned();
+    server.sigterm();
+    let (_, _, log_dir) = server.wait();
+    let lines = read_log_lines(log_dir.path());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["trace_id"] == trace.as_str() && l["msg"] == "session closed")
+    );
+}
+
+#[test]
+fn health_command_checks_healthz() {
+    let server = Wstrace::start(&[]);
+    let ok = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args([
+            "health",
+            "--url",
+            &format!("http://{}/healthz", server.addr),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let dead = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args([
+            "health",
+            "--url",
+            &format!("http://127.0.0.1:{}/healthz", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(dead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot connect"));
+}

@@ -1,0 +1,552 @@
+//! The production pipeline's configuration, checked with the best real
+//! tools that run here. Vector, Loki, Tempo and Grafana cannot be installed
+//! on these machines, so:
+//! - the remap program is compiled and run by the `vrl` crate (Vector's own
+//!   VRL compiler) on log lines written by the real server, and the unit
+//!   tests in `vector.toml` are run against it the same way;
+//! - `docker-compose config -q` (Debian's docker-compose) and `promtool
+//!   check config` validate their files;
+//! - the Loki, Tempo and Grafana files are parsed and their cross-references
+//!   checked (a stand-in for running them, labelled as such).
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use tokio_tungstenite::tungstenite::Message;
+use vrl::compiler::{Program, TargetValue, TimeZone, runtime::Runtime};
+use vrl::value::{KeyString, Secrets, Value};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn vector_config() -> toml::Table {
+    read("vector.toml").parse().expect("vector.toml is TOML")
+}
+
+/// The remap program, loaded from the file `vector.toml` names.
+fn remap_program() -> (String, Program) {
+    let config = vector_config();
+    let transform = &config["transforms"]["wstrace_parse"];
+    assert_eq!(transform["type"].as_str(), Some("remap"));
+    let path = transform["file"].as_str().expect("remap uses file =");
+    let source = read(path);
+    (path.to_owned(), compile(&source))
+}
+
+fn compile(source: &str) -> Program {
+    match vrl::compiler::compile(source, &vrl::stdlib::all()) {
+        Ok(result) => result.program,
+        Err(diagnostics) => panic!(
+            "VRL does not compile:\n{}",
+            vrl::diagnostic::Formatter::new(source, diagnostics)
+        ),
+    }
+}
+
+/// Runs a program on an event as Vector's remap would; Err on abort/error.
+fn run(program: &Program, event: Value) -> Result<Value, String> {
+    let mut target = TargetValue {
+        value: event,
+        metadata: Value::Object(BTreeMap::new()),
+        secrets: Secrets::default(),
+    };
+    let mut runtime = Runtime::default();
+    runtime
+        .resolve(&mut target, program, &TimeZone::default())
+        .map_err(|e| e.to_string())?;
+    Ok(target.value)
+}
+
+/// What Vector's file source emits for one line.
+fn file_event(line: &str) -> Value {
+    let mut event = BTreeMap::new();
+    event.insert(KeyString::from("message"), Value::from(line));
+    event.insert(
+        KeyString::from("file"),
+        Value::from("/var/log/wstrace/wstrace.2026-11-23.log"),
+    );
+    event.insert(KeyString::from("host"), Value::from("vector-host"));
+    event.insert(KeyString::from("source_type"), Value::from("file"));
+    Value::Object(event)
+}
+
+fn field<'a>(event: &'a Value, name: &str) -> Option<&'a Value> {
+    event.as_object().and_then(|o| o.get(name))
+}
+
+fn text(event: &Value, name: &str) -> Option<String> {
+    field(event, name).and_then(|v| v.as_str().map(|s| s.into_owned()))
+}
+
+/// Log lines written by the real server: a session with a rejected frame,
+/// an echo, and a close.
+async fn real_server_lines() -> Vec<String> {
+    let mut server = TestServer::start().await;
+    let (mut client, response) = server.connect().await;
+    assert!(response.headers().contains_key("x-trace-id"));
+    next_json(&mut client).await;
+    client.send(Message::Text("{bad".into())).await.unwrap();
+    next_json(&mut client).await;
+    send_json(&mut client, json!({"type": "echo", "content": "hi"})).await;
+    next_json(&mut client).await;
+    client.close(None).await.unwrap();
+    while let Some(Ok(_)) = futures_util::StreamExt::next(&mut client).await {}
+    server
+        .wait_for_line("session closed", |l| l["msg"] == "session closed")
+        .await;
+    server.stop().await;
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(server.log_dir()).unwrap() {
+        lines.extend(
+            std::fs::read_to_string(entry.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(str::to_owned),
+        );
+    }
+    lines
+}
+
+#[tokio::test]
+async fn remap_turns_real_server_lines_into_loki_events() {
+    let (path, program) = remap_program();
+    assert_eq!(path, "pipeline/vector/wstrace.vrl");
+    let lines = real_server_lines().await;
+    let mut levels = HashSet::new();
+    let mut session_lines = 0;
+    for line in &lines {
+        let original: serde_json::Value = serde_json::from_str(line).unwrap();
+        let event = run(&program, file_event(line)).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(field(&event, "unparsed").is_none(), "{line}");
+        assert_eq!(text(&event, "service").as_deref(), Some("wstrace"));
+        let level = text(&event, "level").unwrap();
+        let expected = match original["level"].as_u64().unwrap() {
+            10 => "trace",
+            20 => "debug",
+            30 => "info",
+            40 => "warn",
+            50 => "error",
+            other => panic!("level {other}"),
+        };
+        assert_eq!(level, expected);
+        levels.insert(level);
+        assert_eq!(text(&event, "message").as_deref(), original["msg"].as_str());
+        // The event time is the line's time, not when Vector read it.
+        let Some(Value::Timestamp(ts)) = field(&event, "timestamp") else {
+            panic!("no timestamp: {event:?}")
+        };
+        let line_time = original["time"].as_str().unwrap();
+        assert_eq!(
+            ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            line_time,
+            "{line}"
+        );
+        assert!(field(&event, "time").is_none());
+        assert!(field(&event, "v").is_none());
+        if let Some(session) = original["session_id"].as_str() {
+            session_lines += 1;
+            assert_eq!(text(&event, "session_id").as_deref(), Some(session));
+            assert_eq!(
+                text(&event, "trace_id").as_deref(),
+                original["trace_id"].as_str()
+            );
+            assert_eq!(
+                text(&event, "span_id").as_deref(),
+                original["span_id"].as_str()
+            );
+            // The session's attributes ride along.
+            assert_eq!(text(&event, "net.peer.ip").as_deref(), Some("127.0.0.1"));
+        }
+        if original["msg"] == "session closed" {
+            assert_eq!(
+                field(&event, "close_code"),
+                Some(&Value::from(1005)),
+                "client Close without a code"
+            );
+            assert_eq!(text(&event, "closed_by").as_deref(), Some("client"));
+        }
+    }
+    assert!(session_lines >= 3, "{lines:?}");
+    assert!(
+        levels.contains("info") && levels.contains("warn"),
+        "{levels:?}"
+    );
+}
+
+#[test]
+fn remap_flags_lines_that_are_not_json_and_keeps_them() {
+    let (_, program) = remap_program();
+    for line in [
+        "thread 'main' panicked at src/main.rs:10:5",
+        "{\"v\":0,\"msg\":\"torn",
+        "[1,2,3]",
+        "",
+    ] {
+        let event = run(&program, file_event(line)).expect("never aborts");
+        assert_eq!(
+            field(&event, "unparsed"),
+            Some(&Value::from(true)),
+            "{line}"
+        );
+        assert_eq!(text(&event, "level").as_deref(), Some("unknown"));
+        assert_eq!(text(&event, "service").as_deref(), Some("wstrace"));
+        assert_eq!(text(&event, "message").as_deref(), Some(line));
+        assert!(field(&event, "parse_error").is_some());
+    }
+}
+
+/// The `[[tests]]` of vector.toml, run with the vrl crate: each input goes
+/// through the remap program, then each VRL condition must hold.
+#[test]
+fn vector_unit_tests_pass() {
+    let config = vector_config();
+    let (_, program) = remap_program();
+    let tests = config["tests"]
+        .as_array()
+        .expect("vector.toml has [[tests]]");
+    assert!(tests.len() >= 3);
+    for test in tests {
+        let name = test["name"].as_str().unwrap();
+        let input = &test["inputs"][0];
+        assert_eq!(input["insert_at"].as_str(), Some("wstrace_parse"), "{name}");
+        let message = input["log_fields"]["message"].as_str().unwrap();
+        let event = run(&program, file_event(message)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for output in test["outputs"].as_array().unwrap() {
+            assert_eq!(output["extract_from"].as_str(), Some("wstrace_parse"));
+            for condition in output["conditions"].as_array().unwrap() {
+                assert_eq!(condition["type"].as_str(), Some("vrl"));
+                let check = compile(condition["source"].as_str().unwrap());
+                run(&check, event.clone()).unwrap_or_else(|e| panic!("{name}: {e}\n{event:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn vector_config_holds_the_pipeline_settings() {
+    let config = vector_config();
+    assert!(
+        config["data_dir"].as_str().is_some(),
+        "checkpoints need a data_dir"
+    );
+    let source = &config["sources"]["wstrace_files"];
+    assert_eq!(source["type"].as_str(), Some("file"));
+    assert!(source["include"][0].as_str().unwrap().ends_with("*.log"));
+    let transform = &config["transforms"]["wstrace_parse"];
+    assert_eq!(transform["inputs"][0].as_str(), Some("wstrace_files"));
+    assert_eq!(transform["drop_on_error"].as_bool(), Some(false));
+    assert_eq!(transform["drop_on_abort"].as_bool(), Some(false));
+
+    let loki = &config["sinks"]["loki"];
+    assert_eq!(loki["type"].as_str(), Some("loki"));
+    let labels: HashSet<&str> = loki["labels"]
+        .as_table()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(labels, HashSet::from(["service", "level", "environment"]));
+    let metadata: HashSet<&str> = loki["structured_metadata"]
+        .as_table()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        metadata,
+        HashSet::from(["trace_id", "span_id", "session_id"])
+    );
+    assert_eq!(loki["acknowledgements"]["enabled"].as_bool(), Some(true));
+    assert_eq!(loki["buffer"]["type"].as_str(), Some("disk"));
+    assert_eq!(loki["buffer"]["when_full"].as_str(), Some("block"));
+
+    let metrics = &config["sinks"]["prometheus"];
+    assert_eq!(metrics["type"].as_str(), Some("prometheus_exporter"));
+    assert_eq!(
+        config["sources"][metrics["inputs"][0].as_str().unwrap()]["type"].as_str(),
+        Some("internal_metrics")
+    );
+}
+
+fn yaml(path: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Stand-in for running Loki: the file parses and says what we rely on.
+#[test]
+fn loki_config_allows_structured_metadata_with_tsdb_v13() {
+    let loki = yaml("pipeline/loki.yaml");
+    let schema = &loki["schema_config"]["configs"][0];
+    assert_eq!(schema["store"].as_str(), Some("tsdb"));
+    assert_eq!(schema["schema"].as_str(), Some("v13"));
+    assert_eq!(
+        loki["limits_config"]["allow_structured_metadata"].as_bool(),
+        Some(true)
+    );
+    assert!(loki["limits_config"]["retention_period"].as_str().is_some());
+    assert_eq!(loki["compactor"]["retention_enabled"].as_bool(), Some(true));
+    assert_eq!(loki["server"]["http_listen_port"].as_u64(), Some(3100));
+}
+
+/// Stand-in for running Tempo: the file parses and says what we rely on.
+#[test]
+fn tempo_config_receives_otlp_and_generates_metrics() {
+    let tempo = yaml("pipeline/tempo.yaml");
+    let otlp = &tempo["distributor"]["receivers"]["otlp"]["protocols"];
+    assert!(
+        otlp["grpc"]["endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with(":4317")
+    );
+    assert!(
+        otlp["http"]["endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with(":4318")
+    );
+    assert_eq!(tempo["storage"]["trace"]["backend"].as_str(), Some("local"));
+    let remote = tempo["metrics_generator"]["storage"]["remote_write"][0]["url"]
+        .as_str()
+        .unwrap();
+    assert!(remote.starts_with("http://prometheus:9090/"), "{remote}");
+    let processors: Vec<&str> = tempo["overrides"]["defaults"]["metrics_generator"]["processors"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(processors.contains(&"service-graphs") && processors.contains(&"span-metrics"));
+    assert!(tempo["query_frontend"]["search"].is_mapping());
+}
+
+#[test]
+fn grafana_datasources_link_logs_and_traces_both_ways() {
+    let provisioning = yaml("grafana/provisioning/datasources/datasources.yaml");
+    let sources = provisioning["datasources"].as_sequence().unwrap();
+    let uids: HashSet<&str> = sources.iter().map(|d| d["uid"].as_str().unwrap()).collect();
+    assert_eq!(uids, HashSet::from(["prometheus", "loki", "tempo"]));
+    let by_uid = |uid: &str| {
+        sources
+            .iter()
+            .find(|d| d["uid"].as_str() == Some(uid))
+            .unwrap()
+    };
+
+    // Loki → Tempo: a derived field on the trace_id structured metadata.
+    let derived = &by_uid("loki")["jsonData"]["derivedFields"][0];
+    assert_eq!(derived["datasourceUid"].as_str(), Some("tempo"));
+    assert_eq!(derived["matcherType"].as_str(), Some("label"));
+    assert_eq!(derived["matcherRegex"].as_str(), Some("trace_id"));
+
+    // Tempo → Loki by trace ID in the span's time window; metrics; map.
+    let tempo = &by_uid("tempo")["jsonData"];
+    let to_logs = &tempo["tracesToLogsV2"];
+    assert_eq!(to_logs["datasourceUid"].as_str(), Some("loki"));
+    let query = to_logs["query"].as_str().unwrap();
+    assert!(
+        query.contains("trace_id=\"$${__trace.traceId}\""),
+        "{query}"
+    );
+    assert!(to_logs["spanStartTimeShift"].as_str().is_some());
+    assert_eq!(
+        tempo["tracesToMetrics"]["datasourceUid"].as_str(),
+        Some("prometheus")
+    );
+    assert_eq!(
+        tempo["serviceMap"]["datasourceUid"].as_str(),
+        Some("prometheus")
+    );
+    assert_eq!(tempo["nodeGraph"]["enabled"].as_bool(), Some(true));
+    for source in sources {
+        for key in ["exemplarTraceIdDestinations"] {
+            if let Some(list) = source["jsonData"][key].as_sequence() {
+                for d in list {
+                    assert!(uids.contains(d["datasourceUid"].as_str().unwrap()));
+                }
+            }
+        }
+    }
+}
+
+fn collect_uids(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(ds) = map.get("datasource")
+                && let Some(uid) = ds.get("uid").and_then(|u| u.as_str())
+            {
+                out.push(uid.to_owned());
+            }
+            map.values().for_each(|v| collect_uids(v, out));
+        }
+        serde_json::Value::Array(list) => list.iter().for_each(|v| collect_uids(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn dashboard_uses_provisioned_datasources_and_a_trace_id_box() {
+    let provisioning = yaml("grafana/provisioning/datasources/datasources.yaml");
+    let uids: HashSet<String> = provisioning["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|d| d["uid"].as_str().unwrap().to_owned())
+        .collect();
+    let providers = yaml("grafana/provisioning/dashboards/dashboards.yaml");
+    let dashboard_dir = providers["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
+    assert_eq!(dashboard_dir, "/var/lib/grafana/dashboards");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/dashboards/wstrace-sessions.json")).unwrap();
+    assert_eq!(dashboard["title"], "WebSocket sessions");
+    let mut used = Vec::new();
+    collect_uids(&dashboard, &mut used);
+    assert!(!used.is_empty());
+    for uid in &used {
+        assert!(
+            uids.contains(uid),
+            "dashboard uses unknown datasource {uid}"
+        );
+    }
+    let variable = &dashboard["templating"]["list"][0];
+    assert_eq!(
+        (variable["name"].as_str(), variable["type"].as_str()),
+        (Some("trace_id"), Some("textbox"))
+    );
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    let all = exprs.join("\n");
+    for metric in [
+        "wstrace_sessions_active",
+        "wstrace_sessions_closed_total",
+        "wstrace_messages_received_total",
+        "wstrace_messages_sent_total",
+        "wstrace_message_size_bytes_bucket",
+        "count_over_time({service=\"wstrace\"}",
+        "trace_id=~\"${trace_id:regex}",
+    ] {
+        assert!(all.contains(metric), "no panel uses {metric}");
+    }
+    // Every metric a panel queries is one the server exports.
+    let exported =
+        wstrace::metrics::Metrics::default().render(Default::default(), Some(&Default::default()));
+    for expr in &exprs {
+        for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if name.starts_with("wstrace_") {
+                let family = name.trim_end_matches("_bucket");
+                assert!(exported.contains(family), "{name} is not exported");
+            }
+        }
+    }
+}
+
+#[test]
+fn docker_compose_validates() {
+    let Some(compose) = which("docker-compose") else {
+        return;
+    };
+    let output = std::process::Command::new(compose)
+        .args(["-f", "docker-compose.yml", "config", "-q"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().unwrap();
+    for name in [
+        "wstrace",
+        "vector",
+        "loki",
+        "tempo",
+        "prometheus",
+        "grafana",
+    ] {
+        let service = &compose["services"][name];
+        assert!(service.is_mapping(), "no {name} service");
+        assert!(
+            service["healthcheck"].is_mapping(),
+            "{name} has no healthcheck"
+        );
+        if name != "wstrace" {
+            let image = service["image"].as_str().unwrap();
+            let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+            assert!(
+                !tag.is_empty() && tag != "latest",
+                "{name} image is not pinned: {image}"
+            );
+        }
+    }
+    assert!(services.len() >= 6);
+    let env = &compose["services"]["wstrace"]["environment"];
+    assert_eq!(
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(),
+        Some("http://tempo:4317")
+    );
+    // The volume wstrace writes is the one Vector reads.
+    let wstrace_logs = compose["services"]["wstrace"]["volumes"][0]
+        .as_str()
+        .unwrap();
+    let vector_reads = compose["services"]["vector"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .any(|v| v.starts_with(wstrace_logs.split(':').next().unwrap()) && v.ends_with(":ro"));
+    assert!(vector_reads);
+    let dockerfile = read("Dockerfile");
+    assert!(
+        dockerfile.contains("USER 10001"),
+        "the server runs as non-root"
+    );
+    assert!(
+        dockerfile.matches("FROM ").count() >= 2,
+        "multi-stage build"
+    );
+}
+
+#[test]
+fn prometheus_config_validates_with_promtool() {
+    let Some(promtool) = which("promtool") else {
+        return;
+    };
+    let output = std::process::Command::new(promtool)
+        .args(["check", "config", "pipeline/prometheus.yml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let prometheus = yaml("pipeline/prometheus.yml");
+    let jobs: HashSet<&str> = prometheus["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_name"].as_str().unwrap())
+        .collect();
+    for job in ["wstrace", "vector", "tempo"] {
+        assert!(jobs.contains(job), "no scrape job {job}");
+    }
+}

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{WebSocketStream, client_async};
 
 type Ws = WebSocketStream<TcpStream>;
@@ -225,7 +224,7 @@ impl Server {
                 log_dir = Some(dir);
             }
         }
-        command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        command.stdout(Stdio::piped()).stderr(Stdio::null());
         let mut child = command.spawn().expect("start server");
         let addr = match &log_dir {
             None => {
@@ -240,7 +239,13 @@ impl Server {
                     .parse()
                     .unwrap()
             }
-            Some(dir) => wait_for_listen_line(dir.path()),
+            Some(dir) => match wait_for_listen_line(dir.path()) {
+                Some(addr) => addr,
+                None => {
+                    let _ = child.kill();
+                    panic!("{} did not start", kind.name());
+                }
+            },
         };
         Self {
             kind,
@@ -336,7 +341,7 @@ fn num_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn wait_for_listen_line(dir: &Path) -> SocketAddr {
+fn wait_for_listen_line(dir: &Path) -> Option<SocketAddr> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -344,11 +349,13 @@ fn wait_for_listen_line(dir: &Path) -> SocketAddr {
             for line in text.lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
                 if v["msg"] == "wstrace listening" {
-                    return v["listen"].as_str().unwrap().parse().unwrap();
+                    return v["listen"].as_str()?.parse().ok();
                 }
             }
         }
-        assert!(Instant::now() < deadline, "wstrace did not start");
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -401,16 +408,134 @@ async fn connect(server: &Server, i: usize) -> Ws {
     ws
 }
 
-fn frame(kind: Kind, payload: usize) -> Message {
-    let content = "x".repeat(payload);
-    // wstrace speaks its protocol; the plain servers echo anything. The
-    // same bytes go to every server.
-    let _ = kind;
-    Message::Text(
-        serde_json::json!({"type": "echo", "content": content})
-            .to_string()
-            .into(),
-    )
+/// A WebSocket client reduced to what a load generator needs: frames are
+/// encoded (and masked) once, written in batches with one syscall, and
+/// replies are counted by parsing frame headers only. The tungstenite
+/// client costs more CPU per message than the servers under test, which
+/// would make the client the bottleneck.
+struct RawWs;
+
+/// The read side: counts complete data frames.
+struct RawReader {
+    reader: tokio::net::tcp::OwnedReadHalf,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl RawWs {
+    async fn connect(server: &Server, i: usize) -> (RawReader, tokio::net::tcp::OwnedWriteHalf) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source_ip(i), 0)).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            server.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut filled = 0;
+        let head_end = loop {
+            let n = stream.read(&mut buf[filled..]).await.unwrap();
+            assert!(n > 0, "closed during handshake");
+            filled += n;
+            if let Some(i) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        assert!(
+            buf.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&buf[..head_end])
+        );
+        let leftover = buf[head_end..filled].to_vec();
+        let (reader, writer) = stream.into_split();
+        let mut reader = RawReader {
+            reader,
+            buf: leftover,
+            scratch: vec![0u8; 64 * 1024],
+        };
+        if server.kind.is_wstrace() {
+            // The welcome frame.
+            while reader.read_frames().await == 0 {}
+        }
+        (reader, writer)
+    }
+}
+
+impl RawReader {
+    /// Reads until at least one complete data frame is in; returns how many.
+    /// Cancel-safe: a cancelled read consumes nothing.
+    async fn read_frames(&mut self) -> usize {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let frames = self.parse();
+            if frames > 0 {
+                return frames;
+            }
+            let n = self.reader.read(&mut self.scratch).await.unwrap();
+            assert!(n > 0, "server closed the connection");
+            self.buf.extend_from_slice(&self.scratch[..n]);
+        }
+    }
+
+    /// Counts complete frames in the buffer and drops them.
+    fn parse(&mut self) -> usize {
+        let mut frames = 0;
+        let mut start = 0;
+        loop {
+            let b = &self.buf[start..];
+            if b.len() < 2 {
+                break;
+            }
+            let (len, header) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => (
+                    u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if b.len() < header + len {
+                break;
+            }
+            if matches!(b[0] & 0x0f, 1 | 2) {
+                frames += 1;
+            }
+            start += header + len;
+        }
+        self.buf.drain(..start);
+        frames
+    }
+}
+
+/// One masked text frame, encoded once.
+fn masked_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![0x81];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// The message every server gets: wstrace speaks its protocol, the plain
+/// servers echo anything, so the same bytes go to all of them.
+fn echo_payload(content_bytes: usize) -> String {
+    serde_json::json!({"type": "echo", "content": "x".repeat(content_bytes)}).to_string()
 }
 
 struct Saturation {
@@ -419,44 +544,55 @@ struct Saturation {
     cpu: Duration,
 }
 
+/// Closed loop with a window of requests in flight per connection.
 async fn saturate(server: &Server, plan: &Plan) -> Saturation {
+    saturate_with(server, plan, plan.window, plan.saturation).await
+}
+
+async fn saturate_with(
+    server: &Server,
+    plan: &Plan,
+    window: usize,
+    duration: Duration,
+) -> Saturation {
+    use tokio::io::AsyncWriteExt;
     let mut sockets = Vec::new();
     for i in 0..plan.connections {
-        sockets.push(connect(server, i).await);
+        sockets.push(RawWs::connect(server, i).await);
     }
-    let message = frame(server.kind, plan.payload);
+    let encoded = Arc::new(masked_frame(echo_payload(plan.payload).as_bytes()));
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let cpu_before = server.cpu();
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for mut ws in sockets {
-        let (message, stop, count, window) =
-            (message.clone(), stop.clone(), count.clone(), plan.window);
+    for (mut reader, mut writer) in sockets {
+        let (encoded, stop, count) = (encoded.clone(), stop.clone(), count.clone());
         tasks.push(tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(encoded.len() * window);
             for _ in 0..window {
-                ws.feed(message.clone()).await.unwrap();
+                batch.extend_from_slice(&encoded);
             }
-            ws.flush().await.unwrap();
+            writer.write_all(&batch).await.unwrap();
             let mut in_flight = window;
             while in_flight > 0 {
-                match ws.next().await {
-                    Some(Ok(Message::Text(_))) => {
-                        in_flight -= 1;
-                        count.fetch_add(1, Ordering::Relaxed);
-                        if !stop.load(Ordering::Relaxed) {
-                            ws.send(message.clone()).await.unwrap();
-                            in_flight += 1;
-                        }
+                let replies = reader.read_frames().await;
+                in_flight -= replies;
+                count.fetch_add(replies as u64, Ordering::Relaxed);
+                if !stop.load(Ordering::Relaxed) {
+                    // One write for all the replies that came in: keep the
+                    // window full.
+                    batch.clear();
+                    for _ in 0..replies {
+                        batch.extend_from_slice(&encoded);
                     }
-                    Some(Ok(_)) => {}
-                    other => panic!("saturation read: {other:?}"),
+                    writer.write_all(&batch).await.unwrap();
+                    in_flight += replies;
                 }
             }
-            let _ = ws.close(None).await;
         }));
     }
-    tokio::time::sleep(plan.saturation).await;
+    tokio::time::sleep(duration).await;
     let messages = count.load(Ordering::Relaxed);
     let elapsed = start.elapsed();
     let cpu = server.cpu() - cpu_before;
@@ -475,61 +611,56 @@ async fn saturate(server: &Server, plan: &Plan) -> Saturation {
 /// latency of a reply is measured from when its request was due, so a slow
 /// server cannot hide its delay by slowing the client down.
 async fn latency(server: &Server, plan: &Plan, rate: f64) -> Vec<u64> {
+    use tokio::io::AsyncWriteExt;
     let connections = plan.latency_connections;
     let interval = Duration::from_secs_f64(connections as f64 / rate.max(1.0));
-    let message = frame(server.kind, plan.payload);
+    let encoded = Arc::new(masked_frame(echo_payload(plan.payload).as_bytes()));
     let mut tasks = Vec::new();
     for i in 0..connections {
-        let ws = connect(server, i).await;
-        let (message, duration) = (message.clone(), plan.latency);
+        let (mut reader, mut writer) = RawWs::connect(server, i).await;
+        let (encoded, duration) = (encoded.clone(), plan.latency);
+        let due = Arc::new(std::sync::Mutex::new(VecDeque::<Instant>::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (due, done) = (due.clone(), done.clone());
+            tokio::spawn(async move {
+                let first =
+                    tokio::time::Instant::now() + interval.mul_f64(i as f64 / connections as f64);
+                let mut ticks = tokio::time::interval_at(first, interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let end = Instant::now() + duration;
+                loop {
+                    let tick = ticks.tick().await.into_std();
+                    if tick >= end {
+                        break;
+                    }
+                    due.lock().unwrap().push_back(tick);
+                    writer.write_all(&encoded).await.unwrap();
+                }
+                done.store(true, Ordering::Release);
+                writer
+            })
+        };
         tasks.push(tokio::spawn(async move {
-            let (mut tx, mut rx) = ws.split();
-            let due = Arc::new(std::sync::Mutex::new(VecDeque::<Instant>::new()));
-            let sent = {
-                let due = due.clone();
-                async move {
-                    let start = tokio::time::Instant::now()
-                        + interval.mul_f64(i as f64 / connections as f64);
-                    let mut ticks = tokio::time::interval_at(start, interval);
-                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                    let end = Instant::now() + duration;
-                    let mut n = 0u64;
-                    loop {
-                        let tick = ticks.tick().await.into_std();
-                        if tick >= end {
-                            break;
-                        }
-                        due.lock().unwrap().push_back(tick);
-                        tx.send(message.clone()).await.unwrap();
-                        n += 1;
-                    }
-                    (tx, n)
+            let mut samples = Vec::new();
+            let give_up = Instant::now() + duration + Duration::from_secs(10);
+            while Instant::now() < give_up {
+                if done.load(Ordering::Acquire) && due.lock().unwrap().is_empty() {
+                    break;
                 }
-            };
-            let received = {
-                let due = due.clone();
-                async move {
-                    let mut samples = Vec::new();
-                    while let Some(Ok(reply)) = rx.next().await {
-                        if reply.is_text() {
-                            let due = due.lock().unwrap().pop_front().unwrap();
-                            samples.push(due.elapsed().as_micros() as u64);
-                        }
-                    }
-                    samples
+                let Ok(replies) =
+                    tokio::time::timeout(Duration::from_millis(50), reader.read_frames()).await
+                else {
+                    continue;
+                };
+                let now = Instant::now();
+                let mut due = due.lock().unwrap();
+                for _ in 0..replies {
+                    let sent = due.pop_front().expect("a reply to a request never sent");
+                    samples.push(now.duration_since(sent).as_micros() as u64);
                 }
-            };
-            let sender = tokio::spawn(sent);
-            let receiver = tokio::spawn(received);
-            let (mut tx, n) = sender.await.unwrap();
-            // Wait for the last replies, then close.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !due.lock().unwrap().is_empty() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let _ = tx.close().await;
-            let samples = receiver.await.unwrap();
-            assert!(samples.len() as u64 <= n);
+            drop(sender.await.unwrap());
             samples
         }));
     }
@@ -645,6 +776,7 @@ async fn scrape(server: &Server) -> std::collections::HashMap<String, f64> {
 #[derive(Debug, Default, Clone)]
 struct Row {
     cpu_us_per_msg: Vec<f64>,
+    server_busy: Vec<f64>,
     msgs_per_s: Vec<f64>,
     p50_us: Vec<f64>,
     p99_us: Vec<f64>,
@@ -722,7 +854,57 @@ fn spans_received(output: &Path) -> u64 {
         .sum()
 }
 
+/// `WSTRACE_BENCH_ONLY=sweep`: CPU per message at saturation for several
+/// message sample ratios, next to axum-bare, to choose the default ratio.
+async fn sweep(plan: &Plan) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let (mut collector, endpoint, _) = start_collector(work.path());
+    let ratios = [0.0, 0.001, 0.01, 0.1, 1.0];
+    let bare = Server::start(Kind::AxumBare, &endpoint, 0.0);
+    let servers: Vec<Server> = ratios
+        .iter()
+        .map(|&r| Server::start(Kind::WstraceFull, &endpoint, r))
+        .collect();
+    let mut bare_cpu = Vec::new();
+    let mut cpu = vec![Vec::new(); ratios.len()];
+    let mut log = vec![Vec::new(); ratios.len()];
+    for _ in 0..plan.rounds {
+        let s = saturate(&bare, plan).await;
+        bare_cpu.push(s.cpu.as_secs_f64() * 1e6 / s.messages.max(1) as f64);
+        for (i, server) in servers.iter().enumerate() {
+            let before = server.log_bytes();
+            let s = saturate(server, plan).await;
+            cpu[i].push(s.cpu.as_secs_f64() * 1e6 / s.messages.max(1) as f64);
+            log[i].push((server.log_bytes() - before) as f64 / s.messages.max(1) as f64);
+        }
+    }
+    let _ = collector.kill();
+    let _ = collector.wait();
+    use std::fmt::Write;
+    let mut report = String::new();
+    let bare = median(&bare_cpu);
+    let _ = writeln!(
+        report,
+        "| message sample ratio | CPU µs/msg | ×axum-bare | log B/msg |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|");
+    let _ = writeln!(report, "| axum-bare | {bare:.2} | 1.00 | - |");
+    for (i, ratio) in ratios.iter().enumerate() {
+        let c = median(&cpu[i]);
+        let _ = writeln!(
+            report,
+            "| {ratio} | {c:.2} | {:.2} | {:.2} |",
+            c / bare,
+            median(&log[i])
+        );
+    }
+    report
+}
+
 async fn run(plan: Plan) -> String {
+    if std::env::var("WSTRACE_BENCH_ONLY").is_ok_and(|v| v == "sweep") {
+        return sweep(&plan).await;
+    }
     let work = tempfile::tempdir().unwrap();
     let (mut collector, endpoint, collector_out) = start_collector(work.path());
     let sample_ratio = wstrace::state::DEFAULT_MESSAGE_SAMPLE_RATIO;
@@ -731,8 +913,11 @@ async fn run(plan: Plan) -> String {
         .map(|&k| Server::start(k, &endpoint, sample_ratio))
         .collect();
     let mut rows = vec![Row::default(); servers.len()];
+    let mut latency_rates = Vec::new();
 
-    for round in 0..plan.rounds {
+    // WSTRACE_BENCH_ONLY=idle measures idle memory alone (for profiling).
+    let only_idle = std::env::var("WSTRACE_BENCH_ONLY").is_ok_and(|v| v == "idle");
+    for round in 0..if only_idle { 0 } else { plan.rounds } {
         // Rotate the order so no server always runs first (warm caches) or last.
         let order: Vec<usize> = (0..servers.len())
             .map(|i| (i + round) % servers.len())
@@ -746,12 +931,21 @@ async fn run(plan: Plan) -> String {
                 .cpu_us_per_msg
                 .push(s.cpu.as_secs_f64() * 1e6 / messages);
             rows[i].msgs_per_s.push(messages / s.elapsed.as_secs_f64());
+            rows[i]
+                .server_busy
+                .push(s.cpu.as_secs_f64() / s.elapsed.as_secs_f64());
             if server.kind.is_wstrace() {
                 rows[i].log_bytes_per_msg = (server.log_bytes() - log_before) as f64 / messages;
             }
         }
+        // The latency test sends one frame at a time, so the bare rate it
+        // takes half of is measured the same way: one request in flight per
+        // connection (pipelined saturation lets servers batch, which the
+        // latency traffic does not).
         let bare = Kind::ALL.iter().position(|k| *k == Kind::AxumBare).unwrap();
-        let rate = median(&rows[bare].msgs_per_s) * 0.5;
+        let unbatched = saturate_with(&servers[bare], &plan, 1, plan.saturation).await;
+        let rate = unbatched.messages as f64 / unbatched.elapsed.as_secs_f64() * 0.5;
+        latency_rates.push(rate);
         for &i in &order {
             let samples = latency(&servers[i], &plan, rate).await;
             rows[i].p50_us.push(percentile(&samples, 50.0) as f64);
@@ -766,7 +960,7 @@ async fn run(plan: Plan) -> String {
         eprintln!("round {} of {} done", round + 1, plan.rounds);
     }
     for (i, server) in servers.iter().enumerate() {
-        if server.kind.is_wstrace() {
+        if server.kind.is_wstrace() && !only_idle {
             rows[i].log_bytes_per_session = lifecycle_log_bytes(server, &plan).await;
         }
         rows[i].idle_bytes_per_conn = idle_memory(server, &plan).await;
@@ -822,11 +1016,11 @@ async fn run(plan: Plan) -> String {
     use std::fmt::Write;
     let _ = writeln!(
         report,
-        "| server | CPU µs/msg | ×axum-bare | ×tt-plain | msgs/s | p50 µs | p99 µs | p99.9 µs | p99 ×axum-bare | upgrades/s | CPU µs/upgrade | idle KiB/conn | log B/session | log B/msg |"
+        "| server | CPU µs/msg | ×axum-bare | ×tt-plain | msgs/s | server busy | p50 µs | p99 µs | p99.9 µs | p99 ×axum-bare | upgrades/s | CPU µs/upgrade | idle KiB/conn | log B/session | log B/msg |"
     );
     let _ = writeln!(
         report,
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let cpu =
         |k: Kind| median(&rows[Kind::ALL.iter().position(|x| *x == k).unwrap()].cpu_us_per_msg);
@@ -836,12 +1030,13 @@ async fn run(plan: Plan) -> String {
         let c = median(&r.cpu_us_per_msg);
         let _ = writeln!(
             report,
-            "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.1} | {} | {} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0}% | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.1} | {} | {} |",
             kind.name(),
             c,
             c / cpu(Kind::AxumBare),
             c / cpu(Kind::TtPlain),
             median(&r.msgs_per_s),
+            median(&r.server_busy) * 100.0,
             median(&r.p50_us),
             median(&r.p99_us),
             median(&r.p999_us),
@@ -867,6 +1062,11 @@ async fn run(plan: Plan) -> String {
     let _ = writeln!(
         report,
         "log lines on disk: {lines}; log lines dropped: {dropped}; spans exported (before shutdown): {exported}; spans received by the collector (after shutdown): {received}; spans dropped: 0"
+    );
+    let _ = writeln!(
+        report,
+        "latency test rate (50% of axum-bare with one request in flight per connection): {:.0} msgs/s",
+        median(&latency_rates)
     );
     let _ = writeln!(
         report,

@@ -30,8 +30,9 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 100;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// WebSocket read buffer per connection. tungstenite's default is 128 KiB,
 /// which costs ~140 KB per idle connection; messages larger than this
-/// still work, the buffer just grows while they are read.
-pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// still work, the buffer just grows while they are read. 1 KiB still
+/// reads ~25 typical frames per syscall (BENCHMARKS.md).
+pub const WS_READ_BUFFER_BYTES: usize = 1024;
 /// WebSocket write buffer per connection (tungstenite's default: 128 KiB).
 pub const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames queued for one session's writer. When a client stops reading the

@@ -72,7 +72,7 @@ impl Wstrace {
         assert!(status.success());
     }
 
-    /// Waits for exit; returns (exit code, stdout).
+    /// Waits for exit; returns (exit code, stdout, log dir).
     fn wait(mut self) -> (Option<i32>, String, tempfile::TempDir) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
@@ -89,7 +89,16 @@ impl Wstrace {
             .unwrap()
             .read_to_string(&mut stdout)
             .unwrap();
-        (status.code(), stdout, self.log_dir)
+        let log_dir = std::mem::replace(&mut self.log_dir, tempfile::tempdir().unwrap());
+        (status.code(), stdout, log_dir)
+    }
+}
+
+impl Drop for Wstrace {
+    fn drop(&mut self) {
+        // A test that fails (or never stops it) must not leave it running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -169,7 +169,7 @@ where
         .instrument(tracing::info_span!("ws.heartbeat")),
     );
     let seed = info.session_id.as_u64_pair().1;
-    let mut reader = tokio::spawn(
+    let reader = tokio::spawn(
         reader::Reader {
             session: handle.clone(),
             outbound: outbound_tx,
@@ -182,6 +182,33 @@ where
         .instrument(tracing::info_span!("ws.reader")),
     );
 
+    // The wait below lasts as long as the session: keep what it holds small
+    // (this future is allocated once per connection; see BENCHMARKS.md).
+    Box::pin(wait_for_end(
+        state,
+        info.session_id,
+        reader,
+        writer,
+        heartbeat,
+        close,
+        stats,
+        peer_close,
+    ))
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn wait_for_end(
+    state: Arc<ServerState>,
+    session_id: Uuid,
+    mut reader: JoinHandle<()>,
+    mut writer: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+    close: CloseSignal,
+    stats: Arc<SessionStats>,
+    peer_close: Arc<PeerClose>,
+) -> SessionSummary {
+    let limits = &state.limits;
     let mut decided = close.subscribe();
     let reader_done = tokio::select! {
         _ = &mut reader => true,
@@ -196,14 +223,13 @@ where
         }
     };
     // Stop taking deliveries: nothing more will be sent.
-    state.hub.remove(info.session_id);
+    state.hub.remove(session_id);
     // A close was decided by us or the peer: give the handshake (our Close
     // out, theirs in, or the reverse) a bounded time to finish.
     if !reader_done {
         finish_within(&mut reader, limits.close_timeout, "reader").await;
     }
     heartbeat.abort();
-    let mut writer = writer;
     finish_within(&mut writer, limits.close_timeout, "writer").await;
 
     let decision = close.decision().unwrap_or_else(|| {

@@ -52,9 +52,12 @@ impl Reader {
                     return;
                 }
             };
+            // Boxed: the handling future is large and short-lived; the
+            // reader task, which waits on the socket for the whole session,
+            // stays small (see BENCHMARKS.md, memory per idle connection).
             let handled = match message {
-                Message::Text(text) => self.on_data(Data::Text(text.as_str())).await,
-                Message::Binary(bytes) => self.on_data(Data::Binary(bytes)).await,
+                Message::Text(text) => Box::pin(self.on_data(Data::Text(text.as_str()))).await,
+                Message::Binary(bytes) => Box::pin(self.on_data(Data::Binary(bytes))).await,
                 // The WebSocket layer answers pings by itself.
                 Message::Ping(_) => Ok(()),
                 Message::Pong(payload) => {

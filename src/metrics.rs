@@ -243,24 +243,25 @@ impl Metrics {
             "Subscriptions over all channels.",
             hub.subscriptions as i64,
         );
-        counter(
-            w,
-            "wstrace_rate_limited_total",
-            "Frames refused by the per-session rate limit.",
-            self.rate_limited.load(Relaxed),
-        );
-        counter(
-            w,
-            "wstrace_oversize_messages_total",
-            "Messages over the size limit (session closed with 1009).",
-            self.oversize.load(Relaxed),
-        );
-        counter(
-            w,
-            "wstrace_outbound_queue_drops_total",
-            "Deliveries refused by a full outbound queue (receiver closed with 1013).",
-            self.outbound_queue_drops.load(Relaxed),
-        );
+        for (name, help, value) in [
+            (
+                "wstrace_rate_limited_total",
+                "Frames refused by the per-session rate limit.",
+                &self.rate_limited,
+            ),
+            (
+                "wstrace_oversize_messages_total",
+                "Messages over the size limit (session closed with 1009).",
+                &self.oversize,
+            ),
+            (
+                "wstrace_outbound_queue_drops_total",
+                "Deliveries refused by a full outbound queue (receiver closed with 1013).",
+                &self.outbound_queue_drops,
+            ),
+        ] {
+            counter(w, name, help, value.load(Relaxed));
+        }
         header(
             w,
             "wstrace_upgrades_rejected_total",
@@ -280,30 +281,30 @@ impl Metrics {
             self.admin_requests.load(Relaxed),
         );
         if let Some(t) = telemetry {
-            counter(
-                w,
-                "wstrace_log_lines_written_total",
-                "Log lines written.",
-                t.log_lines_written.load(Relaxed),
-            );
-            counter(
-                w,
-                "wstrace_log_lines_dropped_total",
-                "Log lines that could not be written.",
-                t.log_lines_dropped.load(Relaxed),
-            );
-            counter(
-                w,
-                "wstrace_spans_exported_total",
-                "Spans the OTLP collector accepted.",
-                t.spans_exported.load(Relaxed),
-            );
-            counter(
-                w,
-                "wstrace_spans_dropped_total",
-                "Spans that will never reach the collector (export failed or queue full).",
-                t.spans_dropped(),
-            );
+            for (name, help, value) in [
+                (
+                    "wstrace_log_lines_written_total",
+                    "Log lines written.",
+                    t.log_lines_written.load(Relaxed),
+                ),
+                (
+                    "wstrace_log_lines_dropped_total",
+                    "Log lines that could not be written.",
+                    t.log_lines_dropped.load(Relaxed),
+                ),
+                (
+                    "wstrace_spans_exported_total",
+                    "Spans the OTLP collector accepted.",
+                    t.spans_exported.load(Relaxed),
+                ),
+                (
+                    "wstrace_spans_dropped_total",
+                    "Spans that will never reach the collector (export failed or queue full).",
+                    t.spans_dropped(),
+                ),
+            ] {
+                counter(w, name, help, value);
+            }
             gauge(
                 w,
                 "wstrace_spans_queued",

@@ -445,10 +445,20 @@ fn unusable_log_dir_is_a_clear_startup_error() {
     assert!(stderr.contains("cannot create log directory"), "{stderr}");
 }
 
-fn doctor(args: &[&str]) -> (Option<i32>, String, String) {
+/// Runs the doctor against `url`, with Loki, Tempo and Grafana all at an
+/// address nothing listens on.
+fn doctor(url: &str, dead: &str) -> (Option<i32>, String, String) {
+    let backend = format!("http://{dead}");
     let output = Command::new(env!("CARGO_BIN_EXE_wstrace"))
-        .arg("doctor")
-        .args(args)
+        .args(["doctor", "--url", url])
+        .args([
+            "--loki",
+            &backend,
+            "--tempo",
+            &backend,
+            "--grafana",
+            &backend,
+        ])
         .args(["--timeout", "2s"])
         .output()
         .unwrap();
@@ -462,16 +472,7 @@ fn doctor(args: &[&str]) -> (Option<i32>, String, String) {
 #[test]
 fn doctor_names_an_unreachable_server_as_the_broken_link() {
     let dead = format!("127.0.0.1:{}", free_port());
-    let (code, _, stderr) = doctor(&[
-        "--url",
-        &format!("ws://{dead}/ws"),
-        "--loki",
-        &format!("http://{dead}"),
-        "--tempo",
-        &format!("http://{dead}"),
-        "--grafana",
-        &format!("http://{dead}"),
-    ]);
+    let (code, _, stderr) = doctor(&format!("ws://{dead}/ws"), &dead);
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains(&format!(
@@ -485,16 +486,7 @@ fn doctor_names_an_unreachable_server_as_the_broken_link() {
 fn doctor_names_loki_when_the_server_works_but_loki_is_down() {
     let server = Wstrace::start(&[]);
     let dead = format!("127.0.0.1:{}", free_port());
-    let (code, stdout, stderr) = doctor(&[
-        "--url",
-        &server.url(),
-        "--loki",
-        &format!("http://{dead}"),
-        "--tempo",
-        &format!("http://{dead}"),
-        "--grafana",
-        &format!("http://{dead}"),
-    ]);
+    let (code, stdout, stderr) = doctor(&server.url(), &dead);
     assert_eq!(code, Some(1));
     assert!(
         stdout.contains("ok   1. wstrace answered with trace"),

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Real tools the tests use: rotel (OTLP collector, PyPI); promtool
 # (Prometheus, Debian) to validate /metrics and the Prometheus config;
-# docker-compose (Debian) to validate docker-compose.yml offline.
+# docker-compose (Debian) to validate docker-compose.yml offline; chromium
+# (Debian) to load the explorer page in a real headless browser.
 if ! python3 -c 'import rotel' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
@@ -17,6 +18,7 @@ export ROTEL_AGENT
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         apt-get update -qq

@@ -38,6 +38,7 @@ pub fn router(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
         .route("/send", post(send))
         .route("/broadcast", post(broadcast))
         .route("/cleanup", post(cleanup))
+        .route("/logs", get(crate::explorer::logs))
         .layer(middleware::from_fn_with_state(state, require_admin_token))
 }
 

@@ -42,6 +42,12 @@ pub enum Command {
     /// Follow one session through wstrace, Vector, Loki, Tempo and Grafana,
     /// and name the first broken link.
     Doctor(crate::doctor::DoctorArgs),
+    /// Interactive WebSocket client (or scripted, with --send).
+    Client(crate::client::ClientArgs),
+    /// Bounded load generator: storm, throughput or sustained.
+    Load(crate::load::LoadArgs),
+    /// Search and tail the local JSON log files.
+    Logs(crate::logs::LogsArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -129,6 +135,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
 
+    /// Grafana base URL: the explorer page at / links trace IDs to Grafana
+    /// Explore (Loki and Tempo).
+    #[arg(long, env = "WSTRACE_GRAFANA_URL")]
+    pub grafana_url: Option<String>,
+
     /// HS256 key for session JWTs (`Authorization: Bearer` or `?token=`).
     /// Set: every upgrade needs a valid token, whose `sub` is the user.
     #[arg(long, env = "WSTRACE_JWT_SECRET", hide_env_values = true)]
@@ -160,6 +171,8 @@ impl ServeArgs {
             jwt_secret: self.jwt_secret.clone(),
             allowed_origins: self.allowed_origins.clone(),
             telemetry: None,
+            log_dir: self.log_file.then(|| self.log_dir.clone()),
+            grafana_url: self.grafana_url.clone(),
         }
     }
 }
@@ -209,7 +222,7 @@ mod tests {
     fn every_flag_has_an_env_var() {
         let command = Cli::command();
         for arg in command.get_subcommands().flat_map(|c| c.get_arguments()) {
-            if matches!(arg.get_id().as_str(), "help" | "version") {
+            if matches!(arg.get_id().as_str(), "help" | "version") || arg.is_positional() {
                 continue;
             }
             let env = arg

@@ -20,6 +20,9 @@
 //! - [`doctor`]: `wstrace doctor`, one session followed through the
 //!   production pipeline.
 //! - [`http_client`]: the small HTTP client the tools use.
+//! - [`client`], [`load`], [`logs`]: `wstrace client`, `wstrace load` and
+//!   `wstrace logs`, the everyday tools.
+//! - [`explorer`]: the session explorer page at `GET /`.
 //! - [`protocol`]: the JSON frames of protocol v1.
 //! - [`trace_context`]: W3C `traceparent` in (header or query) and
 //!   `traceresponse` out.
@@ -34,11 +37,15 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod doctor;
 pub mod error;
+pub mod explorer;
 pub mod http_client;
 pub mod hub;
 pub mod limits;
+pub mod load;
+pub mod logs;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

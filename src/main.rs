@@ -19,6 +19,22 @@ fn main() -> ExitCode {
         Command::Doctor(args) => runtime
             .block_on(wstrace::doctor::run(args))
             .map_err(Into::into),
+        Command::Client(args) => {
+            return match runtime.block_on(wstrace::client::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("wstrace client: {error}");
+                    ExitCode::from(error.exit_code())
+                }
+            };
+        }
+        Command::Load(args) => runtime
+            .block_on(wstrace::load::run(args))
+            .map(|report| {
+                print!("{}", wstrace::load::render(&report));
+            })
+            .map_err(Into::into),
+        Command::Logs(args) => wstrace::logs::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -157,6 +157,8 @@ fn router(state: Arc<ServerState>) -> Router {
         .nest("/api", crate::api::router(state.clone()))
         .layer(middleware::from_fn(trace_http))
         .route("/healthz", get(healthz))
+        .route("/", get(crate::explorer::page))
+        .route("/explorer/config.json", get(crate::explorer::config))
         .route("/metrics", get(metrics))
         .with_state(state)
 }

@@ -23,6 +23,10 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// The telemetry stack's counters, for `/metrics`.
     pub telemetry: Option<Arc<TelemetryCounters>>,
+    /// Where this server's log files are, for the explorer's log search.
+    pub log_dir: Option<std::path::PathBuf>,
+    /// Grafana base URL, for the explorer's trace links.
+    pub grafana_url: Option<String>,
 }
 
 /// Default message sample ratio; see BENCHMARKS.md for how it was chosen.
@@ -37,6 +41,8 @@ impl Default for ServerConfig {
             jwt_secret: None,
             allowed_origins: Vec::new(),
             telemetry: None,
+            log_dir: None,
+            grafana_url: None,
         }
     }
 }
@@ -58,6 +64,8 @@ pub struct ServerState {
     /// One permit per session: the connection cap.
     pub connections: Arc<Semaphore>,
     pub started: Instant,
+    pub log_dir: Option<std::path::PathBuf>,
+    pub grafana_url: Option<String>,
 }
 
 impl ServerState {
@@ -75,6 +83,8 @@ impl ServerState {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             started: Instant::now(),
+            log_dir: config.log_dir,
+            grafana_url: config.grafana_url,
         })
     }
 }

@@ -538,3 +538,384 @@ fn health_command_checks_healthz() {
     assert_eq!(dead.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot connect"));
 }
+
+fn wstrace(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn client_prints_the_trace_id_the_server_logs_and_honours_traceparent() {
+    let server = Wstrace::start(&[]);
+    let url = server.url();
+    let plain = wstrace(&[
+        "client",
+        &url,
+        "--send",
+        "hello",
+        "--send",
+        "/ping",
+        "--expect",
+        "2",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(
+        plain.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let stdout = String::from_utf8(plain.stdout).unwrap();
+    let first = stdout.lines().next().unwrap();
+    let session = first
+        .split("session_id=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let trace = first.split("trace_id=").nth(1).unwrap().trim().to_owned();
+    assert!(
+        stdout.contains(r#"{"type":"echo","content":"hello"}"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rtt="), "{stdout}");
+
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let continued = wstrace(&[
+        "client",
+        &url,
+        "--traceparent",
+        parent,
+        "--send",
+        "x",
+        "--expect",
+        "1",
+    ]);
+    assert_eq!(continued.status.code(), Some(0));
+    let continued = String::from_utf8(continued.stdout).unwrap();
+    assert!(
+        continued.contains("trace_id=0af7651916cd43dd8448eb211c80319c"),
+        "{continued}"
+    );
+
+    // Exit codes say what went wrong.
+    let timeout = wstrace(&[
+        "client",
+        &url,
+        "--send",
+        "x",
+        "--expect",
+        "3",
+        "--timeout",
+        "500ms",
+    ]);
+    assert_eq!(timeout.status.code(), Some(3));
+    let dead = wstrace(&[
+        "client",
+        &format!("ws://127.0.0.1:{}/ws", free_port()),
+        "--send",
+        "x",
+    ]);
+    assert_eq!(dead.status.code(), Some(2));
+    let usage = wstrace(&["client", &url, "--send", "/pub only-a-channel"]);
+    assert_eq!(usage.status.code(), Some(64));
+
+    server.sigterm();
+    let (_, _, log_dir) = server.wait();
+    let lines = read_log_lines(log_dir.path());
+    let logged = lines_of_session(&lines, &session);
+    assert!(logged.len() >= 2);
+    assert!(logged.iter().all(|l| l["trace_id"] == trace.as_str()));
+    assert!(lines.iter().any(
+        |l| l["trace_id"] == "0af7651916cd43dd8448eb211c80319c" && l["msg"] == "session closed"
+    ));
+}
+
+#[test]
+fn load_reports_are_consistent_with_the_server() {
+    let server = Wstrace::start(&[]);
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let runs: [&[&str]; 3] = [
+        &["--scenario", "storm", "-c", "40"],
+        &["--scenario", "throughput", "-c", "4", "-m", "50"],
+        &[
+            "--scenario",
+            "sustained",
+            "-c",
+            "4",
+            "--rate",
+            "80",
+            "--duration",
+            "1s",
+        ],
+    ];
+    let mut opened = 0;
+    for (i, run) in runs.iter().enumerate() {
+        let json = dir.path().join(format!("{i}.json"));
+        let mut args = vec!["load", url.as_str()];
+        args.extend_from_slice(run);
+        args.extend_from_slice(&["--max-duration", "30s", "--json", json.to_str().unwrap()]);
+        let output = wstrace(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let human = String::from_utf8(output.stdout).unwrap();
+        assert!(human.contains("latency (µs)"), "{human}");
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let c = &report["connections"];
+        assert_eq!(
+            c["attempted"],
+            c["ok"].as_u64().unwrap() + c["failed"].as_u64().unwrap()
+        );
+        assert_eq!(c["failed"], 0, "{report}");
+        let m = &report["messages"];
+        assert!(m["received"].as_u64() <= m["sent"].as_u64());
+        let l = &report["latency_us"];
+        let order: Vec<u64> = ["p50", "p90", "p99", "p999", "max"]
+            .iter()
+            .map(|k| l[k].as_u64().unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] <= w[1]), "{l}");
+        assert!(l["count"].as_u64().unwrap() > 0);
+        assert_eq!(report["timed_out"], false);
+        if run[1] != "storm" {
+            assert_eq!(m["received"], m["sent"], "every ping answered: {report}");
+            assert!(m["sent"].as_u64().unwrap() > 0);
+        }
+        opened += c["ok"].as_u64().unwrap();
+    }
+    server.sigterm();
+    let (_, _, log_dir) = server.wait();
+    let lines = read_log_lines(log_dir.path());
+    let closed = lines
+        .iter()
+        .filter(|l| l["msg"] == "session closed")
+        .count() as u64;
+    assert_eq!(
+        closed, opened,
+        "one session closed line per connection the load tool opened"
+    );
+}
+
+#[test]
+fn load_refuses_more_connections_than_the_fd_limit_with_a_clear_message() {
+    let output = wstrace(&["load", "ws://127.0.0.1:9/ws", "-c", "100000000"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("file descriptors needed"), "{stderr}");
+}
+
+#[test]
+fn logs_finds_exactly_one_session_across_rotated_files_and_reports_corrupt_lines() {
+    let server = Wstrace::start(&[]);
+    let url = server.url();
+    let parent = "00-11112222333344445555666677778888-b7ad6b7169203331-01";
+    for traceparent in [Some(parent), None] {
+        let mut args = vec![
+            "client",
+            url.as_str(),
+            "--send",
+            r#"/json {"type":"nope"}"#,
+            "--send",
+            "hi",
+            "--expect",
+            "2",
+        ];
+        if let Some(tp) = traceparent {
+            args.extend_from_slice(&["--traceparent", tp]);
+        }
+        assert!(wstrace(&args).status.success());
+    }
+    server.sigterm();
+    let (_, _, log_dir) = server.wait();
+    // Rotate: the same lines over two daily files, with a torn line.
+    let file = std::fs::read_dir(log_dir.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let half = lines.len() / 2;
+    std::fs::remove_file(&file).unwrap();
+    let day1 = log_dir.path().join("wstrace.2026-11-22.log");
+    let day2 = log_dir.path().join("wstrace.2026-11-23.log");
+    std::fs::write(
+        &day1,
+        format!("{}\n{{\"torn\": \n", lines[..half].join("\n")),
+    )
+    .unwrap();
+    std::fs::write(&day2, format!("{}\n", lines[half..].join("\n"))).unwrap();
+    let trace = "11112222333344445555666677778888";
+    let expected = lines.iter().filter(|l| l.contains(trace)).count();
+    assert!(expected >= 3);
+
+    let dir = log_dir.path().to_str().unwrap();
+    let json = wstrace(&["logs", "--trace", trace, "--json", dir]);
+    assert!(json.status.success());
+    let out = String::from_utf8(json.stdout).unwrap();
+    let found: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(found.len(), expected);
+    assert!(found.iter().all(|l| l["trace_id"] == trace));
+    let times: Vec<&str> = found.iter().map(|l| l["time"].as_str().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "in time order across files"
+    );
+    assert!(
+        String::from_utf8_lossy(&json.stderr).contains("CORRUPT"),
+        "corrupt line reported"
+    );
+
+    let human = wstrace(&[
+        "logs",
+        "--trace",
+        trace,
+        "--color",
+        "never",
+        "--log-dir",
+        dir,
+    ]);
+    let human = String::from_utf8(human.stdout).unwrap();
+    let story: Vec<&str> = human
+        .lines()
+        .filter(|l| !l.starts_with("CORRUPT"))
+        .collect();
+    assert_eq!(story.len(), expected);
+    assert!(story[0].contains("session opened"), "{human}");
+    assert!(story.last().unwrap().contains("session closed"), "{human}");
+    assert!(human.contains("CORRUPT"), "{human}");
+    let warn_only = wstrace(&["logs", "--trace", trace, "--level", "warn", "--json", dir]);
+    let warn_lines = String::from_utf8(warn_only.stdout).unwrap();
+    assert!(warn_lines.lines().count() >= 1);
+    assert!(
+        warn_lines
+            .lines()
+            .all(|l| l.contains("\"level\":40") || l.contains("\"level\":50"))
+    );
+}
+
+/// Headless Chromium, the way the machines here can run it.
+fn chromium(args: &[&str]) -> Option<std::process::Output> {
+    let browser = ["chromium", "chromium-browser"]
+        .iter()
+        .find_map(|b| which(b))?;
+    let profile = tempfile::tempdir().unwrap();
+    Some(
+        Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--enable-logging=stderr",
+                "--v=0",
+                "--virtual-time-budget=8000",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(args)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn explorer_page_finds_a_session_in_a_real_browser() {
+    if which("chromium").is_none() && which("chromium-browser").is_none() {
+        return;
+    }
+    let server = Wstrace::start(&[
+        ("WSTRACE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("WSTRACE_GRAFANA_URL", "http://grafana.example:3000"),
+    ]);
+    let url = server.url();
+    let trace = "22223333444455556666777788889999";
+    let parent = format!("00-{trace}-b7ad6b7169203331-01");
+    assert!(
+        wstrace(&[
+            "client",
+            &url,
+            "--traceparent",
+            &parent,
+            "--send",
+            "/sub lobby",
+            "--expect",
+            "1"
+        ])
+        .status
+        .success()
+    );
+    // A session that stays open while the page loads: an interactive
+    // client whose stdin we hold.
+    let mut live = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(["client", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(live.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let live_session = first
+        .split("session_id=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = format!("http://{}/#token={ADMIN_TOKEN}&q={trace}", server.addr);
+    let dom = chromium(&["--dump-dom", &page]).expect("chromium");
+    let html = String::from_utf8_lossy(&dom.stdout);
+    let console = String::from_utf8_lossy(&dom.stderr);
+    assert!(html.contains("wstrace · session explorer"), "{html}");
+    assert!(html.contains(r#"data-msg="session opened""#), "{html}");
+    assert!(html.contains(r#"data-msg="session closed""#), "{html}");
+    assert!(
+        html.contains(&format!("Open trace {trace} in Grafana")),
+        "{html}"
+    );
+    assert!(html.contains("http://grafana.example:3000/explore"));
+    assert!(
+        html.contains(&format!(r#"data-session="{live_session}""#)),
+        "live session listed: {html}"
+    );
+    for line in console.lines() {
+        let lower = line.to_lowercase();
+        assert!(
+            !(lower.contains("console") && (lower.contains("error") || lower.contains("uncaught"))),
+            "console error: {line}"
+        );
+        assert!(!lower.contains("refused to"), "CSP violation: {line}");
+    }
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("explorer.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(&[&format!("--screenshot={}", shot.display()), &page]).unwrap();
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG"));
+    assert!(png.len() > 10_000, "the screenshot is not blank");
+    let _ = live.kill();
+    let _ = live.wait();
+}

@@ -1,0 +1,318 @@
+//! `wstrace client URL`: an interactive terminal client, and a
+//! non-interactive mode for scripts and tests.
+//!
+//! Exit codes: 0 ok; 2 could not connect (or the upgrade was refused);
+//! 3 timed out before `--expect` frames arrived; 4 the server closed the
+//! session first; 64 bad usage.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// WebSocket URL, e.g. ws://127.0.0.1:8080/ws
+    pub url: String,
+    /// Continue this W3C traceparent.
+    #[arg(long, env = "WSTRACE_CLIENT_TRACEPARENT")]
+    pub traceparent: Option<String>,
+    /// JWT, sent as `Authorization: Bearer`.
+    #[arg(long, env = "WSTRACE_CLIENT_TOKEN", hide_env_values = true)]
+    pub token: Option<crate::auth::Secret>,
+    /// Extra header `Name: value` (repeatable).
+    #[arg(long = "header", env = "WSTRACE_CLIENT_HEADER", value_delimiter = '\n')]
+    pub headers: Vec<String>,
+    /// Send this input line (same syntax as interactive input) and do not
+    /// read stdin (repeatable).
+    #[arg(long = "send", env = "WSTRACE_CLIENT_SEND", value_delimiter = '\n')]
+    pub send: Vec<String>,
+    /// With --send: wait for this many frames after the welcome, then exit.
+    #[arg(long, env = "WSTRACE_CLIENT_EXPECT", default_value_t = 0)]
+    pub expect: usize,
+    /// With --send: give up after this long.
+    #[arg(long, env = "WSTRACE_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+pub const EXIT_CONNECT: u8 = 2;
+pub const EXIT_TIMEOUT: u8 = 3;
+pub const EXIT_CLOSED: u8 = 4;
+pub const EXIT_USAGE: u8 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("timed out: {got} of {want} frames")]
+    Timeout { got: usize, want: usize },
+    #[error("the server closed the session: {0}")]
+    Closed(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Connect(_) => EXIT_CONNECT,
+            ClientError::Timeout { .. } => EXIT_TIMEOUT,
+            ClientError::Closed(_) => EXIT_CLOSED,
+            ClientError::Usage(_) => EXIT_USAGE,
+        }
+    }
+}
+
+const HELP: &str = "\
+text          echo TEXT
+/sub CH       subscribe to channel CH
+/unsub CH     unsubscribe
+/pub CH TEXT  publish TEXT on CH
+/dm ID TEXT   direct message to session ID
+/ping         application ping, prints the round trip
+/json {...}   send a raw JSON frame
+/help         this help
+/quit         close the session and exit";
+
+/// What an input line becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Frame(Value),
+    Ping,
+    Help,
+    Quit,
+}
+
+pub fn parse_input(line: &str) -> Result<Input, String> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
+    let need = |what: &str| format!("usage: {command} {what}");
+    Ok(match command {
+        "/quit" => Input::Quit,
+        "/help" => Input::Help,
+        "/ping" => Input::Ping,
+        "/sub" if !rest.is_empty() => Input::Frame(json!({"type": "subscribe", "channel": rest})),
+        "/unsub" if !rest.is_empty() => {
+            Input::Frame(json!({"type": "unsubscribe", "channel": rest}))
+        }
+        "/pub" => {
+            let (channel, text) = rest.split_once(' ').ok_or_else(|| need("CH TEXT"))?;
+            Input::Frame(json!({"type": "publish", "channel": channel, "content": text}))
+        }
+        "/dm" => {
+            let (to, text) = rest.split_once(' ').ok_or_else(|| need("ID TEXT"))?;
+            Input::Frame(json!({"type": "direct", "to_session": to, "content": text}))
+        }
+        "/json" => Input::Frame(serde_json::from_str(rest).map_err(|e| format!("bad JSON: {e}"))?),
+        "/sub" | "/unsub" => return Err(need("CH")),
+        c if c.starts_with('/') => return Err(format!("unknown command {c}; /help lists them")),
+        _ => Input::Frame(json!({"type": "echo", "content": line})),
+    })
+}
+
+fn stamp() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now())
+        .to_string()
+        .get(11..23)
+        .unwrap_or("")
+        .to_owned()
+}
+
+pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
+    let mut request = args
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ClientError::Usage(format!("bad URL: {e}")))?;
+    let headers = request.headers_mut();
+    if let Some(tp) = &args.traceparent {
+        headers.insert(
+            "traceparent",
+            tp.parse()
+                .map_err(|_| ClientError::Usage("bad --traceparent".into()))?,
+        );
+    }
+    if let Some(token) = &args.token {
+        let value = format!("Bearer {}", token.expose());
+        headers.insert(
+            "authorization",
+            value
+                .parse()
+                .map_err(|_| ClientError::Usage("bad --token".into()))?,
+        );
+    }
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| ClientError::Usage(format!("--header needs `Name: value`: {header}")))?;
+        let name: tokio_tungstenite::tungstenite::http::HeaderName = name
+            .trim()
+            .parse()
+            .map_err(|_| ClientError::Usage(format!("bad header name {name}")))?;
+        headers.insert(
+            name,
+            value
+                .trim()
+                .parse()
+                .map_err(|_| ClientError::Usage("bad header value".into()))?,
+        );
+    }
+    let (ws, response) =
+        tokio::time::timeout(args.timeout, tokio_tungstenite::connect_async(request))
+            .await
+            .map_err(|_| ClientError::Connect("no answer in time".into()))?
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => ClientError::Connect(format!(
+                    "upgrade refused with HTTP {}: {}",
+                    r.status(),
+                    String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
+                )),
+                other => ClientError::Connect(other.to_string()),
+            })?;
+    let header_trace = response
+        .headers()
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let (mut tx, mut rx) = ws.split();
+    let mut pings: HashMap<String, Instant> = HashMap::new();
+    let mut next_ping = 0u64;
+
+    // The welcome frame names the session.
+    let welcome = tokio::time::timeout(args.timeout, rx.next()).await;
+    match welcome {
+        Ok(Some(Ok(Message::Text(text)))) => {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            println!(
+                "connected session_id={} trace_id={}",
+                v["session_id"].as_str().unwrap_or("?"),
+                v["trace_id"].as_str().unwrap_or(&header_trace)
+            );
+        }
+        _ => return Err(ClientError::Closed("no welcome frame".into())),
+    }
+
+    let interactive = args.send.is_empty();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
+    if interactive {
+        eprintln!("type /help for commands");
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(line)) = stdin.next_line().await {
+                if lines_tx.send(line).await.is_err() {
+                    break;
+                }
+            }
+        });
+    } else {
+        for line in args.send.clone() {
+            let _ = lines_tx.send(line).await;
+        }
+        drop(lines_tx);
+    }
+
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let mut received = 0usize;
+    let mut input_open = true;
+    loop {
+        if !interactive && received >= args.expect && !input_open {
+            break;
+        }
+        tokio::select! {
+            line = lines.recv(), if input_open => {
+                let Some(line) = line else {
+                    input_open = false;
+                    if interactive { break; }
+                    continue;
+                };
+                let frame = match parse_input(&line) {
+                    Ok(Input::Quit) => break,
+                    Ok(Input::Help) => { println!("{HELP}"); continue; }
+                    Ok(Input::Ping) => {
+                        next_ping += 1;
+                        let id = format!("p{next_ping}");
+                        pings.insert(id.clone(), Instant::now());
+                        json!({"type": "ping", "id": id})
+                    }
+                    Ok(Input::Frame(frame)) => frame,
+                    Err(message) if interactive => { eprintln!("{message}"); continue; }
+                    Err(message) => return Err(ClientError::Usage(message)),
+                };
+                if tx.send(Message::Text(frame.to_string().into())).await.is_err() {
+                    return Err(ClientError::Closed("send failed".into()));
+                }
+            }
+            frame = rx.next() => match frame {
+                Some(Ok(Message::Text(text))) => {
+                    received += 1;
+                    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    let rtt = v["id"].as_str().and_then(|id| pings.remove(id));
+                    match rtt {
+                        Some(sent) if v["type"] == "pong" => println!("[{}] < {text}  rtt={:.3}ms", stamp(), sent.elapsed().as_secs_f64() * 1e3),
+                        _ => println!("[{}] < {text}", stamp()),
+                    }
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    received += 1;
+                    println!("[{}] < binary {} bytes", stamp(), bytes.len());
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
+                    println!("[{}] closed by server: {why}", stamp());
+                    return Err(ClientError::Closed(why));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
+                None => return Err(ClientError::Closed("connection ended".into())),
+            },
+            _ = tokio::time::sleep_until(deadline), if !interactive => {
+                return Err(ClientError::Timeout { got: received, want: args.expect });
+            }
+        }
+    }
+    let _ = tx.send(Message::Close(None)).await;
+    // Let the close handshake finish, briefly.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = rx.next().await {}
+    })
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_lines_become_frames() {
+        assert_eq!(
+            parse_input("hello").unwrap(),
+            Input::Frame(json!({"type": "echo", "content": "hello"}))
+        );
+        assert_eq!(
+            parse_input("/sub room").unwrap(),
+            Input::Frame(json!({"type": "subscribe", "channel": "room"}))
+        );
+        assert_eq!(
+            parse_input("/pub room hi there").unwrap(),
+            Input::Frame(json!({"type": "publish", "channel": "room", "content": "hi there"}))
+        );
+        assert_eq!(
+            parse_input("/dm abc psst").unwrap(),
+            Input::Frame(json!({"type": "direct", "to_session": "abc", "content": "psst"}))
+        );
+        assert_eq!(
+            parse_input("/json {\"type\":\"ping\"}").unwrap(),
+            Input::Frame(json!({"type": "ping"}))
+        );
+        assert_eq!(parse_input("/ping").unwrap(), Input::Ping);
+        assert_eq!(parse_input("/quit").unwrap(), Input::Quit);
+        assert!(parse_input("/pub room").is_err());
+        assert!(parse_input("/nope").is_err());
+        assert!(parse_input("/json {").is_err());
+    }
+}

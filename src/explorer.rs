@@ -1,0 +1,102 @@
+//! The session explorer page at `GET /`: one self-contained HTML file (no
+//! CDN, compiled into the binary) that lists live sessions through the
+//! admin API and searches the local log files by trace or session ID.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+use crate::error::HttpError;
+use crate::logs::{Filter, LogLine, search};
+use crate::state::ServerState;
+
+const PAGE: &str = include_str!("explorer/index.html");
+/// Most lines one search returns.
+const MAX_LINES: usize = 2000;
+
+pub async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Everything is inline and same-origin; nothing else may load.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// What the page needs to know; nothing secret.
+pub async fn config(State(state): State<Arc<ServerState>>) -> Json<serde_json::Value> {
+    Json(json!({
+        "grafana_url": state.grafana_url,
+        "admin_api": state.admin_token.is_some(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    /// A trace ID or a session ID.
+    q: String,
+}
+
+/// `GET /api/logs?q=<trace or session id>` (admin token): the matching
+/// lines of the server's own log files, oldest first.
+pub async fn logs(
+    State(state): State<Arc<ServerState>>,
+    Query(query): Query<LogQuery>,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    let q = query.q.trim().to_owned();
+    let valid =
+        !q.is_empty() && q.len() <= 64 && q.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if !valid {
+        return Err(HttpError::BadRequest(
+            "q must be a trace ID or a session ID".into(),
+        ));
+    }
+    let Some(dir) = state.log_dir.clone() else {
+        return Err(HttpError::NotFound("the server writes no log files".into()));
+    };
+    let lines = tokio::task::spawn_blocking(move || {
+        let by_trace = Filter {
+            trace_id: Some(q.clone()),
+            ..Filter::default()
+        };
+        let by_session = Filter {
+            session_id: Some(q),
+            ..Filter::default()
+        };
+        search(&[dir], &Filter::default()).map(|all| {
+            let mut corrupt = 0;
+            let mut out = Vec::new();
+            for line in all {
+                match line {
+                    LogLine::Event { value, .. }
+                        if by_trace.matches(&value) || by_session.matches(&value) =>
+                    {
+                        out.push(value)
+                    }
+                    LogLine::Event { .. } => {}
+                    LogLine::Corrupt { .. } => corrupt += 1,
+                }
+            }
+            (out, corrupt)
+        })
+    })
+    .await
+    .map_err(|e| HttpError::BadRequest(e.to_string()))?
+    .map_err(|e| HttpError::NotFound(format!("cannot read the log files: {e}")))?;
+    let (mut lines, corrupt) = lines;
+    let truncated = lines.len() > MAX_LINES;
+    lines.truncate(MAX_LINES);
+    Ok(Json(
+        json!({ "lines": lines, "corrupt": corrupt, "truncated": truncated }),
+    ))
+}

@@ -1,0 +1,529 @@
+//! `wstrace load URL`: a bounded load generator with three scenarios.
+//!
+//! - `storm`: N connections opened as fast as possible (a bounded number of
+//!   handshakes in flight), each closed again.
+//! - `throughput`: C connections × M messages, pipelined.
+//! - `sustained`: C connections for T seconds at R messages/s in total,
+//!   open loop: latency counts from when a message was due, so a slow
+//!   server cannot hide behind a slowed-down client.
+//!
+//! Messages are protocol `ping`s with an id; the `pong` carries the id
+//! back, so every round trip is matched exactly. Connections are spread
+//! over several 127.0.0.x source addresses (`--source-ips`) to get past one
+//! address's ephemeral ports. Every run is bounded by `--max-duration`.
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    Storm,
+    Throughput,
+    Sustained,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// WebSocket URL of the server (ws:// only).
+    pub url: String,
+    #[arg(long, env = "WSTRACE_LOAD_SCENARIO", default_value = "throughput")]
+    pub scenario: Scenario,
+    /// Connections (storm: how many to open in all).
+    #[arg(
+        long,
+        short = 'c',
+        env = "WSTRACE_LOAD_CONNECTIONS",
+        default_value_t = 10
+    )]
+    pub connections: usize,
+    /// throughput: messages per connection.
+    #[arg(
+        long,
+        short = 'm',
+        env = "WSTRACE_LOAD_MESSAGES",
+        default_value_t = 100
+    )]
+    pub messages: usize,
+    /// sustained: how long to send.
+    #[arg(long, env = "WSTRACE_LOAD_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// sustained: messages per second over all connections.
+    #[arg(long, env = "WSTRACE_LOAD_RATE", default_value_t = 100.0)]
+    pub rate: f64,
+    /// Requests in flight per connection (throughput).
+    #[arg(long, env = "WSTRACE_LOAD_WINDOW", default_value_t = 8)]
+    pub window: usize,
+    /// Handshakes in flight at once (storm).
+    #[arg(long, env = "WSTRACE_LOAD_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Spread connections over this many source addresses 127.0.0.2… (0:
+    /// let the OS choose). Only for loopback targets.
+    #[arg(long, env = "WSTRACE_LOAD_SOURCE_IPS", default_value_t = 8)]
+    pub source_ips: u8,
+    /// Hard cap on the whole run.
+    #[arg(long, env = "WSTRACE_LOAD_MAX_DURATION", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub max_duration: Duration,
+    /// Also write the report as JSON to this file.
+    #[arg(long, env = "WSTRACE_LOAD_JSON")]
+    pub json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub scenario: Option<Scenario>,
+    pub url: String,
+    pub connections: Connections,
+    pub messages: Messages,
+    pub duration_s: f64,
+    pub msgs_per_s: f64,
+    pub latency_us: Latency,
+    pub close_codes: BTreeMap<u16, u64>,
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Connections {
+    pub attempted: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Messages {
+    pub sent: u64,
+    pub received: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("bad URL {0}: expected ws://host:port/path")]
+    Url(String),
+    #[error(
+        "{needed} file descriptors needed but the soft limit is {soft} (hard {hard}); raise it with `ulimit -n {hard}` or use fewer connections"
+    )]
+    FdLimit { needed: u64, soft: u64, hard: u64 },
+    #[error("cannot write the report: {0}")]
+    Report(std::io::Error),
+}
+
+/// Shared tallies of a run.
+#[derive(Default)]
+struct Tally {
+    report: Report,
+    histogram: Option<Histogram<u64>>,
+}
+
+impl Tally {
+    fn failure(&mut self, reason: String) {
+        self.report.connections.failed += 1;
+        *self.report.connections.failures.entry(reason).or_default() += 1;
+    }
+    fn latency(&mut self, us: u64) {
+        if let Some(h) = &mut self.histogram {
+            let _ = h.record(us.max(1));
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Tally>>;
+
+fn lock(t: &Shared) -> std::sync::MutexGuard<'_, Tally> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// (soft, hard) open-file limits of this process.
+fn fd_limits() -> Option<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut numbers = line.split_whitespace().filter_map(|w| {
+        w.parse::<u64>()
+            .ok()
+            .or((w == "unlimited").then_some(u64::MAX))
+    });
+    Some((numbers.next()?, numbers.next()?))
+}
+
+fn target(url: &str) -> Result<SocketAddr, LoadError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| LoadError::Url(url.to_owned()))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    use std::net::ToSocketAddrs;
+    authority
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| LoadError::Url(url.to_owned()))
+}
+
+pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
+    let addr = target(&args.url)?;
+    let open_at_once = match args.scenario {
+        Scenario::Storm => args.concurrency.min(args.connections),
+        _ => args.connections,
+    } as u64;
+    if let Some((soft, hard)) = fd_limits() {
+        let needed = open_at_once + 64;
+        if needed > soft {
+            return Err(LoadError::FdLimit { needed, soft, hard });
+        }
+    }
+    let shared: Shared = Arc::new(Mutex::new(Tally {
+        report: Report {
+            scenario: Some(args.scenario),
+            url: args.url.clone(),
+            ..Report::default()
+        },
+        histogram: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
+    }));
+    let started = Instant::now();
+    let progress = Progress::start(shared.clone(), &args);
+    let work = async {
+        match args.scenario {
+            Scenario::Storm => storm(&args, addr, &shared).await,
+            Scenario::Throughput | Scenario::Sustained => {
+                let tasks: Vec<_> = (0..args.connections)
+                    .map(|i| tokio::spawn(connection(args.clone(), addr, i, shared.clone())))
+                    .collect();
+                for task in tasks {
+                    let _ = task.await;
+                }
+            }
+        }
+    };
+    let timed_out = tokio::time::timeout(args.max_duration, work).await.is_err();
+    progress.stop();
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut tally = lock(&shared);
+    let histogram = tally.histogram.take();
+    let report = &mut tally.report;
+    report.timed_out = timed_out;
+    report.duration_s = elapsed;
+    report.msgs_per_s = report.messages.received as f64 / elapsed.max(1e-9);
+    if let Some(h) = histogram {
+        report.latency_us = Latency {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        };
+    }
+    let report = std::mem::take(report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).expect("report serializes");
+        std::fs::write(path, text).map_err(LoadError::Report)?;
+    }
+    Ok(report)
+}
+
+fn source(args: &LoadArgs, addr: SocketAddr, i: usize) -> Option<IpAddr> {
+    (args.source_ips > 0 && addr.ip().is_loopback() && addr.is_ipv4()).then(|| {
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + (i % args.source_ips as usize) as u8,
+        ))
+    })
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn open(args: &LoadArgs, addr: SocketAddr, i: usize) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
+    if let Some(ip) = source(args, addr, i) {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("bind: {}", e.kind()))?;
+    }
+    let stream = socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+    let _ = stream.set_nodelay(true);
+    let (mut ws, _) = tokio_tungstenite::client_async(args.url.as_str(), stream)
+        .await
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(r) => {
+                format!("http {}", r.status().as_u16())
+            }
+            other => format!("handshake: {other}"),
+        })?;
+    match ws.next().await {
+        Some(Ok(Message::Text(_))) => Ok(ws),
+        _ => Err("no welcome frame".into()),
+    }
+}
+
+async fn close(mut ws: Ws, shared: &Shared) {
+    let _ = ws.close(None).await;
+    while let Some(Ok(message)) = ws.next().await {
+        if let Message::Close(frame) = message {
+            // No code in the frame is recorded as 1005, "no status received".
+            let code = frame.map_or(1005, |f| f.code.into());
+            *lock(shared).report.close_codes.entry(code).or_default() += 1;
+        }
+    }
+}
+
+async fn storm(args: &LoadArgs, addr: SocketAddr, shared: &Shared) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let permit = gate.clone().acquire_owned().await.expect("never closed");
+        let (args, shared) = (args.clone(), shared.clone());
+        tasks.push(tokio::spawn(async move {
+            lock(&shared).report.connections.attempted += 1;
+            let start = Instant::now();
+            match open(&args, addr, i).await {
+                Ok(ws) => {
+                    {
+                        let mut t = lock(&shared);
+                        t.report.connections.ok += 1;
+                        t.latency(start.elapsed().as_micros() as u64);
+                    }
+                    close(ws, &shared).await;
+                }
+                Err(reason) => lock(&shared).failure(reason),
+            }
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// One connection of the throughput or sustained scenario.
+async fn connection(args: LoadArgs, addr: SocketAddr, i: usize, shared: Shared) {
+    lock(&shared).report.connections.attempted += 1;
+    let ws = match open(&args, addr, i).await {
+        Ok(ws) => ws,
+        Err(reason) => return lock(&shared).failure(reason),
+    };
+    lock(&shared).report.connections.ok += 1;
+    let (mut tx, mut rx) = ws.split();
+    let due: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let total = match args.scenario {
+        Scenario::Throughput => args.messages as u64,
+        _ => u64::MAX,
+    };
+    let window = Arc::new(tokio::sync::Semaphore::new(args.window.max(1)));
+    let sender = {
+        let (due, shared, window, args) =
+            (due.clone(), shared.clone(), window.clone(), args.clone());
+        async move {
+            let interval = Duration::from_secs_f64(args.connections as f64 / args.rate.max(0.001));
+            let end = Instant::now() + args.duration;
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut id = 0u64;
+            while id < total {
+                let when = match args.scenario {
+                    Scenario::Sustained => {
+                        let tick = ticks.tick().await.into_std();
+                        if tick >= end {
+                            break;
+                        }
+                        tick
+                    }
+                    _ => {
+                        window.acquire().await.expect("never closed").forget();
+                        Instant::now()
+                    }
+                };
+                due.lock().unwrap().insert(id, when);
+                let frame = format!(r#"{{"type":"ping","id":"{id}"}}"#);
+                if tx.send(Message::Text(frame.into())).await.is_err() {
+                    break;
+                }
+                lock(&shared).report.messages.sent += 1;
+                id += 1;
+            }
+            (tx, id)
+        }
+    };
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let receiver = {
+        let (due, shared, window, stop) =
+            (due.clone(), shared.clone(), window.clone(), stop.clone());
+        async move {
+            loop {
+                let message = tokio::select! {
+                    message = rx.next() => message,
+                    _ = stop.notified() => break,
+                };
+                let Some(Ok(message)) = message else { break };
+                match message {
+                    Message::Text(text) => {
+                        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                        let Some(id) = v["id"].as_str().and_then(|s| s.parse::<u64>().ok()) else {
+                            continue;
+                        };
+                        if let Some(sent) = due.lock().unwrap().remove(&id) {
+                            let mut t = lock(&shared);
+                            t.report.messages.received += 1;
+                            t.latency(sent.elapsed().as_micros() as u64);
+                            window.add_permits(1);
+                        }
+                    }
+                    Message::Close(frame) => {
+                        let code = frame.map_or(1005, |f| f.code.into());
+                        *lock(&shared).report.close_codes.entry(code).or_default() += 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            rx
+        }
+    };
+    let receiver = tokio::spawn(receiver);
+    let (tx, _) = sender.await;
+    // Wait (bounded) for the outstanding replies, then close.
+    let drain_until = Instant::now() + Duration::from_secs(5);
+    while !due.lock().unwrap().is_empty() && Instant::now() < drain_until && !receiver.is_finished()
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.notify_one();
+    if let Ok(rx) = receiver.await
+        && let Ok(ws) = tx.reunite(rx)
+    {
+        close(ws, &shared).await;
+    }
+}
+
+/// A one-line progress bar on stderr, when stderr is a terminal.
+struct Progress(Option<tokio::task::JoinHandle<()>>);
+
+impl Progress {
+    fn start(shared: Shared, args: &LoadArgs) -> Self {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let (scenario, connections, messages, duration) = (
+            args.scenario,
+            args.connections,
+            args.messages,
+            args.duration,
+        );
+        let started = Instant::now();
+        Self(Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let (ok, failed, received) = {
+                    let t = lock(&shared);
+                    (
+                        t.report.connections.ok,
+                        t.report.connections.failed,
+                        t.report.messages.received,
+                    )
+                };
+                let done = match scenario {
+                    Scenario::Storm => (ok + failed) as f64 / connections.max(1) as f64,
+                    Scenario::Throughput => {
+                        received as f64 / (connections * messages).max(1) as f64
+                    }
+                    Scenario::Sustained => {
+                        started.elapsed().as_secs_f64() / duration.as_secs_f64().max(1e-9)
+                    }
+                };
+                let filled = (done.clamp(0.0, 1.0) * 30.0) as usize;
+                eprint!(
+                    "\r[{}{}] {:>3.0}%  conns ok {ok} failed {failed}  msgs {received}",
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled),
+                    done.clamp(0.0, 1.0) * 100.0
+                );
+            }
+        })))
+    }
+
+    fn stop(self) {
+        if let Some(task) = self.0 {
+            task.abort();
+            eprintln!();
+        }
+    }
+}
+
+/// The human report.
+pub fn render(report: &Report) -> String {
+    let c = &report.connections;
+    let l = &report.latency_us;
+    let mut out = format!(
+        "scenario      {:?}\nconnections   attempted {}  ok {}  failed {}\n",
+        report.scenario.unwrap_or(Scenario::Throughput),
+        c.attempted,
+        c.ok,
+        c.failed
+    );
+    for (reason, n) in &c.failures {
+        out.push_str(&format!("  failed: {reason}: {n}\n"));
+    }
+    out.push_str(&format!(
+        "messages      sent {}  received {}  ({:.0} msgs/s over {:.2} s)\n",
+        report.messages.sent, report.messages.received, report.msgs_per_s, report.duration_s
+    ));
+    out.push_str(&format!(
+        "latency (µs)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})\n",
+        l.p50, l.p90, l.p99, l.p999, l.max, l.count
+    ));
+    let codes: Vec<String> = report
+        .close_codes
+        .iter()
+        .map(|(c, n)| format!("{c}×{n}"))
+        .collect();
+    out.push_str(&format!(
+        "close codes   {}\n",
+        if codes.is_empty() {
+            "-".into()
+        } else {
+            codes.join(" ")
+        }
+    ));
+    if report.timed_out {
+        out.push_str("(stopped at --max-duration)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(target("ws://127.0.0.1:8080/ws").unwrap().port(), 8080);
+        assert!(target("http://x/ws").is_err());
+    }
+
+    #[test]
+    fn fd_limits_are_read() {
+        let (soft, hard) = fd_limits().unwrap();
+        assert!(soft <= hard);
+    }
+}

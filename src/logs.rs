@@ -1,0 +1,385 @@
+//! `wstrace logs`: search and tail the local JSON log files.
+//!
+//! Reads every `*.log` file of the log directory (or the paths given), in
+//! name order, which for the daily-rolling `wstrace.YYYY-MM-DD.log` files
+//! is time order, and keeps the lines that match. A line that is not JSON is
+//! reported as corrupt, never fatal. `--follow` keeps reading as lines are
+//! appended, and picks up new files when the log rotates.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crate::telemetry::bunyan_level;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogsArgs {
+    /// Only lines of this trace.
+    #[arg(long = "trace", env = "WSTRACE_LOGS_TRACE")]
+    pub trace_id: Option<String>,
+    /// Only lines of this session.
+    #[arg(long = "session", env = "WSTRACE_LOGS_SESSION")]
+    pub session_id: Option<String>,
+    /// Only lines at this level or above (trace, debug, info, warn, error).
+    #[arg(long, env = "WSTRACE_LOGS_LEVEL")]
+    pub level: Option<LevelName>,
+    /// Only lines newer than this (e.g. 15m, 2h).
+    #[arg(long, env = "WSTRACE_LOGS_SINCE", value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Keep reading as lines are written (and files rotate).
+    #[arg(long, short = 'f', env = "WSTRACE_LOGS_FOLLOW")]
+    pub follow: bool,
+    /// Print the matching raw JSON lines, for jq.
+    #[arg(long, env = "WSTRACE_LOGS_JSON")]
+    pub json: bool,
+    /// Colour: auto (when stdout is a terminal), always or never.
+    #[arg(long, env = "WSTRACE_LOGS_COLOR", default_value = "auto")]
+    pub color: ColorChoice,
+    /// Log directory used when no PATH is given.
+    #[arg(long, env = "WSTRACE_LOG_DIR", default_value = "logs")]
+    pub log_dir: PathBuf,
+    /// Files or directories to read (default: --log-dir).
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum LevelName {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LevelName {
+    fn bunyan(self) -> u64 {
+        match self {
+            LevelName::Trace => 10,
+            LevelName::Debug => 20,
+            LevelName::Info => 30,
+            LevelName::Warn => 40,
+            LevelName::Error => 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// What a line must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub trace_id: Option<String>,
+    pub session_id: Option<String>,
+    pub min_level: Option<u64>,
+    pub since: Option<SystemTime>,
+}
+
+impl Filter {
+    pub fn from_args(args: &LogsArgs) -> Self {
+        Self {
+            trace_id: args.trace_id.clone(),
+            session_id: args.session_id.clone(),
+            min_level: args.level.map(LevelName::bunyan),
+            since: args.since.map(|d| SystemTime::now() - d),
+        }
+    }
+
+    pub fn matches(&self, line: &Value) -> bool {
+        let field_is = |name: &str, want: &Option<String>| {
+            want.as_deref()
+                .is_none_or(|w| line[name].as_str() == Some(w))
+        };
+        field_is("trace_id", &self.trace_id)
+            && field_is("session_id", &self.session_id)
+            && self
+                .min_level
+                .is_none_or(|min| line["level"].as_u64().unwrap_or(0) >= min)
+            && self.since.is_none_or(|since| {
+                line["time"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
+                    .is_some_and(|t| t >= since)
+            })
+    }
+}
+
+/// One line read from a log file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogLine {
+    Event {
+        raw: String,
+        value: Value,
+    },
+    Corrupt {
+        file: PathBuf,
+        line: usize,
+        raw: String,
+    },
+}
+
+/// The log files under the given paths, in name (= time) order.
+pub fn log_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(path)? {
+                let file = entry?.path();
+                if file.extension().is_some_and(|e| e == "log") {
+                    files.push(file);
+                }
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads new complete lines of each file from where the last call stopped.
+/// A file that shrank (truncated or replaced) is read again from the start;
+/// a partly written last line waits for its newline.
+#[derive(Debug, Default)]
+pub struct Tail {
+    offsets: HashMap<PathBuf, (u64, usize)>,
+}
+
+impl Tail {
+    pub fn read_new(
+        &mut self,
+        files: &[PathBuf],
+        mut each: impl FnMut(LogLine),
+    ) -> std::io::Result<()> {
+        for file in files {
+            let (offset, line_no) = self.offsets.entry(file.clone()).or_default();
+            let Ok(mut handle) = std::fs::File::open(file) else {
+                continue; // rotated away between listing and opening
+            };
+            let len = handle.metadata()?.len();
+            if len < *offset {
+                *offset = 0;
+                *line_no = 0;
+            }
+            handle.seek(SeekFrom::Start(*offset))?;
+            let mut bytes = Vec::new();
+            handle.take(len - *offset).read_to_end(&mut bytes)?;
+            let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            for raw in bytes[..complete]
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                *line_no += 1;
+                let raw = String::from_utf8_lossy(raw).into_owned();
+                match serde_json::from_str::<Value>(&raw) {
+                    Ok(value) if value.is_object() => each(LogLine::Event { raw, value }),
+                    _ => each(LogLine::Corrupt {
+                        file: file.clone(),
+                        line: *line_no,
+                        raw,
+                    }),
+                }
+            }
+            *offset += complete as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Every matching line (and every corrupt line) of the files, in order.
+pub fn search(paths: &[PathBuf], filter: &Filter) -> std::io::Result<Vec<LogLine>> {
+    let mut out = Vec::new();
+    Tail::default().read_new(&log_files(paths)?, |line| match &line {
+        LogLine::Event { value, .. } if !filter.matches(value) => {}
+        _ => out.push(line),
+    })?;
+    Ok(out)
+}
+
+/// Fields a human line shows in its fixed columns, not again as `k=v`.
+const SHOWN: &[&str] = &[
+    "v",
+    "name",
+    "msg",
+    "level",
+    "hostname",
+    "pid",
+    "time",
+    "target",
+    "trace_id",
+    "span_id",
+    "session_id",
+];
+
+/// One readable line: time, level, short session, message, fields.
+pub fn human(line: &LogLine, color: bool) -> String {
+    let paint = |code: &str, text: &str| {
+        if color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    };
+    match line {
+        LogLine::Corrupt { file, line, raw } => {
+            let preview: String = raw.chars().take(200).collect();
+            paint(
+                "35",
+                &format!("CORRUPT {}:{line}: {preview}", file.display()),
+            )
+        }
+        LogLine::Event { value, .. } => {
+            let time = value["time"].as_str().unwrap_or("");
+            let time = time.get(11..23).unwrap_or(time);
+            let level = value["level"].as_u64().unwrap_or(0);
+            let (name, code) = match level {
+                0..=10 => ("TRACE", "90"),
+                11..=20 => ("DEBUG", "36"),
+                21..=30 => ("INFO ", "32"),
+                31..=40 => ("WARN ", "33"),
+                _ => ("ERROR", "31"),
+            };
+            let session = value["session_id"]
+                .as_str()
+                .map(|s| s.get(s.len().saturating_sub(8)..).unwrap_or(s).to_owned())
+                .unwrap_or_else(|| "-".repeat(8));
+            let mut fields = String::new();
+            if let Some(map) = value.as_object() {
+                for (key, v) in map.iter().filter(|(k, _)| !SHOWN.contains(&k.as_str())) {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    fields.push_str(&format!(" {}={v}", paint("2", key)));
+                }
+            }
+            format!(
+                "{} {} {} {}{}",
+                paint("2", time),
+                paint(code, name),
+                paint("34", &session),
+                value["msg"].as_str().unwrap_or(""),
+                fields
+            )
+        }
+    }
+}
+
+/// `wstrace logs`.
+pub fn run(args: LogsArgs) -> std::io::Result<()> {
+    use std::io::IsTerminal;
+    let paths = if args.paths.is_empty() {
+        vec![args.log_dir.clone()]
+    } else {
+        args.paths.clone()
+    };
+    let color = match args.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => std::io::stdout().is_terminal(),
+    };
+    let filter = Filter::from_args(&args);
+    let stdout = std::io::stdout();
+    let mut tail = Tail::default();
+    let mut print = |line: LogLine| {
+        let mut out = stdout.lock();
+        let _ = match (&line, args.json) {
+            (LogLine::Event { value, .. }, _) if !filter.matches(value) => Ok(()),
+            (LogLine::Event { raw, .. }, true) => writeln!(out, "{raw}"),
+            (LogLine::Corrupt { .. }, true) => {
+                eprintln!("{}", human(&line, false));
+                Ok(())
+            }
+            (_, false) => writeln!(out, "{}", human(&line, color)),
+        };
+    };
+    loop {
+        tail.read_new(&log_files(&paths)?, &mut print)?;
+        if !args.follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// bunyan level of a name, for callers that filter by name.
+pub fn level_of(name: &str) -> Option<u64> {
+    let level = match name {
+        "trace" => tracing::Level::TRACE,
+        "debug" => tracing::Level::DEBUG,
+        "info" => tracing::Level::INFO,
+        "warn" => tracing::Level::WARN,
+        "error" => tracing::Level::ERROR,
+        _ => return None,
+    };
+    Some(u64::from(bunyan_level(&level)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::Path;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn filters_by_trace_session_and_level() {
+        let line = json!({"trace_id": "t1", "session_id": "s1", "level": 40, "time": "2026-11-23T10:00:00.000000Z"});
+        let f = |trace: Option<&str>, level: Option<u64>| Filter {
+            trace_id: trace.map(str::to_owned),
+            min_level: level,
+            ..Filter::default()
+        };
+        assert!(f(Some("t1"), None).matches(&line));
+        assert!(!f(Some("t2"), None).matches(&line));
+        assert!(f(None, Some(40)).matches(&line));
+        assert!(!f(None, Some(50)).matches(&line));
+        assert_eq!(level_of("warn"), Some(40));
+    }
+
+    #[test]
+    fn tail_reads_complete_lines_once_and_survives_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "a.log", "{\"msg\":\"one\"}\n{\"msg\":\"tw");
+        let mut tail = Tail::default();
+        let mut seen = Vec::new();
+        tail.read_new(std::slice::from_ref(&file), |l| seen.push(l))
+            .unwrap();
+        assert_eq!(seen.len(), 1);
+        std::fs::write(&file, "{\"msg\":\"one\"}\n{\"msg\":\"two\"}\nnot json\n").unwrap();
+        tail.read_new(std::slice::from_ref(&file), |l| seen.push(l))
+            .unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(matches!(&seen[2], LogLine::Corrupt { line: 3, .. }));
+        std::fs::write(&file, "{\"msg\":\"new\"}\n").unwrap();
+        tail.read_new(std::slice::from_ref(&file), |l| seen.push(l))
+            .unwrap();
+        assert_eq!(seen.len(), 4, "a truncated file is read from the start");
+    }
+
+    #[test]
+    fn human_lines_are_readable_and_coloured_on_request() {
+        let line = LogLine::Event {
+            raw: String::new(),
+            value: json!({"msg": "session closed", "level": 30, "time": "2026-11-23T14:43:39.458625Z",
+                          "session_id": "01a208dc-d33f-715b-ba73-6c598ce9d41c", "close_code": 1000}),
+        };
+        assert_eq!(
+            human(&line, false),
+            "14:43:39.458 INFO  598ce9d41c session closed close_code=1000"
+                .replace("598ce9d41c", "8ce9d41c")
+        );
+        assert!(human(&line, true).contains("\x1b[32mINFO \x1b[0m"));
+    }
+}

@@ -140,6 +140,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_GRAFANA_URL")]
     pub grafana_url: Option<String>,
 
+    /// Also serve `/echo`: raw echo of every data frame, no welcome frame
+    /// (for WebSocket conformance suites such as Autobahn).
+    #[arg(long, env = "WSTRACE_ECHO_ENDPOINT")]
+    pub echo_endpoint: bool,
+
     /// HS256 key for session JWTs (`Authorization: Bearer` or `?token=`).
     /// Set: every upgrade needs a valid token, whose `sub` is the user.
     #[arg(long, env = "WSTRACE_JWT_SECRET", hide_env_values = true)]
@@ -173,6 +178,7 @@ impl ServeArgs {
             telemetry: None,
             log_dir: self.log_file.then(|| self.log_dir.clone()),
             grafana_url: self.grafana_url.clone(),
+            echo_endpoint: self.echo_endpoint,
         }
     }
 }

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::auth;
 use crate::error::HttpError;
 use crate::limits::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
-use crate::session::{SessionInfo, UpgradeInfo, run_session};
+use crate::session::{SessionInfo, SessionMode, UpgradeInfo, run_session};
 use crate::state::{ServerConfig, ServerState};
 use crate::trace_context::{self, IncomingTrace};
 
@@ -152,8 +152,11 @@ impl Server {
 }
 
 fn router(state: Arc<ServerState>) -> Router {
-    Router::new()
-        .route("/ws", get(ws_upgrade))
+    let mut routes = Router::new().route("/ws", get(ws_upgrade));
+    if state.echo_endpoint {
+        routes = routes.route("/echo", get(ws_echo_upgrade));
+    }
+    routes
         .nest("/api", crate::api::router(state.clone()))
         .layer(middleware::from_fn(trace_http))
         .route("/healthz", get(healthz))
@@ -270,13 +273,57 @@ async fn trace_http(
     response
 }
 
+/// `GET /ws`: a protocol v1 session.
 async fn ws_upgrade(
+    state: State<Arc<ServerState>>,
+    peer: ConnectInfo<SocketAddr>,
+    trace: Extension<RequestTrace>,
+    request_headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, HttpError> {
+    upgrade_session(
+        state,
+        peer,
+        trace,
+        request_headers,
+        uri,
+        upgrade,
+        SessionMode::Protocol,
+    )
+    .await
+}
+
+/// `GET /echo` (with `--echo-endpoint`): a raw echo session, same checks,
+/// limits and telemetry.
+async fn ws_echo_upgrade(
+    state: State<Arc<ServerState>>,
+    peer: ConnectInfo<SocketAddr>,
+    trace: Extension<RequestTrace>,
+    request_headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, HttpError> {
+    upgrade_session(
+        state,
+        peer,
+        trace,
+        request_headers,
+        uri,
+        upgrade,
+        SessionMode::Echo,
+    )
+    .await
+}
+
+async fn upgrade_session(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Extension(trace): Extension<RequestTrace>,
     request_headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
     upgrade: WebSocketUpgrade,
+    mode: SessionMode,
 ) -> Result<Response, HttpError> {
     if state.shutdown.is_cancelled() {
         return Err(HttpError::ShuttingDown);
@@ -327,6 +374,7 @@ async fn ws_upgrade(
             user_agent: trace.user_agent,
             trace_origin: trace.origin,
         },
+        mode,
     };
     let session_span = info.span(&trace.span);
     let limits = &state.limits;

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub log_dir: Option<std::path::PathBuf>,
     /// Grafana base URL, for the explorer's trace links.
     pub grafana_url: Option<String>,
+    /// Serve the raw echo endpoint `/echo` (conformance testing).
+    pub echo_endpoint: bool,
 }
 
 /// Default message sample ratio; see BENCHMARKS.md for how it was chosen.
@@ -43,6 +45,7 @@ impl Default for ServerConfig {
             telemetry: None,
             log_dir: None,
             grafana_url: None,
+            echo_endpoint: false,
         }
     }
 }
@@ -66,6 +69,7 @@ pub struct ServerState {
     pub started: Instant,
     pub log_dir: Option<std::path::PathBuf>,
     pub grafana_url: Option<String>,
+    pub echo_endpoint: bool,
 }
 
 impl ServerState {
@@ -85,6 +89,7 @@ impl ServerState {
             started: Instant::now(),
             log_dir: config.log_dir,
             grafana_url: config.grafana_url,
+            echo_endpoint: config.echo_endpoint,
         })
     }
 }

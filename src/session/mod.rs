@@ -55,6 +55,18 @@ pub struct SessionInfo {
     pub user: Option<String>,
     /// How the upgrade arrived, for the `session opened` line.
     pub upgrade: UpgradeInfo,
+    pub mode: SessionMode,
+}
+
+/// What the session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionMode {
+    /// Protocol v1: a welcome frame, then JSON frames.
+    #[default]
+    Protocol,
+    /// Raw echo of every data frame, no welcome: the conformance endpoint
+    /// (`--echo-endpoint`, path `/echo`) the Autobahn suite runs against.
+    Echo,
 }
 
 /// The parts of the upgrade request worth one log line.
@@ -138,17 +150,19 @@ where
         trace.origin = info.upgrade.trace_origin,
         "session opened"
     );
-    let welcome = ServerFrame::Welcome {
-        session_id: info.session_id.to_string(),
-        trace_id: info.trace_id.clone(),
-        heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
-    };
-    // The queue is empty and owned here: this cannot fail or wait.
-    let _ = outbound_tx.try_send(Outbound::frame(
-        FrameKind::Welcome,
-        Message::Text(welcome.to_json().into()),
-        false,
-    ));
+    if info.mode == SessionMode::Protocol {
+        let welcome = ServerFrame::Welcome {
+            session_id: info.session_id.to_string(),
+            trace_id: info.trace_id.clone(),
+            heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
+        };
+        // The queue is empty and owned here: this cannot fail or wait.
+        let _ = outbound_tx.try_send(Outbound::frame(
+            FrameKind::Welcome,
+            Message::Text(welcome.to_json().into()),
+            false,
+        ));
+    }
 
     let writer = tokio::spawn(
         writer::Writer {
@@ -176,6 +190,7 @@ where
             state: state.clone(),
             peer_close: peer_close.clone(),
             sampler: MessageSampler::new(state.message_sample_ratio, seed),
+            echo_only: info.mode == SessionMode::Echo,
             rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
         }
         .run(stream)

@@ -29,6 +29,8 @@ pub struct Reader {
     pub peer_close: Arc<PeerClose>,
     pub sampler: MessageSampler,
     pub rate: RateLimiter,
+    /// Echo data frames verbatim instead of speaking protocol v1.
+    pub echo_only: bool,
 }
 
 /// The outbound queue is closed: the session is ending.
@@ -56,6 +58,12 @@ impl Reader {
             // reader task, which waits on the socket for the whole session,
             // stays small (see BENCHMARKS.md, memory per idle connection).
             let handled = match message {
+                Message::Text(text) if self.echo_only => {
+                    Box::pin(self.echo(Message::Text(text))).await
+                }
+                Message::Binary(bytes) if self.echo_only => {
+                    Box::pin(self.echo(Message::Binary(bytes))).await
+                }
                 Message::Text(text) => Box::pin(self.on_data(Data::Text(text.as_str()))).await,
                 Message::Binary(bytes) => Box::pin(self.on_data(Data::Binary(bytes))).await,
                 // The WebSocket layer answers pings by itself.
@@ -87,6 +95,18 @@ impl Reader {
             "connection lost without close frame",
             ClosedBy::Client,
         ));
+    }
+
+    /// The conformance endpoint: every data frame back as it came.
+    async fn echo(&mut self, message: Message) -> Result<(), Gone> {
+        let (kind, size) = match &message {
+            Message::Text(t) => (FrameKind::Echo, t.len()),
+            Message::Binary(b) => (FrameKind::Binary, b.len()),
+            _ => return Ok(()),
+        };
+        self.session.stats.message_in(size);
+        self.state.metrics.message_in(kind, size);
+        self.reply(kind, message, false).await
     }
 
     async fn on_data(&mut self, data: Data<'_>) -> Result<(), Gone> {

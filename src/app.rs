@@ -19,8 +19,9 @@ pub enum ServeError {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let config =
+    let mut config =
         TelemetryConfig::from_env(args.log_file.then(|| args.log_dir.clone()), args.log_stdout);
+    config.log_rotation = args.log_rotation;
     let (subscriber, mut guard) = telemetry::get_subscriber(&config)?;
     telemetry::init_subscriber(subscriber)?;
 
@@ -30,7 +31,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Err(error) = &result {
         tracing::error!(%error, "server stopped with an error");
     }
-    tracing::info!("telemetry flushing; bye");
+    // The last line says how many lines came before it: a reader can check
+    // that the file holds every one.
+    let written = guard
+        .counters()
+        .log_lines_written
+        .load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(log_lines_before = written, "telemetry flushing; bye");
     guard.shutdown();
     result
 }

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_LOG_FILE", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_file: bool,
 
+    /// When to start a new log file.
+    #[arg(long, env = "WSTRACE_LOG_ROTATION", default_value = "daily")]
+    pub log_rotation: crate::telemetry::LogRotation,
+
     /// Write log lines to stdout.
     #[arg(long, env = "WSTRACE_LOG_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_stdout: bool,
@@ -115,6 +119,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// At most one warning per interval about dropped log lines or spans.
+    #[arg(long, env = "WSTRACE_TELEMETRY_REPORT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub telemetry_report_interval: Duration,
+
     /// Share of messages (0.0-1.0) that get ws.receive/ws.send spans and log
     /// lines. Errors, closes and session lifecycle are always recorded.
     #[arg(long, env = "WSTRACE_MESSAGE_SAMPLE_RATIO", default_value_t = crate::state::DEFAULT_MESSAGE_SAMPLE_RATIO)]
@@ -165,6 +173,7 @@ impl ServeArgs {
             message_burst: self.message_burst,
             max_subscriptions: self.max_subscriptions,
             header_read_timeout: self.header_read_timeout,
+            telemetry_report_interval: self.telemetry_report_interval,
         }
     }
 
@@ -179,6 +188,7 @@ impl ServeArgs {
             log_dir: self.log_file.then(|| self.log_dir.clone()),
             grafana_url: self.grafana_url.clone(),
             echo_endpoint: self.echo_endpoint,
+            fault_panic_on_echo: None,
         }
     }
 }

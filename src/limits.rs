@@ -44,6 +44,9 @@ pub const LOG_QUEUE_LINES: usize = 128 * 1024;
 /// Finished spans waiting for OTLP export (`OTEL_BSP_MAX_QUEUE_SIZE`
 /// overrides). Beyond it spans are dropped and counted in `/metrics`.
 pub const SPAN_QUEUE_SPANS: usize = 16 * 1024;
+/// How often dropped log lines or spans, if any, are reported: at most one
+/// warning per interval, so a dead collector cannot flood the logs.
+pub const DEFAULT_TELEMETRY_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// Longest `traceparent` value we will even try to parse. Version 00 is
 /// exactly 55 bytes; later versions may append fields.
 pub const MAX_TRACEPARENT_BYTES: usize = 512;
@@ -62,6 +65,7 @@ pub struct Limits {
     pub message_burst: u32,
     pub max_subscriptions: usize,
     pub header_read_timeout: Duration,
+    pub telemetry_report_interval: Duration,
 }
 
 impl Default for Limits {
@@ -78,6 +82,7 @@ impl Default for Limits {
             message_burst: DEFAULT_MESSAGE_BURST,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            telemetry_report_interval: DEFAULT_TELEMETRY_REPORT_INTERVAL,
         }
     }
 }

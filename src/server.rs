@@ -85,6 +85,7 @@ impl Server {
         let connections = tokio_util::task::TaskTracker::new();
         let shutdown = state.shutdown.clone();
         let mut signal = std::pin::pin!(signal);
+        let watch = tokio::spawn(watch_telemetry(state.clone()));
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -128,6 +129,7 @@ impl Server {
             });
         }
         drop(listener);
+        watch.abort();
         shutdown.cancel();
         state.sessions.close();
         tracing::info!(
@@ -148,6 +150,42 @@ impl Server {
             );
         }
         Ok(())
+    }
+}
+
+/// Says, at most once per interval, when log lines or spans were dropped
+/// (a collector that is down, say): counted in `/metrics` always, and
+/// visible in the logs without flooding them.
+async fn watch_telemetry(state: Arc<ServerState>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(counters) = state.telemetry.clone() else {
+        return;
+    };
+    let interval = state.limits.telemetry_report_interval;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let (mut spans_before, mut lines_before) = (0, 0);
+    loop {
+        ticks.tick().await;
+        let spans = counters.spans_dropped();
+        let lines = counters.log_lines_dropped.load(Relaxed);
+        if spans > spans_before {
+            tracing::warn!(
+                dropped = spans - spans_before,
+                dropped_total = spans,
+                export_failed_total = counters.spans_export_failed.load(Relaxed),
+                queue_full_total = counters.spans_dropped_queue_full.load(Relaxed),
+                interval_ms = interval.as_millis() as u64,
+                "spans dropped: the OTLP collector is unreachable or too slow"
+            );
+        }
+        if lines > lines_before {
+            tracing::error!(
+                dropped = lines - lines_before,
+                dropped_total = lines,
+                "log lines dropped: the log writer is gone"
+            );
+        }
+        (spans_before, lines_before) = (spans, lines);
     }
 }
 

@@ -29,6 +29,10 @@ pub struct ServerConfig {
     pub grafana_url: Option<String>,
     /// Serve the raw echo endpoint `/echo` (conformance testing).
     pub echo_endpoint: bool,
+    /// Fault injection for tests only (not on the CLI): an `echo` with
+    /// exactly this content panics inside the session's handler.
+    #[doc(hidden)]
+    pub fault_panic_on_echo: Option<String>,
 }
 
 /// Default message sample ratio; see BENCHMARKS.md for how it was chosen.
@@ -46,6 +50,7 @@ impl Default for ServerConfig {
             log_dir: None,
             grafana_url: None,
             echo_endpoint: false,
+            fault_panic_on_echo: None,
         }
     }
 }
@@ -70,6 +75,7 @@ pub struct ServerState {
     pub log_dir: Option<std::path::PathBuf>,
     pub grafana_url: Option<String>,
     pub echo_endpoint: bool,
+    pub fault_panic_on_echo: Option<String>,
 }
 
 impl ServerState {
@@ -90,6 +96,7 @@ impl ServerState {
             log_dir: config.log_dir,
             grafana_url: config.grafana_url,
             echo_endpoint: config.echo_endpoint,
+            fault_panic_on_echo: config.fault_panic_on_echo,
         })
     }
 }

@@ -22,6 +22,9 @@ struct Wstrace {
     child: Child,
     log_dir: tempfile::TempDir,
     addr: String,
+    /// Drains stdout as the server runs, as any real consumer would (a
+    /// full pipe would otherwise stall the stdout writer).
+    stdout: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Wstrace {
@@ -46,7 +49,13 @@ impl Wstrace {
         for (key, value) in envs {
             command.env(key, value);
         }
-        let child = command.spawn().expect("spawn wstrace");
+        let mut child = command.spawn().expect("spawn wstrace");
+        let mut pipe = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        });
         let listening = wait_for(Duration::from_secs(20), "wstrace listening", || {
             read_log_lines(log_dir.path())
                 .into_iter()
@@ -57,6 +66,7 @@ impl Wstrace {
             child,
             log_dir,
             addr,
+            stdout: Some(stdout),
         }
     }
 
@@ -82,13 +92,7 @@ impl Wstrace {
             assert!(Instant::now() < deadline, "wstrace did not exit");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut stdout = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut stdout)
-            .unwrap();
+        let stdout = self.stdout.take().unwrap().join().unwrap();
         let log_dir = std::mem::replace(&mut self.log_dir, tempfile::tempdir().unwrap());
         (status.code(), stdout, log_dir)
     }
@@ -118,7 +122,7 @@ async fn sigterm_sends_1001_and_flushes_every_line() {
     let server = Wstrace::start(&[]);
     let mut sessions = Vec::new();
     let mut readers = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..200 {
         let (mut client, _) = tokio_tungstenite::connect_async(server.url())
             .await
             .unwrap();
@@ -168,6 +172,115 @@ async fn sigterm_sends_1001_and_flushes_every_line() {
     let last_closed = msgs.iter().rposition(|m| *m == "session closed").unwrap();
     assert!(signal < last_closed);
     assert_eq!(msgs.last(), Some(&"telemetry flushing; bye"));
+    // The last line counts the lines before it: all of them are in the file.
+    let last = file_lines.last().unwrap();
+    assert_eq!(
+        last["log_lines_before"].as_u64(),
+        Some(file_lines.len() as u64 - 1)
+    );
+}
+
+/// Polls until `f` is true, with a deadline.
+fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    wait_for(limit, what, || f().then_some(()));
+}
+
+fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let response = runtime.block_on(http(addr.parse().unwrap(), "GET", "/metrics", &[], None));
+    parse_prometheus(&response.body)
+}
+
+fn traced_client(url: &str, trace: &str) {
+    let parent = format!("00-{trace}-b7ad6b7169203331-01");
+    let out = wstrace(&[
+        "client",
+        url,
+        "--traceparent",
+        &parent,
+        "--send",
+        "x",
+        "--expect",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn collector_down_then_up_then_killed_never_stops_the_server() {
+    // The collector's port, with nothing on it yet.
+    let http_port = free_port();
+    let server = Wstrace::start(&[
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            &format!("http://127.0.0.1:{http_port}"),
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("WSTRACE_TELEMETRY_REPORT_INTERVAL", "300ms"),
+    ]);
+    let url = server.url();
+    // 1. Down at start: sessions work, spans are counted as dropped.
+    for i in 0..5 {
+        traced_client(&url, &format!("{:032x}", 0xa000 + i));
+    }
+    eventually("dropped spans counted", Duration::from_secs(20), || {
+        scrape(&server.addr)["wstrace_spans_dropped_total"] > 0.0
+    });
+    // 2. The collector comes up on that port: export resumes.
+    let collector = Collector::start_on(http_port);
+    let resumed = "b0000000000000000000000000000001";
+    eventually("export resumed", Duration::from_secs(30), || {
+        traced_client(&url, resumed);
+        collector.spans().iter().any(|s| s.trace_id == resumed)
+    });
+    // 3. Killed mid-run: still serving, drops counted again.
+    let dropped_before = scrape(&server.addr)["wstrace_spans_dropped_total"];
+    drop(collector);
+    for i in 0..5 {
+        traced_client(&url, &format!("{:032x}", 0xc000 + i));
+    }
+    eventually("drops after the kill", Duration::from_secs(20), || {
+        scrape(&server.addr)["wstrace_spans_dropped_total"] > dropped_before
+    });
+    let queued = scrape(&server.addr)["wstrace_spans_queued"];
+    assert!(
+        queued < 16.0 * 1024.0,
+        "the export queue is bounded: {queued}"
+    );
+
+    server.sigterm();
+    let (code, _, log_dir) = server.wait();
+    assert_eq!(code, Some(0));
+    let lines = read_log_lines(log_dir.path());
+    let warnings: Vec<_> = lines
+        .iter()
+        .filter(|l| l["msg"] == "spans dropped: the OTLP collector is unreachable or too slow")
+        .collect();
+    assert!(!warnings.is_empty(), "the drops were logged");
+    // At most one warning per interval (300 ms) over the run.
+    let times: Vec<std::time::SystemTime> = warnings
+        .iter()
+        .map(|w| {
+            humantime::parse_rfc3339_weak(w["time"].as_str().unwrap().trim_end_matches('Z'))
+                .unwrap()
+        })
+        .collect();
+    for pair in times.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).unwrap();
+        assert!(
+            gap >= Duration::from_millis(250),
+            "two warnings {gap:?} apart"
+        );
+    }
 }
 
 fn rotel_agent() -> PathBuf {
@@ -207,9 +320,14 @@ struct Collector {
 
 impl Collector {
     fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// A collector whose OTLP/HTTP receiver is on `http`.
+    fn start_on(http: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().join("rotel.out");
-        let (grpc, http) = (free_port(), free_port());
+        let grpc = free_port();
         let child = Command::new(rotel_agent())
             .args(["start", "--exporter", "blackhole"])
             .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"])

@@ -2,8 +2,9 @@
 //! writer's queue, messages for others through the hub.
 
 use axum::extract::ws::Message;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,36 +58,46 @@ impl Reader {
             // Boxed: the handling future is large and short-lived; the
             // reader task, which waits on the socket for the whole session,
             // stays small (see BENCHMARKS.md, memory per idle connection).
-            let handled = match message {
-                Message::Text(text) if self.echo_only => {
-                    Box::pin(self.echo(Message::Text(text))).await
-                }
-                Message::Binary(bytes) if self.echo_only => {
-                    Box::pin(self.echo(Message::Binary(bytes))).await
-                }
-                Message::Text(text) => Box::pin(self.on_data(Data::Text(text.as_str()))).await,
-                Message::Binary(bytes) => Box::pin(self.on_data(Data::Binary(bytes))).await,
-                // The WebSocket layer answers pings by itself.
-                Message::Ping(_) => Ok(()),
-                Message::Pong(payload) => {
-                    if let Some(rtt) = self.session.stats.pong(&payload) {
-                        tracing::trace!(rtt_us = rtt.as_micros() as u64, "pong");
+            // A panic while handling closes this session (1011), not the
+            // server.
+            let handled = AssertUnwindSafe(async {
+                match message {
+                    Message::Text(text) if self.echo_only => {
+                        Box::pin(self.echo(Message::Text(text))).await
                     }
-                    Ok(())
+                    Message::Binary(bytes) if self.echo_only => {
+                        Box::pin(self.echo(Message::Binary(bytes))).await
+                    }
+                    Message::Text(text) => Box::pin(self.on_data(Data::Text(text.as_str()))).await,
+                    Message::Binary(bytes) => Box::pin(self.on_data(Data::Binary(bytes))).await,
+                    // The WebSocket layer answers pings by itself.
+                    Message::Ping(_) => Ok(()),
+                    Message::Pong(payload) => {
+                        if let Some(rtt) = self.session.stats.pong(&payload) {
+                            tracing::trace!(rtt_us = rtt.as_micros() as u64, "pong");
+                        }
+                        Ok(())
+                    }
+                    Message::Close(frame) => {
+                        let (code, reason) = frame
+                            .map(|f| (f.code, f.reason.to_string()))
+                            .unwrap_or((close_code::NO_STATUS, String::new()));
+                        self.peer_close.set(code, reason.clone());
+                        self.session.close.decide(CloseDecision::new(
+                            code,
+                            reason,
+                            ClosedBy::Client,
+                        ));
+                        Ok(())
+                    }
                 }
-                Message::Close(frame) => {
-                    let (code, reason) = frame
-                        .map(|f| (f.code, f.reason.to_string()))
-                        .unwrap_or((close_code::NO_STATUS, String::new()));
-                    self.peer_close.set(code, reason.clone());
-                    self.session
-                        .close
-                        .decide(CloseDecision::new(code, reason, ClosedBy::Client));
-                    Ok(())
-                }
-            };
-            if handled.is_err() {
-                return;
+            })
+            .catch_unwind()
+            .await;
+            match handled {
+                Ok(Ok(())) => {}
+                Ok(Err(Gone)) => return,
+                Err(panic) => return self.panicked(panic),
             }
         }
         // The stream ended without a Close frame from the peer or from us.
@@ -179,6 +190,9 @@ impl Reader {
                 self.reply_frame(pong, sampled).await
             }
             ClientFrame::Echo { content } => {
+                if self.state.fault_panic_on_echo.as_deref() == Some(content.as_str()) {
+                    panic!("injected fault: echo of {content:?}");
+                }
                 self.reply_frame(ServerFrame::Echo { content }, sampled)
                     .await
             }
@@ -401,6 +415,21 @@ impl Reader {
             close_code::POLICY_VIOLATION,
             "message rate exceeded",
             ClosedBy::Policy,
+        ));
+    }
+
+    fn panicked(&self, panic: Box<dyn std::any::Any + Send>) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        self.session.stats.error();
+        tracing::error!(panic = %message, "session handler panicked; closing with 1011");
+        self.session.close.decide(CloseDecision::new(
+            close_code::INTERNAL_ERROR,
+            "internal error",
+            ClosedBy::Error,
         ));
     }
 

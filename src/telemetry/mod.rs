@@ -56,6 +56,8 @@ pub struct TelemetryConfig {
     pub log_dir: Option<PathBuf>,
     /// File name prefix: files are `<prefix>.YYYY-MM-DD.log`.
     pub log_file_prefix: String,
+    /// When a new log file is started.
+    pub log_rotation: LogRotation,
     /// Also write every line to stdout.
     pub log_stdout: bool,
     /// Filter directives, `RUST_LOG` syntax.
@@ -74,9 +76,31 @@ impl TelemetryConfig {
                 .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
             log_dir,
             log_file_prefix: DEFAULT_SERVICE_NAME.to_string(),
+            log_rotation: LogRotation::Daily,
             log_stdout,
             filter: env_nonempty("RUST_LOG").unwrap_or_else(|| DEFAULT_FILTER.to_string()),
             otlp: OtlpConfig::from_env(),
+        }
+    }
+}
+
+/// When the log file rolls over to a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogRotation {
+    Minutely,
+    Hourly,
+    #[default]
+    Daily,
+    Never,
+}
+
+impl From<LogRotation> for Rotation {
+    fn from(r: LogRotation) -> Self {
+        match r {
+            LogRotation::Minutely => Rotation::MINUTELY,
+            LogRotation::Hourly => Rotation::HOURLY,
+            LogRotation::Daily => Rotation::DAILY,
+            LogRotation::Never => Rotation::NEVER,
         }
     }
 }
@@ -240,7 +264,7 @@ pub fn get_subscriber(
             source,
         })?;
         let file = RollingFileAppender::builder()
-            .rotation(Rotation::DAILY)
+            .rotation(config.log_rotation.into())
             .filename_prefix(&config.log_file_prefix)
             .filename_suffix("log")
             .build(dir)

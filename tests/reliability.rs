@@ -1,0 +1,306 @@
+//! Hostile input and faults against the in-process server: each case has a
+//! defined answer, and the server is fine afterwards.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use proptest::prelude::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use wstrace::limits::Limits;
+use wstrace::state::ServerConfig;
+
+async fn still_serves(server: &TestServer) {
+    let (mut client, _) = server.connect().await;
+    next_json(&mut client).await;
+    send_json(&mut client, json!({"type": "echo", "content": "alive"})).await;
+    assert_eq!(next_json(&mut client).await["content"], "alive");
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    let mut server = TestServer::start().await;
+    let mut raw = RawClient::upgrade(server.addr, "/ws").await;
+    assert_eq!(raw.read_frame().await.unwrap().0, 1, "welcome");
+    raw.send_frame(true, 1, &[0x7b, 0xff, 0xfe, 0x7d]).await;
+    assert_eq!(raw.close_code().await, Some(1007));
+    still_serves(&server).await;
+    server.stop().await;
+    let lines = server.log_lines();
+    let closed = with_msg(&lines, "session closed");
+    assert!(
+        closed
+            .iter()
+            .any(|l| l["close_code"] == 1007 && l["closed_by"] == "error")
+    );
+}
+
+#[tokio::test]
+async fn fragmented_oversize_message_closes_with_1009_and_memory_stays_flat() {
+    let mut server = TestServer::start_with(Limits {
+        max_message_bytes: 64 * 1024,
+        ..test_limits()
+    })
+    .await;
+    let part = vec![b'x'; 40 * 1024];
+    let attempt = async || {
+        let mut raw = RawClient::upgrade(server.addr, "/ws").await;
+        raw.read_frame().await.unwrap();
+        // Each fragment is under the limit; together they are over it.
+        raw.send_frame(false, 1, &part).await;
+        raw.send_frame(false, 0, &part).await;
+        raw.send_frame(true, 0, &part).await;
+        assert_eq!(raw.close_code().await, Some(1009));
+    };
+    for _ in 0..5 {
+        attempt().await;
+    }
+    let before = rss_kib();
+    for _ in 0..40 {
+        attempt().await;
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown < 8 * 1024,
+        "RSS grew by {grown} KiB over 40 oversize messages"
+    );
+    still_serves(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn injected_newlines_stay_inside_one_json_line() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        message_sample_ratio: 1.0,
+        ..test_config()
+    })
+    .await;
+    let forged = "bye\n{\"v\":0,\"msg\":\"pwned\",\"level\":50}\r\n";
+    let (mut client, _) = server.connect().await;
+    next_json(&mut client).await;
+    // In a rejected frame, in echoed content, and in a close reason.
+    client.send(Message::Text(forged.into())).await.unwrap();
+    next_json(&mut client).await;
+    send_json(&mut client, json!({"type": "echo", "content": forged})).await;
+    next_json(&mut client).await;
+    client
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: forged.into(),
+        })))
+        .await
+        .unwrap();
+    while let Some(Ok(_)) = client.next().await {}
+    server.stop().await;
+    // log_lines() asserts every line is one JSON object.
+    let lines = server.log_lines();
+    assert!(lines.iter().all(|l| l["msg"] != "pwned"));
+    let closed = with_msg(&lines, "session closed");
+    assert_eq!(
+        closed[0]["close_reason"], forged,
+        "kept, escaped, in its field"
+    );
+}
+
+#[tokio::test]
+async fn huge_or_many_headers_are_refused_before_any_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start().await;
+    let many: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let huge = format!("x-huge: {}\r\n", "a".repeat(512 * 1024));
+    for extra in [many, huge] {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        );
+        let _ = stream.write_all(request.as_bytes()).await;
+        let mut response = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+        let response = String::from_utf8_lossy(&response);
+        assert!(
+            response.starts_with("HTTP/1.1 431")
+                || response.starts_with("HTTP/1.1 400")
+                || response.is_empty(),
+            "{}",
+            response.lines().next().unwrap_or("")
+        );
+        assert!(!response.starts_with("HTTP/1.1 101"));
+    }
+    still_serves(&server).await;
+    server.stop().await;
+    assert!(with_msg(&server.log_lines(), "session opened").len() == 1);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_closes_only_its_session_with_1011() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        fault_panic_on_echo: Some("boom".into()),
+        ..test_config()
+    })
+    .await;
+    let (mut victim, response) = server.connect().await;
+    let victim_trace = response.headers()["x-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    next_json(&mut victim).await;
+    let (mut bystander, _) = server.connect().await;
+    next_json(&mut bystander).await;
+
+    send_json(&mut victim, json!({"type": "echo", "content": "boom"})).await;
+    assert_eq!(
+        next_close(&mut victim).await,
+        (1011, "internal error".to_owned())
+    );
+    for i in 0..3 {
+        send_json(
+            &mut bystander,
+            json!({"type": "echo", "content": format!("still {i}")}),
+        )
+        .await;
+        assert_eq!(
+            next_json(&mut bystander).await["content"],
+            format!("still {i}")
+        );
+    }
+    server.stop().await;
+    let lines = server.log_lines();
+    let panicked = with_msg(&lines, "session handler panicked; closing with 1011");
+    assert_eq!(panicked.len(), 1);
+    assert_eq!(panicked[0]["trace_id"], victim_trace);
+    assert_eq!(panicked[0]["level"], 50);
+    assert!(
+        panicked[0]["panic"]
+            .as_str()
+            .unwrap()
+            .contains("injected fault")
+    );
+    let closed: Vec<_> = with_msg(&lines, "session closed")
+        .into_iter()
+        .filter(|l| l["trace_id"] == victim_trace.as_str())
+        .collect();
+    assert_eq!(closed[0]["close_code"], 1011);
+    assert_eq!(closed[0]["closed_by"], "error");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_log_line_emitted_at_saturation_is_on_disk() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        message_sample_ratio: 1.0,
+        limits: Limits {
+            messages_per_second: 0,
+            ..test_limits()
+        },
+        ..test_config()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..400 {
+        let url = server.url("/ws");
+        tasks.push(tokio::spawn(async move {
+            let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            next_json(&mut client).await;
+            for i in 0..10 {
+                send_json(
+                    &mut client,
+                    json!({"type": "echo", "content": format!("{i}")}),
+                )
+                .await;
+            }
+            for _ in 0..10 {
+                next_json(&mut client).await;
+            }
+            client.close(None).await.unwrap();
+            while let Some(Ok(_)) = client.next().await {}
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    server.stop().await;
+    let counters = server.state.telemetry.clone().unwrap();
+    let written = counters
+        .log_lines_written
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let on_disk = server.log_lines().len() as u64;
+    assert_eq!(
+        counters
+            .log_lines_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(on_disk, written, "every line counted as written is on disk");
+    // 400 sessions × (opened + 10 received + closed) at least.
+    assert!(on_disk >= 400 * 12, "{on_disk}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// The protocol decoder never panics and always says what is wrong.
+    #[test]
+    fn decoder_never_panics(text in ".{0,200}", json_ish in r#"\{("type":)?"[a-z]{0,12}"(,"[a-z_]{1,10}":("[^"]{0,10}"|[0-9]{1,4}|null|\[\]))*\}"#) {
+        for input in [text.as_str(), json_ish.as_str()] {
+            match wstrace::protocol::decode(input) {
+                Ok(_) => {}
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes on the wire after a real upgrade: the server answers
+    /// with a close or drops the connection, and keeps serving others.
+    #[test]
+    fn arbitrary_bytes_never_break_the_server(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let server = FUZZ_SERVER.get_or_init(start_fuzz_server);
+            let mut raw = RawClient::upgrade(server.addr, "/ws").await;
+            raw.read_frame().await;
+            use tokio::io::AsyncWriteExt;
+            let _ = raw.stream.write_all(&bytes).await;
+            let _ = raw.stream.shutdown().await;
+            // Whatever comes back is well-formed frames, then EOF.
+            while let Some((opcode, _)) = raw.read_frame().await {
+                assert!(matches!(opcode, 1 | 2 | 8 | 9 | 10), "opcode {opcode}");
+            }
+            let response = http(server.addr, "GET", "/healthz", &[], None).await;
+            assert_eq!(response.status, 200);
+        });
+    }
+}
+
+/// One server for all fuzz cases, on its own thread and runtime.
+struct FuzzServer {
+    addr: std::net::SocketAddr,
+}
+
+static FUZZ_SERVER: std::sync::OnceLock<FuzzServer> = std::sync::OnceLock::new();
+
+fn start_fuzz_server() -> FuzzServer {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let server = TestServer::start().await;
+            tx.send(server.addr).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    FuzzServer {
+        addr: rx.recv().unwrap(),
+    }
+}

@@ -304,3 +304,79 @@ fn start_fuzz_server() -> FuzzServer {
         addr: rx.recv().unwrap(),
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn log_rotation_while_sessions_are_live_loses_and_repeats_nothing() {
+    use std::collections::{HashMap, HashSet};
+    // Start a few seconds before a minute boundary, so the minutely log
+    // rolls over while the sessions talk.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let second = now.as_secs() % 60;
+    if second < 55 {
+        tokio::time::sleep(Duration::from_secs(55 - second)).await;
+    }
+    let mut server = TestServer::start_rotating(
+        ServerConfig {
+            message_sample_ratio: 1.0,
+            ..test_config()
+        },
+        wstrace::telemetry::LogRotation::Minutely,
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let url = server.url("/ws");
+        tasks.push(tokio::spawn(async move {
+            let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let session = next_json(&mut client).await["session_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let mut sent = 0;
+            let end = tokio::time::Instant::now() + Duration::from_secs(8);
+            while tokio::time::Instant::now() < end {
+                send_json(
+                    &mut client,
+                    json!({"type": "echo", "content": sent.to_string()}),
+                )
+                .await;
+                next_json(&mut client).await;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            client.close(None).await.unwrap();
+            while let Some(Ok(_)) = client.next().await {}
+            (session, sent)
+        }));
+    }
+    let mut expected = HashMap::new();
+    for task in tasks {
+        let (session, sent) = task.await.unwrap();
+        expected.insert(session, sent);
+    }
+    server.stop().await;
+    let files = std::fs::read_dir(server.log_dir()).unwrap().count();
+    assert!(files >= 2, "the log rolled over ({files} file)");
+    let lines = server.log_lines();
+    let mut seen = HashSet::new();
+    for line in &lines {
+        let key = (
+            line["time"].to_string(),
+            line["span_id"].to_string(),
+            line["msg"].to_string(),
+        );
+        assert!(seen.insert(key), "duplicated line: {line}");
+    }
+    for (session, sent) in expected {
+        let received = lines_of_session(&lines, &session)
+            .into_iter()
+            .filter(|l| l["msg"] == "message received")
+            .count();
+        assert_eq!(
+            received, sent,
+            "session {session}: one line per message, across files"
+        );
+    }
+}

@@ -65,13 +65,20 @@ impl TestServer {
         .await
     }
 
-    pub async fn start_with_config(mut server_config: ServerConfig) -> Self {
+    pub async fn start_with_config(server_config: ServerConfig) -> Self {
+        Self::start_rotating(server_config, wstrace::telemetry::LogRotation::Daily).await
+    }
+
+    pub async fn start_rotating(
+        mut server_config: ServerConfig,
+        log_rotation: wstrace::telemetry::LogRotation,
+    ) -> Self {
         let log_dir = tempfile::tempdir().unwrap();
         let config = TelemetryConfig {
             service_name: "wstrace".into(),
             log_dir: Some(log_dir.path().to_path_buf()),
             log_file_prefix: "wstrace".into(),
-            log_rotation: wstrace::telemetry::LogRotation::Daily,
+            log_rotation,
             log_stdout: std::env::var_os("TEST_LOG").is_some(),
             filter: "info,wstrace=debug".into(),
             otlp: None,

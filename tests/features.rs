@@ -732,7 +732,7 @@ async fn subscriptions_are_limited_and_channel_names_checked() {
 }
 
 #[tokio::test]
-async fn oversize_frames_close_with_1009_and_memory_stays_flat() {
+async fn oversize_frames_close_with_1009() {
     let mut server = TestServer::start_with(Limits {
         max_message_bytes: 64 * 1024,
         ..test_limits()
@@ -746,19 +746,14 @@ async fn oversize_frames_close_with_1009_and_memory_stays_flat() {
         let (code, _) = next_close(&mut peer.client).await;
         assert_eq!(code, 1009);
     };
+    // Memory staying flat is measured on the real binary
+    // (tests/process.rs `oversize_messages_leave_server_memory_flat`).
     for _ in 0..5 {
         attempt().await;
     }
-    let before = rss_kib();
-    for _ in 0..40 {
-        attempt().await;
-    }
-    let grown = rss_kib().saturating_sub(before);
-    // 40 MiB were sent; what is kept must not scale with it.
-    assert!(grown < 8 * 1024, "RSS grew by {grown} KiB");
     server.stop().await;
     let metrics = parse_prometheus(&server.state.metrics.render(server.state.hub.gauges(), None));
-    assert_eq!(metrics["wstrace_oversize_messages_total"], 45.0);
+    assert_eq!(metrics["wstrace_oversize_messages_total"], 5.0);
 }
 
 #[tokio::test]

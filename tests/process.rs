@@ -1037,3 +1037,44 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     let _ = live.kill();
     let _ = live.wait();
 }
+
+fn server_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_messages_leave_server_memory_flat() {
+    let server = Wstrace::start(&[("WSTRACE_MAX_MESSAGE_BYTES", "65536")]);
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let whole = vec![b'x'; 1024 * 1024];
+    let part = vec![b'x'; 40 * 1024];
+    let attempt = async || {
+        // One 1 MiB frame, then a message in three 40 KiB fragments.
+        let mut raw = RawClient::upgrade(addr, "/ws").await;
+        raw.read_frame().await.unwrap();
+        raw.send_frame(true, 1, &whole).await;
+        assert_eq!(raw.close_code().await, Some(1009));
+        let mut raw = RawClient::upgrade(addr, "/ws").await;
+        raw.read_frame().await.unwrap();
+        raw.send_frame(false, 1, &part).await;
+        raw.send_frame(false, 0, &part).await;
+        raw.send_frame(true, 0, &part).await;
+        assert_eq!(raw.close_code().await, Some(1009));
+    };
+    for _ in 0..5 {
+        attempt().await;
+    }
+    let before = server_rss_kib(server.child.id());
+    for _ in 0..40 {
+        attempt().await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grown = server_rss_kib(server.child.id()).saturating_sub(before);
+    // 45 MiB were sent at it; what it keeps must not scale with that.
+    assert!(grown < 4 * 1024, "server RSS grew by {grown} KiB");
+}

@@ -40,7 +40,7 @@ async fn invalid_utf8_closes_with_1007() {
 }
 
 #[tokio::test]
-async fn fragmented_oversize_message_closes_with_1009_and_memory_stays_flat() {
+async fn fragmented_oversize_message_closes_with_1009() {
     let mut server = TestServer::start_with(Limits {
         max_message_bytes: 64 * 1024,
         ..test_limits()

@@ -350,16 +350,6 @@ pub fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
     samples
 }
 
-/// Resident set size of this process, in KiB.
-pub fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// The path of a program on PATH. Under `scripts/test.sh`
 /// (`WSTRACE_REQUIRE_TOOLS=1`) a missing tool fails the test instead of
 /// skipping the check.

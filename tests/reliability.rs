@@ -56,18 +56,11 @@ async fn fragmented_oversize_message_closes_with_1009() {
         raw.send_frame(true, 0, &part).await;
         assert_eq!(raw.close_code().await, Some(1009));
     };
+    // The server's memory staying flat is measured on the real binary, in
+    // its own process (tests/process.rs): this process runs other tests.
     for _ in 0..5 {
         attempt().await;
     }
-    let before = rss_kib();
-    for _ in 0..40 {
-        attempt().await;
-    }
-    let grown = rss_kib().saturating_sub(before);
-    assert!(
-        grown < 8 * 1024,
-        "RSS grew by {grown} KiB over 40 oversize messages"
-    );
     still_serves(&server).await;
     server.stop().await;
 }

@@ -32,6 +32,7 @@ use opentelemetry_sdk::trace::{
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tracing::Subscriber;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
@@ -171,8 +172,15 @@ pub enum TelemetryError {
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
     log_writers: Vec<WorkerGuard>,
+    /// Lines each output's writer thread has written, to wait for them.
+    flushed: Vec<Arc<AtomicU64>>,
     counters: Arc<TelemetryCounters>,
 }
+
+/// How long shutdown waits for queued log lines to be written. The
+/// writer threads' own guard gives up after one second, which a full queue
+/// on a slow disk can exceed; this wait comes first.
+const LOG_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl TelemetryGuard {
     /// What this telemetry stack wrote, exported and dropped.
@@ -189,7 +197,25 @@ impl TelemetryGuard {
             // The log writers still work here, so say so.
             tracing::error!(%error, "span export did not complete at shutdown");
         }
-        // Dropping a WorkerGuard joins its writer thread after it drained.
+        // Every line handed to the writers must be written before their
+        // guards are dropped.
+        let queued = self.counters.log_lines_written.load(Relaxed);
+        let deadline = std::time::Instant::now() + LOG_DRAIN_TIMEOUT;
+        while self.flushed.iter().any(|f| f.load(Relaxed) < queued)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        if let Some(behind) = self
+            .flushed
+            .iter()
+            .map(|f| queued.saturating_sub(f.load(Relaxed)))
+            .max()
+            && behind > 0
+        {
+            // The log writers are what is stuck; stderr is all that is left.
+            eprintln!("wstrace: {behind} log lines not written after {LOG_DRAIN_TIMEOUT:?}");
+        }
         self.log_writers.clear();
     }
 }
@@ -229,12 +255,40 @@ impl io::Write for LogOutputsWriter<'_> {
     }
 }
 
-fn lossless<W: io::Write + Send + 'static>(writer: W, name: &str) -> (NonBlocking, WorkerGuard) {
-    NonBlockingBuilder::default()
+/// Counts the lines the writer thread has written (one `write_all` each).
+struct CountingWriter<W> {
+    inner: W,
+    written: Arc<AtomicU64>,
+}
+
+impl<W: io::Write> io::Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)?;
+        self.written.fetch_add(1, Relaxed);
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn lossless<W: io::Write + Send + 'static>(
+    writer: W,
+    name: &str,
+) -> (NonBlocking, WorkerGuard, Arc<AtomicU64>) {
+    let written = Arc::new(AtomicU64::new(0));
+    let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name(name)
-        .finish(writer)
+        .finish(CountingWriter {
+            inner: writer,
+            written: written.clone(),
+        });
+    (writer, guard, written)
 }
 
 /// Builds the subscriber and the guard that flushes it. Nothing global is
@@ -258,6 +312,7 @@ pub fn get_subscriber(
 
     let mut outputs = Vec::new();
     let mut log_writers = Vec::new();
+    let mut flushed = Vec::new();
     if let Some(dir) = &config.log_dir {
         std::fs::create_dir_all(dir).map_err(|source| TelemetryError::LogDir {
             dir: dir.clone(),
@@ -272,14 +327,16 @@ pub fn get_subscriber(
                 dir: dir.clone(),
                 source,
             })?;
-        let (writer, guard) = lossless(file, "wstrace-log-file");
+        let (writer, guard, written) = lossless(file, "wstrace-log-file");
         outputs.push(writer);
         log_writers.push(guard);
+        flushed.push(written);
     }
     if config.log_stdout {
-        let (writer, guard) = lossless(io::stdout(), "wstrace-log-stdout");
+        let (writer, guard, written) = lossless(io::stdout(), "wstrace-log-stdout");
         outputs.push(writer);
         log_writers.push(guard);
+        flushed.push(written);
     }
 
     let mut resource = Resource::builder();
@@ -335,6 +392,7 @@ pub fn get_subscriber(
         TelemetryGuard {
             tracer_provider: Some(provider),
             log_writers,
+            flushed,
             counters,
         },
     ))
@@ -361,6 +419,35 @@ mod tests {
             "http://127.0.0.1:4317"
         );
         assert_eq!(strip_userinfo("a:b@host:1"), "host:1");
+    }
+
+    #[test]
+    fn shutdown_writes_every_queued_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = TelemetryConfig {
+            service_name: "wstrace".into(),
+            log_dir: Some(dir.path().to_path_buf()),
+            log_file_prefix: "burst".into(),
+            log_rotation: LogRotation::Never,
+            log_stdout: false,
+            filter: "info".into(),
+            otlp: None,
+        };
+        let (subscriber, mut guard) = get_subscriber(&config).unwrap();
+        // A burst far faster than the disk, then shutdown at once.
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..100_000 {
+                tracing::info!(
+                    i,
+                    padding = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                    "burst"
+                );
+            }
+        });
+        guard.shutdown();
+        let text = std::fs::read_to_string(dir.path().join("burst.log")).unwrap();
+        assert_eq!(text.lines().count(), 100_000);
+        assert_eq!(guard.counters().log_lines_dropped.load(Relaxed), 0);
     }
 
     #[test]

@@ -190,9 +190,9 @@ async fn watch_telemetry(state: Arc<ServerState>) {
 }
 
 fn router(state: Arc<ServerState>) -> Router {
-    let mut routes = Router::new().route("/ws", get(ws_upgrade));
+    let mut routes = Router::new().route("/ws", get(ws_upgrade::<false>));
     if state.echo_endpoint {
-        routes = routes.route("/echo", get(ws_echo_upgrade));
+        routes = routes.route("/echo", get(ws_upgrade::<true>));
     }
     routes
         .nest("/api", crate::api::router(state.clone()))
@@ -311,8 +311,10 @@ async fn trace_http(
     response
 }
 
-/// `GET /ws`: a protocol v1 session.
-async fn ws_upgrade(
+/// `GET /ws` (`ECHO = false`): a protocol v1 session. `GET /echo`
+/// (`ECHO = true`, with `--echo-endpoint`): a raw echo session, with the
+/// same checks, limits and telemetry.
+async fn ws_upgrade<const ECHO: bool>(
     state: State<Arc<ServerState>>,
     peer: ConnectInfo<SocketAddr>,
     trace: Extension<RequestTrace>,
@@ -320,38 +322,12 @@ async fn ws_upgrade(
     uri: axum::http::Uri,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, HttpError> {
-    upgrade_session(
-        state,
-        peer,
-        trace,
-        request_headers,
-        uri,
-        upgrade,
-        SessionMode::Protocol,
-    )
-    .await
-}
-
-/// `GET /echo` (with `--echo-endpoint`): a raw echo session, same checks,
-/// limits and telemetry.
-async fn ws_echo_upgrade(
-    state: State<Arc<ServerState>>,
-    peer: ConnectInfo<SocketAddr>,
-    trace: Extension<RequestTrace>,
-    request_headers: axum::http::HeaderMap,
-    uri: axum::http::Uri,
-    upgrade: WebSocketUpgrade,
-) -> Result<Response, HttpError> {
-    upgrade_session(
-        state,
-        peer,
-        trace,
-        request_headers,
-        uri,
-        upgrade,
-        SessionMode::Echo,
-    )
-    .await
+    let mode = if ECHO {
+        SessionMode::Echo
+    } else {
+        SessionMode::Protocol
+    };
+    upgrade_session(state, peer, trace, request_headers, uri, upgrade, mode).await
 }
 
 async fn upgrade_session(

@@ -688,15 +688,8 @@ fn client_prints_the_trace_id_the_server_logs_and_honours_traceparent() {
     );
     let stdout = String::from_utf8(plain.stdout).unwrap();
     let first = stdout.lines().next().unwrap();
-    let session = first
-        .split("session_id=")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let trace = first.split("trace_id=").nth(1).unwrap().trim().to_owned();
+    let session = word_after(first, "session_id=").to_owned();
+    let trace = word_after(first, "trace_id=").to_owned();
     assert!(
         stdout.contains(r#"{"type":"echo","content":"hello"}"#),
         "{stdout}"
@@ -996,14 +989,7 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
         &mut first,
     )
     .unwrap();
-    let live_session = first
-        .split("session_id=")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
+    let live_session = word_after(&first, "session_id=").to_owned();
     let page = format!("http://{}/#token={ADMIN_TOKEN}&q={trace}", server.addr);
     let dom = chromium(&["--dump-dom", &page]).expect("chromium");
     let html = String::from_utf8_lossy(&dom.stdout);
@@ -1052,19 +1038,13 @@ async fn oversize_messages_leave_server_memory_flat() {
     let server = Wstrace::start(&[("WSTRACE_MAX_MESSAGE_BYTES", "65536")]);
     let addr: std::net::SocketAddr = server.addr.parse().unwrap();
     let whole = vec![b'x'; 1024 * 1024];
-    let part = vec![b'x'; 40 * 1024];
     let attempt = async || {
         // One 1 MiB frame, then a message in three 40 KiB fragments.
         let mut raw = RawClient::upgrade(addr, "/ws").await;
         raw.read_frame().await.unwrap();
         raw.send_frame(true, 1, &whole).await;
         assert_eq!(raw.close_code().await, Some(1009));
-        let mut raw = RawClient::upgrade(addr, "/ws").await;
-        raw.read_frame().await.unwrap();
-        raw.send_frame(false, 1, &part).await;
-        raw.send_frame(false, 0, &part).await;
-        raw.send_frame(true, 0, &part).await;
-        assert_eq!(raw.close_code().await, Some(1009));
+        assert_eq!(send_fragmented_oversize(addr).await, Some(1009));
     };
     for _ in 0..5 {
         attempt().await;

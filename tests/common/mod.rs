@@ -486,3 +486,23 @@ impl RawClient {
         None
     }
 }
+
+/// A message over the limit sent as three 40 KiB fragments (each under
+/// it); returns the server's close code.
+pub async fn send_fragmented_oversize(addr: SocketAddr) -> Option<u16> {
+    let part = vec![b'x'; 40 * 1024];
+    let mut raw = RawClient::upgrade(addr, "/ws").await;
+    raw.read_frame().await?;
+    raw.send_frame(false, 1, &part).await;
+    raw.send_frame(false, 0, &part).await;
+    raw.send_frame(true, 0, &part).await;
+    raw.close_code().await
+}
+
+/// The word after `key` in a line like `connected session_id=… trace_id=…`.
+pub fn word_after<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split(key)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}

@@ -372,12 +372,7 @@ fn cpu_time(pid: u32) -> Duration {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    wstrace::metrics::resident_kib(pid).expect("/proc is readable")
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

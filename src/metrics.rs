@@ -280,6 +280,14 @@ impl Metrics {
             "Admin API requests.",
             self.admin_requests.load(Relaxed),
         );
+        if let Some(kib) = resident_kib(std::process::id()) {
+            gauge(
+                w,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                (kib * 1024) as i64,
+            );
+        }
         if let Some(t) = telemetry {
             for (name, help, value) in [
                 (
@@ -314,6 +322,16 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Resident memory of a process in KiB (`VmRSS` in `/proc/<pid>/status`);
+/// None where there is no such file.
+pub fn resident_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -1025,12 +1025,7 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
 }
 
 fn server_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    wstrace::metrics::resident_kib(pid).expect("/proc is readable")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -563,7 +563,7 @@ async fn wrong_origin_is_refused_with_403() {
 async fn message_flood_gets_an_error_frame_then_1008() {
     let mut server = TestServer::start_with_config(ServerConfig {
         limits: Limits {
-            messages_per_second: 10,
+            messages_per_second: 1,
             message_burst: 5,
             ..test_limits()
         },
@@ -607,8 +607,15 @@ async fn message_flood_gets_an_error_frame_then_1008() {
     };
     assert_eq!(u16::from(close.code), 1008);
     assert_eq!(close.reason.as_str(), "message rate exceeded");
-    assert_eq!(echoes, 5, "the burst is answered before the close");
-    assert_eq!(limited, 1, "one error frame per refused streak");
+    // The burst, plus at most one token refilled while the flood was sent.
+    assert!(
+        (5..=6).contains(&echoes),
+        "the burst is answered before the close: {echoes}"
+    );
+    assert!(
+        (1..=2).contains(&limited),
+        "one error frame per refused streak: {limited}"
+    );
     server.stop().await;
     let metrics = parse_prometheus(&server.state.metrics.render(server.state.hub.gauges(), None));
     assert!(metrics["wstrace_rate_limited_total"] >= 5.0);

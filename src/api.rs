@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
@@ -87,7 +87,7 @@ fn view(session: &Arc<SessionHandle>) -> SessionView {
         trace_id: session.trace_id.clone(),
         user: session.user.clone(),
         peer: session.peer.to_string(),
-        connected_at_ms: unix_ms(session.connected_at),
+        connected_at_ms: protocol::unix_ms(session.connected_at),
         idle_ms: stats.last_seen().elapsed().as_millis() as u64,
         channels: session.channels(),
         messages_in: stats.messages_in.load(Relaxed),
@@ -96,11 +96,6 @@ fn view(session: &Arc<SessionHandle>) -> SessionView {
         bytes_out: stats.bytes_out.load(Relaxed),
         errors: stats.errors.load(Relaxed),
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn list_sessions(State(state): State<Arc<ServerState>>) -> Json<Value> {
@@ -219,14 +214,12 @@ async fn send(
             "no session of that user is connected".into(),
         ));
     }
-    let delivery = admin_delivery(None, body.content);
-    for receiver in &receivers {
-        record_in_session(receiver, "send", &delivery.origin);
-    }
-    let report = state
-        .hub
-        .fan_out(receivers, delivery.clone(), &state.metrics);
-    Ok(Json(fan_out_json(&delivery, report)))
+    Ok(deliver(
+        &state,
+        receivers,
+        admin_delivery(None, body.content),
+        "send",
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,18 +237,12 @@ async fn broadcast(
     {
         return Err(HttpError::BadRequest("invalid channel name".into()));
     }
-    let delivery = admin_delivery(body.channel.clone(), body.content);
     let receivers = match &body.channel {
         Some(channel) => state.hub.subscribers(channel),
         None => state.hub.sessions(),
     };
-    for receiver in &receivers {
-        record_in_session(receiver, "broadcast", &delivery.origin);
-    }
-    let report = state
-        .hub
-        .fan_out(receivers, delivery.clone(), &state.metrics);
-    Ok(Json(fan_out_json(&delivery, report)))
+    let delivery = admin_delivery(body.channel, body.content);
+    Ok(deliver(&state, receivers, delivery, "broadcast"))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -310,7 +297,7 @@ fn admin_delivery(channel: Option<String>, content: String) -> Arc<Delivery> {
         from_session: None,
         from_user: None,
         content,
-        ts: unix_ms(SystemTime::now()),
+        ts: protocol::unix_ms(SystemTime::now()),
         traceparent: format_traceparent(&origin),
     };
     Arc::new(Delivery {
@@ -323,12 +310,26 @@ fn admin_delivery(channel: Option<String>, content: String) -> Arc<Delivery> {
     })
 }
 
-fn fan_out_json(delivery: &Delivery, report: FanOut) -> Value {
-    json!({
+/// Hands an admin message to its receivers, each of which records the
+/// admin request in its own trace first; answers with the fan-out counts.
+fn deliver(
+    state: &ServerState,
+    receivers: Vec<Arc<SessionHandle>>,
+    delivery: Arc<Delivery>,
+    action: &'static str,
+) -> Json<Value> {
+    for receiver in &receivers {
+        record_in_session(receiver, action, &delivery.origin);
+    }
+    let FanOut { delivered, dropped } =
+        state
+            .hub
+            .fan_out(receivers, delivery.clone(), &state.metrics);
+    Json(json!({
         "message_id": delivery.message_id,
-        "delivered": report.delivered,
-        "dropped": report.dropped,
-    })
+        "delivered": delivered,
+        "dropped": dropped,
+    }))
 }
 
 /// A line in the touched session's own trace, in a `ws.admin` span linked

@@ -91,14 +91,6 @@ impl SessionError {
             SessionError::Transport(_) => "connection error",
         }
     }
-
-    /// Whether a Close frame can still be sent after this error.
-    pub fn can_send_close(&self) -> bool {
-        !matches!(
-            self,
-            SessionError::ConnectionLost(_) | SessionError::Transport(_)
-        )
-    }
 }
 
 /// A failure answered over HTTP, before or instead of an upgrade.
@@ -186,7 +178,10 @@ mod tests {
             SessionError::Protocol("x".into()).close_code(),
             close_code::PROTOCOL_ERROR
         );
-        assert!(!SessionError::Transport("x".into()).can_send_close());
+        assert_eq!(
+            SessionError::Transport("x".into()).close_code(),
+            close_code::ABNORMAL
+        );
         for e in [
             SessionError::MessageTooBig { limit: 1 },
             SessionError::InvalidUtf8,

@@ -81,10 +81,6 @@ impl SessionHandle {
         lock(&self.channels).iter().cloned().collect()
     }
 
-    pub fn subscription_count(&self) -> usize {
-        lock(&self.channels).len()
-    }
-
     /// Queues a message from another session or the admin API, never
     /// waiting.
     pub fn deliver(&self, delivery: Arc<Delivery>, metrics: &Metrics) -> Result<(), DeliveryError> {

@@ -55,13 +55,14 @@ pub enum LevelName {
 
 impl LevelName {
     fn bunyan(self) -> u64 {
-        match self {
-            LevelName::Trace => 10,
-            LevelName::Debug => 20,
-            LevelName::Info => 30,
-            LevelName::Warn => 40,
-            LevelName::Error => 50,
-        }
+        let level = match self {
+            LevelName::Trace => tracing::Level::TRACE,
+            LevelName::Debug => tracing::Level::DEBUG,
+            LevelName::Info => tracing::Level::INFO,
+            LevelName::Warn => tracing::Level::WARN,
+            LevelName::Error => tracing::Level::ERROR,
+        };
+        u64::from(bunyan_level(&level))
     }
 }
 
@@ -308,19 +309,6 @@ pub fn run(args: LogsArgs) -> std::io::Result<()> {
     }
 }
 
-/// bunyan level of a name, for callers that filter by name.
-pub fn level_of(name: &str) -> Option<u64> {
-    let level = match name {
-        "trace" => tracing::Level::TRACE,
-        "debug" => tracing::Level::DEBUG,
-        "info" => tracing::Level::INFO,
-        "warn" => tracing::Level::WARN,
-        "error" => tracing::Level::ERROR,
-        _ => return None,
-    };
-    Some(u64::from(bunyan_level(&level)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,7 +333,7 @@ mod tests {
         assert!(!f(Some("t2"), None).matches(&line));
         assert!(f(None, Some(40)).matches(&line));
         assert!(!f(None, Some(50)).matches(&line));
-        assert_eq!(level_of("warn"), Some(40));
+        assert_eq!(LevelName::Warn.bunyan(), 40);
     }
 
     #[test]

@@ -127,14 +127,6 @@ impl Metrics {
         self.size_out.observe(size as u64);
     }
 
-    pub fn messages_in(&self, kind: FrameKind) -> u64 {
-        self.messages_in[kind.index()].load(Relaxed)
-    }
-
-    pub fn messages_out(&self, kind: FrameKind) -> u64 {
-        self.messages_out[kind.index()].load(Relaxed)
-    }
-
     pub fn session_opened(&self) {
         self.sessions_opened.fetch_add(1, Relaxed);
         self.sessions_active.fetch_add(1, Relaxed);

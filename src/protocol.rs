@@ -232,6 +232,13 @@ fn category(e: &serde_json::Error) -> &'static str {
     }
 }
 
+/// Milliseconds since the Unix epoch, the unit of every timestamp in the
+/// protocol and the admin API.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Longest channel name.
 pub const MAX_CHANNEL_NAME: usize = 64;
 

@@ -1,6 +1,6 @@
 //! Per-session message rate limit: a token bucket.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateDecision {
@@ -61,20 +61,12 @@ impl RateLimiter {
             }
         }
     }
-
-    /// Time for one token, for messages.
-    pub fn interval(&self) -> Duration {
-        if self.per_second == 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(1.0 / self.per_second)
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn burst_then_refuse_then_abuse() {
@@ -107,7 +99,6 @@ mod tests {
         );
         let later = start + Duration::from_millis(150);
         assert_eq!(limiter.check_at(later), RateDecision::Allow);
-        assert_eq!(limiter.interval(), Duration::from_millis(100));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -453,13 +453,10 @@ impl Reader {
             close_code = error.close_code(),
             "session read failed"
         );
-        let code = if error.can_send_close() {
-            error.close_code()
-        } else {
-            close_code::ABNORMAL
-        };
+        // Errors after which no Close can be sent map to 1006, which the
+        // writer never sends (see `CloseDecision::server_sends_close`).
         self.session.close.decide(CloseDecision::new(
-            code,
+            error.close_code(),
             error.close_reason(),
             ClosedBy::Error,
         ));
@@ -492,8 +489,5 @@ fn kind_of(frame: &ClientFrame) -> FrameKind {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    protocol::unix_ms(SystemTime::now())
 }

@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 # Real tools the tests use: rotel (OTLP collector, PyPI); promtool
 # (Prometheus, Debian) to validate /metrics and the Prometheus config;
 # docker-compose (Debian) to validate docker-compose.yml offline; chromium
-# (Debian) to load the explorer page in a real headless browser.
+# (Debian) to load the explorer page in a real headless browser;
+# redis-server (Debian) for cluster mode; nginx (Debian) to run the compose
+# stack's WebSocket proxy config in front of two real instances.
 if ! python3 -c 'import rotel' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
@@ -19,6 +21,8 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 if ((${#missing[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         apt-get update -qq

@@ -12,8 +12,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
@@ -21,8 +22,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::auth::constant_time_eq;
+use crate::cluster::route::{self, Audience, Routed, route};
 use crate::error::{HttpError, close_code};
-use crate::hub::{FanOut, SessionHandle};
+use crate::hub::{SessionHandle, SessionView};
 use crate::protocol::{self, ServerFrame};
 use crate::session::outbound::Delivery;
 use crate::session::stats::{CloseDecision, ClosedBy};
@@ -64,57 +66,61 @@ async fn require_admin_token(
     Ok(next.run(request).await)
 }
 
-#[derive(Debug, Serialize)]
-struct SessionView {
-    session_id: String,
-    trace_id: String,
-    user: Option<String>,
-    peer: String,
-    connected_at_ms: u64,
-    idle_ms: u64,
-    channels: Vec<String>,
-    messages_in: u64,
-    messages_out: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    errors: u64,
-}
-
-fn view(session: &Arc<SessionHandle>) -> SessionView {
-    let stats = &session.stats;
-    SessionView {
-        session_id: session.id.to_string(),
-        trace_id: session.trace_id.clone(),
-        user: session.user.clone(),
-        peer: session.peer.to_string(),
-        connected_at_ms: protocol::unix_ms(session.connected_at),
-        idle_ms: stats.last_seen().elapsed().as_millis() as u64,
-        channels: session.channels(),
-        messages_in: stats.messages_in.load(Relaxed),
-        messages_out: stats.messages_out.load(Relaxed),
-        bytes_in: stats.bytes_in.load(Relaxed),
-        bytes_out: stats.bytes_out.load(Relaxed),
-        errors: stats.errors.load(Relaxed),
+/// The sessions of this instance, or of the whole cluster: every instance's
+/// registry entries, with this instance's own sessions live.
+async fn list_sessions(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    let local: Vec<SessionView> = state
+        .hub
+        .sessions()
+        .iter()
+        .map(|s| s.view(&state.instance_id))
+        .collect();
+    let Some(cluster) = &state.cluster else {
+        return Json(json!({ "scope": "instance", "count": local.len(), "sessions": local }));
+    };
+    match cluster.all_sessions().await {
+        Ok(registered) => {
+            let mut all: BTreeMap<String, SessionView> = registered
+                .into_iter()
+                .map(|view| (view.session_id.clone(), view))
+                .collect();
+            all.extend(
+                local
+                    .into_iter()
+                    .map(|view| (view.session_id.clone(), view)),
+            );
+            let sessions: Vec<_> = all.into_values().collect();
+            Json(json!({ "scope": "cluster", "count": sessions.len(), "sessions": sessions }))
+        }
+        Err(error) => Json(json!({
+            "scope": "instance",
+            "cluster_error": error.to_string(),
+            "count": local.len(),
+            "sessions": local,
+        })),
     }
 }
 
-async fn list_sessions(State(state): State<Arc<ServerState>>) -> Json<Value> {
-    let sessions: Vec<_> = state.hub.sessions().iter().map(view).collect();
-    Json(json!({ "count": sessions.len(), "sessions": sessions }))
-}
-
-fn find(state: &ServerState, id: &str) -> Result<Arc<SessionHandle>, HttpError> {
-    Uuid::parse_str(id)
-        .ok()
-        .and_then(|id| state.hub.get(id))
-        .ok_or_else(|| HttpError::NotFound("no such session".into()))
+fn parse_id(id: &str) -> Result<Uuid, HttpError> {
+    Uuid::parse_str(id).map_err(|_| HttpError::NotFound("no such session".into()))
 }
 
 async fn get_session(
     State(state): State<Arc<ServerState>>,
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, HttpError> {
-    Ok(Json(view(&find(&state, &id)?)))
+    let session_id = parse_id(&id)?;
+    if let Some(session) = state.hub.get(session_id) {
+        return Ok(Json(session.view(&state.instance_id)));
+    }
+    match &state.cluster {
+        Some(cluster) => cluster
+            .lookup(session_id)
+            .await?
+            .map(Json)
+            .ok_or_else(|| HttpError::NotFound("no such session".into())),
+        None => Err(HttpError::NotFound("no such session".into())),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,7 +140,7 @@ async fn close_session(
     Path(id): Path<String>,
     Query(params): Query<CloseParams>,
 ) -> Result<Json<Value>, HttpError> {
-    let session = find(&state, &id)?;
+    let session_id = parse_id(&id)?;
     let code = params.code.unwrap_or(close_code::KICKED);
     if !allowed_close_code(code) {
         return Err(HttpError::BadRequest(
@@ -145,6 +151,9 @@ async fn close_session(
     if reason.len() > 123 {
         return Err(HttpError::BadRequest("reason is at most 123 bytes".into()));
     }
+    let Some(session) = state.hub.get(session_id) else {
+        return close_elsewhere(&state, session_id, code, &reason).await;
+    };
     record_in_session(&session, "close", &current_span_context());
     let decided = session
         .close
@@ -152,13 +161,63 @@ async fn close_session(
     tracing::info!(session_id = %session.id, code, "admin closed session");
     Ok(Json(json!({
         "session_id": session.id.to_string(),
+        "instance_id": state.instance_id,
         "code": code,
         "reason": reason,
         "already_closing": !decided,
     })))
 }
 
+/// A close for a session on another instance, handed over through Redis.
+async fn close_elsewhere(
+    state: &ServerState,
+    session_id: Uuid,
+    code: u16,
+    reason: &str,
+) -> Result<Json<Value>, HttpError> {
+    let not_found = || HttpError::NotFound("no such session".into());
+    let cluster = state.cluster.as_ref().ok_or_else(not_found)?;
+    let origin = current_span_context();
+    let instance = route::kick(cluster, session_id, code, reason, &origin)
+        .await?
+        .ok_or_else(not_found)?;
+    tracing::info!(%session_id, code, on_instance = %instance, "admin close forwarded");
+    Ok(Json(json!({
+        "session_id": session_id.to_string(),
+        "instance_id": instance,
+        "code": code,
+        "reason": reason,
+        "forwarded": true,
+    })))
+}
+
+/// This instance's numbers; in cluster mode also every instance's, as each
+/// last wrote them to Redis.
 async fn stats(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    let mut stats = instance_stats(&state);
+    if let Some(cluster) = &state.cluster {
+        let view = match cluster.instance_stats().await {
+            Ok(instances) => {
+                let sessions: u64 = instances
+                    .iter()
+                    .filter_map(|i| i["sessions_active"].as_u64())
+                    .sum();
+                json!({
+                    "redis_up": cluster.is_up(),
+                    "instances": instances.len(),
+                    "sessions_active": sessions,
+                    "per_instance": instances,
+                })
+            }
+            Err(error) => json!({ "redis_up": cluster.is_up(), "error": error.to_string() }),
+        };
+        stats["cluster"] = view;
+    }
+    Json(stats)
+}
+
+/// The stats of this instance (also written to the cluster registry).
+pub fn instance_stats(state: &ServerState) -> Value {
     let metrics = &state.metrics;
     let gauges = state.hub.gauges();
     let (mut messages_in, mut messages_out) = (0, 0);
@@ -166,7 +225,8 @@ async fn stats(State(state): State<Arc<ServerState>>) -> Json<Value> {
         messages_in += session.stats.messages_in.load(Relaxed);
         messages_out += session.stats.messages_out.load(Relaxed);
     }
-    Json(json!({
+    json!({
+        "instance_id": state.instance_id,
         "sessions_active": state.hub.len(),
         "sessions_opened_total": metrics.sessions_opened.load(Relaxed),
         "channels": gauges.channels,
@@ -176,7 +236,7 @@ async fn stats(State(state): State<Arc<ServerState>>) -> Json<Value> {
         "rate_limited_total": metrics.rate_limited.load(Relaxed),
         "outbound_queue_drops_total": metrics.outbound_queue_drops.load(Relaxed),
         "uptime_s": state.started.elapsed().as_secs(),
-    }))
+    })
 }
 
 async fn channels(State(state): State<Arc<ServerState>>) -> Json<Value> {
@@ -200,26 +260,24 @@ async fn send(
     State(state): State<Arc<ServerState>>,
     Json(body): Json<SendRequest>,
 ) -> Result<Json<Value>, HttpError> {
-    let receivers = match (&body.session_id, &body.user) {
-        (Some(id), _) => vec![find(&state, id)?],
-        (None, Some(user)) => state.hub.sessions_of_user(user),
+    let audience = match (&body.session_id, &body.user) {
+        (Some(id), _) => Audience::Session(parse_id(id)?),
+        (None, Some(user)) => Audience::User(user),
         (None, None) => {
             return Err(HttpError::BadRequest(
                 "give \"session_id\" or \"user\"".into(),
             ));
         }
     };
-    if receivers.is_empty() {
-        return Err(HttpError::NotFound(
-            "no session of that user is connected".into(),
-        ));
+    let delivery = admin_delivery(None, body.content);
+    let routed = deliver(&state, audience, &delivery, "send").await;
+    if routed.reached_nobody() {
+        return Err(match routed.cluster_error {
+            Some(error) => error.into(),
+            None => HttpError::NotFound("no such session, or no session of that user".into()),
+        });
     }
-    Ok(deliver(
-        &state,
-        receivers,
-        admin_delivery(None, body.content),
-        "send",
-    ))
+    Ok(report(&delivery, routed))
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,12 +295,13 @@ async fn broadcast(
     {
         return Err(HttpError::BadRequest("invalid channel name".into()));
     }
-    let receivers = match &body.channel {
-        Some(channel) => state.hub.subscribers(channel),
-        None => state.hub.sessions(),
+    let delivery = admin_delivery(body.channel.clone(), body.content);
+    let audience = match &body.channel {
+        Some(channel) => Audience::Channel(channel),
+        None => Audience::All,
     };
-    let delivery = admin_delivery(body.channel, body.content);
-    Ok(deliver(&state, receivers, delivery, "broadcast"))
+    let routed = deliver(&state, audience, &delivery, "broadcast").await;
+    Ok(report(&delivery, routed))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -310,31 +369,39 @@ fn admin_delivery(channel: Option<String>, content: String) -> Arc<Delivery> {
     })
 }
 
-/// Hands an admin message to its receivers, each of which records the
-/// admin request in its own trace first; answers with the fan-out counts.
-fn deliver(
+/// Hands an admin message to its receivers on every instance; each local
+/// one records the admin request in its own trace first.
+async fn deliver(
     state: &ServerState,
-    receivers: Vec<Arc<SessionHandle>>,
-    delivery: Arc<Delivery>,
+    audience: Audience<'_>,
+    delivery: &Arc<Delivery>,
     action: &'static str,
-) -> Json<Value> {
-    for receiver in &receivers {
-        record_in_session(receiver, action, &delivery.origin);
-    }
-    let FanOut { delivered, dropped } =
-        state
-            .hub
-            .fan_out(receivers, delivery.clone(), &state.metrics);
-    Json(json!({
+) -> Routed {
+    route(state, audience, delivery, |receiver| {
+        record_in_session(receiver, action, &delivery.origin)
+    })
+    .await
+}
+
+/// The fan-out counts; `cluster_error` when other instances were not
+/// reached.
+fn report(delivery: &Delivery, routed: Routed) -> Json<Value> {
+    let mut body = json!({
         "message_id": delivery.message_id,
-        "delivered": delivered,
-        "dropped": dropped,
-    }))
+        "delivered": routed.local.delivered,
+        "dropped": routed.local.dropped,
+        "remote_sessions": routed.remote_sessions,
+        "remote_instances": routed.remote_instances,
+    });
+    if let Some(error) = routed.cluster_error {
+        body["cluster_error"] = error.to_string().into();
+    }
+    Json(body)
 }
 
 /// A line in the touched session's own trace, in a `ws.admin` span linked
 /// to the admin request.
-fn record_in_session(session: &SessionHandle, action: &'static str, origin: &SpanContext) {
+pub fn record_in_session(session: &SessionHandle, action: &'static str, origin: &SpanContext) {
     let span = tracing::info_span!(parent: &session.span, "ws.admin", admin.action = action);
     span.add_link(origin.clone());
     span.in_scope(|| {

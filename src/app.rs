@@ -1,6 +1,7 @@
 //! `wstrace serve`: telemetry up, serve until a signal, telemetry flushed.
 
 use crate::cli::ServeArgs;
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::server::Server;
 use crate::state::ServerConfig;
 use crate::telemetry::{self, TelemetryConfig, TelemetryError};
@@ -16,18 +17,24 @@ pub enum ServeError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut config =
         TelemetryConfig::from_env(args.log_file.then(|| args.log_dir.clone()), args.log_stdout);
     config.log_rotation = args.log_rotation;
+    let mut server_config = args.server_config();
+    config.instance_id = server_config.instance_id.clone();
     let (subscriber, mut guard) = telemetry::get_subscriber(&config)?;
     telemetry::init_subscriber(subscriber)?;
 
-    let mut server_config = args.server_config();
     server_config.telemetry = Some(guard.counters());
-    let result = run(args.listen, server_config, &config).await;
+    let result = match args.cluster_config(&server_config.instance_id) {
+        Ok(cluster) => run(args.listen, server_config, cluster, &config).await,
+        Err(error) => Err(error.into()),
+    };
     if let Err(error) = &result {
         tracing::error!(%error, "server stopped with an error");
     }
@@ -44,12 +51,23 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
 
 async fn run(
     listen: std::net::SocketAddr,
-    server_config: ServerConfig,
+    mut server_config: ServerConfig,
+    cluster: Option<ClusterConfig>,
     config: &TelemetryConfig,
 ) -> Result<(), ServeError> {
+    if let Some(cluster) = cluster {
+        let cluster = Cluster::connect(cluster).await?;
+        tracing::info!(
+            redis = cluster.redis_url(),
+            session_ttl_ms = cluster.session_ttl().as_millis() as u64,
+            "cluster mode: connected to Redis"
+        );
+        server_config.cluster = Some(std::sync::Arc::new(cluster));
+    }
     let admin_api = server_config.admin_token.is_some();
     let jwt_auth = server_config.jwt_secret.is_some();
     let sample_ratio = server_config.message_sample_ratio;
+    let cluster_mode = server_config.cluster.is_some();
     let server = Server::bind(listen, server_config)
         .await
         .map_err(|source| ServeError::Bind {
@@ -65,6 +83,7 @@ async fn run(
         version = env!("CARGO_PKG_VERSION"),
         admin_api,
         jwt_auth,
+        cluster = cluster_mode,
         message_sample_ratio = sample_ratio,
         "wstrace listening"
     );

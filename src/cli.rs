@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::Secret;
+use crate::cluster::{ClusterConfig, ClusterError};
 use crate::limits::{self, Limits};
 use crate::state::ServerConfig;
 
@@ -21,6 +22,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at startup: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the WebSocket server.
     ///
@@ -153,6 +156,27 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_ECHO_ENDPOINT")]
     pub echo_endpoint: bool,
 
+    /// Cluster mode: Redis URL (`redis://[:password@]host:port[/db]`).
+    /// Channel publishes, broadcasts, direct messages and admin actions
+    /// then reach sessions on every instance that uses the same Redis. The
+    /// server does not start if Redis cannot be reached.
+    #[arg(long, env = "WSTRACE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// Names this instance in every log line, span and registry entry.
+    /// Default: `<hostname>-<4 random hex digits>`.
+    #[arg(long, env = "WSTRACE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Cluster mode: lifetime of a session's registry entry. Each heartbeat
+    /// renews it; the sessions of an instance that dies vanish within it.
+    #[arg(long, env = "WSTRACE_CLUSTER_SESSION_TTL", default_value = "75s", value_parser = humantime::parse_duration)]
+    pub cluster_session_ttl: Duration,
+
+    /// Cluster mode: the longest one Redis call may take.
+    #[arg(long, env = "WSTRACE_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
     /// HS256 key for session JWTs (`Authorization: Bearer` or `?token=`).
     /// Set: every upgrade needs a valid token, whose `sub` is the user.
     #[arg(long, env = "WSTRACE_JWT_SECRET", hide_env_values = true)]
@@ -188,8 +212,37 @@ impl ServeArgs {
             log_dir: self.log_file.then(|| self.log_dir.clone()),
             grafana_url: self.grafana_url.clone(),
             echo_endpoint: self.echo_endpoint,
+            instance_id: self.instance_id(),
+            cluster: None,
             fault_panic_on_echo: None,
         }
+    }
+
+    /// The flag, or a fresh default (call once per process).
+    pub fn instance_id(&self) -> String {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(crate::telemetry::default_instance_id)
+    }
+
+    /// Cluster mode's settings, if `--redis-url` is set; the TTL must
+    /// outlast the heartbeat that renews it.
+    pub fn cluster_config(&self, instance_id: &str) -> Result<Option<ClusterConfig>, ClusterError> {
+        let Some(redis_url) = &self.redis_url else {
+            return Ok(None);
+        };
+        if self.cluster_session_ttl <= self.heartbeat_interval {
+            return Err(ClusterError::TtlTooShort {
+                ttl: self.cluster_session_ttl,
+                heartbeat: self.heartbeat_interval,
+            });
+        }
+        Ok(Some(ClusterConfig {
+            redis_url: redis_url.clone(),
+            instance_id: instance_id.to_string(),
+            session_ttl: self.cluster_session_ttl,
+            timeout: self.redis_timeout,
+        }))
     }
 }
 

@@ -112,14 +112,16 @@ pub enum HttpError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    ClusterUnavailable(#[from] crate::cluster::ClusterError),
 }
 
 impl HttpError {
     pub fn status(&self) -> StatusCode {
         match self {
-            HttpError::TooManyConnections { .. } | HttpError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            HttpError::TooManyConnections { .. }
+            | HttpError::ShuttingDown
+            | HttpError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Unauthorized(_) | HttpError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             HttpError::OriginNotAllowed | HttpError::AdminDisabled => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -137,6 +139,7 @@ impl HttpError {
             HttpError::AdminUnauthorized => "admin_unauthorized",
             HttpError::NotFound(_) => "not_found",
             HttpError::BadRequest(_) => "bad_request",
+            HttpError::ClusterUnavailable(_) => "cluster_unavailable",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! publisher and no message disappears without a trace.
 
 use opentelemetry::trace::SpanContext;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -38,6 +39,25 @@ pub struct SessionHandle {
     pub close: CloseSignal,
     outbound: mpsc::Sender<Outbound>,
     channels: Mutex<BTreeSet<String>>,
+}
+
+/// A session as the admin API shows it, and as the cluster registry stores
+/// it (there, the counters are as of the last heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    pub session_id: String,
+    pub instance_id: String,
+    pub trace_id: String,
+    pub user: Option<String>,
+    pub peer: String,
+    pub connected_at_ms: u64,
+    pub idle_ms: u64,
+    pub channels: Vec<String>,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub errors: u64,
 }
 
 /// Why a delivery did not reach a session.
@@ -79,6 +99,25 @@ impl SessionHandle {
 
     pub fn channels(&self) -> Vec<String> {
         lock(&self.channels).iter().cloned().collect()
+    }
+
+    pub fn view(&self, instance_id: &str) -> SessionView {
+        let stats = &self.stats;
+        SessionView {
+            session_id: self.id.to_string(),
+            instance_id: instance_id.to_string(),
+            trace_id: self.trace_id.clone(),
+            user: self.user.clone(),
+            peer: self.peer.to_string(),
+            connected_at_ms: crate::protocol::unix_ms(self.connected_at),
+            idle_ms: stats.last_seen().elapsed().as_millis() as u64,
+            channels: self.channels(),
+            messages_in: stats.messages_in.load(Relaxed),
+            messages_out: stats.messages_out.load(Relaxed),
+            bytes_in: stats.bytes_in.load(Relaxed),
+            bytes_out: stats.bytes_out.load(Relaxed),
+            errors: stats.errors.load(Relaxed),
+        }
     }
 
     /// Queues a message from another session or the admin API, never

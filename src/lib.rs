@@ -13,6 +13,8 @@
 //!   closed` record.
 //! - [`hub`]: the session registry, users and channels; non-blocking
 //!   fan-out.
+//! - [`cluster`]: cluster mode over Redis: cross-instance delivery, the
+//!   session registry, reconnection.
 //! - [`api`]: the admin REST API.
 //! - [`auth`]: JWT for sessions, the Origin allowlist, secrets that never
 //!   print.
@@ -38,6 +40,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod doctor;
 pub mod error;
 pub mod explorer;

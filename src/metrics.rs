@@ -109,6 +109,13 @@ pub struct Metrics {
     pub admin_requests: AtomicU64,
 }
 
+/// Cluster mode's state at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterReport<'a> {
+    pub redis_up: bool,
+    pub counters: &'a crate::cluster::ClusterCounters,
+}
+
 /// Gauges read from the hub at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HubGauges {
@@ -144,7 +151,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self, hub: HubGauges, telemetry: Option<&TelemetryCounters>) -> String {
+    pub fn render(
+        &self,
+        hub: HubGauges,
+        telemetry: Option<&TelemetryCounters>,
+        cluster: Option<ClusterReport<'_>>,
+    ) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let w = &mut out;
         gauge(
@@ -312,6 +324,49 @@ impl Metrics {
                 t.spans_in_flight() as i64,
             );
         }
+        if let Some(cluster) = cluster {
+            gauge(
+                w,
+                "wstrace_cluster_redis_up",
+                "1 while the Redis pub/sub connection is up (cluster mode).",
+                i64::from(cluster.redis_up),
+            );
+            let c = cluster.counters;
+            for (name, help, value) in [
+                (
+                    "wstrace_cluster_published_total",
+                    "Envelopes published to other instances.",
+                    &c.published,
+                ),
+                (
+                    "wstrace_cluster_publish_failures_total",
+                    "Envelopes that could not be published: other instances missed them.",
+                    &c.publish_failures,
+                ),
+                (
+                    "wstrace_cluster_received_total",
+                    "Envelopes received from other instances.",
+                    &c.received,
+                ),
+                (
+                    "wstrace_cluster_malformed_total",
+                    "Envelopes dropped because they could not be decoded.",
+                    &c.malformed,
+                ),
+                (
+                    "wstrace_cluster_registry_failures_total",
+                    "Session registry reads and writes that failed.",
+                    &c.registry_failures,
+                ),
+                (
+                    "wstrace_cluster_reconnects_total",
+                    "Times the Redis connection came back after a loss.",
+                    &c.reconnects,
+                ),
+            ] {
+                counter(w, name, help, value.load(Relaxed));
+            }
+        }
         out
     }
 }
@@ -354,7 +409,7 @@ mod tests {
         for size in [10, 100, 100, 5000, 2_000_000] {
             m.message_in(FrameKind::Echo, size);
         }
-        let text = m.render(HubGauges::default(), None);
+        let text = m.render(HubGauges::default(), None, None);
         assert!(text.contains("wstrace_message_size_bytes_bucket{direction=\"in\",le=\"16\"} 1\n"));
         assert!(
             text.contains("wstrace_message_size_bytes_bucket{direction=\"in\",le=\"256\"} 3\n")
@@ -375,7 +430,7 @@ mod tests {
         m.session_opened();
         m.session_opened();
         m.session_closed(1000, "client");
-        let text = m.render(HubGauges::default(), None);
+        let text = m.render(HubGauges::default(), None, None);
         assert!(text.contains("wstrace_sessions_active 1\n"));
         assert!(
             text.contains("wstrace_sessions_closed_total{code=\"1000\",closed_by=\"client\"} 1\n")

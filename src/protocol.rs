@@ -115,6 +115,9 @@ pub enum ErrorCode {
     NoSuchRecipient,
     /// Over the per-session message rate; the frame was not processed.
     RateLimited,
+    /// Cluster mode, Redis unreachable: the message reached this instance's
+    /// sessions only, or its recipient may be on another instance.
+    ClusterUnavailable,
 }
 
 impl ErrorCode {
@@ -129,6 +132,7 @@ impl ErrorCode {
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::NoSuchRecipient => "no_such_recipient",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }

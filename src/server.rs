@@ -86,6 +86,17 @@ impl Server {
         let shutdown = state.shutdown.clone();
         let mut signal = std::pin::pin!(signal);
         let watch = tokio::spawn(watch_telemetry(state.clone()));
+        let cluster_tasks = state.cluster.clone().map(|cluster| {
+            let report_every = state.limits.telemetry_report_interval;
+            [
+                tokio::spawn(crate::cluster::bus::run_bus(state.clone(), cluster.clone())),
+                tokio::spawn(crate::cluster::bus::run_upkeep(
+                    state.clone(),
+                    cluster,
+                    report_every,
+                )),
+            ]
+        });
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -148,6 +159,11 @@ impl Server {
                 timeout_ms = timeout.as_millis() as u64,
                 "sessions still open at shutdown timeout"
             );
+        }
+        // They saw the cancellation; the upkeep task removes this
+        // instance's stats key on its way out.
+        for task in cluster_tasks.into_iter().flatten() {
+            let _ = tokio::time::timeout(timeout, task).await;
         }
         Ok(())
     }
@@ -213,9 +229,11 @@ async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
-    let body = state
-        .metrics
-        .render(state.hub.gauges(), state.telemetry.as_deref());
+    let body = state.metrics.render(
+        state.hub.gauges(),
+        state.telemetry.as_deref(),
+        state.cluster.as_ref().map(|c| c.report()),
+    );
     (
         [(
             header::CONTENT_TYPE,

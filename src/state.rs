@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwtVerifier, OriginPolicy, Secret};
+use crate::cluster::Cluster;
 use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -29,6 +30,11 @@ pub struct ServerConfig {
     pub grafana_url: Option<String>,
     /// Serve the raw echo endpoint `/echo` (conformance testing).
     pub echo_endpoint: bool,
+    /// Names this instance in log lines, the registry and envelopes.
+    pub instance_id: String,
+    /// Cluster mode: connected before the server is built (see
+    /// [`Cluster::connect`]).
+    pub cluster: Option<Arc<Cluster>>,
     /// Fault injection for tests only (not on the CLI): an `echo` with
     /// exactly this content panics inside the session's handler.
     #[doc(hidden)]
@@ -50,6 +56,8 @@ impl Default for ServerConfig {
             log_dir: None,
             grafana_url: None,
             echo_endpoint: false,
+            instance_id: crate::telemetry::default_instance_id(),
+            cluster: None,
             fault_panic_on_echo: None,
         }
     }
@@ -75,6 +83,8 @@ pub struct ServerState {
     pub log_dir: Option<std::path::PathBuf>,
     pub grafana_url: Option<String>,
     pub echo_endpoint: bool,
+    pub instance_id: String,
+    pub cluster: Option<Arc<Cluster>>,
     pub fault_panic_on_echo: Option<String>,
 }
 
@@ -96,6 +106,11 @@ impl ServerState {
             log_dir: config.log_dir,
             grafana_url: config.grafana_url,
             echo_endpoint: config.echo_endpoint,
+            instance_id: config
+                .cluster
+                .as_ref()
+                .map_or(config.instance_id, |c| c.instance_id().to_string()),
+            cluster: config.cluster,
             fault_panic_on_echo: config.fault_panic_on_echo,
         })
     }

@@ -180,6 +180,16 @@ fn percent_decode(input: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The span context a well-formed `traceparent` names (as a remote
+/// context), or `None`: for values this server wrote itself, such as the
+/// ones in cluster envelopes.
+pub fn span_context(traceparent: &str) -> Option<SpanContext> {
+    match parse(traceparent, None, TraceparentSource::Header) {
+        IncomingTrace::Continued { parent, .. } => Some(parent.span().span_context().clone()),
+        _ => None,
+    }
+}
+
 /// The W3C `traceparent` form of a span context; also the value of the
 /// `traceresponse` header (Trace Context Level 2).
 pub fn format_traceparent(span: &SpanContext) -> String {

@@ -617,7 +617,11 @@ async fn message_flood_gets_an_error_frame_then_1008() {
         "one error frame per refused streak: {limited}"
     );
     server.stop().await;
-    let metrics = parse_prometheus(&server.state.metrics.render(server.state.hub.gauges(), None));
+    let metrics = parse_prometheus(&server.state.metrics.render(
+        server.state.hub.gauges(),
+        None,
+        None,
+    ));
     assert!(metrics["wstrace_rate_limited_total"] >= 5.0);
     let lines = server.log_lines();
     let closed = with_msg(&lines, "session closed");
@@ -681,7 +685,11 @@ async fn stalled_reader_never_blocks_a_publisher() {
     .await
     .expect("the publisher was blocked");
     assert_eq!(received, total);
-    let metrics = parse_prometheus(&server.state.metrics.render(server.state.hub.gauges(), None));
+    let metrics = parse_prometheus(&server.state.metrics.render(
+        server.state.hub.gauges(),
+        None,
+        None,
+    ));
     assert!(metrics["wstrace_outbound_queue_drops_total"] >= 1.0);
     server.stop().await;
     drop(stalled.client);
@@ -759,7 +767,11 @@ async fn oversize_frames_close_with_1009() {
         attempt().await;
     }
     server.stop().await;
-    let metrics = parse_prometheus(&server.state.metrics.render(server.state.hub.gauges(), None));
+    let metrics = parse_prometheus(&server.state.metrics.render(
+        server.state.hub.gauges(),
+        None,
+        None,
+    ));
     assert_eq!(metrics["wstrace_oversize_messages_total"], 5.0);
 }
 

@@ -263,7 +263,7 @@ fn vector_config_holds_the_pipeline_settings() {
         .collect();
     assert_eq!(
         metadata,
-        HashSet::from(["trace_id", "span_id", "session_id"])
+        HashSet::from(["trace_id", "span_id", "session_id", "instance_id"])
     );
     assert_eq!(loki["acknowledgements"]["enabled"].as_bool(), Some(true));
     assert_eq!(loki["buffer"]["type"].as_str(), Some("disk"));
@@ -444,8 +444,15 @@ fn dashboard_uses_provisioned_datasources_and_a_trace_id_box() {
         assert!(all.contains(metric), "no panel uses {metric}");
     }
     // Every metric a panel queries is one the server exports.
-    let exported =
-        wstrace::metrics::Metrics::default().render(Default::default(), Some(&Default::default()));
+    let cluster = wstrace::cluster::ClusterCounters::default();
+    let exported = wstrace::metrics::Metrics::default().render(
+        Default::default(),
+        Some(&Default::default()),
+        Some(wstrace::metrics::ClusterReport {
+            redis_up: true,
+            counters: &cluster,
+        }),
+    );
     for expr in &exprs {
         for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if name.starts_with("wstrace_") {
@@ -483,23 +490,31 @@ fn docker_compose_validates() {
     ) {
         return;
     }
-    let compose = yaml("docker-compose.yml");
+    // The resolved file, as docker-compose reads it (anchors merged).
+    let resolved = std::process::Command::new(which("docker-compose").unwrap())
+        .args(["-f", "docker-compose.yml", "config"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let compose: serde_yaml::Value = serde_yaml::from_slice(&resolved.stdout).unwrap();
     let services = compose["services"].as_mapping().unwrap();
-    for name in [
-        "wstrace",
+    let instances = ["wstrace-1", "wstrace-2"];
+    for name in instances.iter().copied().chain([
+        "proxy",
+        "redis",
         "vector",
         "loki",
         "tempo",
         "prometheus",
         "grafana",
-    ] {
+    ]) {
         let service = &compose["services"][name];
         assert!(service.is_mapping(), "no {name} service");
         assert!(
             service["healthcheck"].is_mapping(),
             "{name} has no healthcheck"
         );
-        if name != "wstrace" {
+        if !name.starts_with("wstrace") {
             let image = service["image"].as_str().unwrap();
             let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
             assert!(
@@ -508,23 +523,73 @@ fn docker_compose_validates() {
             );
         }
     }
-    assert!(services.len() >= 6);
-    let env = &compose["services"]["wstrace"]["environment"];
-    assert_eq!(
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(),
-        Some("http://tempo:4317")
-    );
-    // The volume wstrace writes is the one Vector reads.
-    let wstrace_logs = compose["services"]["wstrace"]["volumes"][0]
-        .as_str()
-        .unwrap();
-    let vector_reads = compose["services"]["vector"]["volumes"]
-        .as_sequence()
+    assert!(services.len() >= 9);
+    let vector = vector_config();
+    let includes: Vec<&str> = vector["sources"]["wstrace_files"]["include"]
+        .as_array()
         .unwrap()
         .iter()
-        .filter_map(|v| v.as_str())
-        .any(|v| v.starts_with(wstrace_logs.split(':').next().unwrap()) && v.ends_with(":ro"));
-    assert!(vector_reads);
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut log_dirs = HashSet::new();
+    for name in instances {
+        let service = &compose["services"][name];
+        let env = &service["environment"];
+        assert_eq!(
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(),
+            Some("http://tempo:4317")
+        );
+        assert_eq!(
+            env["WSTRACE_REDIS_URL"].as_str(),
+            Some("redis://redis:6379")
+        );
+        assert_eq!(env["WSTRACE_INSTANCE_ID"].as_str(), Some(name));
+        assert_eq!(
+            service["depends_on"]["redis"]["condition"].as_str(),
+            Some("service_healthy")
+        );
+        // Each instance writes its own directory of the volume Vector
+        // reads, and Vector's glob covers it.
+        let log_dir = env["WSTRACE_LOG_DIR"].as_str().unwrap();
+        assert!(log_dirs.insert(log_dir), "two instances share {log_dir}");
+        // Resolved volumes read `source:target[:mode]`.
+        let volume: Vec<&str> = service["volumes"][0].as_str().unwrap().split(':').collect();
+        let (source, target) = (volume[0], volume[1]);
+        assert!(log_dir.starts_with(target), "{log_dir} is not in {target}");
+        let vector_reads = compose["services"]["vector"]["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .any(|v| v.starts_with(&format!("{source}:")) && v.ends_with(":ro"));
+        assert!(vector_reads, "vector does not read {source}");
+        let file = format!("{log_dir}/wstrace.2026-11-23.log");
+        assert!(
+            includes.iter().any(|glob| glob_matches(glob, &file)),
+            "{file} is not in {includes:?}"
+        );
+    }
+    // The proxy's config names the instances, and is the file mounted.
+    let proxy = &compose["services"]["proxy"];
+    assert!(
+        proxy["volumes"][0]
+            .as_str()
+            .unwrap()
+            .contains("pipeline/nginx.conf:/etc/nginx/nginx.conf")
+    );
+    let nginx = read("pipeline/nginx.conf");
+    for name in instances {
+        assert!(
+            nginx.contains(&format!("server {name}:8080")),
+            "{name} not upstream"
+        );
+    }
+    // The load generator goes through the proxy, like real clients.
+    let load = compose["services"]["load"]["command"]
+        .as_sequence()
+        .unwrap();
+    assert_eq!(load[1].as_str(), Some("ws://proxy:8080/ws"));
+
     let dockerfile = read("Dockerfile");
     assert!(
         dockerfile.contains("USER 10001"),
@@ -534,6 +599,24 @@ fn docker_compose_validates() {
         dockerfile.matches("FROM ").count() >= 2,
         "multi-stage build"
     );
+}
+
+/// Vector's file globs: `*` within one path segment.
+fn glob_matches(glob: &str, path: &str) -> bool {
+    let (glob, path): (Vec<&str>, Vec<&str>) =
+        (glob.split('/').collect(), path.split('/').collect());
+    glob.len() == path.len()
+        && glob
+            .iter()
+            .zip(&path)
+            .all(|(g, p)| match g.split_once('*') {
+                None => g == p,
+                Some((prefix, suffix)) => {
+                    p.len() >= prefix.len() + suffix.len()
+                        && p.starts_with(prefix)
+                        && p.ends_with(suffix)
+                }
+            })
 }
 
 #[test]

@@ -8,114 +8,14 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use wstrace::auth::{JwtVerifier, Secret};
 
 const JWT_SECRET: &str = "process-jwt-secret-5d1c";
 const ADMIN_TOKEN: &str = "process-admin-token-9e77";
-
-struct Wstrace {
-    child: Child,
-    log_dir: tempfile::TempDir,
-    addr: String,
-    /// Drains stdout as the server runs, as any real consumer would (a
-    /// full pipe would otherwise stall the stdout writer).
-    stdout: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Wstrace {
-    fn start(envs: &[(&str, &str)]) -> Self {
-        let log_dir = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wstrace"));
-        command
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--shutdown-timeout",
-                "5s",
-            ])
-            .arg("--log-dir")
-            .arg(log_dir.path())
-            .env_remove("RUST_LOG")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, value) in envs {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("spawn wstrace");
-        let mut pipe = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        });
-        let listening = wait_for(Duration::from_secs(20), "wstrace listening", || {
-            read_log_lines(log_dir.path())
-                .into_iter()
-                .find(|l| l["msg"] == "wstrace listening")
-        });
-        let addr = listening["listen"].as_str().unwrap().to_owned();
-        Self {
-            child,
-            log_dir,
-            addr,
-            stdout: Some(stdout),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    fn sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for exit; returns (exit code, stdout, log dir).
-    fn wait(mut self) -> (Option<i32>, String, tempfile::TempDir) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "wstrace did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let stdout = self.stdout.take().unwrap().join().unwrap();
-        let log_dir = std::mem::replace(&mut self.log_dir, tempfile::tempdir().unwrap());
-        (status.code(), stdout, log_dir)
-    }
-}
-
-impl Drop for Wstrace {
-    fn drop(&mut self) {
-        // A test that fails (or never stops it) must not leave it running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_1001_and_flushes_every_line() {
@@ -181,19 +81,6 @@ async fn sigterm_sends_1001_and_flushes_every_line() {
 }
 
 /// Polls until `f` is true, with a deadline.
-fn eventually(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    wait_for(limit, what, || f().then_some(()));
-}
-
-fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let response = runtime.block_on(http(addr.parse().unwrap(), "GET", "/metrics", &[], None));
-    parse_prometheus(&response.body)
-}
-
 fn traced_client(url: &str, trace: &str) {
     let parent = format!("00-{trace}-b7ad6b7169203331-01");
     let out = wstrace(&[
@@ -281,114 +168,6 @@ fn collector_down_then_up_then_killed_never_stops_the_server() {
             "two warnings {gap:?} apart"
         );
     }
-}
-
-fn rotel_agent() -> PathBuf {
-    if let Some(path) = std::env::var_os("ROTEL_AGENT") {
-        return path.into();
-    }
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
-        ])
-        .output()
-        .expect("python3");
-    assert!(
-        output.status.success(),
-        "rotel is not installed: `pip install rotel` (scripts/test.sh does it)"
-    );
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A real OTLP collector printing every span it receives.
-struct Collector {
-    child: Child,
-    output: PathBuf,
-    _dir: tempfile::TempDir,
-    grpc: u16,
-    http: u16,
-}
-
-impl Collector {
-    fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    /// A collector whose OTLP/HTTP receiver is on `http`.
-    fn start_on(http: u16) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("rotel.out");
-        let grpc = free_port();
-        let child = Command::new(rotel_agent())
-            .args(["start", "--exporter", "blackhole"])
-            .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"])
-            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-            .stdout(std::fs::File::create(&output).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rotel-agent");
-        for port in [grpc, http] {
-            wait_for(Duration::from_secs(20), "rotel to listen", || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-            });
-        }
-        Self {
-            child,
-            output,
-            _dir: dir,
-            grpc,
-            http,
-        }
-    }
-
-    /// Spans received so far, as (trace id, name, attribute lines).
-    fn spans(&self) -> Vec<ReceivedSpan> {
-        parse_spans(&std::fs::read_to_string(&self.output).unwrap_or_default())
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-struct ReceivedSpan {
-    trace_id: String,
-    name: String,
-    body: String,
-}
-
-/// Parses rotel's detailed debug output: blocks starting with `Span #N`.
-fn parse_spans(text: &str) -> Vec<ReceivedSpan> {
-    text.split("\nSpan #")
-        .skip(1)
-        .filter_map(|block| {
-            let field = |name: &str| {
-                block.lines().find_map(|l| {
-                    let (key, value) = l.split_once(':')?;
-                    (key.trim() == name).then(|| value.trim().to_owned())
-                })
-            };
-            Some(ReceivedSpan {
-                trace_id: field("Trace ID")?,
-                name: field("Name")?,
-                body: block.to_owned(),
-            })
-        })
-        .collect()
 }
 
 async fn traced_session_reaches_collector(protocol: &str) {

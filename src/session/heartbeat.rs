@@ -1,5 +1,6 @@
-//! The heartbeat task: pings the peer and closes the session when it has
-//! been silent for longer than the idle timeout.
+//! The heartbeat task: pings the peer, closes the session when it has been
+//! silent for longer than the idle timeout, and in cluster mode keeps the
+//! session's registry entry alive.
 
 use axum::extract::ws::Message;
 use std::sync::Arc;
@@ -9,7 +10,9 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
 use super::outbound::Outbound;
 use super::stats::{CloseDecision, CloseSignal, ClosedBy, SessionStats};
+use crate::cluster::Cluster;
 use crate::error::close_code;
+use crate::hub::SessionHandle;
 use crate::metrics::FrameKind;
 
 pub async fn run_heartbeat(
@@ -18,6 +21,8 @@ pub async fn run_heartbeat(
     close: CloseSignal,
     interval: Duration,
     idle_timeout: Duration,
+    // Cluster mode: each ping also renews the session's registry entry.
+    registry: Option<(Arc<Cluster>, Arc<SessionHandle>)>,
 ) {
     let mut pings = interval_at(Instant::now() + interval, interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -32,6 +37,11 @@ pub async fn run_heartbeat(
                 match outbound.try_send(ping) {
                     Ok(()) => tracing::debug!("ping sent"),
                     Err(_) => tracing::debug!("ping skipped: outbound queue full"),
+                }
+                if let Some((cluster, session)) = &registry {
+                    let view = session.view(cluster.instance_id());
+                    // Failures are counted and reported by the upkeep task.
+                    let _ = Box::pin(cluster.register(&view, false)).await;
                 }
             }
             _ = sleep_until(idle_deadline) => {

@@ -144,6 +144,17 @@ where
     ));
     state.hub.register(handle.clone());
     state.metrics.session_opened();
+    if let Some(cluster) = &state.cluster {
+        // Before the welcome: once the client knows its session id, any
+        // instance can reach it. Boxed, like every Redis call on a
+        // session's path, to keep long-lived futures small.
+        let registered =
+            Box::pin(cluster.register(&handle.view(cluster.instance_id()), true)).await;
+        if let Err(error) = registered {
+            // Counted, and reported once per interval by the upkeep task.
+            tracing::debug!(%error, "session not yet in the cluster registry");
+        }
+    }
 
     tracing::info!(
         user_agent.original = %info.upgrade.user_agent,
@@ -179,6 +190,10 @@ where
             close.clone(),
             limits.heartbeat_interval,
             limits.idle_timeout,
+            state
+                .cluster
+                .clone()
+                .map(|cluster| (cluster, handle.clone())),
         )
         .instrument(tracing::info_span!("ws.heartbeat")),
     );
@@ -200,14 +215,7 @@ where
     // The wait below lasts as long as the session: keep what it holds small
     // (this future is allocated once per connection; see BENCHMARKS.md).
     Box::pin(wait_for_end(
-        state,
-        info.session_id,
-        reader,
-        writer,
-        heartbeat,
-        close,
-        stats,
-        peer_close,
+        state, handle, reader, writer, heartbeat, close, stats, peer_close,
     ))
     .await
 }
@@ -215,7 +223,7 @@ where
 #[allow(clippy::too_many_arguments)]
 async fn wait_for_end(
     state: Arc<ServerState>,
-    session_id: Uuid,
+    session: Arc<SessionHandle>,
     mut reader: JoinHandle<()>,
     mut writer: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
@@ -238,7 +246,12 @@ async fn wait_for_end(
         }
     };
     // Stop taking deliveries: nothing more will be sent.
-    state.hub.remove(session_id);
+    state.hub.remove(session.id);
+    if let Some(cluster) = &state.cluster {
+        // On failure the key expires within one TTL.
+        let _ = Box::pin(cluster.unregister(session.id, session.user.as_deref())).await;
+    }
+    drop(session);
     // A close was decided by us or the peer: give the handshake (our Close
     // out, theirs in, or the reverse) a bounded time to finish.
     if !reader_done {

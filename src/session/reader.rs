@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::outbound::{Delivery, MessageSampler, Outbound};
 use super::rate::{RateDecision, RateLimiter};
 use super::stats::{CloseDecision, ClosedBy, PeerClose};
+use crate::cluster::route::{Audience, route};
 use crate::error::{SessionError, close_code};
 use crate::hub::{SessionHandle, SubscribeError};
 use crate::metrics::FrameKind;
@@ -216,20 +217,22 @@ impl Reader {
                     return self.invalid_channel(sampled).await;
                 }
                 let delivery = self.delivery(Some(channel.clone()), content, sampled);
-                let report =
-                    self.state
-                        .hub
-                        .publish(&channel, delivery.clone(), &self.state.metrics);
+                let audience = Audience::Channel(&channel);
+                let routed = Box::pin(route(&self.state, audience, &delivery, |_| {})).await;
                 if sampled {
                     tracing::info!(
                         %channel,
                         ws.message.id = %delivery.message_id,
-                        delivered = report.delivered,
-                        dropped = report.dropped,
+                        delivered = routed.local.delivered,
+                        dropped = routed.local.dropped,
+                        remote_instances = routed.remote_instances,
                         "message published"
                     );
                 }
-                Ok(())
+                match routed.cluster_error {
+                    Some(error) => self.cluster_unavailable(&error, sampled).await,
+                    None => Ok(()),
+                }
             }
             ClientFrame::Direct {
                 to_session,
@@ -265,36 +268,62 @@ impl Reader {
         content: String,
         sampled: bool,
     ) -> Result<(), Gone> {
-        let hub = &self.state.hub;
-        let receivers = match (&to_session, &to_user) {
-            (Some(id), _) => Uuid::parse_str(id)
-                .ok()
-                .and_then(|id| hub.get(id))
-                .into_iter()
-                .collect(),
-            (None, Some(user)) => hub.sessions_of_user(user),
-            (None, None) => Vec::new(),
+        let audience = match (&to_session, &to_user) {
+            (Some(id), _) => match Uuid::parse_str(id) {
+                Ok(id) => Audience::Session(id),
+                Err(_) => return self.no_such_recipient(sampled).await,
+            },
+            (None, Some(user)) => Audience::User(user),
+            (None, None) => return self.no_such_recipient(sampled).await,
         };
-        if receivers.is_empty() {
-            return self
-                .error(
-                    ErrorCode::NoSuchRecipient,
-                    "no such session or user is connected",
-                    sampled,
-                )
-                .await;
-        }
         let delivery = self.delivery(None, content, sampled);
-        let report = hub.fan_out(receivers, delivery.clone(), &self.state.metrics);
+        let routed = Box::pin(route(&self.state, audience, &delivery, |_| {})).await;
+        if routed.reached_nobody() {
+            return match routed.cluster_error {
+                Some(error) => self.cluster_unavailable(&error, sampled).await,
+                None => self.no_such_recipient(sampled).await,
+            };
+        }
         if sampled {
             tracing::info!(
                 ws.message.id = %delivery.message_id,
-                delivered = report.delivered,
-                dropped = report.dropped,
+                delivered = routed.local.delivered,
+                dropped = routed.local.dropped,
+                remote_sessions = routed.remote_sessions,
                 "direct message sent"
             );
         }
-        Ok(())
+        match routed.cluster_error {
+            Some(error) => self.cluster_unavailable(&error, sampled).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn no_such_recipient(&mut self, sampled: bool) -> Result<(), Gone> {
+        self.error(
+            ErrorCode::NoSuchRecipient,
+            "no such session or user is connected",
+            sampled,
+        )
+        .await
+    }
+
+    /// Tells the client its message may not have reached everyone. No log
+    /// line per message: an outage would flood the logs; the cluster's
+    /// upkeep task reports failures once per interval.
+    async fn cluster_unavailable(
+        &mut self,
+        error: &crate::cluster::ClusterError,
+        sampled: bool,
+    ) -> Result<(), Gone> {
+        self.session.stats.error();
+        let frame = ServerFrame::Error {
+            code: ErrorCode::ClusterUnavailable,
+            message: format!(
+                "other instances were not reached: {error}; sessions on this instance got the message"
+            ),
+        };
+        self.reply_frame(frame, sampled).await
     }
 
     /// A `message` frame from this session, serialized once for every

@@ -31,7 +31,17 @@ use super::TelemetryCounters;
 /// Keys written by the layer itself; span or event fields with these names
 /// are not written again (a JSON object with duplicate keys is ambiguous).
 const RESERVED: &[&str] = &[
-    "v", "name", "msg", "level", "hostname", "pid", "time", "target", "trace_id", "span_id",
+    "v",
+    "name",
+    "msg",
+    "level",
+    "hostname",
+    "pid",
+    "instance_id",
+    "time",
+    "target",
+    "trace_id",
+    "span_id",
 ];
 
 /// Span attributes that exist for the trace backend's conventions but only
@@ -52,11 +62,20 @@ pub struct BunyanJsonLayer<W> {
     name: String,
     hostname: String,
     pid: u32,
+    /// Which server instance wrote the line: with several instances behind
+    /// one load balancer, the one to look at.
+    instance_id: String,
 }
 
 impl<W> BunyanJsonLayer<W> {
-    pub fn new(name: impl Into<String>, make_writer: W, counters: Arc<TelemetryCounters>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        instance_id: impl Into<String>,
+        make_writer: W,
+        counters: Arc<TelemetryCounters>,
+    ) -> Self {
         Self {
+            instance_id: instance_id.into(),
             make_writer,
             counters,
             dispatch: std::sync::OnceLock::new(),
@@ -67,7 +86,7 @@ impl<W> BunyanJsonLayer<W> {
     }
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -195,6 +214,7 @@ where
             map.serialize_entry("level", &bunyan_level(meta.level()))?;
             map.serialize_entry("hostname", &self.hostname)?;
             map.serialize_entry("pid", &self.pid)?;
+            map.serialize_entry("instance_id", &self.instance_id)?;
             map.serialize_entry(
                 "time",
                 &humantime::format_rfc3339_micros(SystemTime::now()).to_string(),

@@ -63,6 +63,9 @@ pub struct TelemetryConfig {
     pub log_stdout: bool,
     /// Filter directives, `RUST_LOG` syntax.
     pub filter: String,
+    /// `instance_id` on every log line and `service.instance.id` on every
+    /// span.
+    pub instance_id: String,
     /// OTLP export, `None` to keep spans local (IDs are still generated).
     pub otlp: Option<OtlpConfig>,
 }
@@ -80,9 +83,17 @@ impl TelemetryConfig {
             log_rotation: LogRotation::Daily,
             log_stdout,
             filter: env_nonempty("RUST_LOG").unwrap_or_else(|| DEFAULT_FILTER.to_string()),
+            instance_id: default_instance_id(),
             otlp: OtlpConfig::from_env(),
         }
     }
+}
+
+/// `<hostname>-<4 hex digits>`: readable, and distinct for two instances
+/// on one host or for a container restarted under the same hostname.
+pub fn default_instance_id() -> String {
+    let random = uuid::Uuid::new_v4().as_u128() as u16;
+    format!("{}-{random:04x}", bunyan::hostname())
 }
 
 /// When the log file rolls over to a new one.
@@ -343,6 +354,10 @@ pub fn get_subscriber(
     if env_nonempty("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(config.service_name.clone());
     }
+    resource = resource.with_attribute(opentelemetry::KeyValue::new(
+        "service.instance.id",
+        config.instance_id.clone(),
+    ));
     let counters = Arc::new(TelemetryCounters::default());
     let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
     match &config.otlp {
@@ -383,6 +398,7 @@ pub fn get_subscriber(
         )
         .with(BunyanJsonLayer::new(
             config.service_name.clone(),
+            config.instance_id.clone(),
             LogOutputs(outputs),
             counters.clone(),
         ));
@@ -431,6 +447,7 @@ mod tests {
             log_rotation: LogRotation::Never,
             log_stdout: false,
             filter: "info".into(),
+            instance_id: "test-0001".into(),
             otlp: None,
         };
         let (subscriber, mut guard) = get_subscriber(&config).unwrap();

@@ -23,6 +23,10 @@ use wstrace::server::Server;
 use wstrace::state::{ServerConfig, ServerState};
 use wstrace::telemetry::{TelemetryConfig, TelemetryGuard, get_subscriber};
 
+pub mod child;
+#[allow(unused_imports)]
+pub use child::*;
+
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub struct TestServer {
@@ -81,6 +85,7 @@ impl TestServer {
             log_rotation,
             log_stdout: std::env::var_os("TEST_LOG").is_some(),
             filter: "info,wstrace=debug".into(),
+            instance_id: server_config.instance_id.clone(),
             otlp: None,
         };
         let (subscriber, guard) = get_subscriber(&config).unwrap();

@@ -1,0 +1,283 @@
+//! The receiving side of cluster mode, and the instance's upkeep.
+//!
+//! [`run_bus`] owns the pub/sub connection: it delivers what other
+//! instances publish, pings Redis to notice a silent loss, and when the
+//! connection goes it marks the cluster down (cross-instance calls then
+//! fail at once), retries with capped exponential backoff, and on return
+//! re-registers every local session (Redis may have restarted empty).
+//!
+//! [`run_upkeep`] renews this instance's stats key and reports
+//! cross-instance failures: one warning per interval, with counts, however
+//! many messages failed.
+
+use futures_util::StreamExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::Cluster;
+use super::envelope::{Action, Audience, Envelope};
+use crate::session::outbound::Delivery;
+use crate::session::stats::{CloseDecision, ClosedBy};
+use crate::state::ServerState;
+use crate::trace_context::span_context;
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Capped exponential backoff with jitter, so instances that lost Redis
+/// together do not reconnect in lockstep.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new() -> Self {
+        Self {
+            next: BACKOFF_FIRST,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let jitter = (uuid::Uuid::new_v4().as_u128() % 100) as u32;
+        delay.mul_f64(1.0 - f64::from(jitter) / 400.0)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub async fn run_bus(state: Arc<ServerState>, cluster: Arc<Cluster>) {
+    let mut subscription = cluster.take_first_subscription();
+    let mut backoff = Backoff::new();
+    let mut lost_at: Option<Instant> = None;
+    let ping_every = (cluster.session_ttl() / 3).max(Duration::from_millis(200));
+    loop {
+        let pubsub = match subscription.take() {
+            Some(pubsub) => pubsub,
+            None => {
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = state.shutdown.cancelled() => return,
+                }
+                match cluster.subscribe().await {
+                    Ok(pubsub) => pubsub,
+                    Err(error) => {
+                        tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64, "Redis still unreachable");
+                        continue;
+                    }
+                }
+            }
+        };
+        if let Some(lost) = lost_at.take() {
+            if !cluster.await_commands().await {
+                tracing::debug!("Redis pub/sub is back but commands are not yet; retrying");
+                lost_at = Some(lost);
+                continue;
+            }
+            cluster.set_up(true);
+            cluster.counters.reconnects.fetch_add(1, Relaxed);
+            backoff = Backoff::new();
+            let sessions = reregister(&state, &cluster).await;
+            tracing::info!(
+                redis = cluster.redis_url(),
+                down_ms = lost.elapsed().as_millis() as u64,
+                sessions_reregistered = sessions,
+                "reconnected to Redis: cross-instance delivery resumed"
+            );
+        }
+        let (mut sink, mut messages) = pubsub.split();
+        let mut pings = tokio::time::interval(ping_every);
+        pings.tick().await;
+        let cause = loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => deliver(&state, &cluster, message.get_payload_bytes()),
+                    None => break "connection closed",
+                },
+                _ = pings.tick() => {
+                    let ping = tokio::time::timeout(cluster.timeout, sink.ping::<redis::Value>());
+                    if !matches!(ping.await, Ok(Ok(_))) {
+                        break "no answer to ping";
+                    }
+                }
+                _ = state.shutdown.cancelled() => return,
+            }
+        };
+        cluster.set_up(false);
+        lost_at = Some(Instant::now());
+        tracing::warn!(
+            redis = cluster.redis_url(),
+            cause,
+            "lost the connection to Redis: sessions here are served as before; \
+             cross-instance delivery fails until it returns (retrying with backoff)"
+        );
+    }
+}
+
+/// Writes every local session back into the registry.
+async fn reregister(state: &ServerState, cluster: &Cluster) -> usize {
+    let mut count = 0;
+    for session in state.hub.sessions() {
+        if cluster
+            .register(&session.view(cluster.instance_id()), false)
+            .await
+            .is_ok()
+        {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Delivers one envelope from another instance to the sessions here.
+fn deliver(state: &ServerState, cluster: &Cluster, payload: &[u8]) {
+    let envelope = match Envelope::decode(payload) {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            cluster.counters.malformed.fetch_add(1, Relaxed);
+            tracing::warn!(%error, bytes = payload.len(), "dropped a cluster envelope");
+            return;
+        }
+    };
+    if envelope.from_instance == cluster.instance_id() {
+        return;
+    }
+    cluster.counters.received.fetch_add(1, Relaxed);
+    let origin = span_context(&envelope.origin).unwrap_or_else(SpanContext::empty_context);
+    let span = if envelope.sampled {
+        let span = tracing::info_span!(
+            parent: None,
+            "redis.deliver",
+            otel.kind = "consumer",
+            messaging.system = "redis",
+            messaging.operation = "receive",
+            cluster.instance_id = cluster.instance_id(),
+            cluster.from_instance = envelope.from_instance.as_str(),
+        );
+        if let Some(hop) = envelope.hop.as_deref().and_then(span_context) {
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(hop));
+        }
+        span
+    } else {
+        tracing::Span::none()
+    };
+    let _entered = span.enter();
+    match envelope.action {
+        Action::Deliver {
+            to,
+            message_id,
+            frame,
+            channel,
+            from_session,
+        } => {
+            let hub = &state.hub;
+            let receivers = match &to {
+                Audience::Channel { channel } => hub.subscribers(channel),
+                Audience::All => hub.sessions(),
+                Audience::Sessions { session_ids } => {
+                    session_ids.iter().filter_map(|id| hub.get(*id)).collect()
+                }
+            };
+            let delivery = Arc::new(Delivery {
+                message_id,
+                frame: frame.into(),
+                channel,
+                from_session,
+                origin,
+                sampled: envelope.sampled,
+            });
+            let report = hub.fan_out(receivers, delivery.clone(), &state.metrics);
+            if envelope.sampled {
+                tracing::info!(
+                    ws.message.id = %delivery.message_id,
+                    delivered = report.delivered,
+                    dropped = report.dropped,
+                    link.trace_id = %delivery.origin.trace_id(),
+                    link.span_id = %delivery.origin.span_id(),
+                    "cluster message delivered on this instance"
+                );
+            }
+        }
+        Action::Kick {
+            session_id,
+            code,
+            reason,
+        } => {
+            let Some(session) = state.hub.get(session_id) else {
+                tracing::info!(%session_id, "kick for a session that is no longer here");
+                return;
+            };
+            crate::api::record_in_session(&session, "close", &origin);
+            session
+                .close
+                .decide(CloseDecision::new(code, reason, ClosedBy::Admin));
+            tracing::info!(
+                %session_id,
+                code,
+                "admin closed session (request made on another instance)"
+            );
+        }
+    }
+}
+
+/// Renews this instance's stats key; reports cross-instance failures at
+/// most once per `report_every`.
+pub async fn run_upkeep(state: Arc<ServerState>, cluster: Arc<Cluster>, report_every: Duration) {
+    let mut renew =
+        tokio::time::interval((cluster.session_ttl() / 3).max(Duration::from_millis(100)));
+    let mut report =
+        tokio::time::interval_at(tokio::time::Instant::now() + report_every, report_every);
+    let (mut publish_before, mut registry_before) = (0, 0);
+    loop {
+        tokio::select! {
+            _ = renew.tick() => {
+                let _ = cluster.publish_stats(&crate::api::instance_stats(&state)).await;
+            }
+            _ = report.tick() => {
+                let publish = cluster.counters.publish_failures.load(Relaxed);
+                let registry = cluster.counters.registry_failures.load(Relaxed);
+                if publish > publish_before || registry > registry_before {
+                    tracing::warn!(
+                        redis = cluster.redis_url(),
+                        redis_up = cluster.is_up(),
+                        publish_failures = publish - publish_before,
+                        registry_failures = registry - registry_before,
+                        publish_failures_total = publish,
+                        interval_ms = report_every.as_millis() as u64,
+                        "cross-instance delivery failing: messages reached this instance's sessions only"
+                    );
+                }
+                (publish_before, registry_before) = (publish, registry);
+            }
+            _ = state.shutdown.cancelled() => {
+                let _ = cluster.forget_instance().await;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap_with_jitter() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<_> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert!(delays[0] <= BACKOFF_FIRST && delays[0] >= BACKOFF_FIRST * 3 / 4);
+        assert!(delays[3] > delays[0] * 4);
+        assert!(delays.iter().all(|d| *d <= BACKOFF_MAX));
+        assert!(delays[9] >= BACKOFF_MAX * 3 / 4);
+    }
+}

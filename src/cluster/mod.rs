@@ -1,0 +1,323 @@
+//! Cluster mode (`--redis-url`): several instances behind one load
+//! balancer, and still one searchable story per session.
+//!
+//! - [`envelope`]: what one instance tells the others over Redis pub/sub.
+//! - [`registry`]: which session lives on which instance (a Redis key per
+//!   session, with a TTL the session's heartbeat refreshes).
+//! - [`bus`]: the receiving side (subscribe, deliver, reconnect with
+//!   backoff) and the instance's own upkeep.
+//! - [`route`]: hands a message to its audience on every instance.
+//!
+//! Redis is on the path of cross-instance traffic only. Local delivery
+//! never waits for it, so an instance keeps serving its own sessions when
+//! Redis is gone; cross-instance delivery then fails visibly (error frames,
+//! `wstrace_cluster_*` metrics, a warning per interval) and comes back by
+//! itself when Redis does.
+
+pub mod bus;
+pub mod envelope;
+pub mod registry;
+pub mod route;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Duration;
+
+use crate::auth::Secret;
+use envelope::Envelope;
+
+/// Every key and channel starts with this.
+const PREFIX: &str = "wstrace";
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// May hold a password: a [`Secret`], shown only through
+    /// [`redact_url`].
+    pub redis_url: Secret,
+    pub instance_id: String,
+    /// Lifetime of a session's registry key; each heartbeat renews it, so it
+    /// must be longer than the heartbeat interval.
+    pub session_ttl: Duration,
+    /// The longest any one Redis call may take.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("invalid --redis-url {url}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error(
+        "cannot reach Redis at {url}: {reason}. Cluster mode (--redis-url) needs Redis when it \
+         starts: start Redis, or run a single instance without --redis-url"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "--cluster-session-ttl ({ttl:?}) must be longer than --heartbeat-interval ({heartbeat:?})"
+    )]
+    TtlTooShort { ttl: Duration, heartbeat: Duration },
+    #[error("Redis is unreachable: cross-instance delivery is off until it returns")]
+    Down,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis command failed: {0}")]
+    Command(String),
+}
+
+/// `/metrics` counters of cluster mode.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    /// Envelopes published.
+    pub published: AtomicU64,
+    /// Envelopes that could not be published (Redis down or too slow).
+    pub publish_failures: AtomicU64,
+    /// Envelopes received from other instances.
+    pub received: AtomicU64,
+    /// Envelopes dropped because they could not be decoded.
+    pub malformed: AtomicU64,
+    /// Registry reads and writes that failed.
+    pub registry_failures: AtomicU64,
+    /// Times the pub/sub connection came back after a loss.
+    pub reconnects: AtomicU64,
+}
+
+pub struct Cluster {
+    instance_id: String,
+    url_for_display: String,
+    client: redis::Client,
+    commands: ConnectionManager,
+    session_ttl: Duration,
+    timeout: Duration,
+    /// Whether the pub/sub connection is up: while it is not, calls fail at
+    /// once instead of each waiting out the timeout.
+    up: AtomicBool,
+    pub counters: ClusterCounters,
+    /// The subscription made by [`Cluster::connect`], until the bus task
+    /// takes it: a server is subscribed before it accepts its first client.
+    first_subscription: Mutex<Option<PubSub>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("instance_id", &self.instance_id)
+            .field("redis", &self.url_for_display)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects and subscribes, or says why it cannot: cluster mode does
+    /// not start without Redis.
+    pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
+        let url = redact_url(config.redis_url.expose());
+        let client = redis::Client::open(config.redis_url.expose()).map_err(|e| {
+            ClusterError::InvalidUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let unreachable = |reason: String| ClusterError::Unreachable {
+            url: url.clone(),
+            reason,
+        };
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let commands = tokio::time::timeout(
+            config.timeout * 4,
+            ConnectionManager::new_with_config(client.clone(), manager_config),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no answer within {:?}", config.timeout * 4)))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let cluster = Self {
+            instance_id: config.instance_id,
+            url_for_display: url.clone(),
+            client,
+            commands,
+            session_ttl: config.session_ttl,
+            timeout: config.timeout,
+            up: AtomicBool::new(true),
+            counters: ClusterCounters::default(),
+            first_subscription: Mutex::new(None),
+        };
+        let _: String = cluster
+            .call(redis::cmd("PING").query_async(&mut cluster.commands.clone()))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let subscription = cluster
+            .subscribe()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        *lock(&cluster.first_subscription) = Some(subscription);
+        Ok(cluster)
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The Redis URL without its password.
+    pub fn redis_url(&self) -> &str {
+        &self.url_for_display
+    }
+
+    pub fn session_ttl(&self) -> Duration {
+        self.session_ttl
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    pub fn report(&self) -> crate::metrics::ClusterReport<'_> {
+        crate::metrics::ClusterReport {
+            redis_up: self.is_up(),
+            counters: &self.counters,
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Relaxed);
+    }
+
+    /// The channel every instance listens on: channel publishes and
+    /// broadcasts.
+    pub fn bus_channel() -> String {
+        format!("{PREFIX}:bus")
+    }
+
+    /// The channel only `instance_id` listens on: direct messages and kicks
+    /// for its sessions.
+    pub fn instance_channel(instance_id: &str) -> String {
+        format!("{PREFIX}:to:{instance_id}")
+    }
+
+    /// A new pub/sub connection, subscribed to the bus and this instance's
+    /// own channel.
+    async fn subscribe(&self) -> Result<PubSub, ClusterError> {
+        let subscribe = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub
+                .subscribe(&[
+                    Self::bus_channel(),
+                    Self::instance_channel(&self.instance_id),
+                ])
+                .await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(self.timeout, subscribe).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(error)) => Err(ClusterError::Command(error.to_string())),
+            Err(_) => Err(ClusterError::Timeout(self.timeout)),
+        }
+    }
+
+    fn take_first_subscription(&self) -> Option<PubSub> {
+        lock(&self.first_subscription).take()
+    }
+
+    /// Runs one Redis call: at once `Down` while the connection is known to
+    /// be lost, and never longer than the timeout.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, ClusterError> {
+        if !self.is_up() {
+            return Err(ClusterError::Down);
+        }
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(ClusterError::Command(error.to_string())),
+            Err(_) => Err(ClusterError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Waits (bounded) until the command connection answers again after
+    /// Redis came back: its first call after a loss fails while it
+    /// reconnects, and that call should not be a message.
+    async fn await_commands(&self) -> bool {
+        for _ in 0..20 {
+            let mut connection = self.connection();
+            let command = redis::cmd("PING");
+            let ping = command.query_async::<String>(&mut connection);
+            if let Ok(Ok(_)) = tokio::time::timeout(self.timeout, ping).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    /// Publishes an envelope; returns how many instances received it.
+    pub async fn publish(&self, channel: &str, envelope: &Envelope) -> Result<u64, ClusterError> {
+        let mut connection = self.connection();
+        let result = self
+            .call(
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(envelope.to_json())
+                    .query_async::<u64>(&mut connection),
+            )
+            .await;
+        let counter = match result {
+            Ok(_) => &self.counters.published,
+            Err(_) => &self.counters.publish_failures,
+        };
+        counter.fetch_add(1, Relaxed);
+        result
+    }
+}
+
+/// `redis://user:password@host` → `redis://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((credentials, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = credentials.split_once(':').map_or("", |(user, _)| user);
+    format!("{scheme}://{user}:***@{host}{path}")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("redis://:hunter2@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://app:hunter2@cache"),
+            "rediss://app:***@cache"
+        );
+        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redact_url("not a url"), "not a url");
+        assert!(!redact_url("redis://u:p@ss@h/1").contains("p@ss"));
+    }
+
+    #[test]
+    fn channels_are_namespaced() {
+        assert_eq!(Cluster::bus_channel(), "wstrace:bus");
+        assert_eq!(Cluster::instance_channel("a-1"), "wstrace:to:a-1");
+    }
+}

@@ -1,0 +1,700 @@
+//! Cluster mode against a real `redis-server`, with real `wstrace`
+//! instances as child processes and real WebSocket clients: cross-instance
+//! publish, direct messages and kicks, the registry's expiry, and Redis
+//! lost and restored mid-run.
+
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use wstrace::auth::{JwtVerifier, Secret};
+
+const ADMIN_TOKEN: &str = "cluster-admin-token-41f0";
+const JWT_SECRET: &str = "cluster-jwt-secret-77aa";
+
+fn node(redis: &RedisServer, instance_id: &str, extra: &[(&str, &str)]) -> Wstrace {
+    let url = redis.url();
+    let mut envs = vec![
+        ("WSTRACE_REDIS_URL", url.as_str()),
+        ("WSTRACE_INSTANCE_ID", instance_id),
+        ("WSTRACE_MESSAGE_SAMPLE_RATIO", "1"),
+        ("WSTRACE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("WSTRACE_LOG_STDOUT", "false"),
+    ];
+    envs.extend_from_slice(extra);
+    Wstrace::start(&envs)
+}
+
+fn addr(server: &Wstrace) -> SocketAddr {
+    server.addr.parse().unwrap()
+}
+
+/// A client with its welcome frame read: (client, session id, trace id).
+async fn join(server: &Wstrace, token: Option<&str>) -> (Client, String, String) {
+    let url = match token {
+        Some(token) => format!("{}?token={token}", server.url()),
+        None => server.url(),
+    };
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let welcome = next_json(&mut client).await;
+    assert_eq!(welcome["type"], "welcome");
+    let session = welcome["session_id"].as_str().unwrap().to_owned();
+    let trace = welcome["trace_id"].as_str().unwrap().to_owned();
+    (client, session, trace)
+}
+
+async fn subscribe(client: &mut Client, channel: &str) {
+    send_json(client, json!({"type": "subscribe", "channel": channel})).await;
+    assert_eq!(next_json(client).await["type"], "subscribed");
+}
+
+/// Asserts that no text frame arrives for a while (pings are fine).
+async fn assert_quiet(client: &mut Client, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(600);
+    while let Ok(next) = tokio::time::timeout_at(deadline, client.next()).await {
+        match next {
+            Some(Ok(Message::Text(text))) => panic!("{what} got {text}"),
+            Some(Ok(_)) => continue,
+            other => panic!("{what}: connection ended: {other:?}"),
+        }
+    }
+}
+
+async fn admin(server: &Wstrace, method: &str, path: &str, body: Option<Value>) -> HttpResponse {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    http(addr(server), method, path, &headers, body).await
+}
+
+async fn metric(server: &Wstrace, name: &str) -> f64 {
+    let response = http(addr(server), "GET", "/metrics", &[], None).await;
+    parse_prometheus(&response.body)
+        .get(name)
+        .copied()
+        .unwrap_or_else(|| panic!("{name} not exported"))
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + limit;
+    while !probe().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn user_token(user: &str) -> String {
+    JwtVerifier::new(Secret::new(JWT_SECRET)).sign(&json!({"sub": user}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_reaches_subscribers_on_every_instance_and_no_one_else() {
+    let Some(redis) = RedisServer::start() else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let collector = Collector::start();
+    let endpoint = format!("http://127.0.0.1:{}", collector.http);
+    let otlp = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let a = node(&redis, "inst-a", &otlp);
+    let b = node(&redis, "inst-b", &otlp);
+    let c = node(&redis, "inst-c", &otlp);
+
+    let (mut on_b, b_session, _) = join(&b, None).await;
+    let (mut on_c, c_session, _) = join(&c, None).await;
+    let (mut elsewhere_c, _, _) = join(&c, None).await;
+    let (mut bystander_a, _, _) = join(&a, None).await;
+    let (mut publisher, publisher_session, publisher_trace) = join(&a, None).await;
+    subscribe(&mut on_b, "news").await;
+    subscribe(&mut on_c, "news").await;
+    subscribe(&mut elsewhere_c, "sports").await;
+
+    send_json(
+        &mut publisher,
+        json!({"type": "publish", "channel": "news", "content": "hello, cluster"}),
+    )
+    .await;
+    let mut origins = Vec::new();
+    for receiver in [&mut on_b, &mut on_c] {
+        let message = next_json(receiver).await;
+        assert_eq!(message["type"], "message");
+        assert_eq!(message["content"], "hello, cluster");
+        assert_eq!(message["from_session"], publisher_session.as_str());
+        let traceparent = message["traceparent"].as_str().unwrap().to_owned();
+        assert_eq!(
+            traceparent.split('-').nth(1),
+            Some(publisher_trace.as_str())
+        );
+        origins.push(traceparent);
+    }
+    assert_eq!(origins[0], origins[1], "one publisher span");
+    let publisher_span = origins[0].split('-').nth(2).unwrap().to_owned();
+    assert_quiet(&mut elsewhere_c, "a subscriber of another channel").await;
+    assert_quiet(&mut bystander_a, "a session that is not subscribed").await;
+    assert_quiet(&mut publisher, "the publisher").await;
+
+    // Each receiver's own session logs the delivery, linked to the
+    // publisher's span, on its own instance.
+    for (server, session, instance) in [(&b, &b_session, "inst-b"), (&c, &c_session, "inst-c")] {
+        let lines = wait_for(Duration::from_secs(10), "the delivery line", || {
+            let lines = read_log_lines(server.log_dir.path());
+            lines
+                .iter()
+                .any(|l| l["msg"] == "message delivered" && l["session_id"] == session.as_str())
+                .then_some(lines)
+        });
+        let delivered = lines
+            .iter()
+            .find(|l| l["msg"] == "message delivered" && l["session_id"] == session.as_str())
+            .unwrap();
+        assert_eq!(delivered["link.trace_id"], publisher_trace.as_str());
+        assert_eq!(delivered["link.span_id"], publisher_span.as_str());
+        assert_ne!(
+            delivered["trace_id"],
+            publisher_trace.as_str(),
+            "the receiver's own trace"
+        );
+        assert!(
+            lines.iter().all(|l| l["instance_id"] == instance),
+            "instance_id on every line"
+        );
+    }
+
+    // The trace shows the hop: redis.publish on A, a redis.deliver child on
+    // B and on C, in the publisher's trace.
+    let spans = wait_for(Duration::from_secs(20), "the hop spans", || {
+        let spans: Vec<_> = collector
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == publisher_trace && s.name.starts_with("redis."))
+            .collect();
+        (spans.iter().filter(|s| s.name == "redis.deliver").count() == 2).then_some(spans)
+    });
+    let publish = spans
+        .iter()
+        .find(|s| s.name == "redis.publish")
+        .expect("redis.publish");
+    assert!(
+        publish.body.contains("cluster.instance_id: Str(inst-a)"),
+        "{}",
+        publish.body
+    );
+    let publish_id = span_field(&publish.body, "ID");
+    let mut delivered_on: Vec<&str> = Vec::new();
+    for deliver in spans.iter().filter(|s| s.name == "redis.deliver") {
+        assert_eq!(
+            span_field(&deliver.body, "Parent ID"),
+            publish_id,
+            "{}",
+            deliver.body
+        );
+        for instance in ["inst-b", "inst-c"] {
+            if deliver
+                .body
+                .contains(&format!("cluster.instance_id: Str({instance})"))
+            {
+                delivered_on.push(instance);
+            }
+        }
+    }
+    delivered_on.sort();
+    assert_eq!(delivered_on, ["inst-b", "inst-c"]);
+}
+
+/// A field of rotel's detailed span dump (`ID`, `Parent ID`).
+fn span_field(body: &str, name: &str) -> String {
+    body.lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_admin_sends_and_kicks_cross_instances() {
+    let Some(redis) = RedisServer::start() else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let jwt = [("WSTRACE_JWT_SECRET", JWT_SECRET)];
+    let a = node(&redis, "inst-a", &jwt);
+    let b = node(&redis, "inst-b", &jwt);
+    let (mut sender, sender_session, _) = join(&a, Some(&user_token("sam"))).await;
+    let (mut alice_a, _, _) = join(&a, Some(&user_token("alice"))).await;
+    let (mut alice_b, alice_b_session, _) = join(&b, Some(&user_token("alice"))).await;
+    let (mut bob_b, bob_session, _) = join(&b, Some(&user_token("bob"))).await;
+
+    // Both instances see the whole cluster, each session with its instance.
+    let listed = admin(&a, "GET", "/api/sessions", None).await.json();
+    assert_eq!(listed["scope"], "cluster");
+    assert_eq!(listed["count"], 4, "{listed}");
+    let instance_of = |id: &str| {
+        listed["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session_id"] == id)
+            .map(|s| s["instance_id"].clone())
+    };
+    assert_eq!(instance_of(&bob_session), Some(json!("inst-b")));
+    assert_eq!(instance_of(&sender_session), Some(json!("inst-a")));
+    let one = admin(&a, "GET", &format!("/api/sessions/{bob_session}"), None).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["user"], "bob");
+
+    // To a session on the other instance.
+    send_json(
+        &mut sender,
+        json!({"type": "direct", "to_session": bob_session, "content": "hi bob"}),
+    )
+    .await;
+    let message = next_json(&mut bob_b).await;
+    assert_eq!(message["content"], "hi bob");
+    assert_eq!(message["from_user"], "sam");
+
+    // To a user with a session on each instance: both get it, once.
+    send_json(
+        &mut sender,
+        json!({"type": "direct", "to_user": "alice", "content": "hi alice"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut alice_a).await["content"], "hi alice");
+    assert_eq!(next_json(&mut alice_b).await["content"], "hi alice");
+    assert_quiet(&mut alice_b, "alice on B, after her one copy").await;
+
+    // Nobody anywhere: a clear error frame.
+    send_json(
+        &mut sender,
+        json!({"type": "direct", "to_user": "nobody", "content": "?"}),
+    )
+    .await;
+    let error = next_json(&mut sender).await;
+    assert_eq!(error["code"], "no_such_recipient", "{error}");
+
+    // The admin API on A sends to a session on B.
+    let sent = admin(
+        &a,
+        "POST",
+        "/api/send",
+        Some(json!({"session_id": alice_b_session, "content": "from ops"})),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert_eq!(sent.json()["remote_sessions"], 1);
+    assert_eq!(next_json(&mut alice_b).await["content"], "from ops");
+
+    // ...and kicks it; B closes it with the code, and logs the admin
+    // request in the session's own trace.
+    let kicked = admin(
+        &a,
+        "DELETE",
+        &format!("/api/sessions/{bob_session}?code=4000&reason=bye"),
+        None,
+    )
+    .await;
+    assert_eq!(kicked.status, 200, "{}", kicked.body);
+    assert_eq!(kicked.json()["instance_id"], "inst-b");
+    assert_eq!(next_close(&mut bob_b).await, (4000, "bye".to_owned()));
+    let lines = wait_for(Duration::from_secs(10), "the kick in B's logs", || {
+        let lines = read_log_lines(b.log_dir.path());
+        lines
+            .iter()
+            .any(|l| l["msg"] == "session closed" && l["session_id"] == bob_session.as_str())
+            .then_some(lines)
+    });
+    let touched = lines
+        .iter()
+        .find(|l| {
+            l["msg"] == "admin request touched this session"
+                && l["session_id"] == bob_session.as_str()
+        })
+        .expect("the admin request is in the session's trace");
+    assert_eq!(touched["admin.action"], "close");
+    let closed = lines
+        .iter()
+        .find(|l| l["msg"] == "session closed" && l["session_id"] == bob_session.as_str())
+        .unwrap();
+    assert_eq!(closed["closed_by"], "admin");
+
+    // Gone from the registry once closed.
+    wait_until(
+        "bob leaves the registry",
+        Duration::from_secs(10),
+        || async {
+            admin(&a, "GET", &format!("/api/sessions/{bob_session}"), None)
+                .await
+                .status
+                == 404
+        },
+    )
+    .await;
+    let unknown = admin(&a, "DELETE", &format!("/api/sessions/{bob_session}"), None).await;
+    assert_eq!(unknown.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_killed_instance_expire_from_the_registry_within_one_ttl() {
+    let Some(redis) = RedisServer::start() else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let ttl = [
+        ("WSTRACE_HEARTBEAT_INTERVAL", "300ms"),
+        ("WSTRACE_CLUSTER_SESSION_TTL", "2s"),
+    ];
+    let a = node(&redis, "inst-a", &ttl);
+    let mut b = node(&redis, "inst-b", &ttl);
+    let (_on_a, a_session, _) = join(&a, None).await;
+    let mut on_b = Vec::new();
+    for _ in 0..3 {
+        on_b.push(join(&b, None).await);
+    }
+    let count = || async { admin(&a, "GET", "/api/sessions", None).await.json()["count"].as_u64() };
+    assert_eq!(count().await, Some(4));
+    // Heartbeats renew the entries: still there after more than one TTL.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_eq!(count().await, Some(4), "live sessions must not expire");
+    let stats = admin(&a, "GET", "/api/stats", None).await.json();
+    assert_eq!(stats["cluster"]["instances"], 2, "{stats}");
+    assert_eq!(stats["cluster"]["sessions_active"], 4, "{stats}");
+
+    b.kill();
+    let killed = Instant::now();
+    wait_until("B's sessions to expire", Duration::from_secs(6), || async {
+        count().await == Some(1)
+    })
+    .await;
+    let expired_after = killed.elapsed();
+    let listed = admin(&a, "GET", "/api/sessions", None).await.json();
+    assert_eq!(listed["sessions"][0]["session_id"], a_session.as_str());
+    // Within one TTL (2 s) of the last renewal, plus polling slack.
+    assert!(
+        expired_after < Duration::from_millis(2000 + 1500),
+        "{expired_after:?}"
+    );
+    wait_until("B's stats to expire", Duration::from_secs(6), || async {
+        admin(&a, "GET", "/api/stats", None).await.json()["cluster"]["instances"] == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_keeps_local_delivery_and_cross_instance_delivery_resumes() {
+    let Some(mut redis) = RedisServer::start() else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let fast = [
+        ("WSTRACE_TELEMETRY_REPORT_INTERVAL", "500ms"),
+        ("WSTRACE_REDIS_TIMEOUT", "300ms"),
+    ];
+    let a = node(&redis, "inst-a", &fast);
+    let b = node(&redis, "inst-b", &fast);
+    let (mut publisher, _, _) = join(&a, None).await;
+    let (mut local, _, _) = join(&a, None).await;
+    let (mut remote, remote_session, _) = join(&b, None).await;
+    subscribe(&mut local, "alerts").await;
+    subscribe(&mut remote, "alerts").await;
+    let publish =
+        |n: usize| json!({"type": "publish", "channel": "alerts", "content": format!("alert {n}")});
+
+    send_json(&mut publisher, publish(0)).await;
+    assert_eq!(next_json(&mut local).await["content"], "alert 0");
+    assert_eq!(next_json(&mut remote).await["content"], "alert 0");
+
+    redis.kill();
+    wait_until("A to notice", Duration::from_secs(10), || async {
+        metric(&a, "wstrace_cluster_redis_up").await == 0.0
+    })
+    .await;
+    for n in 1..=5 {
+        send_json(&mut publisher, publish(n)).await;
+        // Local delivery never stops...
+        assert_eq!(next_json(&mut local).await["content"], format!("alert {n}"));
+        // ...and the publisher is told the rest of the cluster missed it.
+        let error = next_json(&mut publisher).await;
+        assert_eq!(error["code"], "cluster_unavailable", "{error}");
+    }
+    assert_quiet(&mut remote, "a session on B while Redis is down").await;
+    assert!(metric(&a, "wstrace_cluster_publish_failures_total").await >= 5.0);
+    // The admin API says so too.
+    let sessions = admin(&a, "GET", "/api/sessions", None).await.json();
+    assert_eq!(sessions["scope"], "instance");
+    assert!(sessions["cluster_error"].is_string(), "{sessions}");
+    let send = admin(
+        &a,
+        "POST",
+        "/api/send",
+        Some(json!({"session_id": remote_session, "content": "?"})),
+    )
+    .await;
+    assert_eq!(send.status, 503, "{}", send.body);
+    assert_eq!(send.json()["error"]["code"], "cluster_unavailable");
+
+    redis.restart();
+    wait_until("A and B to reconnect", Duration::from_secs(20), || async {
+        metric(&a, "wstrace_cluster_redis_up").await == 1.0
+            && metric(&b, "wstrace_cluster_redis_up").await == 1.0
+    })
+    .await;
+    send_json(&mut publisher, publish(6)).await;
+    assert_eq!(next_json(&mut local).await["content"], "alert 6");
+    assert_eq!(next_json(&mut remote).await["content"], "alert 6");
+    // Redis came back empty; the instances register their sessions again.
+    wait_until(
+        "every session back in the registry",
+        Duration::from_secs(10),
+        || async {
+            let listed = admin(&a, "GET", "/api/sessions", None).await.json();
+            listed["scope"] == "cluster" && listed["count"] == 3
+        },
+    )
+    .await;
+    assert!(metric(&a, "wstrace_cluster_reconnects_total").await >= 1.0);
+
+    // The outage is in the logs: the loss, the failures at most once per
+    // interval, the recovery; and no panic.
+    let lines = read_log_lines(a.log_dir.path());
+    assert_eq!(with_msg(&lines, "lost the connection to Redis: sessions here are served as before; cross-instance delivery fails until it returns (retrying with backoff)").len(), 1);
+    let failing = with_msg(
+        &lines,
+        "cross-instance delivery failing: messages reached this instance's sessions only",
+    );
+    assert!(!failing.is_empty());
+    let reported: u64 = failing
+        .iter()
+        .map(|l| l["publish_failures"].as_u64().unwrap())
+        .sum();
+    assert!(reported >= 5, "{reported}");
+    assert_eq!(
+        with_msg(
+            &lines,
+            "reconnected to Redis: cross-instance delivery resumed"
+        )
+        .len(),
+        1
+    );
+    assert!(
+        lines.iter().all(|l| l["level"].as_u64() < Some(50)),
+        "no error lines"
+    );
+}
+
+#[test]
+fn cluster_mode_refuses_to_start_without_redis_and_hides_the_password() {
+    let port = free_port();
+    let log_dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-timeout",
+            "300ms",
+        ])
+        .arg("--log-dir")
+        .arg(log_dir.path())
+        .env(
+            "WSTRACE_REDIS_URL",
+            format!("redis://:hunter2@127.0.0.1:{port}"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach Redis at redis://:***@127.0.0.1:{port}"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("run a single instance without --redis-url"),
+        "{stderr}"
+    );
+    let everything = format!(
+        "{stderr}{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        read_log_lines(log_dir.path())
+            .iter()
+            .map(Value::to_string)
+            .collect::<String>()
+    );
+    assert!(!everything.contains("hunter2"), "the password leaked");
+    assert!(!everything.contains("wstrace listening"));
+
+    let short = std::process::Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-file", "false"])
+        .args([
+            "--heartbeat-interval",
+            "30s",
+            "--cluster-session-ttl",
+            "10s",
+        ])
+        .args(["--redis-url", &format!("redis://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(short.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert!(
+        stderr.contains("must be longer than --heartbeat-interval"),
+        "{stderr}"
+    );
+}
+
+/// `pipeline/nginx.conf` run by a real nginx (Debian's, a stand-in for the
+/// compose file's `nginx:1.27.4-alpine` image), with only the upstream
+/// addresses, the port and the log paths replaced.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start(upstreams: [&str; 2]) -> Option<Self> {
+        let program = which("nginx").or_else(|| {
+            let sbin = std::path::PathBuf::from("/usr/sbin/nginx");
+            sbin.is_file().then_some(sbin)
+        });
+        let program = program.or_else(|| which("nginx"))?;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let config =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline/nginx.conf"))
+                .unwrap()
+                .replace("wstrace-1:8080", upstreams[0])
+                .replace("wstrace-2:8080", upstreams[1])
+                .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"))
+                .replace("/dev/stdout", &path("access.log"))
+                .replace(
+                    "http {",
+                    &format!(
+                        "http {{\n    client_body_temp_path {};\n    proxy_temp_path {};",
+                        path("body"),
+                        path("proxy")
+                    ),
+                );
+        assert!(config.contains(upstreams[0]) && config.contains(upstreams[1]));
+        std::fs::write(path("nginx.conf"), config).unwrap();
+        let child = std::process::Command::new(program)
+            .args(["-c", &path("nginx.conf"), "-p", &path("")])
+            .args(["-g", &format!("daemon off; pid {};", path("nginx.pid"))])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        wait_for(Duration::from_secs(10), "nginx to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Some(Self { child, port, dir })
+    }
+
+    fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_proxy_balances_sessions_over_both_instances_as_one_service() {
+    let Some(redis) = RedisServer::start() else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let jwt = [("WSTRACE_JWT_SECRET", JWT_SECRET)];
+    let a = node(&redis, "inst-a", &jwt);
+    let b = node(&redis, "inst-b", &jwt);
+    let Some(nginx) = Nginx::start([&a.addr, &b.addr]) else {
+        return eprintln!("skipped: nginx is not installed");
+    };
+    let token = user_token("pat");
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("ws://127.0.0.1:{}/ws?token={token}", nginx.port);
+        let mut request = url.into_client_request().unwrap();
+        if i == 0 {
+            request
+                .headers_mut()
+                .insert("traceparent", traceparent.parse().unwrap());
+        }
+        let (mut client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let welcome = next_json(&mut client).await;
+        let trace_id = welcome["trace_id"].as_str().unwrap().to_owned();
+        // The trace ID survives the proxy, and so does the caller's trace.
+        assert_eq!(response.headers()["x-trace-id"], trace_id.as_str());
+        if i == 0 {
+            assert_eq!(trace_id, "0af7651916cd43dd8448eb211c80319c");
+        }
+        subscribe(&mut client, "room").await;
+        clients.push((client, welcome["session_id"].as_str().unwrap().to_owned()));
+    }
+
+    // Through the proxy, one service: every session, on both instances.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let proxy: SocketAddr = format!("127.0.0.1:{}", nginx.port).parse().unwrap();
+    let listed = http(
+        proxy,
+        "GET",
+        "/api/sessions",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(listed["count"], 4, "{listed}");
+    let mut instances: Vec<&str> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["instance_id"].as_str().unwrap())
+        .collect();
+    instances.sort();
+    instances.dedup();
+    assert_eq!(
+        instances,
+        ["inst-a", "inst-b"],
+        "least_conn spreads sessions"
+    );
+
+    // A publish reaches the room on both instances.
+    send_json(
+        &mut clients[0].0,
+        json!({"type": "publish", "channel": "room", "content": "through the proxy"}),
+    )
+    .await;
+    for (client, _) in &mut clients[1..] {
+        assert_eq!(next_json(client).await["content"], "through the proxy");
+    }
+
+    // The proxy's access log has the upgrades, and never the token.
+    drop(clients);
+    let log = wait_for(Duration::from_secs(10), "the access log", || {
+        let log = nginx.access_log();
+        (log.matches("\"uri\":\"/ws\"").count() >= 4).then_some(log)
+    });
+    assert!(log.contains("\"status\":101"), "{log}");
+    assert!(log.contains("0af7651916cd43dd8448eb211c80319c"), "{log}");
+    assert!(!log.contains(&token), "the JWT reached the proxy log");
+}

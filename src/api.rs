@@ -377,10 +377,8 @@ async fn deliver(
     delivery: &Arc<Delivery>,
     action: &'static str,
 ) -> Routed {
-    route(state, audience, delivery, |receiver| {
-        record_in_session(receiver, action, &delivery.origin)
-    })
-    .await
+    let record = |receiver: &SessionHandle| record_in_session(receiver, action, &delivery.origin);
+    route(state, audience, delivery, record, None).await
 }
 
 /// The fan-out counts; `cluster_error` when other instances were not
@@ -391,7 +389,7 @@ fn report(delivery: &Delivery, routed: Routed) -> Json<Value> {
         "delivered": routed.local.delivered,
         "dropped": routed.local.dropped,
         "remote_sessions": routed.remote_sessions,
-        "remote_instances": routed.remote_instances,
+        "queued_for_other_instances": routed.queued_for_cluster,
     });
     if let Some(error) = routed.cluster_error {
         body["cluster_error"] = error.to_string().into();

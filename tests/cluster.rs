@@ -146,6 +146,20 @@ async fn a_publish_reaches_subscribers_on_every_instance_and_no_one_else() {
     assert_quiet(&mut bystander_a, "a session that is not subscribed").await;
     assert_quiet(&mut publisher, "the publisher").await;
 
+    // Publishes are pipelined to Redis, and still arrive in order.
+    for n in 0..100 {
+        send_json(
+            &mut publisher,
+            json!({"type": "publish", "channel": "news", "content": n.to_string()}),
+        )
+        .await;
+    }
+    for receiver in [&mut on_b, &mut on_c] {
+        for n in 0..100 {
+            assert_eq!(next_json(receiver).await["content"], n.to_string());
+        }
+    }
+
     // Each receiver's own session logs the delivery, linked to the
     // publisher's span, on its own instance.
     for (server, session, instance) in [(&b, &b_session, "inst-b"), (&c, &c_session, "inst-c")] {
@@ -175,37 +189,31 @@ async fn a_publish_reaches_subscribers_on_every_instance_and_no_one_else() {
 
     // The trace shows the hop: redis.publish on A, a redis.deliver child on
     // B and on C, in the publisher's trace.
-    let spans = wait_for(Duration::from_secs(20), "the hop spans", || {
-        let spans: Vec<_> = collector
-            .spans()
-            .into_iter()
-            .filter(|s| s.trace_id == publisher_trace && s.name.starts_with("redis."))
+    // (The first message's publish span is the child of its ws.receive.)
+    let (publish, delivers) = wait_for(Duration::from_secs(20), "the hop spans", || {
+        let spans = collector.spans();
+        let publish = spans.iter().find(|s| {
+            s.name == "redis.publish"
+                && s.trace_id == publisher_trace
+                && span_field(&s.body, "Parent ID") == publisher_span
+        })?;
+        let publish_id = span_field(&publish.body, "ID");
+        let delivers: Vec<String> = spans
+            .iter()
+            .filter(|s| s.name == "redis.deliver" && s.trace_id == publisher_trace)
+            .filter(|s| span_field(&s.body, "Parent ID") == publish_id)
+            .map(|s| s.body.clone())
             .collect();
-        (spans.iter().filter(|s| s.name == "redis.deliver").count() == 2).then_some(spans)
+        (delivers.len() == 2).then(|| (publish.body.clone(), delivers))
     });
-    let publish = spans
-        .iter()
-        .find(|s| s.name == "redis.publish")
-        .expect("redis.publish");
     assert!(
-        publish.body.contains("cluster.instance_id: Str(inst-a)"),
-        "{}",
-        publish.body
+        publish.contains("cluster.instance_id: Str(inst-a)"),
+        "{publish}"
     );
-    let publish_id = span_field(&publish.body, "ID");
     let mut delivered_on: Vec<&str> = Vec::new();
-    for deliver in spans.iter().filter(|s| s.name == "redis.deliver") {
-        assert_eq!(
-            span_field(&deliver.body, "Parent ID"),
-            publish_id,
-            "{}",
-            deliver.body
-        );
+    for deliver in &delivers {
         for instance in ["inst-b", "inst-c"] {
-            if deliver
-                .body
-                .contains(&format!("cluster.instance_id: Str({instance})"))
-            {
+            if deliver.contains(&format!("cluster.instance_id: Str({instance})")) {
                 delivered_on.push(instance);
             }
         }

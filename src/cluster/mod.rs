@@ -6,6 +6,8 @@
 //!   session, with a TTL the session's heartbeat refreshes).
 //! - [`bus`]: the receiving side (subscribe, deliver, reconnect with
 //!   backoff) and the instance's own upkeep.
+//! - [`publisher`]: the sending side: one bounded queue, pipelined
+//!   `PUBLISH`es.
 //! - [`route`]: hands a message to its audience on every instance.
 //!
 //! Redis is on the path of cross-instance traffic only. Local delivery
@@ -16,6 +18,7 @@
 
 pub mod bus;
 pub mod envelope;
+pub mod publisher;
 pub mod registry;
 pub mod route;
 
@@ -62,6 +65,11 @@ pub enum ClusterError {
     Down,
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error(
+        "{} envelopes are already waiting for Redis",
+        publisher::QUEUE_ENVELOPES
+    )]
+    Backlog,
     #[error("Redis command failed: {0}")]
     Command(String),
 }
@@ -97,6 +105,9 @@ pub struct Cluster {
     /// The subscription made by [`Cluster::connect`], until the bus task
     /// takes it: a server is subscribed before it accepts its first client.
     first_subscription: Mutex<Option<PubSub>>,
+    outgoing: tokio::sync::mpsc::Sender<publisher::PublishJob>,
+    /// Its receiving end, until the publisher task takes it.
+    outgoing_jobs: Mutex<Option<tokio::sync::mpsc::Receiver<publisher::PublishJob>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -136,7 +147,10 @@ impl Cluster {
         .await
         .map_err(|_| unreachable(format!("no answer within {:?}", config.timeout * 4)))?
         .map_err(|e| unreachable(e.to_string()))?;
+        let (outgoing, outgoing_jobs) = tokio::sync::mpsc::channel(publisher::QUEUE_ENVELOPES);
         let cluster = Self {
+            outgoing,
+            outgoing_jobs: Mutex::new(Some(outgoing_jobs)),
             instance_id: config.instance_id,
             url_for_display: url.clone(),
             client,
@@ -223,6 +237,31 @@ impl Cluster {
         lock(&self.first_subscription).take()
     }
 
+    /// The outgoing queue's receiving end, for [`publisher::run_publisher`].
+    pub fn take_outgoing(&self) -> Option<tokio::sync::mpsc::Receiver<publisher::PublishJob>> {
+        lock(&self.outgoing_jobs).take()
+    }
+
+    /// Envelopes queued and not yet handed to Redis.
+    pub fn pending_envelopes(&self) -> usize {
+        self.outgoing.max_capacity() - self.outgoing.capacity()
+    }
+
+    /// Queues an envelope for the publisher task, or fails at once.
+    pub fn enqueue(&self, job: publisher::PublishJob) -> Result<(), ClusterError> {
+        let refused = if !self.is_up() {
+            ClusterError::Down
+        } else {
+            match self.outgoing.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => ClusterError::Backlog,
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => ClusterError::Down,
+            }
+        };
+        self.counters.publish_failures.fetch_add(1, Relaxed);
+        Err(refused)
+    }
+
     /// Runs one Redis call: at once `Down` while the connection is known to
     /// be lost, and never longer than the timeout.
     async fn call<T>(
@@ -275,6 +314,30 @@ impl Cluster {
             Err(_) => &self.counters.publish_failures,
         };
         counter.fetch_add(1, Relaxed);
+        result
+    }
+}
+
+impl Cluster {
+    /// Publishes envelopes in one pipeline, in order; returns how many
+    /// instances received each.
+    pub async fn publish_batch(
+        &self,
+        envelopes: &[(&str, &Envelope)],
+    ) -> Result<Vec<u64>, ClusterError> {
+        let mut pipe = redis::pipe();
+        for (channel, envelope) in envelopes {
+            pipe.cmd("PUBLISH").arg(*channel).arg(envelope.to_json());
+        }
+        let mut connection = self.connection();
+        let result = self
+            .call(pipe.query_async::<Vec<u64>>(&mut connection))
+            .await;
+        let counter = match result {
+            Ok(_) => &self.counters.published,
+            Err(_) => &self.counters.publish_failures,
+        };
+        counter.fetch_add(envelopes.len() as u64, Relaxed);
         result
     }
 }

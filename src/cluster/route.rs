@@ -1,17 +1,19 @@
 //! Hands a message to its audience on every instance: the sessions here
 //! first, without waiting on Redis, then the other instances through it.
 
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::envelope::{self, Action, ENVELOPE_VERSION, Envelope};
+use super::publisher::PublishJob;
 use super::{Cluster, ClusterError};
 use crate::hub::{FanOut, SessionHandle};
-use crate::session::outbound::Delivery;
+use crate::session::outbound::{Delivery, Outbound};
 use crate::state::ServerState;
 use crate::trace_context::format_traceparent;
 
@@ -32,8 +34,8 @@ pub struct Routed {
     pub local_found: usize,
     /// Sessions on other instances it was forwarded to (direct messages).
     pub remote_sessions: usize,
-    /// Other instances that received it.
-    pub remote_instances: u64,
+    /// Queued for every other instance (channel publishes, broadcasts).
+    pub queued_for_cluster: bool,
     /// Why it may not have reached the other instances.
     pub cluster_error: Option<ClusterError>,
 }
@@ -46,12 +48,15 @@ impl Routed {
 }
 
 /// Delivers on this instance, then forwards to the others. `on_local` sees
-/// each local recipient before its delivery is queued.
+/// each local recipient before its delivery is queued; `reply_to` (the
+/// publishing session's queue) gets an error frame if a queued publish
+/// fails later.
 pub async fn route(
     state: &ServerState,
     audience: Audience<'_>,
     delivery: &Arc<Delivery>,
     on_local: impl Fn(&SessionHandle),
+    reply_to: Option<&mpsc::Sender<Outbound>>,
 ) -> Routed {
     let hub = &state.hub;
     let local = match audience {
@@ -69,7 +74,7 @@ pub async fn route(
     let Some(cluster) = &state.cluster else {
         return routed;
     };
-    if let Err(error) = forward(cluster, audience, delivery, &mut routed).await {
+    if let Err(error) = forward(cluster, audience, delivery, &mut routed, reply_to).await {
         routed.cluster_error = Some(error);
     }
     routed
@@ -80,18 +85,19 @@ async fn forward(
     audience: Audience<'_>,
     delivery: &Delivery,
     routed: &mut Routed,
+    reply_to: Option<&mpsc::Sender<Outbound>>,
 ) -> Result<(), ClusterError> {
-    let bus = Cluster::bus_channel();
     match audience {
         Audience::Channel(channel) => {
             let to = envelope::Audience::Channel {
                 channel: channel.to_string(),
             };
-            routed.remote_instances = others(publish(cluster, &bus, to, delivery).await?);
+            enqueue(cluster, to, delivery, reply_to)?;
+            routed.queued_for_cluster = true;
         }
         Audience::All => {
-            let to = envelope::Audience::All;
-            routed.remote_instances = others(publish(cluster, &bus, to, delivery).await?);
+            enqueue(cluster, envelope::Audience::All, delivery, reply_to)?;
+            routed.queued_for_cluster = true;
         }
         // Session ids are unique: found here, it is nowhere else.
         Audience::Session(_) if routed.local_found > 0 => {}
@@ -120,9 +126,28 @@ async fn forward(
     Ok(())
 }
 
-/// Bus receivers other than this instance, which is subscribed too.
-fn others(bus_receivers: u64) -> u64 {
-    bus_receivers.saturating_sub(1)
+/// Hands a delivery for every instance to the publisher task.
+fn enqueue(
+    cluster: &Cluster,
+    to: envelope::Audience,
+    delivery: &Delivery,
+    reply_to: Option<&mpsc::Sender<Outbound>>,
+) -> Result<(), ClusterError> {
+    let channel = Cluster::bus_channel();
+    let span = publish_span(cluster, &channel, delivery.sampled);
+    let envelope = envelope(
+        cluster,
+        &span,
+        deliver_action(to, delivery),
+        delivery.sampled,
+        &delivery.origin,
+    );
+    cluster.enqueue(PublishJob {
+        channel,
+        envelope,
+        span,
+        reply_to: reply_to.cloned(),
+    })
 }
 
 async fn send_to_sessions(
@@ -139,9 +164,18 @@ async fn send_to_sessions(
     // not expired yet.
     if receivers > 0 {
         routed.remote_sessions += count;
-        routed.remote_instances += receivers;
     }
     Ok(())
+}
+
+fn deliver_action(to: envelope::Audience, delivery: &Delivery) -> Action {
+    Action::Deliver {
+        to,
+        message_id: delivery.message_id.clone(),
+        frame: delivery.frame.to_string(),
+        channel: delivery.channel.clone(),
+        from_session: delivery.from_session,
+    }
 }
 
 async fn publish(
@@ -150,48 +184,56 @@ async fn publish(
     to: envelope::Audience,
     delivery: &Delivery,
 ) -> Result<u64, ClusterError> {
-    let action = Action::Deliver {
-        to,
-        message_id: delivery.message_id.clone(),
-        frame: delivery.frame.to_string(),
-        channel: delivery.channel.clone(),
-        from_session: delivery.from_session,
-    };
+    let action = deliver_action(to, delivery);
     send(cluster, channel, action, delivery.sampled, &delivery.origin).await
 }
 
-/// Publishes one envelope, in a `redis.publish` span when sampled; that
-/// span becomes the parent of the receiving instance's `redis.deliver`.
+/// The `redis.publish` span, when sampled; the parent of the receiving
+/// instance's `redis.deliver`.
+fn publish_span(cluster: &Cluster, channel: &str, sampled: bool) -> tracing::Span {
+    if !sampled {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "redis.publish",
+        otel.kind = "producer",
+        messaging.system = "redis",
+        messaging.operation = "publish",
+        messaging.destination.name = channel,
+        cluster.instance_id = cluster.instance_id(),
+        cluster.receivers = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+fn envelope(
+    cluster: &Cluster,
+    span: &tracing::Span,
+    action: Action,
+    sampled: bool,
+    origin: &SpanContext,
+) -> Envelope {
+    Envelope {
+        v: ENVELOPE_VERSION,
+        from_instance: cluster.instance_id().to_string(),
+        origin: format_traceparent(origin),
+        hop: sampled.then(|| format_traceparent(span.context().span().span_context())),
+        sampled,
+        action,
+    }
+}
+
+/// Publishes one envelope and waits for Redis's answer (direct messages
+/// and kicks, whose sender needs to know whether anyone got them).
 pub async fn send(
     cluster: &Cluster,
     channel: &str,
     action: Action,
     sampled: bool,
-    origin: &opentelemetry::trace::SpanContext,
+    origin: &SpanContext,
 ) -> Result<u64, ClusterError> {
-    let span = if sampled {
-        tracing::info_span!(
-            "redis.publish",
-            otel.kind = "producer",
-            messaging.system = "redis",
-            messaging.operation = "publish",
-            messaging.destination.name = channel,
-            cluster.instance_id = cluster.instance_id(),
-            cluster.receivers = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        )
-    } else {
-        tracing::Span::none()
-    };
-    let hop = sampled.then(|| format_traceparent(span.context().span().span_context()));
-    let envelope = Envelope {
-        v: ENVELOPE_VERSION,
-        from_instance: cluster.instance_id().to_string(),
-        origin: format_traceparent(origin),
-        hop,
-        sampled,
-        action,
-    };
+    let span = publish_span(cluster, channel, sampled);
+    let envelope = envelope(cluster, &span, action, sampled, origin);
     let result = cluster
         .publish(channel, &envelope)
         .instrument(span.clone())
@@ -211,7 +253,7 @@ pub async fn kick(
     session_id: Uuid,
     code: u16,
     reason: &str,
-    origin: &opentelemetry::trace::SpanContext,
+    origin: &SpanContext,
 ) -> Result<Option<String>, ClusterError> {
     let Some(view) = cluster.lookup(session_id).await? else {
         return Ok(None);

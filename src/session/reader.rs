@@ -218,14 +218,16 @@ impl Reader {
                 }
                 let delivery = self.delivery(Some(channel.clone()), content, sampled);
                 let audience = Audience::Channel(&channel);
-                let routed = Box::pin(route(&self.state, audience, &delivery, |_| {})).await;
+                let reply_to = Some(&self.outbound);
+                let routed =
+                    Box::pin(route(&self.state, audience, &delivery, |_| {}, reply_to)).await;
                 if sampled {
                     tracing::info!(
                         %channel,
                         ws.message.id = %delivery.message_id,
                         delivered = routed.local.delivered,
                         dropped = routed.local.dropped,
-                        remote_instances = routed.remote_instances,
+                        cluster_queued = routed.queued_for_cluster,
                         "message published"
                     );
                 }
@@ -277,7 +279,8 @@ impl Reader {
             (None, None) => return self.no_such_recipient(sampled).await,
         };
         let delivery = self.delivery(None, content, sampled);
-        let routed = Box::pin(route(&self.state, audience, &delivery, |_| {})).await;
+        let reply_to = Some(&self.outbound);
+        let routed = Box::pin(route(&self.state, audience, &delivery, |_| {}, reply_to)).await;
         if routed.reached_nobody() {
             return match routed.cluster_error {
                 Some(error) => self.cluster_unavailable(&error, sampled).await,
@@ -317,13 +320,10 @@ impl Reader {
         sampled: bool,
     ) -> Result<(), Gone> {
         self.session.stats.error();
-        let frame = ServerFrame::Error {
-            code: ErrorCode::ClusterUnavailable,
-            message: format!(
-                "other instances were not reached: {error}; sessions on this instance got the message"
-            ),
-        };
-        self.reply_frame(frame, sampled).await
+        self.outbound
+            .send(crate::cluster::publisher::error_frame(error, sampled))
+            .await
+            .map_err(|_| Gone)
     }
 
     /// A `message` frame from this session, serialized once for every

@@ -1,0 +1,81 @@
+//! The instance's outgoing bus: channel publishes and broadcasts leave
+//! through one queue and one task, so a session that publishes does not
+//! wait a Redis round trip per message.
+//!
+//! The task sends whatever has queued up (at most [`BATCH`] envelopes) as
+//! one Redis pipeline, one round trip for the lot, and batches go one after
+//! another: one session's messages reach the other instances in the order
+//! it sent them. The queue
+//! is bounded: when it is full, or Redis is known to be down, a publish
+//! fails at once and the publisher gets an error frame; nothing waits in
+//! memory for Redis to return. A publish that fails later (Redis lost
+//! mid-flight) sends the error frame from here.
+
+use axum::extract::ws::Message;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+use super::envelope::Envelope;
+use super::{Cluster, ClusterError};
+use crate::metrics::FrameKind;
+use crate::protocol::{ErrorCode, ServerFrame};
+use crate::session::outbound::Outbound;
+
+/// Envelopes waiting for Redis.
+pub const QUEUE_ENVELOPES: usize = 8192;
+/// `PUBLISH` commands sent in one pipeline.
+const BATCH: usize = 256;
+
+/// One envelope on its way out.
+pub struct PublishJob {
+    pub channel: String,
+    pub envelope: Envelope,
+    /// The `redis.publish` span (disabled when unsampled): open from the
+    /// publish until Redis answers.
+    pub span: tracing::Span,
+    /// The publishing session's queue, for an error frame if it fails.
+    pub reply_to: Option<mpsc::Sender<Outbound>>,
+}
+
+pub async fn run_publisher(cluster: Arc<Cluster>, mut jobs: mpsc::Receiver<PublishJob>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while jobs.recv_many(&mut batch, BATCH).await > 0 {
+        let envelopes: Vec<(&str, &Envelope)> = batch
+            .iter()
+            .map(|job| (job.channel.as_str(), &job.envelope))
+            .collect();
+        let result = cluster.publish_batch(&envelopes).await;
+        for (i, job) in batch.drain(..).enumerate() {
+            match &result {
+                Ok(receivers) => {
+                    let receivers = receivers.get(i).copied().unwrap_or_default();
+                    job.span.record("cluster.receivers", receivers);
+                }
+                Err(error) => {
+                    job.span.record("otel.status_code", "error");
+                    if let Some(reply_to) = &job.reply_to {
+                        // A full queue means a client that does not read;
+                        // the failure is counted either way.
+                        let _ = reply_to.try_send(error_frame(error, job.envelope.sampled));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the publishing session is told when other instances were not
+/// reached; `sampled` as the message that caused it.
+pub fn error_frame(error: &ClusterError, sampled: bool) -> Outbound {
+    let frame = ServerFrame::Error {
+        code: ErrorCode::ClusterUnavailable,
+        message: format!(
+            "other instances were not reached: {error}; sessions on this instance got the message"
+        ),
+    };
+    Outbound::frame(
+        FrameKind::Error,
+        Message::Text(frame.to_json().into()),
+        sampled,
+    )
+}

@@ -211,6 +211,7 @@ const SHOWN: &[&str] = &[
     "level",
     "hostname",
     "pid",
+    "instance_id",
     "time",
     "target",
     "trace_id",
@@ -260,8 +261,13 @@ pub fn human(line: &LogLine, color: bool) -> String {
                     fields.push_str(&format!(" {}={v}", paint("2", key)));
                 }
             }
+            // Lines from several instances read together say whose they are.
+            let instance = value["instance_id"]
+                .as_str()
+                .map(|i| format!("{} ", paint("35", &format!("@{i}"))))
+                .unwrap_or_default();
             format!(
-                "{} {} {} {}{}",
+                "{} {} {} {instance}{}{}",
                 paint("2", time),
                 paint(code, name),
                 paint("34", &session),
@@ -369,5 +375,13 @@ mod tests {
                 .replace("598ce9d41c", "8ce9d41c")
         );
         assert!(human(&line, true).contains("\x1b[32mINFO \x1b[0m"));
+        let LogLine::Event { mut value, raw } = line else {
+            unreachable!()
+        };
+        value["instance_id"] = json!("wstrace-2");
+        assert_eq!(
+            human(&LogLine::Event { value, raw }, false),
+            "14:43:39.458 INFO  8ce9d41c @wstrace-2 session closed close_code=1000"
+        );
     }
 }

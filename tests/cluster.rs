@@ -146,8 +146,10 @@ async fn a_publish_reaches_subscribers_on_every_instance_and_no_one_else() {
     assert_quiet(&mut bystander_a, "a session that is not subscribed").await;
     assert_quiet(&mut publisher, "the publisher").await;
 
-    // Publishes are pipelined to Redis, and still arrive in order.
-    for n in 0..100 {
+    // Publishes are pipelined to Redis, and still arrive in order. (50: a
+    // burst larger than a receiver's 64-frame queue may, by design, close a
+    // receiver that is slower than the burst with 1013.)
+    for n in 0..50 {
         send_json(
             &mut publisher,
             json!({"type": "publish", "channel": "news", "content": n.to_string()}),
@@ -155,7 +157,7 @@ async fn a_publish_reaches_subscribers_on_every_instance_and_no_one_else() {
         .await;
     }
     for receiver in [&mut on_b, &mut on_c] {
-        for n in 0..100 {
+        for n in 0..50 {
             assert_eq!(next_json(receiver).await["content"], n.to_string());
         }
     }
@@ -406,6 +408,8 @@ async fn losing_redis_keeps_local_delivery_and_cross_instance_delivery_resumes()
     let fast = [
         ("WSTRACE_TELEMETRY_REPORT_INTERVAL", "500ms"),
         ("WSTRACE_REDIS_TIMEOUT", "300ms"),
+        // The burst below is not what the rate limit is about.
+        ("WSTRACE_MESSAGES_PER_SECOND", "0"),
     ];
     let a = node(&redis, "inst-a", &fast);
     let b = node(&redis, "inst-b", &fast);
@@ -434,8 +438,21 @@ async fn losing_redis_keeps_local_delivery_and_cross_instance_delivery_resumes()
         let error = next_json(&mut publisher).await;
         assert_eq!(error["code"], "cluster_unavailable", "{error}");
     }
+    // Nothing piles up while Redis is away: a burst of publishes fails
+    // at once and leaves A's memory flat.
+    let rss_before = metric(&a, "process_resident_memory_bytes").await;
+    for n in 0..2000 {
+        send_json(&mut publisher, publish(1000 + n)).await;
+        assert_eq!(next_json(&mut local).await["type"], "message");
+        assert_eq!(
+            next_json(&mut publisher).await["code"],
+            "cluster_unavailable"
+        );
+    }
+    let grown = metric(&a, "process_resident_memory_bytes").await - rss_before;
+    assert!(grown < 8.0 * 1024.0 * 1024.0, "RSS grew {grown} bytes");
     assert_quiet(&mut remote, "a session on B while Redis is down").await;
-    assert!(metric(&a, "wstrace_cluster_publish_failures_total").await >= 5.0);
+    assert!(metric(&a, "wstrace_cluster_publish_failures_total").await >= 2005.0);
     // The admin API says so too.
     let sessions = admin(&a, "GET", "/api/sessions", None).await.json();
     assert_eq!(sessions["scope"], "instance");
@@ -484,7 +501,7 @@ async fn losing_redis_keeps_local_delivery_and_cross_instance_delivery_resumes()
         .iter()
         .map(|l| l["publish_failures"].as_u64().unwrap())
         .sum();
-    assert!(reported >= 5, "{reported}");
+    assert!(reported >= 2005, "{reported}");
     assert_eq!(
         with_msg(
             &lines,
@@ -572,11 +589,13 @@ struct Nginx {
 
 impl Nginx {
     fn start(upstreams: [&str; 2]) -> Option<Self> {
-        let program = which("nginx").or_else(|| {
-            let sbin = std::path::PathBuf::from("/usr/sbin/nginx");
-            sbin.is_file().then_some(sbin)
-        });
-        let program = program.or_else(|| which("nginx"))?;
+        // Debian puts it in /usr/sbin, which a non-root PATH may lack.
+        let sbin = std::path::PathBuf::from("/usr/sbin/nginx");
+        let program = if sbin.is_file() {
+            sbin
+        } else {
+            which("nginx")?
+        };
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let path = |name: &str| dir.path().join(name).display().to_string();

@@ -101,7 +101,12 @@ pub async fn run_bus(state: Arc<ServerState>, cluster: Arc<Cluster>) {
         let cause = loop {
             tokio::select! {
                 message = messages.next() => match message {
-                    Some(message) => deliver(&state, &cluster, message.get_payload_bytes()),
+                    Some(message) => {
+                        deliver(&state, &cluster, message.get_payload_bytes());
+                        // A burst from Redis must not starve the writers
+                        // that drain what was just queued.
+                        tokio::task::yield_now().await;
+                    }
                     None => break "connection closed",
                 },
                 _ = pings.tick() => {
@@ -141,17 +146,15 @@ async fn reregister(state: &ServerState, cluster: &Cluster) -> usize {
 
 /// Delivers one envelope from another instance to the sessions here.
 fn deliver(state: &ServerState, cluster: &Cluster, payload: &[u8]) {
-    let envelope = match Envelope::decode(payload) {
-        Ok(envelope) => envelope,
+    let envelope = match Envelope::decode_from_others(payload, cluster.instance_id()) {
+        Ok(Some(envelope)) => envelope,
+        Ok(None) => return,
         Err(error) => {
             cluster.counters.malformed.fetch_add(1, Relaxed);
             tracing::warn!(%error, bytes = payload.len(), "dropped a cluster envelope");
             return;
         }
     };
-    if envelope.from_instance == cluster.instance_id() {
-        return;
-    }
     cluster.counters.received.fetch_add(1, Relaxed);
     let origin = span_context(&envelope.origin).unwrap_or_else(SpanContext::empty_context);
     let span = if envelope.sampled {

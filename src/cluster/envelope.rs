@@ -79,19 +79,32 @@ impl Envelope {
         serde_json::to_string(self).unwrap_or_default()
     }
 
+    /// Decodes an envelope, or `None` when `instance_id` published it
+    /// itself (every instance hears its own publishes, and has delivered
+    /// them locally already). That check reads only the head, without
+    /// building the rest.
+    ///
     /// The error names serde's complaint, never the payload: envelopes hold
     /// message content, which must not reach the logs.
-    pub fn decode(payload: &[u8]) -> Result<Self, EnvelopeError> {
+    pub fn decode_from_others(
+        payload: &[u8],
+        instance_id: &str,
+    ) -> Result<Option<Self>, EnvelopeError> {
         #[derive(Deserialize)]
-        struct Version {
+        struct Head<'a> {
             v: u8,
+            #[serde(borrow)]
+            from_instance: std::borrow::Cow<'a, str>,
         }
-        let version: Version = serde_json::from_slice(payload)
-            .map_err(|e| EnvelopeError::Malformed(e.classify_name()))?;
-        if version.v != ENVELOPE_VERSION {
-            return Err(EnvelopeError::Version(version.v));
+        let malformed = |e: serde_json::Error| EnvelopeError::Malformed(e.classify_name());
+        let head: Head = serde_json::from_slice(payload).map_err(malformed)?;
+        if head.v != ENVELOPE_VERSION {
+            return Err(EnvelopeError::Version(head.v));
         }
-        serde_json::from_slice(payload).map_err(|e| EnvelopeError::Malformed(e.classify_name()))
+        if head.from_instance == instance_id {
+            return Ok(None);
+        }
+        serde_json::from_slice(payload).map(Some).map_err(malformed)
     }
 }
 
@@ -146,9 +159,15 @@ mod tests {
             ..sample()
         };
         for envelope in [sample(), kick] {
+            let json = envelope.to_json();
             assert_eq!(
-                Envelope::decode(envelope.to_json().as_bytes()),
-                Ok(envelope)
+                Envelope::decode_from_others(json.as_bytes(), "b-1"),
+                Ok(Some(envelope))
+            );
+            // Its own publishes come back to the publishing instance.
+            assert_eq!(
+                Envelope::decode_from_others(json.as_bytes(), "a-1234"),
+                Ok(None)
             );
         }
         let all = Action::Deliver {
@@ -168,17 +187,15 @@ mod tests {
     #[test]
     fn rejects_garbage_without_echoing_it() {
         let secret = br#"{"v":1,"from_instance":"x","content":"s3cret"}"#;
-        let error = Envelope::decode(secret).unwrap_err();
+        let decode = |payload: &[u8]| Envelope::decode_from_others(payload, "b-1");
+        let error = decode(secret).unwrap_err();
         assert!(matches!(error, EnvelopeError::Malformed(_)));
         assert!(!error.to_string().contains("s3cret"), "{error}");
         assert!(matches!(
-            Envelope::decode(b"not json"),
+            decode(b"not json"),
             Err(EnvelopeError::Malformed(_))
         ));
         let future = sample().to_json().replacen("\"v\":1", "\"v\":9", 1);
-        assert_eq!(
-            Envelope::decode(future.as_bytes()),
-            Err(EnvelopeError::Version(9))
-        );
+        assert_eq!(decode(future.as_bytes()), Err(EnvelopeError::Version(9)));
     }
 }

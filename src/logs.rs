@@ -203,21 +203,12 @@ pub fn search(paths: &[PathBuf], filter: &Filter) -> std::io::Result<Vec<LogLine
     Ok(out)
 }
 
-/// Fields a human line shows in its fixed columns, not again as `k=v`.
-const SHOWN: &[&str] = &[
-    "v",
-    "name",
-    "msg",
-    "level",
-    "hostname",
-    "pid",
-    "instance_id",
-    "time",
-    "target",
-    "trace_id",
-    "span_id",
-    "session_id",
-];
+/// Fields a human line shows in its fixed columns (or leaves out as
+/// bookkeeping), not again as `k=v`: the bunyan record's own, and the
+/// session.
+fn shown(key: &str) -> bool {
+    key == "session_id" || crate::telemetry::BUNYAN_FIELDS.contains(&key)
+}
 
 /// One readable line: time, level, short session, message, fields.
 pub fn human(line: &LogLine, color: bool) -> String {
@@ -253,7 +244,7 @@ pub fn human(line: &LogLine, color: bool) -> String {
                 .unwrap_or_else(|| "-".repeat(8));
             let mut fields = String::new();
             if let Some(map) = value.as_object() {
-                for (key, v) in map.iter().filter(|(k, _)| !SHOWN.contains(&k.as_str())) {
+                for (key, v) in map.iter().filter(|(k, _)| !shown(k)) {
                     let v = match v {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),

@@ -130,25 +130,33 @@ impl Cluster {
     }
 
     async fn views(&self, ids: &[String]) -> Result<Vec<SessionView>, ClusterError> {
-        let mut views = Vec::with_capacity(ids.len());
+        let keys: Vec<String> = ids.iter().map(|id| session_key(id)).collect();
+        self.read_json(&keys).await
+    }
+
+    /// The JSON values of `keys` that exist and parse, in key order.
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<T>, ClusterError> {
+        let mut values = Vec::with_capacity(keys.len());
         let mut connection = self.connection();
-        for chunk in ids.chunks(BATCH) {
-            let keys: Vec<String> = chunk.iter().map(|id| session_key(id)).collect();
+        for chunk in keys.chunks(BATCH) {
             let result = self
                 .call(
                     redis::cmd("MGET")
-                        .arg(&keys)
+                        .arg(chunk)
                         .query_async::<Vec<Option<String>>>(&mut connection),
                 )
                 .await;
-            views.extend(
+            values.extend(
                 self.count_failure(result)?
                     .into_iter()
                     .flatten()
-                    .filter_map(|json| serde_json::from_str::<SessionView>(&json).ok()),
+                    .filter_map(|json| serde_json::from_str(&json).ok()),
             );
         }
-        Ok(views)
+        Ok(values)
     }
 
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, ClusterError> {
@@ -204,24 +212,7 @@ impl Cluster {
     /// The stats of every live instance, ordered by instance id.
     pub async fn instance_stats(&self) -> Result<Vec<Value>, ClusterError> {
         let keys = self.scan(&format!("{PREFIX}:instance:*")).await?;
-        let mut connection = self.connection();
-        let mut all = Vec::new();
-        for chunk in keys.chunks(BATCH) {
-            let result = self
-                .call(
-                    redis::cmd("MGET")
-                        .arg(chunk)
-                        .query_async::<Vec<Option<String>>>(&mut connection),
-                )
-                .await;
-            all.extend(
-                self.count_failure(result)?
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|json| serde_json::from_str::<Value>(&json).ok()),
-            );
-        }
-        Ok(all)
+        self.read_json(&keys).await
     }
 }
 

@@ -30,7 +30,7 @@ use super::TelemetryCounters;
 
 /// Keys written by the layer itself; span or event fields with these names
 /// are not written again (a JSON object with duplicate keys is ambiguous).
-const RESERVED: &[&str] = &[
+pub const RESERVED: &[&str] = &[
     "v",
     "name",
     "msg",

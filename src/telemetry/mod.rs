@@ -21,7 +21,7 @@
 mod bunyan;
 mod counters;
 
-pub use bunyan::{BunyanJsonLayer, bunyan_level};
+pub use bunyan::{BunyanJsonLayer, RESERVED as BUNYAN_FIELDS, bunyan_level};
 pub use counters::{CountingExporter, CountingProcessor, TelemetryCounters};
 
 use opentelemetry::trace::TracerProvider as _;

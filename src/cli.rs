@@ -205,8 +205,8 @@ impl ServeArgs {
         ServerConfig {
             limits: self.limits(),
             message_sample_ratio: self.message_sample_ratio,
-            admin_token: self.admin_token.clone(),
-            jwt_secret: self.jwt_secret.clone(),
+            admin_token: non_empty(&self.admin_token),
+            jwt_secret: non_empty(&self.jwt_secret),
             allowed_origins: self.allowed_origins.clone(),
             telemetry: None,
             log_dir: self.log_file.then(|| self.log_dir.clone()),
@@ -228,7 +228,7 @@ impl ServeArgs {
     /// Cluster mode's settings, if `--redis-url` is set; the TTL must
     /// outlast the heartbeat that renews it.
     pub fn cluster_config(&self, instance_id: &str) -> Result<Option<ClusterConfig>, ClusterError> {
-        let Some(redis_url) = &self.redis_url else {
+        let Some(redis_url) = non_empty(&self.redis_url) else {
             return Ok(None);
         };
         if self.cluster_session_ttl <= self.heartbeat_interval {
@@ -238,7 +238,7 @@ impl ServeArgs {
             });
         }
         Ok(Some(ClusterConfig {
-            redis_url: redis_url.clone(),
+            redis_url,
             instance_id: instance_id.to_string(),
             session_ttl: self.cluster_session_ttl,
             timeout: self.redis_timeout,
@@ -246,10 +246,40 @@ impl ServeArgs {
     }
 }
 
+/// An empty secret is no secret: `WSTRACE_ADMIN_TOKEN=` (as an unset
+/// compose variable expands) must leave the admin API off, not open it to
+/// an empty bearer token; an empty JWT key would let anyone sign tokens.
+fn non_empty(secret: &Option<Secret>) -> Option<Secret> {
+    secret.clone().filter(|s| !s.expose().is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn empty_secrets_count_as_unset() {
+        let Command::Serve(args) = Cli::try_parse_from([
+            "wstrace",
+            "serve",
+            "--admin-token",
+            "",
+            "--jwt-secret",
+            "",
+            "--redis-url",
+            "",
+        ])
+        .unwrap()
+        .command
+        else {
+            unreachable!()
+        };
+        let config = args.server_config();
+        assert!(config.admin_token.is_none());
+        assert!(config.jwt_secret.is_none());
+        assert!(args.cluster_config("a").unwrap().is_none());
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -353,6 +353,17 @@ async fn direct_messages_admin_sends_and_kicks_cross_instances() {
     .await;
     let unknown = admin(&a, "DELETE", &format!("/api/sessions/{bob_session}"), None).await;
     assert_eq!(unknown.status, 404);
+
+    // A graceful stop takes B's sessions and stats out of Redis at once,
+    // not after the TTL (75 s by default).
+    b.sigterm();
+    let (code, _, _) = b.wait();
+    assert_eq!(code, Some(0));
+    drop(alice_b);
+    let left = admin(&a, "GET", "/api/sessions", None).await.json();
+    assert_eq!(left["count"], 2, "only A's sessions: {left}");
+    let stats = admin(&a, "GET", "/api/stats", None).await.json();
+    assert_eq!(stats["cluster"]["instances"], 1, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

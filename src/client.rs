@@ -188,9 +188,10 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
         Ok(Some(Ok(Message::Text(text)))) => {
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             println!(
-                "connected session_id={} trace_id={}",
+                "connected session_id={} trace_id={} instance_id={}",
                 v["session_id"].as_str().unwrap_or("?"),
-                v["trace_id"].as_str().unwrap_or(&header_trace)
+                v["trace_id"].as_str().unwrap_or(&header_trace),
+                v["instance_id"].as_str().unwrap_or("?")
             );
         }
         _ => return Err(ClientError::Closed("no welcome frame".into())),

@@ -53,6 +53,8 @@ pub enum ServerFrame {
     Welcome {
         session_id: String,
         trace_id: String,
+        /// The instance serving the session (several share a cluster).
+        instance_id: String,
         heartbeat_interval_ms: u64,
     },
     Pong {
@@ -306,6 +308,7 @@ mod tests {
             ServerFrame::Welcome {
                 session_id: "s".into(),
                 trace_id: "t".into(),
+                instance_id: "i".into(),
                 heartbeat_interval_ms: 30_000,
             },
             ServerFrame::Pong {
@@ -346,12 +349,13 @@ mod tests {
         let json = ServerFrame::Welcome {
             session_id: "s".into(),
             trace_id: "t".into(),
+            instance_id: "i".into(),
             heartbeat_interval_ms: 5,
         }
         .to_json();
         assert_eq!(
             json,
-            r#"{"type":"welcome","session_id":"s","trace_id":"t","heartbeat_interval_ms":5}"#
+            r#"{"type":"welcome","session_id":"s","trace_id":"t","instance_id":"i","heartbeat_interval_ms":5}"#
         );
         assert_eq!(
             decode(r#"{"type":"ping"}"#).unwrap(),

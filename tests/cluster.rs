@@ -29,6 +29,14 @@ fn node(redis: &RedisServer, instance_id: &str, extra: &[(&str, &str)]) -> Wstra
     Wstrace::start(&envs)
 }
 
+/// The instance id a node was started with (from its first log line).
+fn instance_of(server: &Wstrace) -> String {
+    read_log_lines(server.log_dir.path())[0]["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn addr(server: &Wstrace) -> SocketAddr {
     server.addr.parse().unwrap()
 }
@@ -42,6 +50,8 @@ async fn join(server: &Wstrace, token: Option<&str>) -> (Client, String, String)
     let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let welcome = next_json(&mut client).await;
     assert_eq!(welcome["type"], "welcome");
+    // The client learns which instance serves it.
+    assert_eq!(welcome["instance_id"], instance_of(server));
     let session = welcome["session_id"].as_str().unwrap().to_owned();
     let trace = welcome["trace_id"].as_str().unwrap().to_owned();
     (client, session, trace)

@@ -165,6 +165,7 @@ where
         let welcome = ServerFrame::Welcome {
             session_id: info.session_id.to_string(),
             trace_id: info.trace_id.clone(),
+            instance_id: state.instance_id.clone(),
             heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
         };
         // The queue is empty and owned here: this cannot fail or wait.

@@ -300,25 +300,10 @@ impl Cluster {
 
     /// Publishes an envelope; returns how many instances received it.
     pub async fn publish(&self, channel: &str, envelope: &Envelope) -> Result<u64, ClusterError> {
-        let mut connection = self.connection();
-        let result = self
-            .call(
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(envelope.to_json())
-                    .query_async::<u64>(&mut connection),
-            )
-            .await;
-        let counter = match result {
-            Ok(_) => &self.counters.published,
-            Err(_) => &self.counters.publish_failures,
-        };
-        counter.fetch_add(1, Relaxed);
-        result
+        let receivers = self.publish_batch(&[(channel, envelope)]).await?;
+        Ok(receivers.first().copied().unwrap_or_default())
     }
-}
 
-impl Cluster {
     /// Publishes envelopes in one pipeline, in order; returns how many
     /// instances received each.
     pub async fn publish_batch(

@@ -86,24 +86,7 @@ impl Server {
         let shutdown = state.shutdown.clone();
         let mut signal = std::pin::pin!(signal);
         let watch = tokio::spawn(watch_telemetry(state.clone()));
-        let publisher = state.cluster.as_ref().and_then(|cluster| {
-            let jobs = cluster.take_outgoing()?;
-            Some(tokio::spawn(crate::cluster::publisher::run_publisher(
-                cluster.clone(),
-                jobs,
-            )))
-        });
-        let cluster_tasks = state.cluster.clone().map(|cluster| {
-            let report_every = state.limits.telemetry_report_interval;
-            [
-                tokio::spawn(crate::cluster::bus::run_bus(state.clone(), cluster.clone())),
-                tokio::spawn(crate::cluster::bus::run_upkeep(
-                    state.clone(),
-                    cluster,
-                    report_every,
-                )),
-            ]
-        });
+        let cluster_tasks = crate::cluster::ClusterTasks::start(&state);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -167,18 +150,8 @@ impl Server {
                 "sessions still open at shutdown timeout"
             );
         }
-        // They saw the cancellation; the upkeep task removes this
-        // instance's stats key on its way out.
-        for task in cluster_tasks.into_iter().flatten() {
-            let _ = tokio::time::timeout(timeout, task).await;
-        }
-        // Sessions are gone; let what they published leave (bounded).
-        if let (Some(publisher), Some(cluster)) = (publisher, &state.cluster) {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
-            while cluster.pending_envelopes() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            publisher.abort();
+        if let Some(cluster_tasks) = cluster_tasks {
+            cluster_tasks.finish(timeout).await;
         }
         Ok(())
     }

@@ -242,11 +242,6 @@ impl Cluster {
         lock(&self.outgoing_jobs).take()
     }
 
-    /// Envelopes queued and not yet handed to Redis.
-    pub fn pending_envelopes(&self) -> usize {
-        self.outgoing.max_capacity() - self.outgoing.capacity()
-    }
-
     /// Queues an envelope for the publisher task, or fails at once.
     pub fn enqueue(&self, job: publisher::PublishJob) -> Result<(), ClusterError> {
         let refused = if !self.is_up() {
@@ -324,6 +319,53 @@ impl Cluster {
         };
         counter.fetch_add(envelopes.len() as u64, Relaxed);
         result
+    }
+}
+
+/// The background tasks of cluster mode, which live as long as the server.
+pub struct ClusterTasks {
+    bus: tokio::task::JoinHandle<()>,
+    upkeep: tokio::task::JoinHandle<()>,
+    publisher: tokio::task::JoinHandle<()>,
+    finish_publishing: tokio_util::sync::CancellationToken,
+}
+
+impl ClusterTasks {
+    /// Starts them, if the server is in cluster mode. The bus and upkeep
+    /// tasks end with the server's shutdown signal; the publisher when
+    /// [`ClusterTasks::finish`] says so.
+    pub fn start(state: &std::sync::Arc<crate::state::ServerState>) -> Option<Self> {
+        let cluster = state.cluster.clone()?;
+        let jobs = cluster.take_outgoing()?;
+        let finish_publishing = tokio_util::sync::CancellationToken::new();
+        let report_every = state.limits.telemetry_report_interval;
+        Some(Self {
+            bus: tokio::spawn(bus::run_bus(state.clone(), cluster.clone())),
+            upkeep: tokio::spawn(bus::run_upkeep(
+                state.clone(),
+                cluster.clone(),
+                report_every,
+            )),
+            publisher: tokio::spawn(publisher::run_publisher(
+                cluster,
+                jobs,
+                finish_publishing.clone(),
+            )),
+            finish_publishing,
+        })
+    }
+
+    /// Call once the sessions are gone: what they published still leaves,
+    /// and the upkeep task removes this instance's stats key. Waits at most
+    /// `limit`.
+    pub async fn finish(self, limit: Duration) {
+        self.finish_publishing.cancel();
+        let all = async {
+            let _ = self.publisher.await;
+            let _ = self.upkeep.await;
+            let _ = self.bus.await;
+        };
+        let _ = tokio::time::timeout(limit, all).await;
     }
 }
 

@@ -9,11 +9,14 @@
 //! is bounded: when it is full, or Redis is known to be down, a publish
 //! fails at once and the publisher gets an error frame; nothing waits in
 //! memory for Redis to return. A publish that fails later (Redis lost
-//! mid-flight) sends the error frame from here.
+//! mid-flight) sends the error frame from here. At shutdown, once the
+//! sessions are gone, the queue is closed and what is in it still goes out
+//! (within the shutdown timeout).
 
 use axum::extract::ws::Message;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::envelope::Envelope;
 use super::{Cluster, ClusterError};
@@ -37,9 +40,29 @@ pub struct PublishJob {
     pub reply_to: Option<mpsc::Sender<Outbound>>,
 }
 
-pub async fn run_publisher(cluster: Arc<Cluster>, mut jobs: mpsc::Receiver<PublishJob>) {
+/// Sends queued envelopes until `finish` is cancelled, then closes the
+/// queue and sends what is left in it before returning.
+pub async fn run_publisher(
+    cluster: Arc<Cluster>,
+    mut jobs: mpsc::Receiver<PublishJob>,
+    finish: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(BATCH);
-    while jobs.recv_many(&mut batch, BATCH).await > 0 {
+    let mut closed = false;
+    loop {
+        let received = tokio::select! {
+            received = jobs.recv_many(&mut batch, BATCH) => received,
+            _ = finish.cancelled(), if !closed => {
+                // New publishes are refused from here on; the queued ones
+                // still go out below.
+                jobs.close();
+                closed = true;
+                continue;
+            }
+        };
+        if received == 0 {
+            return;
+        }
         let envelopes: Vec<(&str, &Envelope)> = batch
             .iter()
             .map(|job| (job.channel.as_str(), &job.envelope))

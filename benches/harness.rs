@@ -204,67 +204,77 @@ struct Server {
 
 impl Server {
     fn start(kind: Kind, otlp_endpoint: &str, sample_ratio: f64) -> Self {
-        let mut command = pinned(0);
-        let mut log_dir = None;
-        match kind {
-            Kind::TtPlain | Kind::AxumBare => {
-                command
-                    .arg(std::env::current_exe().unwrap())
-                    .arg(if kind == Kind::TtPlain {
-                        "serve-tt"
-                    } else {
-                        "serve-axum"
-                    })
-                    .arg("127.0.0.1:0");
-            }
+        let serve = match kind {
+            Kind::TtPlain => "serve-tt",
+            Kind::AxumBare => "serve-axum",
             Kind::WstraceSession | Kind::WstraceFull => {
-                let dir = tempfile::tempdir().unwrap();
                 let ratio = if kind == Kind::WstraceFull {
                     sample_ratio
                 } else {
                     0.0
                 };
-                command
-                    .arg(env!("CARGO_BIN_EXE_wstrace"))
-                    .args(["serve", "--listen", "127.0.0.1:0", "--log-stdout", "false"])
-                    .args(["--messages-per-second", "0", "--max-connections", "20000"])
-                    .args(["--message-sample-ratio", &ratio.to_string()])
-                    .arg("--log-dir")
-                    .arg(dir.path())
-                    .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
-                    .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-                    .env_remove("RUST_LOG");
-                log_dir = Some(dir);
+                return Self::wstrace(kind, |command| {
+                    command
+                        .args(["--max-connections", "20000"])
+                        .args(["--message-sample-ratio", &ratio.to_string()])
+                        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
+                        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+                });
             }
+        };
+        let mut child = pinned(0)
+            .arg(std::env::current_exe().unwrap())
+            .args([serve, "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server");
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        Self {
+            kind,
+            child,
+            addr,
+            log_dir: None,
         }
-        command.stdout(Stdio::piped()).stderr(Stdio::null());
-        let mut child = command.spawn().expect("start server");
-        let addr = match &log_dir {
-            None => {
-                use std::io::BufRead;
-                let mut line = String::new();
-                std::io::BufReader::new(child.stdout.take().unwrap())
-                    .read_line(&mut line)
-                    .unwrap();
-                line.trim()
-                    .strip_prefix("listening ")
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            }
-            Some(dir) => match wait_for_listen_line(dir.path()) {
-                Some(addr) => addr,
-                None => {
-                    let _ = child.kill();
-                    panic!("{} did not start", kind.name());
-                }
-            },
+    }
+
+    /// The wstrace binary, pinned to core 0, JSON logs to a temporary
+    /// directory only, no rate limit, no OTLP unless `configure` adds it;
+    /// `configure` adds the rest.
+    fn wstrace(kind: Kind, configure: impl FnOnce(&mut Command)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = pinned(0);
+        command
+            .arg(env!("CARGO_BIN_EXE_wstrace"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-stdout", "false"])
+            .args(["--messages-per-second", "0"])
+            .arg("--log-dir")
+            .arg(dir.path())
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        configure(&mut command);
+        let mut child = command.spawn().expect("start wstrace");
+        let Some(addr) = wait_for_listen_line(dir.path()) else {
+            let _ = child.kill();
+            panic!("{} did not start", kind.name());
         };
         Self {
             kind,
             child,
             addr,
-            log_dir,
+            log_dir: Some(dir),
         }
     }
 
@@ -1091,34 +1101,14 @@ async fn run(plan: Plan) -> String {
 // ---------------------------------------------------------------- cluster
 
 /// A wstrace instance for the fan-out benchmark: cluster mode when
-/// `redis_url` is given, default message sample ratio, no rate limit.
+/// `redis_url` is given, default message sample ratio.
 fn start_node(redis_url: Option<&str>, instance_id: &str) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut command = pinned(0);
-    command
-        .arg(env!("CARGO_BIN_EXE_wstrace"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-stdout", "false"])
-        .args(["--messages-per-second", "0", "--instance-id", instance_id])
-        .arg("--log-dir")
-        .arg(dir.path())
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(url) = redis_url {
-        command.args(["--redis-url", url]);
-    }
-    let mut child = command.spawn().expect("start wstrace");
-    let Some(addr) = wait_for_listen_line(dir.path()) else {
-        let _ = child.kill();
-        panic!("{instance_id} did not start");
-    };
-    Server {
-        kind: Kind::WstraceFull,
-        child,
-        addr,
-        log_dir: Some(dir),
-    }
+    Server::wstrace(Kind::WstraceFull, |command| {
+        command.args(["--instance-id", instance_id]);
+        if let Some(url) = redis_url {
+            command.args(["--redis-url", url]);
+        }
+    })
 }
 
 /// A real redis-server on a free port, pinned with the servers.

@@ -371,7 +371,7 @@ fn wait_for_listen_line(dir: &Path) -> Option<SocketAddr> {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
             for line in text.lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                if v["msg"] == "wstrace listening" {
+                if v["msg"] == wstrace::events::Listening::MESSAGE {
                     return v["listen"].as_str()?.parse().ok();
                 }
             }

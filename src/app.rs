@@ -2,7 +2,8 @@
 
 use crate::cli::ServeArgs;
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::server::Server;
+use crate::events::{Listening, RedisConnected, TelemetryFlushing};
+use crate::http::Server;
 use crate::state::ServerConfig;
 use crate::telemetry::{self, TelemetryConfig, TelemetryError};
 
@@ -44,7 +45,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .counters()
         .log_lines_written
         .load(std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(log_lines_before = written, "telemetry flushing; bye");
+    TelemetryFlushing {
+        log_lines_before: written,
+    }
+    .emit();
     guard.shutdown();
     result
 }
@@ -57,17 +61,13 @@ async fn run(
 ) -> Result<(), ServeError> {
     if let Some(cluster) = cluster {
         let cluster = Cluster::connect(cluster).await?;
-        tracing::info!(
-            redis = cluster.redis_url(),
-            session_ttl_ms = cluster.session_ttl().as_millis() as u64,
-            "cluster mode: connected to Redis"
-        );
+        RedisConnected {
+            redis: cluster.redis_url(),
+            session_ttl_ms: cluster.session_ttl().as_millis() as u64,
+        }
+        .emit();
         server_config.cluster = Some(std::sync::Arc::new(cluster));
     }
-    let admin_api = server_config.admin_token.is_some();
-    let jwt_auth = server_config.jwt_secret.is_some();
-    let sample_ratio = server_config.message_sample_ratio;
-    let cluster_mode = server_config.cluster.is_some();
     let server = Server::bind(listen, server_config)
         .await
         .map_err(|source| ServeError::Bind {
@@ -75,18 +75,21 @@ async fn run(
             source,
         })?;
     let addr = server.local_addr().map_err(ServeError::Serve)?;
-    tracing::info!(
-        listen = %addr,
-        ws_url = %format_args!("ws://{addr}/ws"),
-        log_dir = config.log_dir.as_ref().map(|d| d.display().to_string()),
-        otlp_endpoint = config.otlp.as_ref().map(|o| o.endpoint_for_display.as_str()),
-        version = env!("CARGO_PKG_VERSION"),
-        admin_api,
-        jwt_auth,
-        cluster = cluster_mode,
-        message_sample_ratio = sample_ratio,
-        "wstrace listening"
-    );
+    let state = server.state();
+    let settings = &state.config;
+    Listening {
+        listen: addr,
+        log_dir: config.log_dir.as_ref().map(|d| d.display().to_string()),
+        otlp_endpoint: config
+            .otlp
+            .as_ref()
+            .map(|o| o.endpoint_for_display.as_str()),
+        admin_api: settings.admin_token.is_some(),
+        jwt_auth: settings.jwt_secret.is_some(),
+        cluster: settings.cluster.is_some(),
+        message_sample_ratio: settings.message_sample_ratio,
+    }
+    .emit();
     server
         .run(async {
             let signal = crate::shutdown::signal().await;

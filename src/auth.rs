@@ -222,9 +222,52 @@ fn normalize_origin(origin: &str) -> String {
     origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
+/// A URL fit for a log line: `scheme://user:password@host/path` becomes
+/// `scheme://user:***@host/path`, and a userinfo without a password (which
+/// may itself be a key) becomes `:***`. Used for every URL the server
+/// prints (Redis, the OTLP endpoint).
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((credentials, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = credentials.split_once(':').map_or("", |(user, _)| user);
+    let scheme = scheme.map(|s| format!("{s}://")).unwrap_or_default();
+    format!("{scheme}{user}:***@{host}{path}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(
+            redact_url("redis://:hunter2@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("rediss://app:hunter2@cache"),
+            "rediss://app:***@cache"
+        );
+        assert_eq!(
+            redact_url("https://user:secret@otel.example:4318/v1/traces"),
+            "https://user:***@otel.example:4318/v1/traces"
+        );
+        assert_eq!(
+            redact_url("https://apikey@otel.example"),
+            "https://:***@otel.example"
+        );
+        assert_eq!(redact_url("a:b@host:1"), "a:***@host:1");
+        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redact_url("http://127.0.0.1:4317"), "http://127.0.0.1:4317");
+        assert_eq!(redact_url("not a url"), "not a url");
+        assert!(!redact_url("redis://u:p@ss@h/1").contains("p@ss"));
+    }
     use serde_json::json;
 
     const NOW: u64 = 1_800_000_000;

@@ -44,13 +44,13 @@ pub enum Command {
     },
     /// Follow one session through wstrace, Vector, Loki, Tempo and Grafana,
     /// and name the first broken link.
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(crate::tools::doctor::DoctorArgs),
     /// Interactive WebSocket client (or scripted, with --send).
-    Client(crate::client::ClientArgs),
+    Client(crate::tools::client::ClientArgs),
     /// Bounded load generator: storm, throughput or sustained.
-    Load(crate::load::LoadArgs),
+    Load(crate::tools::load::LoadArgs),
     /// Search and tail the local JSON log files.
-    Logs(crate::logs::LogsArgs),
+    Logs(crate::tools::logs::LogsArgs),
 }
 
 #[derive(Debug, Clone, Args)]

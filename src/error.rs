@@ -112,8 +112,9 @@ pub enum HttpError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// Cluster mode: Redis is unreachable or failed.
     #[error("{0}")]
-    ClusterUnavailable(#[from] crate::cluster::ClusterError),
+    ClusterUnavailable(String),
 }
 
 impl HttpError {

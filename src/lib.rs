@@ -1,59 +1,69 @@
 //! wstrace: a WebSocket server whose every session can be found, end to
 //! end, by one trace ID.
 //!
-//! Map of the crate:
+//! Map of the crate, top to bottom: a module uses only modules below it
+//! (`tests/architecture.rs` enforces it).
 //!
-//! - [`cli`]: the command line; every flag also has a `WSTRACE_*` variable.
-//! - [`app`]: `wstrace serve`, from telemetry setup to flushed exit.
-//! - [`server`]: the accept loop, routes, the HTTP server span, the upgrade,
-//!   graceful shutdown.
-//! - [`state`]: what all parts of a running server share.
-//! - [`session`]: one WebSocket session: its span, its reader, writer and
-//!   heartbeat tasks, message sampling, rate limit, and the `session
-//!   closed` record.
-//! - [`hub`]: the session registry, users and channels; non-blocking
-//!   fan-out.
-//! - [`cluster`]: cluster mode over Redis: cross-instance delivery, the
-//!   session registry, reconnection.
-//! - [`api`]: the admin REST API.
-//! - [`auth`]: JWT for sessions, the Origin allowlist, secrets that never
-//!   print.
-//! - [`metrics`]: Prometheus text at `/metrics`.
-//! - [`doctor`]: `wstrace doctor`, one session followed through the
-//!   production pipeline.
-//! - [`http_client`]: the small HTTP client the tools use.
-//! - [`client`], [`load`], [`logs`]: `wstrace client`, `wstrace load` and
-//!   `wstrace logs`, the everyday tools.
-//! - [`explorer`]: the session explorer page at `GET /`.
-//! - [`protocol`]: the JSON frames of protocol v1.
-//! - [`trace_context`]: W3C `traceparent` in (header or query) and
-//!   `traceresponse` out.
-//! - [`telemetry`]: the tracing subscriber: bunyan JSON lines with
-//!   `trace_id`/`span_id`/`session_id`, lossless file and stdout writers,
-//!   OTLP export; and the guard that flushes them.
-//! - [`error`]: every failure and its close code or HTTP status.
-//! - [`limits`]: every bound the server enforces.
-//! - [`shutdown`]: the signals that start a graceful shutdown.
+//! - Entry: [`cli`] (the command line; every flag also has a `WSTRACE_*`
+//!   variable) and [`app`] (`wstrace serve`, from telemetry setup to
+//!   flushed exit).
+//! - [`http`]: the accept loop, graceful shutdown, and the endpoints.
+//!   - [`http::trace`]: the server span of every request (`traceparent` in,
+//!     `x-trace-id`/`traceresponse` out).
+//!   - [`http::upgrade`]: `GET /ws`: checks, then a session.
+//!   - [`http::api`]: the admin REST API; [`http::explorer`]: the page at
+//!     `GET /` and its log search.
+//! - [`tools`] (beside `http`, using only `protocol`, `telemetry`'s line
+//!   format and `auth::Secret`): [`tools::client`], [`tools::load`],
+//!   [`tools::logs`], [`tools::doctor`], [`tools::http_client`].
+//! - [`session`]: one WebSocket session.
+//!   - [`session::handle`]: what others may know about and do to it.
+//!   - [`session::close`]: the close protocol; [`session::stats`]: its
+//!     counters; [`session::outbound`]: its queue and message sampling.
+//!   - reader, writer and heartbeat tasks; one handler per client frame
+//!     type in `commands/`.
+//! - [`state`]: the server's settings ([`state::ServerConfig`]) and what
+//!   its parts share while it runs ([`state::ServerState`]).
+//! - [`cluster`]: cluster mode over Redis, plugged into routing.
+//!   - [`cluster::forward`]: routing's forwarder; [`cluster::publisher`]:
+//!     the outgoing queue; [`cluster::bus`]: the receiving side and
+//!     upkeep; [`cluster::registry`]: which session is where;
+//!     [`cluster::envelope`]: the wire format between instances.
+//! - [`routing`]: who gets a message.
+//!   - [`routing::hub`]: the sessions here, their users and channels.
+//!   - [`routing::delivery`]: a message serialized once for all receivers.
+//!   - [`routing::recipient`]: what routing knows of a session;
+//!     [`routing::forward`]: the seam cluster mode plugs into.
+//! - Foundations, used by all of the above:
+//!   - [`protocol`]: the JSON frames of protocol v1 and their kinds.
+//!   - [`events`]: one type per documented log line, with its metric.
+//!   - [`telemetry`]: the tracing stack (bunyan JSON lines with
+//!     `trace_id`/`span_id`/`session_id`, lossless writers, OTLP export),
+//!     the guard that flushes it, and [`telemetry::logfile`] to read the
+//!     lines back.
+//!   - [`metrics`]: metric descriptors and the Prometheus text format.
+//!   - [`error`]: every failure and its close code or HTTP status.
+//!   - [`auth`]: JWT, the Origin allowlist, secrets that never print.
+//!   - [`trace_context`]: W3C `traceparent` parsing and formatting.
+//!   - [`limits`]: every bound the server enforces.
+//!   - [`shutdown`]: the signals that start a graceful shutdown;
+//!     [`sync`]: locks that survive a panic elsewhere.
 
-pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
-pub mod client;
 pub mod cluster;
-pub mod doctor;
 pub mod error;
-pub mod explorer;
-pub mod http_client;
-pub mod hub;
+pub mod events;
+pub mod http;
 pub mod limits;
-pub mod load;
-pub mod logs;
 pub mod metrics;
 pub mod protocol;
-pub mod server;
+pub mod routing;
 pub mod session;
 pub mod shutdown;
 pub mod state;
+pub mod sync;
 pub mod telemetry;
+pub mod tools;
 pub mod trace_context;

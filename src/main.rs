@@ -17,10 +17,10 @@ fn main() -> ExitCode {
             .map_err(Into::into),
         Command::Health { url } => runtime.block_on(health(&url)),
         Command::Doctor(args) => runtime
-            .block_on(wstrace::doctor::run(args))
+            .block_on(wstrace::tools::doctor::run(args))
             .map_err(Into::into),
         Command::Client(args) => {
-            return match runtime.block_on(wstrace::client::run(args)) {
+            return match runtime.block_on(wstrace::tools::client::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("wstrace client: {error}");
@@ -29,12 +29,12 @@ fn main() -> ExitCode {
             };
         }
         Command::Load(args) => runtime
-            .block_on(wstrace::load::run(args))
+            .block_on(wstrace::tools::load::run(args))
             .map(|report| {
-                print!("{}", wstrace::load::render(&report));
+                print!("{}", wstrace::tools::load::render(&report));
             })
             .map_err(Into::into),
-        Command::Logs(args) => wstrace::logs::run(args).map_err(Into::into),
+        Command::Logs(args) => wstrace::tools::logs::run(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
 }
 
 async fn health(url: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let response = wstrace::http_client::get(url, std::time::Duration::from_secs(3)).await?;
+    let response = wstrace::tools::http_client::get(url, std::time::Duration::from_secs(3)).await?;
     if response.status == 200 {
         Ok(())
     } else {

@@ -1,74 +1,126 @@
-//! Server metrics, rendered in the Prometheus text format at `GET /metrics`.
+//! Server metrics, in the Prometheus text format at `GET /metrics`.
 //!
-//! Hot-path counters are plain atomics indexed by a small enum; labelled
-//! counters that change rarely (close codes, rejections) sit behind a mutex.
+//! Every part of the server describes its own metrics as a table of
+//! [`Family`] descriptors (name, help, type, samples): [`Metrics::families`]
+//! here, the telemetry pipeline's and cluster mode's beside their counters.
+//! [`render`] writes any list of them. Hot-path counters are plain atomics
+//! indexed by [`FrameKind`]; labelled counters that change rarely (close
+//! codes, rejections) sit behind a mutex.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
-use crate::telemetry::TelemetryCounters;
+use crate::protocol::FrameKind;
+use crate::sync::lock;
 
-/// Kinds of frames, the `type` label of the message counters.
+/// A metric's Prometheus type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameKind {
-    Welcome,
-    Ping,
-    Pong,
-    Echo,
-    Subscribe,
-    Subscribed,
-    Unsubscribe,
-    Unsubscribed,
-    Publish,
-    Direct,
-    Message,
-    Error,
-    Binary,
-    Invalid,
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
 }
 
-impl FrameKind {
-    const ALL: [FrameKind; 14] = [
-        FrameKind::Welcome,
-        FrameKind::Ping,
-        FrameKind::Pong,
-        FrameKind::Echo,
-        FrameKind::Subscribe,
-        FrameKind::Subscribed,
-        FrameKind::Unsubscribe,
-        FrameKind::Unsubscribed,
-        FrameKind::Publish,
-        FrameKind::Direct,
-        FrameKind::Message,
-        FrameKind::Error,
-        FrameKind::Binary,
-        FrameKind::Invalid,
-    ];
-
-    pub fn as_str(self) -> &'static str {
+impl Kind {
+    fn as_str(self) -> &'static str {
         match self {
-            FrameKind::Welcome => "welcome",
-            FrameKind::Ping => "ping",
-            FrameKind::Pong => "pong",
-            FrameKind::Echo => "echo",
-            FrameKind::Subscribe => "subscribe",
-            FrameKind::Subscribed => "subscribed",
-            FrameKind::Unsubscribe => "unsubscribe",
-            FrameKind::Unsubscribed => "unsubscribed",
-            FrameKind::Publish => "publish",
-            FrameKind::Direct => "direct",
-            FrameKind::Message => "message",
-            FrameKind::Error => "error",
-            FrameKind::Binary => "binary",
-            FrameKind::Invalid => "invalid",
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One sample line: `<name><suffix>{<labels>} <value>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// `_bucket`, `_sum`, `_count` for histograms; empty otherwise.
+    pub suffix: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: i64,
+}
+
+impl Sample {
+    pub fn new(value: i64) -> Self {
+        Self {
+            suffix: "",
+            labels: Vec::new(),
+            value,
         }
     }
 
-    fn index(self) -> usize {
-        self as usize
+    pub fn labelled(labels: Vec<(&'static str, String)>, value: i64) -> Self {
+        Self {
+            suffix: "",
+            labels,
+            value,
+        }
     }
+}
+
+/// One metric family: what `# HELP` and `# TYPE` describe, and its samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub samples: Vec<Sample>,
+}
+
+impl Family {
+    pub fn counter(name: &'static str, help: &'static str, value: u64) -> Self {
+        Self::of(name, help, Kind::Counter, vec![Sample::new(count(value))])
+    }
+
+    pub fn gauge(name: &'static str, help: &'static str, value: i64) -> Self {
+        Self::of(name, help, Kind::Gauge, vec![Sample::new(value)])
+    }
+
+    pub fn of(name: &'static str, help: &'static str, kind: Kind, samples: Vec<Sample>) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            samples,
+        }
+    }
+}
+
+/// Counters are u64; no count of this server comes near `i64::MAX`.
+pub fn count(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The Prometheus text exposition (format 0.0.4) of `families`, in order.
+pub fn render(families: &[Family]) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    for family in families {
+        let name = family.name;
+        let _ = writeln!(
+            out,
+            "# HELP {name} {}\n# TYPE {name} {}",
+            family.help,
+            family.kind.as_str()
+        );
+        for sample in &family.samples {
+            out.push_str(name);
+            out.push_str(sample.suffix);
+            if !sample.labels.is_empty() {
+                out.push('{');
+                for (i, (label, value)) in sample.labels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    let _ = write!(out, "{label}=\"{value}\"");
+                }
+                out.push('}');
+            }
+            let _ = writeln!(out, " {}", sample.value);
+        }
+    }
+    out
 }
 
 type KindCounters = [AtomicU64; FrameKind::ALL.len()];
@@ -91,6 +143,31 @@ impl Histogram {
         self.count.fetch_add(1, Relaxed);
         self.sum.fetch_add(value, Relaxed);
     }
+
+    /// Cumulative buckets, sum and count, labelled with `direction`.
+    fn samples(&self, direction: &'static str) -> Vec<Sample> {
+        let sample = |suffix, le: Option<String>, value| Sample {
+            suffix,
+            labels: std::iter::once(("direction", direction.to_string()))
+                .chain(le.map(|le| ("le", le)))
+                .collect(),
+            value: count(value),
+        };
+        let mut cumulative = 0;
+        let mut samples: Vec<Sample> = SIZE_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, bucket)| {
+                cumulative += bucket.load(Relaxed);
+                sample("_bucket", Some(bound.to_string()), cumulative)
+            })
+            .collect();
+        let total = self.count.load(Relaxed);
+        samples.push(sample("_bucket", Some("+Inf".into()), total));
+        samples.push(sample("_sum", None, self.sum.load(Relaxed)));
+        samples.push(sample("_count", None, total));
+        samples
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,13 +184,6 @@ pub struct Metrics {
     pub outbound_queue_drops: AtomicU64,
     upgrades_rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub admin_requests: AtomicU64,
-}
-
-/// Cluster mode's state at scrape time.
-#[derive(Debug, Clone, Copy)]
-pub struct ClusterReport<'a> {
-    pub redis_up: bool,
-    pub counters: &'a crate::cluster::ClusterCounters,
 }
 
 /// Gauges read from the hub at scrape time.
@@ -150,225 +220,117 @@ impl Metrics {
         *lock(&self.upgrades_rejected).entry(reason).or_default() += 1;
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(
-        &self,
-        hub: HubGauges,
-        telemetry: Option<&TelemetryCounters>,
-        cluster: Option<ClusterReport<'_>>,
-    ) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        let w = &mut out;
-        gauge(
-            w,
-            "wstrace_sessions_active",
-            "Open WebSocket sessions.",
-            self.sessions_active.load(Relaxed),
-        );
-        counter(
-            w,
-            "wstrace_sessions_opened_total",
-            "Sessions opened.",
-            self.sessions_opened.load(Relaxed),
-        );
-        header(
-            w,
-            "wstrace_sessions_closed_total",
-            "Sessions closed, by close code and who closed.",
-            "counter",
-        );
-        for ((code, by), n) in lock(&self.sessions_closed).iter() {
-            let _ = writeln!(
-                w,
-                "wstrace_sessions_closed_total{{code=\"{code}\",closed_by=\"{by}\"}} {n}"
-            );
-        }
-        for (name, help, counters) in [
-            (
+    /// This server's own metrics, as a table of descriptors.
+    pub fn families(&self, hub: HubGauges) -> Vec<Family> {
+        let closed = lock(&self.sessions_closed)
+            .iter()
+            .map(|((code, by), n)| {
+                Sample::labelled(
+                    vec![("code", code.to_string()), ("closed_by", by.to_string())],
+                    count(*n),
+                )
+            })
+            .collect();
+        let rejected = lock(&self.upgrades_rejected)
+            .iter()
+            .map(|(reason, n)| Sample::labelled(vec![("reason", reason.to_string())], count(*n)))
+            .collect();
+        let mut families = vec![
+            Family::gauge(
+                "wstrace_sessions_active",
+                "Open WebSocket sessions.",
+                self.sessions_active.load(Relaxed),
+            ),
+            Family::counter(
+                "wstrace_sessions_opened_total",
+                "Sessions opened.",
+                self.sessions_opened.load(Relaxed),
+            ),
+            Family::of(
+                "wstrace_sessions_closed_total",
+                "Sessions closed, by close code and who closed.",
+                Kind::Counter,
+                closed,
+            ),
+            Family::of(
                 "wstrace_messages_received_total",
                 "Frames received, by type.",
-                &self.messages_in,
+                Kind::Counter,
+                by_kind(&self.messages_in),
             ),
-            (
+            Family::of(
                 "wstrace_messages_sent_total",
                 "Frames sent, by type.",
-                &self.messages_out,
+                Kind::Counter,
+                by_kind(&self.messages_out),
             ),
-        ] {
-            header(w, name, help, "counter");
-            for kind in FrameKind::ALL {
-                let _ = writeln!(
-                    w,
-                    "{name}{{type=\"{}\"}} {}",
-                    kind.as_str(),
-                    counters[kind.index()].load(Relaxed)
-                );
-            }
-        }
-        header(
-            w,
-            "wstrace_message_size_bytes",
-            "Size of data frames, by direction.",
-            "histogram",
-        );
-        for (direction, h) in [("in", &self.size_in), ("out", &self.size_out)] {
-            let mut cumulative = 0;
-            for (bound, bucket) in SIZE_BUCKETS.iter().zip(&h.buckets) {
-                cumulative += bucket.load(Relaxed);
-                let _ = writeln!(
-                    w,
-                    "wstrace_message_size_bytes_bucket{{direction=\"{direction}\",le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            let count = h.count.load(Relaxed);
-            let _ = writeln!(
-                w,
-                "wstrace_message_size_bytes_bucket{{direction=\"{direction}\",le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                w,
-                "wstrace_message_size_bytes_sum{{direction=\"{direction}\"}} {}",
-                h.sum.load(Relaxed)
-            );
-            let _ = writeln!(
-                w,
-                "wstrace_message_size_bytes_count{{direction=\"{direction}\"}} {count}"
-            );
-        }
-        gauge(
-            w,
-            "wstrace_channels",
-            "Channels with at least one subscriber.",
-            hub.channels as i64,
-        );
-        gauge(
-            w,
-            "wstrace_channel_subscriptions",
-            "Subscriptions over all channels.",
-            hub.subscriptions as i64,
-        );
-        for (name, help, value) in [
-            (
+            Family::of(
+                "wstrace_message_size_bytes",
+                "Size of data frames, by direction.",
+                Kind::Histogram,
+                [("in", &self.size_in), ("out", &self.size_out)]
+                    .into_iter()
+                    .flat_map(|(direction, h)| h.samples(direction))
+                    .collect(),
+            ),
+            Family::gauge(
+                "wstrace_channels",
+                "Channels with at least one subscriber.",
+                hub.channels as i64,
+            ),
+            Family::gauge(
+                "wstrace_channel_subscriptions",
+                "Subscriptions over all channels.",
+                hub.subscriptions as i64,
+            ),
+            Family::counter(
                 "wstrace_rate_limited_total",
                 "Frames refused by the per-session rate limit.",
-                &self.rate_limited,
+                self.rate_limited.load(Relaxed),
             ),
-            (
+            Family::counter(
                 "wstrace_oversize_messages_total",
                 "Messages over the size limit (session closed with 1009).",
-                &self.oversize,
+                self.oversize.load(Relaxed),
             ),
-            (
+            Family::counter(
                 "wstrace_outbound_queue_drops_total",
                 "Deliveries refused by a full outbound queue (receiver closed with 1013).",
-                &self.outbound_queue_drops,
+                self.outbound_queue_drops.load(Relaxed),
             ),
-        ] {
-            counter(w, name, help, value.load(Relaxed));
-        }
-        header(
-            w,
-            "wstrace_upgrades_rejected_total",
-            "Upgrade requests refused, by reason.",
-            "counter",
-        );
-        for (reason, n) in lock(&self.upgrades_rejected).iter() {
-            let _ = writeln!(
-                w,
-                "wstrace_upgrades_rejected_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-        counter(
-            w,
-            "wstrace_admin_requests_total",
-            "Admin API requests.",
-            self.admin_requests.load(Relaxed),
-        );
+            Family::of(
+                "wstrace_upgrades_rejected_total",
+                "Upgrade requests refused, by reason.",
+                Kind::Counter,
+                rejected,
+            ),
+            Family::counter(
+                "wstrace_admin_requests_total",
+                "Admin API requests.",
+                self.admin_requests.load(Relaxed),
+            ),
+        ];
         if let Some(kib) = resident_kib(std::process::id()) {
-            gauge(
-                w,
+            families.push(Family::gauge(
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes.",
-                (kib * 1024) as i64,
-            );
+                count(kib * 1024),
+            ));
         }
-        if let Some(t) = telemetry {
-            for (name, help, value) in [
-                (
-                    "wstrace_log_lines_written_total",
-                    "Log lines written.",
-                    t.log_lines_written.load(Relaxed),
-                ),
-                (
-                    "wstrace_log_lines_dropped_total",
-                    "Log lines that could not be written.",
-                    t.log_lines_dropped.load(Relaxed),
-                ),
-                (
-                    "wstrace_spans_exported_total",
-                    "Spans the OTLP collector accepted.",
-                    t.spans_exported.load(Relaxed),
-                ),
-                (
-                    "wstrace_spans_dropped_total",
-                    "Spans that will never reach the collector (export failed or queue full).",
-                    t.spans_dropped(),
-                ),
-            ] {
-                counter(w, name, help, value);
-            }
-            gauge(
-                w,
-                "wstrace_spans_queued",
-                "Spans waiting for export.",
-                t.spans_in_flight() as i64,
-            );
-        }
-        if let Some(cluster) = cluster {
-            gauge(
-                w,
-                "wstrace_cluster_redis_up",
-                "1 while the Redis pub/sub connection is up (cluster mode).",
-                i64::from(cluster.redis_up),
-            );
-            let c = cluster.counters;
-            for (name, help, value) in [
-                (
-                    "wstrace_cluster_published_total",
-                    "Envelopes published to other instances.",
-                    &c.published,
-                ),
-                (
-                    "wstrace_cluster_publish_failures_total",
-                    "Envelopes that could not be published: other instances missed them.",
-                    &c.publish_failures,
-                ),
-                (
-                    "wstrace_cluster_received_total",
-                    "Envelopes received from other instances.",
-                    &c.received,
-                ),
-                (
-                    "wstrace_cluster_malformed_total",
-                    "Envelopes dropped because they could not be decoded.",
-                    &c.malformed,
-                ),
-                (
-                    "wstrace_cluster_registry_failures_total",
-                    "Session registry reads and writes that failed.",
-                    &c.registry_failures,
-                ),
-                (
-                    "wstrace_cluster_reconnects_total",
-                    "Times the Redis connection came back after a loss.",
-                    &c.reconnects,
-                ),
-            ] {
-                counter(w, name, help, value.load(Relaxed));
-            }
-        }
-        out
+        families
     }
+}
+
+fn by_kind(counters: &KindCounters) -> Vec<Sample> {
+    FrameKind::ALL
+        .iter()
+        .map(|kind| {
+            Sample::labelled(
+                vec![("type", kind.as_str().to_string())],
+                count(counters[kind.index()].load(Relaxed)),
+            )
+        })
+        .collect()
 }
 
 /// Resident memory of a process in KiB (`VmRSS` in `/proc/<pid>/status`);
@@ -381,24 +343,6 @@ pub fn resident_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn header(w: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(w, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn counter(w: &mut String, name: &str, help: &str, value: u64) {
-    header(w, name, help, "counter");
-    let _ = writeln!(w, "{name} {value}");
-}
-
-fn gauge(w: &mut String, name: &str, help: &str, value: i64) {
-    header(w, name, help, "gauge");
-    let _ = writeln!(w, "{name} {value}");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,7 +353,7 @@ mod tests {
         for size in [10, 100, 100, 5000, 2_000_000] {
             m.message_in(FrameKind::Echo, size);
         }
-        let text = m.render(HubGauges::default(), None, None);
+        let text = render(&m.families(HubGauges::default()));
         assert!(text.contains("wstrace_message_size_bytes_bucket{direction=\"in\",le=\"16\"} 1\n"));
         assert!(
             text.contains("wstrace_message_size_bytes_bucket{direction=\"in\",le=\"256\"} 3\n")
@@ -430,7 +374,7 @@ mod tests {
         m.session_opened();
         m.session_opened();
         m.session_closed(1000, "client");
-        let text = m.render(HubGauges::default(), None, None);
+        let text = render(&m.families(HubGauges::default()));
         assert!(text.contains("wstrace_sessions_active 1\n"));
         assert!(
             text.contains("wstrace_sessions_closed_total{code=\"1000\",closed_by=\"client\"} 1\n")

@@ -11,6 +11,71 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Declares [`FrameKind`] from one table: each kind's wire name and, for
+/// kinds a client may send, what an `invalid_frame` error says the frame
+/// needs. The known-type list in error messages is read from this table.
+macro_rules! frame_kinds {
+    ($($kind:ident = $name:literal $(, client needs $needs:literal)?;)*) => {
+        /// Kinds of frames: the `type` label of the message metrics.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum FrameKind { $($kind),* }
+
+        impl FrameKind {
+            pub const ALL: &[FrameKind] = &[$(FrameKind::$kind),*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self { $(FrameKind::$kind => $name),* }
+            }
+
+            /// What a client frame of this kind must carry; `None` for kinds
+            /// only the server sends (or that are not JSON frames).
+            pub const fn client_needs(self) -> Option<&'static str> {
+                match self { $(FrameKind::$kind => frame_kinds!(@needs $($needs)?)),* }
+            }
+        }
+    };
+    (@needs $needs:literal) => { Some($needs) };
+    (@needs) => { None };
+}
+
+frame_kinds! {
+    Welcome = "welcome";
+    Ping = "ping", client needs "valid fields";
+    Pong = "pong";
+    Echo = "echo", client needs "a string \"content\"";
+    Subscribe = "subscribe", client needs "a string \"channel\"";
+    Subscribed = "subscribed";
+    Unsubscribe = "unsubscribe", client needs "a string \"channel\"";
+    Unsubscribed = "unsubscribed";
+    Publish = "publish", client needs "string \"channel\" and \"content\"";
+    Direct = "direct", client needs "a string \"content\" and \"to_session\" or \"to_user\"";
+    Message = "message";
+    Error = "error";
+    // Not JSON frames: binary data, and text that did not decode.
+    Binary = "binary";
+    Invalid = "invalid";
+}
+
+impl FrameKind {
+    /// Position in [`FrameKind::ALL`], for counters indexed by kind.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kinds a client may send, in table order.
+    pub fn client_kinds() -> impl Iterator<Item = FrameKind> {
+        Self::ALL
+            .iter()
+            .copied()
+            .filter(|k| k.client_needs().is_some())
+    }
+
+    /// The client kind named `name` on the wire.
+    pub fn client_kind(name: &str) -> Option<FrameKind> {
+        Self::client_kinds().find(|k| k.as_str() == name)
+    }
+}
+
 /// A frame a client may send.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -95,6 +160,40 @@ pub enum ServerFrame {
     },
 }
 
+impl ClientFrame {
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            ClientFrame::Ping { .. } => FrameKind::Ping,
+            ClientFrame::Echo { .. } => FrameKind::Echo,
+            ClientFrame::Subscribe { .. } => FrameKind::Subscribe,
+            ClientFrame::Unsubscribe { .. } => FrameKind::Unsubscribe,
+            ClientFrame::Publish { .. } => FrameKind::Publish,
+            ClientFrame::Direct { .. } => FrameKind::Direct,
+        }
+    }
+}
+
+impl ServerFrame {
+    pub fn kind(&self) -> FrameKind {
+        match self {
+            ServerFrame::Welcome { .. } => FrameKind::Welcome,
+            ServerFrame::Pong { .. } => FrameKind::Pong,
+            ServerFrame::Echo { .. } => FrameKind::Echo,
+            ServerFrame::Subscribed { .. } => FrameKind::Subscribed,
+            ServerFrame::Unsubscribed { .. } => FrameKind::Unsubscribed,
+            ServerFrame::Message { .. } => FrameKind::Message,
+            ServerFrame::Error { .. } => FrameKind::Error,
+        }
+    }
+
+    /// Serializes to the JSON text sent on the wire.
+    pub fn to_json(&self) -> String {
+        // Every variant is plain strings and integers: serialization of these
+        // types cannot fail.
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
 /// Machine-readable error codes carried by `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -158,7 +257,12 @@ impl DecodeError {
 }
 
 /// The type names a client may use, for error messages.
-const KNOWN_TYPES: &str = "ping, echo, subscribe, unsubscribe, publish, direct";
+fn known_types() -> String {
+    FrameKind::client_kinds()
+        .map(FrameKind::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Decodes one text frame. The fast path is a single serde pass; only a
 /// failing frame is parsed a second time to say precisely what is wrong.
@@ -184,49 +288,44 @@ fn classify(text: &str) -> DecodeError {
         },
         Ok(Probe { kind: None }) => DecodeError {
             code: ErrorCode::MissingType,
-            message: format!("frame has no \"type\" field; expected one of: {KNOWN_TYPES}"),
+            message: format!(
+                "frame has no \"type\" field; expected one of: {}",
+                known_types()
+            ),
         },
         Ok(Probe {
             kind: Some(serde_json::Value::String(kind)),
-        }) if !matches!(
-            kind.as_str(),
-            "ping" | "echo" | "subscribe" | "unsubscribe" | "publish" | "direct"
-        ) =>
-        {
-            DecodeError {
+        }) => match FrameKind::client_kind(&kind) {
+            Some(known) => DecodeError {
+                code: ErrorCode::InvalidFrame,
+                message: invalid_frame_message(known, text),
+            },
+            None => DecodeError {
                 code: ErrorCode::UnknownType,
                 message: format!(
-                    "unknown frame type ({} bytes); expected one of: {KNOWN_TYPES}",
-                    kind.len()
+                    "unknown frame type ({} bytes); expected one of: {}",
+                    kind.len(),
+                    known_types()
                 ),
-            }
-        }
-        Ok(Probe {
-            kind: Some(serde_json::Value::String(kind)),
-        }) => DecodeError {
-            code: ErrorCode::InvalidFrame,
-            message: invalid_frame_message(&kind, text),
+            },
         },
         Ok(Probe { kind: Some(_) }) => DecodeError {
             code: ErrorCode::MissingType,
-            message: format!("\"type\" must be a string; expected one of: {KNOWN_TYPES}"),
+            message: format!(
+                "\"type\" must be a string; expected one of: {}",
+                known_types()
+            ),
         },
     }
 }
 
-fn invalid_frame_message(kind: &str, text: &str) -> String {
+fn invalid_frame_message(kind: FrameKind, text: &str) -> String {
     let detail = serde_json::from_str::<ClientFrame>(text)
         .err()
         .map(|e| format!(" ({})", category(&e)))
         .unwrap_or_default();
-    let needs = match kind {
-        "echo" => "a string \"content\"",
-        "subscribe" | "unsubscribe" => "a string \"channel\"",
-        "publish" => "string \"channel\" and \"content\"",
-        "direct" => "a string \"content\" and \"to_session\" or \"to_user\"",
-        _ => "valid fields",
-    };
-    format!("{kind} needs {needs}{detail}")
+    let needs = kind.client_needs().unwrap_or("valid fields");
+    format!("{} needs {needs}{detail}", kind.as_str())
 }
 
 fn category(e: &serde_json::Error) -> &'static str {
@@ -256,15 +355,6 @@ pub fn valid_channel(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
-}
-
-impl ServerFrame {
-    /// Serializes to the JSON text sent on the wire.
-    pub fn to_json(&self) -> String {
-        // Every variant is plain strings and integers: serialization of these
-        // types cannot fail.
-        serde_json::to_string(self).expect("server frames always serialize")
-    }
 }
 
 #[cfg(test)]
@@ -299,6 +389,12 @@ mod tests {
         ] {
             let json = serde_json::to_string(&frame).unwrap();
             assert_eq!(decode(&json).unwrap(), frame, "{json}");
+            let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(value["type"], frame.kind().as_str());
+            assert_eq!(
+                FrameKind::client_kind(frame.kind().as_str()),
+                Some(frame.kind())
+            );
         }
     }
 
@@ -339,6 +435,8 @@ mod tests {
             },
         ] {
             let json = frame.to_json();
+            let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(value["type"], frame.kind().as_str());
             let back: ServerFrame = serde_json::from_str(&json).unwrap();
             assert_eq!(back, frame);
         }
@@ -394,6 +492,20 @@ mod tests {
             let err = decode(text).unwrap_err();
             assert_eq!(err.code, code, "{text:?}: {}", err.message);
             assert!(!err.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn known_types_come_from_the_kind_table() {
+        assert_eq!(
+            known_types(),
+            "ping, echo, subscribe, unsubscribe, publish, direct"
+        );
+        let names: std::collections::HashSet<_> =
+            FrameKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), FrameKind::ALL.len());
+        for (i, kind) in FrameKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
         }
     }
 

@@ -1,6 +1,8 @@
-//! What every part of a running server shares.
+//! How a server is set up ([`ServerConfig`]) and what all its parts share
+//! while it runs ([`ServerState`]).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -8,9 +10,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{JwtVerifier, OriginPolicy, Secret};
 use crate::cluster::Cluster;
-use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::routing::{Forwarder, Hub, Router};
 use crate::telemetry::TelemetryCounters;
 
 /// How a server is set up (from the CLI, or by a test).
@@ -63,14 +65,14 @@ impl Default for ServerConfig {
     }
 }
 
+/// What every part of a running server shares: its settings, as given,
+/// and the parts built from them.
 #[derive(Debug)]
 pub struct ServerState {
-    pub limits: Limits,
-    pub message_sample_ratio: f64,
-    pub hub: Hub,
-    pub metrics: Metrics,
-    pub telemetry: Option<Arc<TelemetryCounters>>,
-    pub admin_token: Option<Secret>,
+    pub config: ServerConfig,
+    /// The sessions here, and the way to other instances.
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
     pub jwt: Option<JwtVerifier>,
     pub origins: OriginPolicy,
     /// Broadcast to every session: the server is shutting down.
@@ -80,38 +82,83 @@ pub struct ServerState {
     /// One permit per session: the connection cap.
     pub connections: Arc<Semaphore>,
     pub started: Instant,
-    pub log_dir: Option<std::path::PathBuf>,
-    pub grafana_url: Option<String>,
-    pub echo_endpoint: bool,
-    pub instance_id: String,
-    pub cluster: Option<Arc<Cluster>>,
-    pub fault_panic_on_echo: Option<String>,
 }
 
 impl ServerState {
-    pub fn new(config: ServerConfig) -> Arc<Self> {
+    pub fn new(mut config: ServerConfig) -> Arc<Self> {
+        if let Some(cluster) = &config.cluster {
+            config.instance_id = cluster.instance_id().to_string();
+        }
+        let metrics = Arc::new(Metrics::default());
+        let forwarder = config
+            .cluster
+            .clone()
+            .map(|cluster| cluster as Arc<dyn Forwarder>);
         Arc::new(Self {
+            router: Arc::new(Router::new(
+                config.instance_id.clone(),
+                metrics.clone(),
+                forwarder,
+            )),
+            metrics,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            limits: config.limits,
-            message_sample_ratio: config.message_sample_ratio,
-            hub: Hub::default(),
-            metrics: Metrics::default(),
-            telemetry: config.telemetry,
-            admin_token: config.admin_token,
-            jwt: config.jwt_secret.map(JwtVerifier::new),
+            jwt: config.jwt_secret.clone().map(JwtVerifier::new),
             origins: OriginPolicy::from_list(&config.allowed_origins),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             started: Instant::now(),
-            log_dir: config.log_dir,
-            grafana_url: config.grafana_url,
-            echo_endpoint: config.echo_endpoint,
-            instance_id: config
-                .cluster
-                .as_ref()
-                .map_or(config.instance_id, |c| c.instance_id().to_string()),
-            cluster: config.cluster,
-            fault_panic_on_echo: config.fault_panic_on_echo,
+            config,
         })
+    }
+
+    pub fn hub(&self) -> &Hub {
+        self.router.hub()
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.config.instance_id
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.config.cluster.as_ref()
+    }
+
+    /// The numbers of this instance, for `/api/stats` and the cluster
+    /// registry.
+    pub fn instance_stats(&self) -> serde_json::Value {
+        let metrics = &self.metrics;
+        let hub = self.hub();
+        let gauges = hub.gauges();
+        let (mut messages_in, mut messages_out) = (0, 0);
+        for session in hub.sessions() {
+            let view = session.view(self.instance_id());
+            messages_in += view.messages_in;
+            messages_out += view.messages_out;
+        }
+        serde_json::json!({
+            "instance_id": self.instance_id(),
+            "sessions_active": hub.len(),
+            "sessions_opened_total": metrics.sessions_opened.load(Relaxed),
+            "channels": gauges.channels,
+            "subscriptions": gauges.subscriptions,
+            "messages_in_active_sessions": messages_in,
+            "messages_out_active_sessions": messages_out,
+            "rate_limited_total": metrics.rate_limited.load(Relaxed),
+            "outbound_queue_drops_total": metrics.outbound_queue_drops.load(Relaxed),
+            "uptime_s": self.started.elapsed().as_secs(),
+        })
+    }
+
+    /// Everything `/metrics` shows: this server's, the telemetry
+    /// pipeline's and cluster mode's metric families.
+    pub fn metric_families(&self) -> Vec<crate::metrics::Family> {
+        let mut families = self.metrics.families(self.hub().gauges());
+        if let Some(telemetry) = &self.config.telemetry {
+            families.extend(telemetry.families());
+        }
+        if let Some(cluster) = self.cluster() {
+            families.extend(cluster.families());
+        }
+        families
     }
 }

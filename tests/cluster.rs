@@ -179,12 +179,18 @@ async fn a_publish_reaches_subscribers_on_every_instance_and_no_one_else() {
             let lines = read_log_lines(server.log_dir.path());
             lines
                 .iter()
-                .any(|l| l["msg"] == "message delivered" && l["session_id"] == session.as_str())
+                .any(|l| {
+                    l["msg"] == wstrace::events::MessageDelivered::MESSAGE
+                        && l["session_id"] == session.as_str()
+                })
                 .then_some(lines)
         });
         let delivered = lines
             .iter()
-            .find(|l| l["msg"] == "message delivered" && l["session_id"] == session.as_str())
+            .find(|l| {
+                l["msg"] == wstrace::events::MessageDelivered::MESSAGE
+                    && l["session_id"] == session.as_str()
+            })
             .unwrap();
         assert_eq!(delivered["link.trace_id"], publisher_trace.as_str());
         assert_eq!(delivered["link.span_id"], publisher_span.as_str());
@@ -332,20 +338,26 @@ async fn direct_messages_admin_sends_and_kicks_cross_instances() {
         let lines = read_log_lines(b.log_dir.path());
         lines
             .iter()
-            .any(|l| l["msg"] == "session closed" && l["session_id"] == bob_session.as_str())
+            .any(|l| {
+                l["msg"] == wstrace::events::SessionClosed::MESSAGE
+                    && l["session_id"] == bob_session.as_str()
+            })
             .then_some(lines)
     });
     let touched = lines
         .iter()
         .find(|l| {
-            l["msg"] == "admin request touched this session"
+            l["msg"] == wstrace::events::AdminTouchedSession::MESSAGE
                 && l["session_id"] == bob_session.as_str()
         })
         .expect("the admin request is in the session's trace");
     assert_eq!(touched["admin.action"], "close");
     let closed = lines
         .iter()
-        .find(|l| l["msg"] == "session closed" && l["session_id"] == bob_session.as_str())
+        .find(|l| {
+            l["msg"] == wstrace::events::SessionClosed::MESSAGE
+                && l["session_id"] == bob_session.as_str()
+        })
         .unwrap();
     assert_eq!(closed["closed_by"], "admin");
 

@@ -138,7 +138,7 @@ async fn publish_reaches_every_subscriber_and_no_one_else() {
     server.stop().await;
 
     let lines = server.log_lines();
-    let delivered: Vec<_> = with_msg(&lines, "message delivered");
+    let delivered: Vec<_> = with_msg(&lines, wstrace::events::MessageDelivered::MESSAGE);
     assert_eq!(delivered.len(), 2);
     let (message_id, traceparent) = &ids[0];
     let origin_span = traceparent.split('-').nth(2).unwrap();
@@ -159,7 +159,7 @@ async fn publish_reaches_every_subscriber_and_no_one_else() {
         assert_eq!(line["channel"], "room");
     }
     assert!(delivered.iter().any(|l| l["session_id"] == b.session_id));
-    let published = with_msg(&lines, "message published");
+    let published = with_msg(&lines, wstrace::events::MessagePublished::MESSAGE);
     assert_eq!(published[0]["delivered"], 2);
     assert_eq!(published[0]["span_id"], origin_span);
 }
@@ -398,7 +398,7 @@ async fn admin_api_lists_sends_broadcasts_kicks_and_cleans_up() {
     server.stop().await;
 
     let lines = server.log_lines();
-    let touched: Vec<_> = with_msg(&lines, "admin request touched this session");
+    let touched: Vec<_> = with_msg(&lines, wstrace::events::AdminTouchedSession::MESSAGE);
     let kicked = touched
         .iter()
         .find(|l| l["admin.action"] == "close")
@@ -414,7 +414,7 @@ async fn admin_api_lists_sends_broadcasts_kicks_and_cleans_up() {
     assert_eq!(sent_line["link.trace_id"], send_trace);
     let closed_a = lines_of_session(&lines, &a.session_id)
         .into_iter()
-        .find(|l| l["msg"] == "session closed")
+        .find(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
         .unwrap();
     assert_eq!(closed_a["closed_by"], "admin");
     assert_eq!(closed_a["close_code"], 4003);
@@ -478,10 +478,13 @@ async fn jwt_is_required_when_configured_and_never_logged() {
     server.stop().await;
 
     let lines = server.log_lines();
-    let opened = with_msg(&lines, "session opened");
+    let opened = with_msg(&lines, wstrace::events::SessionOpened::MESSAGE);
     assert_eq!(opened.len(), 2);
     assert!(opened.iter().all(|l| l["user.id"] == "carol"));
-    assert_eq!(with_msg(&lines, "upgrade refused: bad token").len(), 4);
+    assert_eq!(
+        with_msg(&lines, wstrace::events::UpgradeRefused::TOKEN_MESSAGE).len(),
+        4
+    );
     assert_no_secret_in_logs(
         &server,
         &[
@@ -617,14 +620,10 @@ async fn message_flood_gets_an_error_frame_then_1008() {
         "one error frame per refused streak: {limited}"
     );
     server.stop().await;
-    let metrics = parse_prometheus(&server.state.metrics.render(
-        server.state.hub.gauges(),
-        None,
-        None,
-    ));
+    let metrics = parse_prometheus(&wstrace::http::metrics_text(&server.state));
     assert!(metrics["wstrace_rate_limited_total"] >= 5.0);
     let lines = server.log_lines();
-    let closed = with_msg(&lines, "session closed");
+    let closed = with_msg(&lines, wstrace::events::SessionClosed::MESSAGE);
     assert_eq!(closed[0]["closed_by"], "policy");
     assert_eq!(closed[0]["close_code"], 1008);
 }
@@ -685,11 +684,7 @@ async fn stalled_reader_never_blocks_a_publisher() {
     .await
     .expect("the publisher was blocked");
     assert_eq!(received, total);
-    let metrics = parse_prometheus(&server.state.metrics.render(
-        server.state.hub.gauges(),
-        None,
-        None,
-    ));
+    let metrics = parse_prometheus(&wstrace::http::metrics_text(&server.state));
     assert!(metrics["wstrace_outbound_queue_drops_total"] >= 1.0);
     server.stop().await;
     drop(stalled.client);
@@ -698,12 +693,12 @@ async fn stalled_reader_never_blocks_a_publisher() {
     let stalled_lines = lines_of_session(&lines, &stalled.session_id);
     let overflow = stalled_lines
         .iter()
-        .find(|l| l["msg"] == "outbound queue full: client is not reading; closing with 1013")
+        .find(|l| l["msg"] == wstrace::events::OutboundQueueFull::MESSAGE)
         .expect("overflow logged in the stalled session");
     assert_eq!(overflow["trace_id"], stalled.trace_id);
     let closed = stalled_lines
         .iter()
-        .find(|l| l["msg"] == "session closed")
+        .find(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
         .unwrap();
     assert_eq!(closed["closed_by"], "policy");
     assert_eq!(closed["close_code"], 1013);
@@ -767,11 +762,7 @@ async fn oversize_frames_close_with_1009() {
         attempt().await;
     }
     server.stop().await;
-    let metrics = parse_prometheus(&server.state.metrics.render(
-        server.state.hub.gauges(),
-        None,
-        None,
-    ));
+    let metrics = parse_prometheus(&wstrace::http::metrics_text(&server.state));
     assert_eq!(metrics["wstrace_oversize_messages_total"], 5.0);
 }
 
@@ -822,7 +813,9 @@ async fn metrics_parse_and_match_what_happened() {
     b.client.close(None).await.unwrap();
     while let Some(Ok(_)) = b.client.next().await {}
     server
-        .wait_for_line("b closed", |l| l["msg"] == "session closed")
+        .wait_for_line("b closed", |l| {
+            l["msg"] == wstrace::events::SessionClosed::MESSAGE
+        })
         .await;
 
     let response = http(server.addr, "GET", "/metrics", &[], None).await;

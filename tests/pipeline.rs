@@ -101,7 +101,9 @@ async fn real_server_lines() -> Vec<String> {
     client.close(None).await.unwrap();
     while let Some(Ok(_)) = futures_util::StreamExt::next(&mut client).await {}
     server
-        .wait_for_line("session closed", |l| l["msg"] == "session closed")
+        .wait_for_line("session closed", |l| {
+            l["msg"] == wstrace::events::SessionClosed::MESSAGE
+        })
         .await;
     server.stop().await;
     let mut lines = Vec::new();
@@ -166,7 +168,7 @@ async fn remap_turns_real_server_lines_into_loki_events() {
             // The session's attributes ride along.
             assert_eq!(text(&event, "net.peer.ip").as_deref(), Some("127.0.0.1"));
         }
-        if original["msg"] == "session closed" {
+        if original["msg"] == wstrace::events::SessionClosed::MESSAGE {
             assert_eq!(
                 field(&event, "close_code"),
                 Some(&Value::from(1005)),
@@ -444,15 +446,13 @@ fn dashboard_uses_provisioned_datasources_and_a_trace_id_box() {
         assert!(all.contains(metric), "no panel uses {metric}");
     }
     // Every metric a panel queries is one the server exports.
-    let cluster = wstrace::cluster::ClusterCounters::default();
-    let exported = wstrace::metrics::Metrics::default().render(
-        Default::default(),
-        Some(&Default::default()),
-        Some(wstrace::metrics::ClusterReport {
-            redis_up: true,
-            counters: &cluster,
-        }),
-    );
+    let families = [
+        wstrace::metrics::Metrics::default().families(Default::default()),
+        wstrace::telemetry::TelemetryCounters::default().families(),
+        wstrace::cluster::ClusterCounters::default().families(true),
+    ]
+    .concat();
+    let exported = wstrace::metrics::render(&families);
     for expr in &exprs {
         for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if name.starts_with("wstrace_") {

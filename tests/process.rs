@@ -54,7 +54,7 @@ async fn sigterm_sends_1001_and_flushes_every_line() {
     for session in &sessions {
         let closed: Vec<_> = lines_of_session(&file_lines, session)
             .into_iter()
-            .filter(|l| l["msg"] == "session closed")
+            .filter(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
             .collect();
         assert_eq!(closed.len(), 1, "{session}");
         assert_eq!(closed[0]["closed_by"], "shutdown");
@@ -69,9 +69,15 @@ async fn sigterm_sends_1001_and_flushes_every_line() {
         .iter()
         .position(|m| *m == "shutdown requested")
         .unwrap();
-    let last_closed = msgs.iter().rposition(|m| *m == "session closed").unwrap();
+    let last_closed = msgs
+        .iter()
+        .rposition(|m| *m == wstrace::events::SessionClosed::MESSAGE)
+        .unwrap();
     assert!(signal < last_closed);
-    assert_eq!(msgs.last(), Some(&"telemetry flushing; bye"));
+    assert_eq!(
+        msgs.last(),
+        Some(&wstrace::events::TelemetryFlushing::MESSAGE)
+    );
     // The last line counts the lines before it: all of them are in the file.
     let last = file_lines.last().unwrap();
     assert_eq!(
@@ -150,7 +156,7 @@ fn collector_down_then_up_then_killed_never_stops_the_server() {
     let lines = read_log_lines(log_dir.path());
     let warnings: Vec<_> = lines
         .iter()
-        .filter(|l| l["msg"] == "spans dropped: the OTLP collector is unreachable or too slow")
+        .filter(|l| l["msg"] == wstrace::events::SpansDropped::MESSAGE)
         .collect();
     assert!(!warnings.is_empty(), "the drops were logged");
     // At most one warning per interval (300 ms) over the run.
@@ -406,9 +412,8 @@ fn doctor_names_loki_when_the_server_works_but_loki_is_down() {
     let (_, _, log_dir) = server.wait();
     let lines = read_log_lines(log_dir.path());
     assert!(
-        lines
-            .iter()
-            .any(|l| l["trace_id"] == trace.as_str() && l["msg"] == "session closed")
+        lines.iter().any(|l| l["trace_id"] == trace.as_str()
+            && l["msg"] == wstrace::events::SessionClosed::MESSAGE)
     );
 }
 
@@ -521,9 +526,12 @@ fn client_prints_the_trace_id_the_server_logs_and_honours_traceparent() {
     let logged = lines_of_session(&lines, &session);
     assert!(logged.len() >= 2);
     assert!(logged.iter().all(|l| l["trace_id"] == trace.as_str()));
-    assert!(lines.iter().any(
-        |l| l["trace_id"] == "0af7651916cd43dd8448eb211c80319c" && l["msg"] == "session closed"
-    ));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+                && l["msg"] == wstrace::events::SessionClosed::MESSAGE)
+    );
 }
 
 #[test]
@@ -587,7 +595,7 @@ fn load_reports_are_consistent_with_the_server() {
     let lines = read_log_lines(log_dir.path());
     let closed = lines
         .iter()
-        .filter(|l| l["msg"] == "session closed")
+        .filter(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
         .count() as u64;
     assert_eq!(
         closed, opened,

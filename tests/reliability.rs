@@ -31,7 +31,7 @@ async fn invalid_utf8_closes_with_1007() {
     still_serves(&server).await;
     server.stop().await;
     let lines = server.log_lines();
-    let closed = with_msg(&lines, "session closed");
+    let closed = with_msg(&lines, wstrace::events::SessionClosed::MESSAGE);
     assert!(
         closed
             .iter()
@@ -83,7 +83,7 @@ async fn injected_newlines_stay_inside_one_json_line() {
     // log_lines() asserts every line is one JSON object.
     let lines = server.log_lines();
     assert!(lines.iter().all(|l| l["msg"] != "pwned"));
-    let closed = with_msg(&lines, "session closed");
+    let closed = with_msg(&lines, wstrace::events::SessionClosed::MESSAGE);
     assert_eq!(
         closed[0]["close_reason"], forged,
         "kept, escaped, in its field"
@@ -155,7 +155,7 @@ async fn a_panicking_handler_closes_only_its_session_with_1011() {
     }
     server.stop().await;
     let lines = server.log_lines();
-    let panicked = with_msg(&lines, "session handler panicked; closing with 1011");
+    let panicked = with_msg(&lines, wstrace::events::HandlerPanicked::MESSAGE);
     assert_eq!(panicked.len(), 1);
     assert_eq!(panicked[0]["trace_id"], victim_trace);
     assert_eq!(panicked[0]["level"], 50);
@@ -165,7 +165,7 @@ async fn a_panicking_handler_closes_only_its_session_with_1011() {
             .unwrap()
             .contains("injected fault")
     );
-    let closed: Vec<_> = with_msg(&lines, "session closed")
+    let closed: Vec<_> = with_msg(&lines, wstrace::events::SessionClosed::MESSAGE)
         .into_iter()
         .filter(|l| l["trace_id"] == victim_trace.as_str())
         .collect();
@@ -208,7 +208,7 @@ async fn every_log_line_emitted_at_saturation_is_on_disk() {
         task.await.unwrap();
     }
     server.stop().await;
-    let counters = server.state.telemetry.clone().unwrap();
+    let counters = server.state.config.telemetry.clone().unwrap();
     let written = counters
         .log_lines_written
         .load(std::sync::atomic::Ordering::Relaxed);
@@ -356,7 +356,7 @@ async fn log_rotation_while_sessions_are_live_loses_and_repeats_nothing() {
     for (session, sent) in expected {
         let received = lines_of_session(&lines, &session)
             .into_iter()
-            .filter(|l| l["msg"] == "message received")
+            .filter(|l| l["msg"] == wstrace::events::MessageReceived::MESSAGE)
             .count();
         assert_eq!(
             received, sent,

@@ -82,7 +82,7 @@ async fn one_trace_id_in_header_welcome_and_every_task_line() {
     // A heartbeat line: wait for pings; reading lets the client answer them.
     server
         .wait_for_line("heartbeat ping", |l| {
-            l["msg"] == "ping sent" && l["session_id"] == session_id.as_str()
+            l["msg"] == wstrace::events::PingSent::MESSAGE && l["session_id"] == session_id.as_str()
         })
         .await;
     let _ = tokio::time::timeout(Duration::from_millis(200), client.next()).await;
@@ -131,7 +131,7 @@ async fn one_trace_id_in_header_welcome_and_every_task_line() {
     );
     assert_eq!(by_trace.len(), session_lines.len());
 
-    let closed = with_msg(&lines, "session closed");
+    let closed = with_msg(&lines, wstrace::events::SessionClosed::MESSAGE);
     assert_eq!(closed.len(), 1);
     let closed = closed[0];
     assert_eq!(closed["session_id"], session_id);
@@ -228,13 +228,13 @@ async fn traceparent_header_is_continued() {
     server.stop().await;
 
     let lines = server.log_lines();
-    let opened = with_msg(&lines, "session opened");
+    let opened = with_msg(&lines, wstrace::events::SessionOpened::MESSAGE);
     assert_eq!(opened[0]["trace_id"], PARENT_TRACE);
     assert_eq!(opened[0]["trace.origin"], "header");
     assert!(
         lines
             .iter()
-            .all(|l| l["msg"] != "ignoring malformed traceparent; starting a new trace")
+            .all(|l| l["msg"] != wstrace::events::TraceparentIgnored::MESSAGE)
     );
 }
 
@@ -248,9 +248,9 @@ async fn traceparent_query_parameter_is_continued() {
     close_politely(&mut client).await;
     server.stop().await;
     let lines = server.log_lines();
-    let closed = with_msg(&lines, "session closed");
+    let closed = with_msg(&lines, wstrace::events::SessionClosed::MESSAGE);
     assert_eq!(closed[0]["trace_id"], PARENT_TRACE);
-    let opened = with_msg(&lines, "session opened");
+    let opened = with_msg(&lines, wstrace::events::SessionOpened::MESSAGE);
     assert_eq!(opened[0]["trace.origin"], "query");
 }
 
@@ -331,7 +331,9 @@ async fn idle_session_is_closed_and_recorded() {
     assert_eq!((code, reason.as_str()), (1000, "idle timeout"));
 
     let closed = server
-        .wait_for_line("session closed", |l| l["msg"] == "session closed")
+        .wait_for_line("session closed", |l| {
+            l["msg"] == wstrace::events::SessionClosed::MESSAGE
+        })
         .await;
     assert_eq!(closed["session_id"], session_id);
     assert_eq!(closed["closed_by"], "idle_timeout");
@@ -339,7 +341,7 @@ async fn idle_session_is_closed_and_recorded() {
     assert_eq!(closed["close_reason"], "idle timeout");
     assert!(closed["pings_sent"].as_u64().unwrap() >= 2, "{closed}");
     let lines = server.log_lines();
-    let idle = with_msg(&lines, "closing idle session");
+    let idle = with_msg(&lines, wstrace::events::IdleSessionClosing::MESSAGE);
     assert_eq!(idle.len(), 1);
     assert_eq!(idle[0]["target"], "wstrace::session::heartbeat");
     assert_eq!(idle[0]["trace_id"], closed["trace_id"]);
@@ -375,7 +377,7 @@ async fn answered_pings_keep_a_session_alive() {
     close_politely(&mut client).await;
     server.stop().await;
     let lines = server.log_lines();
-    let closed = with_msg(&lines, "session closed");
+    let closed = with_msg(&lines, wstrace::events::SessionClosed::MESSAGE);
     assert_eq!(closed[0]["closed_by"], "client");
     assert!(closed[0]["ping_rtt_mean_ms"].as_f64().is_some());
 }
@@ -401,7 +403,9 @@ async fn client_close_is_answered_and_recorded() {
     }
     assert_eq!(reply.expect("close reply").code, CloseCode::Away);
     let closed = server
-        .wait_for_line("session closed", |l| l["msg"] == "session closed")
+        .wait_for_line("session closed", |l| {
+            l["msg"] == wstrace::events::SessionClosed::MESSAGE
+        })
         .await;
     assert_eq!(closed["closed_by"], "client");
     assert_eq!(closed["close_code"], 1001);
@@ -417,7 +421,9 @@ async fn dropped_connection_is_recorded_as_abnormal() {
     next_json(&mut client).await;
     drop(client);
     let closed = server
-        .wait_for_line("session closed", |l| l["msg"] == "session closed")
+        .wait_for_line("session closed", |l| {
+            l["msg"] == wstrace::events::SessionClosed::MESSAGE
+        })
         .await;
     assert_eq!(closed["closed_by"], "client");
     assert_eq!(closed["close_code"], 1006);
@@ -454,7 +460,9 @@ async fn oversize_message_closes_with_1009() {
     let (code, reason) = next_close(&mut client).await;
     assert_eq!((code, reason.as_str()), (1009, "message too big"));
     let closed = server
-        .wait_for_line("session closed", |l| l["msg"] == "session closed")
+        .wait_for_line("session closed", |l| {
+            l["msg"] == wstrace::events::SessionClosed::MESSAGE
+        })
         .await;
     assert_eq!(closed["closed_by"], "error");
     assert_eq!(closed["close_code"], 1009);
@@ -492,7 +500,7 @@ async fn shutdown_sends_1001_and_every_session_writes_its_closed_line() {
     for session in &sessions {
         let closed: Vec<_> = lines_of_session(&lines, session)
             .into_iter()
-            .filter(|l| l["msg"] == "session closed")
+            .filter(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
             .collect();
         assert_eq!(closed.len(), 1, "session {session}");
         assert_eq!(closed[0]["closed_by"], "shutdown");
@@ -528,7 +536,9 @@ async fn connection_limit_answers_503_with_json() {
     close_politely(&mut first).await;
     // The slot is free again once the session is gone.
     server
-        .wait_for_line("session closed", |l| l["msg"] == "session closed")
+        .wait_for_line("session closed", |l| {
+            l["msg"] == wstrace::events::SessionClosed::MESSAGE
+        })
         .await;
     let (mut second, _) = server.connect().await;
     next_json(&mut second).await;

@@ -17,11 +17,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::Cluster;
 use super::envelope::{Action, Audience, Envelope};
-use crate::session::outbound::Delivery;
-use crate::session::stats::{CloseDecision, ClosedBy};
-use crate::state::ServerState;
+use super::{Cluster, ClusterContext};
+use crate::events::{
+    AdminClosedSession, ClusterDeliveryFailing, ClusterEnvelopeDropped, ClusterMessageDelivered,
+    RedisLost, RedisReconnected,
+};
+use crate::routing::{Delivery, SharedRecipient};
 use crate::trace_context::span_context;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -55,7 +57,7 @@ impl Default for Backoff {
     }
 }
 
-pub async fn run_bus(state: Arc<ServerState>, cluster: Arc<Cluster>) {
+pub async fn run_bus(context: Arc<ClusterContext>, cluster: Arc<Cluster>) {
     let mut subscription = cluster.take_first_subscription();
     let mut backoff = Backoff::new();
     let mut lost_at: Option<Instant> = None;
@@ -67,7 +69,7 @@ pub async fn run_bus(state: Arc<ServerState>, cluster: Arc<Cluster>) {
                 let delay = backoff.next_delay();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = state.shutdown.cancelled() => return,
+                    _ = context.shutdown.cancelled() => return,
                 }
                 match cluster.subscribe().await {
                     Ok(pubsub) => pubsub,
@@ -87,13 +89,13 @@ pub async fn run_bus(state: Arc<ServerState>, cluster: Arc<Cluster>) {
             cluster.set_up(true);
             cluster.counters.reconnects.fetch_add(1, Relaxed);
             backoff = Backoff::new();
-            let sessions = reregister(&state, &cluster).await;
-            tracing::info!(
-                redis = cluster.redis_url(),
-                down_ms = lost.elapsed().as_millis() as u64,
-                sessions_reregistered = sessions,
-                "reconnected to Redis: cross-instance delivery resumed"
-            );
+            let sessions = reregister(&context, &cluster).await;
+            RedisReconnected {
+                redis: cluster.redis_url(),
+                down_ms: lost.elapsed().as_millis() as u64,
+                sessions_reregistered: sessions,
+            }
+            .emit();
         }
         let (mut sink, mut messages) = pubsub.split();
         let mut pings = tokio::time::interval(ping_every);
@@ -102,7 +104,7 @@ pub async fn run_bus(state: Arc<ServerState>, cluster: Arc<Cluster>) {
             tokio::select! {
                 message = messages.next() => match message {
                     Some(message) => {
-                        deliver(&state, &cluster, message.get_payload_bytes());
+                        deliver(&context, &cluster, message.get_payload_bytes());
                         // A burst from Redis must not starve the writers
                         // that drain what was just queued.
                         tokio::task::yield_now().await;
@@ -115,26 +117,25 @@ pub async fn run_bus(state: Arc<ServerState>, cluster: Arc<Cluster>) {
                         break "no answer to ping";
                     }
                 }
-                _ = state.shutdown.cancelled() => return,
+                _ = context.shutdown.cancelled() => return,
             }
         };
         cluster.set_up(false);
         lost_at = Some(Instant::now());
-        tracing::warn!(
-            redis = cluster.redis_url(),
+        RedisLost {
+            redis: cluster.redis_url(),
             cause,
-            "lost the connection to Redis: sessions here are served as before; \
-             cross-instance delivery fails until it returns (retrying with backoff)"
-        );
+        }
+        .emit();
     }
 }
 
 /// Writes every local session back into the registry.
-async fn reregister(state: &ServerState, cluster: &Cluster) -> usize {
+async fn reregister(context: &ClusterContext, cluster: &Cluster) -> usize {
     let mut count = 0;
-    for session in state.hub.sessions() {
+    for session in context.router.hub().sessions() {
         if cluster
-            .register(&session.view(cluster.instance_id()), false)
+            .register(&context.router.view(&*session), false)
             .await
             .is_ok()
         {
@@ -145,13 +146,17 @@ async fn reregister(state: &ServerState, cluster: &Cluster) -> usize {
 }
 
 /// Delivers one envelope from another instance to the sessions here.
-fn deliver(state: &ServerState, cluster: &Cluster, payload: &[u8]) {
+fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
     let envelope = match Envelope::decode_from_others(payload, cluster.instance_id()) {
         Ok(Some(envelope)) => envelope,
         Ok(None) => return,
         Err(error) => {
             cluster.counters.malformed.fetch_add(1, Relaxed);
-            tracing::warn!(%error, bytes = payload.len(), "dropped a cluster envelope");
+            ClusterEnvelopeDropped {
+                error: &error,
+                bytes: payload.len(),
+            }
+            .emit();
             return;
         }
     };
@@ -183,13 +188,16 @@ fn deliver(state: &ServerState, cluster: &Cluster, payload: &[u8]) {
             channel,
             from_session,
         } => {
-            let hub = &state.hub;
-            let receivers = match &to {
-                Audience::Channel { channel } => hub.subscribers(channel),
-                Audience::All => hub.sessions(),
-                Audience::Sessions { session_ids } => {
-                    session_ids.iter().filter_map(|id| hub.get(*id)).collect()
+            let router = &context.router;
+            let receivers: Vec<SharedRecipient> = match &to {
+                Audience::Channel { channel } => {
+                    router.local(crate::routing::Audience::Channel(channel))
                 }
+                Audience::All => router.local(crate::routing::Audience::All),
+                Audience::Sessions { session_ids } => session_ids
+                    .iter()
+                    .filter_map(|id| router.hub().get(*id))
+                    .collect(),
             };
             let delivery = Arc::new(Delivery {
                 message_id,
@@ -199,16 +207,15 @@ fn deliver(state: &ServerState, cluster: &Cluster, payload: &[u8]) {
                 origin,
                 sampled: envelope.sampled,
             });
-            let report = hub.fan_out(receivers, delivery.clone(), &state.metrics);
+            let report = router.fan_out(&receivers, &delivery);
             if envelope.sampled {
-                tracing::info!(
-                    ws.message.id = %delivery.message_id,
-                    delivered = report.delivered,
-                    dropped = report.dropped,
-                    link.trace_id = %delivery.origin.trace_id(),
-                    link.span_id = %delivery.origin.span_id(),
-                    "cluster message delivered on this instance"
-                );
+                ClusterMessageDelivered {
+                    message_id: &delivery.message_id,
+                    delivered: report.delivered,
+                    dropped: report.dropped,
+                    link: &delivery.origin,
+                }
+                .emit();
             }
         }
         Action::Kick {
@@ -216,26 +223,27 @@ fn deliver(state: &ServerState, cluster: &Cluster, payload: &[u8]) {
             code,
             reason,
         } => {
-            let Some(session) = state.hub.get(session_id) else {
+            let Some(session) = context.router.hub().get(session_id) else {
                 tracing::info!(%session_id, "kick for a session that is no longer here");
                 return;
             };
-            crate::api::record_in_session(&session, "close", &origin);
-            session
-                .close
-                .decide(CloseDecision::new(code, reason, ClosedBy::Admin));
-            tracing::info!(
-                %session_id,
+            session.admin_touched("close", &origin);
+            session.close_by_admin(code, reason);
+            AdminClosedSession {
+                session_id,
                 code,
-                "admin closed session (request made on another instance)"
-            );
+                forwarded_to: None,
+                from_elsewhere: true,
+            }
+            .emit();
         }
     }
 }
 
 /// Renews this instance's stats key; reports cross-instance failures at
 /// most once per `report_every`.
-pub async fn run_upkeep(state: Arc<ServerState>, cluster: Arc<Cluster>, report_every: Duration) {
+pub async fn run_upkeep(context: Arc<ClusterContext>, cluster: Arc<Cluster>) {
+    let report_every = context.report_every;
     let mut renew =
         tokio::time::interval((cluster.session_ttl() / 3).max(Duration::from_millis(100)));
     let mut report =
@@ -244,25 +252,25 @@ pub async fn run_upkeep(state: Arc<ServerState>, cluster: Arc<Cluster>, report_e
     loop {
         tokio::select! {
             _ = renew.tick() => {
-                let _ = cluster.publish_stats(&crate::api::instance_stats(&state)).await;
+                let _ = cluster.publish_stats(&(context.stats)()).await;
             }
             _ = report.tick() => {
                 let publish = cluster.counters.publish_failures.load(Relaxed);
                 let registry = cluster.counters.registry_failures.load(Relaxed);
                 if publish > publish_before || registry > registry_before {
-                    tracing::warn!(
-                        redis = cluster.redis_url(),
-                        redis_up = cluster.is_up(),
-                        publish_failures = publish - publish_before,
-                        registry_failures = registry - registry_before,
-                        publish_failures_total = publish,
-                        interval_ms = report_every.as_millis() as u64,
-                        "cross-instance delivery failing: messages reached this instance's sessions only"
-                    );
+                    ClusterDeliveryFailing {
+                        redis: cluster.redis_url(),
+                        redis_up: cluster.is_up(),
+                        publish_failures: publish - publish_before,
+                        registry_failures: registry - registry_before,
+                        publish_failures_total: publish,
+                        interval_ms: report_every.as_millis() as u64,
+                    }
+                    .emit();
                 }
                 (publish_before, registry_before) = (publish, registry);
             }
-            _ = state.shutdown.cancelled() => {
+            _ = context.shutdown.cancelled() => {
                 let _ = cluster.forget_instance().await;
                 return;
             }

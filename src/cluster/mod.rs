@@ -8,7 +8,8 @@
 //!   backoff) and the instance's own upkeep.
 //! - [`publisher`]: the sending side: one bounded queue, pipelined
 //!   `PUBLISH`es.
-//! - [`route`]: hands a message to its audience on every instance.
+//! - [`forward`]: routing's [`Forwarder`](crate::routing::Forwarder) for cluster mode: hands what
+//!   routing delivered here to the other instances.
 //!
 //! Redis is on the path of cross-instance traffic only. Local delivery
 //! never waits for it, so an instance keeps serving its own sessions when
@@ -18,18 +19,24 @@
 
 pub mod bus;
 pub mod envelope;
+pub mod forward;
 pub mod publisher;
 pub mod registry;
-pub mod route;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-use crate::auth::Secret;
+use crate::auth::{Secret, redact_url};
+use crate::error::HttpError;
+use crate::metrics::{Family, count};
+use crate::routing::{ForwardError, Router};
+use crate::sync::lock;
 use envelope::Envelope;
 
 /// Every key and channel starts with this.
@@ -74,6 +81,18 @@ pub enum ClusterError {
     Command(String),
 }
 
+impl From<ClusterError> for ForwardError {
+    fn from(error: ClusterError) -> Self {
+        ForwardError(error.to_string())
+    }
+}
+
+impl From<ClusterError> for HttpError {
+    fn from(error: ClusterError) -> Self {
+        HttpError::ClusterUnavailable(error.to_string())
+    }
+}
+
 /// `/metrics` counters of cluster mode.
 #[derive(Debug, Default)]
 pub struct ClusterCounters {
@@ -91,6 +110,55 @@ pub struct ClusterCounters {
     pub reconnects: AtomicU64,
 }
 
+impl ClusterCounters {
+    /// Cluster mode's metrics, for `/metrics`.
+    pub fn families(&self, redis_up: bool) -> Vec<Family> {
+        let counter =
+            |name, help, value: &AtomicU64| Family::counter(name, help, value.load(Relaxed));
+        vec![
+            Family::gauge(
+                "wstrace_cluster_redis_up",
+                "1 while the Redis pub/sub connection is up (cluster mode).",
+                count(u64::from(redis_up)),
+            ),
+            counter(
+                "wstrace_cluster_published_total",
+                "Envelopes published to other instances.",
+                &self.published,
+            ),
+            counter(
+                "wstrace_cluster_publish_failures_total",
+                "Envelopes that could not be published: other instances missed them.",
+                &self.publish_failures,
+            ),
+            counter(
+                "wstrace_cluster_received_total",
+                "Envelopes received from other instances.",
+                &self.received,
+            ),
+            counter(
+                "wstrace_cluster_malformed_total",
+                "Envelopes dropped because they could not be decoded.",
+                &self.malformed,
+            ),
+            counter(
+                "wstrace_cluster_registry_failures_total",
+                "Session registry reads and writes that failed.",
+                &self.registry_failures,
+            ),
+            counter(
+                "wstrace_cluster_reconnects_total",
+                "Times the Redis connection came back after a loss.",
+                &self.reconnects,
+            ),
+        ]
+    }
+}
+
+/// One instance's connection to the cluster: the Redis command connection,
+/// the pub/sub subscription until the bus task takes it, the outgoing
+/// publish queue, and whether Redis is up. Shared by the sessions (as
+/// routing's [`Forwarder`](crate::routing::Forwarder)), the admin API and the cluster's own tasks.
 pub struct Cluster {
     instance_id: String,
     url_for_display: String,
@@ -190,11 +258,8 @@ impl Cluster {
         self.up.load(Relaxed)
     }
 
-    pub fn report(&self) -> crate::metrics::ClusterReport<'_> {
-        crate::metrics::ClusterReport {
-            redis_up: self.is_up(),
-            counters: &self.counters,
-        }
+    pub fn families(&self) -> Vec<Family> {
+        self.counters.families(self.is_up())
     }
 
     fn set_up(&self, up: bool) {
@@ -322,30 +387,35 @@ impl Cluster {
     }
 }
 
+/// What cluster mode's background tasks need from the running server.
+pub struct ClusterContext {
+    pub router: Arc<Router>,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
+    /// At most one warning per interval about cross-instance failures.
+    pub report_every: Duration,
+    /// This instance's stats, as the registry stores them.
+    pub stats: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+}
+
 /// The background tasks of cluster mode, which live as long as the server.
 pub struct ClusterTasks {
     bus: tokio::task::JoinHandle<()>,
     upkeep: tokio::task::JoinHandle<()>,
     publisher: tokio::task::JoinHandle<()>,
-    finish_publishing: tokio_util::sync::CancellationToken,
+    finish_publishing: CancellationToken,
 }
 
 impl ClusterTasks {
-    /// Starts them, if the server is in cluster mode. The bus and upkeep
-    /// tasks end with the server's shutdown signal; the publisher when
-    /// [`ClusterTasks::finish`] says so.
-    pub fn start(state: &std::sync::Arc<crate::state::ServerState>) -> Option<Self> {
-        let cluster = state.cluster.clone()?;
+    /// Starts them. The bus and upkeep tasks end with the server's shutdown
+    /// signal; the publisher when [`ClusterTasks::finish`] says so.
+    pub fn start(cluster: Arc<Cluster>, context: ClusterContext) -> Option<Self> {
         let jobs = cluster.take_outgoing()?;
-        let finish_publishing = tokio_util::sync::CancellationToken::new();
-        let report_every = state.limits.telemetry_report_interval;
+        let finish_publishing = CancellationToken::new();
+        let context = Arc::new(context);
         Some(Self {
-            bus: tokio::spawn(bus::run_bus(state.clone(), cluster.clone())),
-            upkeep: tokio::spawn(bus::run_upkeep(
-                state.clone(),
-                cluster.clone(),
-                report_every,
-            )),
+            bus: tokio::spawn(bus::run_bus(context.clone(), cluster.clone())),
+            upkeep: tokio::spawn(bus::run_upkeep(context, cluster.clone())),
             publisher: tokio::spawn(publisher::run_publisher(
                 cluster,
                 jobs,
@@ -369,41 +439,9 @@ impl ClusterTasks {
     }
 }
 
-/// `redis://user:password@host` → `redis://user:***@host`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Some((credentials, host)) = authority.rsplit_once('@') else {
-        return url.to_string();
-    };
-    let user = credentials.split_once(':').map_or("", |(user, _)| user);
-    format!("{scheme}://{user}:***@{host}{path}")
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_lose_their_passwords() {
-        assert_eq!(
-            redact_url("redis://:hunter2@cache:6379/0"),
-            "redis://:***@cache:6379/0"
-        );
-        assert_eq!(
-            redact_url("rediss://app:hunter2@cache"),
-            "rediss://app:***@cache"
-        );
-        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
-        assert_eq!(redact_url("not a url"), "not a url");
-        assert!(!redact_url("redis://u:p@ss@h/1").contains("p@ss"));
-    }
 
     #[test]
     fn channels_are_namespaced() {

@@ -13,16 +13,13 @@
 //! sessions are gone, the queue is closed and what is in it still goes out
 //! (within the shutdown timeout).
 
-use axum::extract::ws::Message;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::Cluster;
 use super::envelope::Envelope;
-use super::{Cluster, ClusterError};
-use crate::metrics::FrameKind;
-use crate::protocol::{ErrorCode, ServerFrame};
-use crate::session::outbound::Outbound;
+use crate::routing::{ForwardError, SharedRecipient};
 
 /// Envelopes waiting for Redis.
 pub const QUEUE_ENVELOPES: usize = 8192;
@@ -36,8 +33,8 @@ pub struct PublishJob {
     /// The `redis.publish` span (disabled when unsampled): open from the
     /// publish until Redis answers.
     pub span: tracing::Span,
-    /// The publishing session's queue, for an error frame if it fails.
-    pub reply_to: Option<mpsc::Sender<Outbound>>,
+    /// The publishing session, for an error frame if it fails.
+    pub reply_to: Option<SharedRecipient>,
 }
 
 /// Sends queued envelopes until `finish` is cancelled, then closes the
@@ -77,28 +74,11 @@ pub async fn run_publisher(
                 Err(error) => {
                     job.span.record("otel.status_code", "error");
                     if let Some(reply_to) = &job.reply_to {
-                        // A full queue means a client that does not read;
-                        // the failure is counted either way.
-                        let _ = reply_to.try_send(error_frame(error, job.envelope.sampled));
+                        let error = ForwardError(error.to_string());
+                        reply_to.notify(&error.to_frame(), job.envelope.sampled);
                     }
                 }
             }
         }
     }
-}
-
-/// What the publishing session is told when other instances were not
-/// reached; `sampled` as the message that caused it.
-pub fn error_frame(error: &ClusterError, sampled: bool) -> Outbound {
-    let frame = ServerFrame::Error {
-        code: ErrorCode::ClusterUnavailable,
-        message: format!(
-            "other instances were not reached: {error}; sessions on this instance got the message"
-        ),
-    };
-    Outbound::frame(
-        FrameKind::Error,
-        Message::Text(frame.to_json().into()),
-        sampled,
-    )
 }

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use super::{Cluster, ClusterError, PREFIX};
-use crate::hub::SessionView;
+use crate::routing::SessionView;
 
 /// Keys per `MGET`, and per `SCAN` step.
 const BATCH: usize = 500;

@@ -8,21 +8,25 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
+use super::close::{CloseDecision, CloseSignal, ClosedBy};
+use super::handle::SessionHandle;
 use super::outbound::Outbound;
-use super::stats::{CloseDecision, CloseSignal, ClosedBy, SessionStats};
-use crate::cluster::Cluster;
+use super::stats::SessionStats;
 use crate::error::close_code;
-use crate::hub::SessionHandle;
-use crate::metrics::FrameKind;
+use crate::events::{IdleSessionClosing, PingSent};
+use crate::protocol::FrameKind;
+use crate::routing::Router;
 
+/// Pings on `interval`; closes the session after `idle_timeout` of silence.
+/// In cluster mode (`renew`), each ping also renews the session's registry
+/// entry.
 pub async fn run_heartbeat(
     outbound: mpsc::Sender<Outbound>,
     stats: Arc<SessionStats>,
     close: CloseSignal,
     interval: Duration,
     idle_timeout: Duration,
-    // Cluster mode: each ping also renews the session's registry entry.
-    registry: Option<(Arc<Cluster>, Arc<SessionHandle>)>,
+    renew: Option<(Arc<Router>, Arc<SessionHandle>)>,
 ) {
     let mut pings = interval_at(Instant::now() + interval, interval);
     pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -35,23 +39,22 @@ pub async fn run_heartbeat(
                 // A full queue means the peer is not reading; the idle
                 // check, not a blocked ping, decides what happens then.
                 match outbound.try_send(ping) {
-                    Ok(()) => tracing::debug!("ping sent"),
+                    Ok(()) => PingSent.emit(),
                     Err(_) => tracing::debug!("ping skipped: outbound queue full"),
                 }
-                if let Some((cluster, session)) = &registry {
-                    let view = session.view(cluster.instance_id());
+                if let Some((router, session)) = &renew {
                     // Failures are counted and reported by the upkeep task.
-                    let _ = Box::pin(cluster.register(&view, false)).await;
+                    let _ = Box::pin(router.renew(&**session)).await;
                 }
             }
             _ = sleep_until(idle_deadline) => {
                 let silent_for = stats.last_seen().elapsed();
                 if silent_for >= idle_timeout {
-                    tracing::info!(
-                        silent_ms = silent_for.as_millis() as u64,
-                        idle_timeout_ms = idle_timeout.as_millis() as u64,
-                        "closing idle session"
-                    );
+                    IdleSessionClosing {
+                        silent_ms: silent_for.as_millis() as u64,
+                        idle_timeout_ms: idle_timeout.as_millis() as u64,
+                    }
+                    .emit();
                     close.decide(CloseDecision::new(
                         close_code::NORMAL,
                         "idle timeout",

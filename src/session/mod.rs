@@ -18,6 +18,9 @@
 //! written against `Sink`/`Stream`, so tests can drive it without a
 //! network.
 
+pub mod close;
+mod commands;
+pub mod handle;
 mod heartbeat;
 pub mod outbound;
 mod rate;
@@ -36,13 +39,15 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::error::close_code;
-use crate::hub::SessionHandle;
-use crate::metrics::FrameKind;
+use crate::events::{SessionClosed, SessionOpened, SessionTaskAborted, SessionTaskPanicked};
 use crate::protocol::ServerFrame;
+use crate::routing::Recipient;
 use crate::state::ServerState;
+use close::{CloseDecision, CloseSignal, ClosedBy, PeerClose};
+pub use handle::SessionHandle;
 use outbound::{MessageSampler, Outbound};
 pub use rate::{RateDecision, RateLimiter};
-use stats::{CloseDecision, CloseSignal, ClosedBy, PeerClose, SessionStats};
+use stats::SessionStats;
 
 /// What a session knows about itself when it starts.
 #[derive(Debug, Clone)]
@@ -124,7 +129,7 @@ where
         + Unpin
         + 'static,
 {
-    let limits = &state.limits;
+    let limits = &state.config.limits;
     let stats = Arc::new(SessionStats::new());
     let close = CloseSignal::new();
     let peer_close = Arc::new(PeerClose::default());
@@ -142,35 +147,29 @@ where
         close.clone(),
         outbound_tx.clone(),
     ));
-    state.hub.register(handle.clone());
-    state.metrics.session_opened();
-    if let Some(cluster) = &state.cluster {
-        // Before the welcome: once the client knows its session id, any
-        // instance can reach it. Boxed, like every Redis call on a
-        // session's path, to keep long-lived futures small.
-        let registered =
-            Box::pin(cluster.register(&handle.view(cluster.instance_id()), true)).await;
-        if let Err(error) = registered {
-            // Counted, and reported once per interval by the upkeep task.
-            tracing::debug!(%error, "session not yet in the cluster registry");
-        }
+    // Before the welcome: once the client knows its session id, any
+    // instance can reach it. Boxed, like every Redis call on a session's
+    // path, to keep long-lived futures small.
+    if let Err(error) = Box::pin(state.router.join(handle.clone())).await {
+        // Counted, and reported once per interval by the upkeep task.
+        tracing::debug!(%error, "session not yet in the cluster registry");
     }
 
-    tracing::info!(
-        user_agent.original = %info.upgrade.user_agent,
-        trace.origin = info.upgrade.trace_origin,
-        "session opened"
-    );
+    SessionOpened {
+        user_agent: &info.upgrade.user_agent,
+        trace_origin: info.upgrade.trace_origin,
+    }
+    .emit(&state.metrics);
     if info.mode == SessionMode::Protocol {
         let welcome = ServerFrame::Welcome {
             session_id: info.session_id.to_string(),
             trace_id: info.trace_id.clone(),
-            instance_id: state.instance_id.clone(),
+            instance_id: state.config.instance_id.clone(),
             heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
         };
         // The queue is empty and owned here: this cannot fail or wait.
         let _ = outbound_tx.try_send(Outbound::frame(
-            FrameKind::Welcome,
+            welcome.kind(),
             Message::Text(welcome.to_json().into()),
             false,
         ));
@@ -192,9 +191,10 @@ where
             limits.heartbeat_interval,
             limits.idle_timeout,
             state
+                .config
                 .cluster
-                .clone()
-                .map(|cluster| (cluster, handle.clone())),
+                .is_some()
+                .then(|| (state.router.clone(), handle.clone())),
         )
         .instrument(tracing::info_span!("ws.heartbeat")),
     );
@@ -205,7 +205,7 @@ where
             outbound: outbound_tx,
             state: state.clone(),
             peer_close: peer_close.clone(),
-            sampler: MessageSampler::new(state.message_sample_ratio, seed),
+            sampler: MessageSampler::new(state.config.message_sample_ratio, seed),
             echo_only: info.mode == SessionMode::Echo,
             rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
         }
@@ -232,7 +232,7 @@ async fn wait_for_end(
     stats: Arc<SessionStats>,
     peer_close: Arc<PeerClose>,
 ) -> SessionSummary {
-    let limits = &state.limits;
+    let limits = &state.config.limits;
     let mut decided = close.subscribe();
     let reader_done = tokio::select! {
         _ = &mut reader => true,
@@ -247,11 +247,7 @@ async fn wait_for_end(
         }
     };
     // Stop taking deliveries: nothing more will be sent.
-    state.hub.remove(session.id);
-    if let Some(cluster) = &state.cluster {
-        // On failure the key expires within one TTL.
-        let _ = Box::pin(cluster.unregister(session.id, session.user.as_deref())).await;
-    }
+    Box::pin(state.router.leave(session.id, session.user())).await;
     drop(session);
     // A close was decided by us or the peer: give the handshake (our Close
     // out, theirs in, or the reverse) a bounded time to finish.
@@ -268,53 +264,53 @@ async fn wait_for_end(
         clean: peer_close.get().is_some(),
         decision,
     };
-    state
-        .metrics
-        .session_closed(summary.decision.code, summary.decision.by.as_str());
-    log_closed(&stats, &summary, peer_close.get());
+    log_closed(&state, &stats, &summary, peer_close.get());
     summary
 }
 
-async fn finish_within(task: &mut JoinHandle<()>, limit: std::time::Duration, name: &str) {
+async fn finish_within(task: &mut JoinHandle<()>, limit: std::time::Duration, name: &'static str) {
     match tokio::time::timeout(limit, &mut *task).await {
         Ok(Ok(())) => {}
-        Ok(Err(error)) if error.is_panic() => {
-            tracing::error!(task = name, "session task panicked");
-        }
+        Ok(Err(error)) if error.is_panic() => SessionTaskPanicked { task: name }.emit(),
         Ok(Err(_)) => {}
         Err(_) => {
             task.abort();
-            tracing::info!(
-                task = name,
-                timeout_ms = limit.as_millis() as u64,
-                "session task did not finish in time; aborted"
-            );
+            SessionTaskAborted {
+                task: name,
+                timeout_ms: limit.as_millis() as u64,
+            }
+            .emit();
         }
     }
 }
 
-fn log_closed(stats: &SessionStats, summary: &SessionSummary, peer_close: Option<(u16, String)>) {
+fn log_closed(
+    state: &ServerState,
+    stats: &SessionStats,
+    summary: &SessionSummary,
+    peer_close: Option<(u16, String)>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     let decision = &summary.decision;
     let (rtt_last, rtt_mean) = stats.ping_rtt_ms().unzip();
     let (peer_code, _) = peer_close.unzip();
-    tracing::info!(
-        close_code = decision.code,
-        close_reason = %decision.reason,
-        closed_by = decision.by.as_str(),
-        close_clean = summary.clean,
-        peer_close_code = peer_code,
-        duration_ms = stats.elapsed().as_millis() as u64,
-        messages_in = stats.messages_in.load(Relaxed),
-        messages_out = stats.messages_out.load(Relaxed),
-        bytes_in = stats.bytes_in.load(Relaxed),
-        bytes_out = stats.bytes_out.load(Relaxed),
-        pings_sent = stats.pings_sent.load(Relaxed),
-        ping_rtt_last_ms = rtt_last,
-        ping_rtt_mean_ms = rtt_mean,
-        error_count = stats.errors.load(Relaxed),
-        "session closed"
-    );
+    SessionClosed {
+        close_code: decision.code,
+        close_reason: &decision.reason,
+        closed_by: decision.by.as_str(),
+        close_clean: summary.clean,
+        peer_close_code: peer_code,
+        duration_ms: stats.elapsed().as_millis() as u64,
+        messages_in: stats.messages_in.load(Relaxed),
+        messages_out: stats.messages_out.load(Relaxed),
+        bytes_in: stats.bytes_in.load(Relaxed),
+        bytes_out: stats.bytes_out.load(Relaxed),
+        pings_sent: stats.pings_sent.load(Relaxed),
+        ping_rtt_last_ms: rtt_last,
+        ping_rtt_mean_ms: rtt_mean,
+        error_count: stats.errors.load(Relaxed),
+    }
+    .emit(&state.metrics);
     // Recorded after the line above, so log lines do not repeat them; the
     // trace backend gets them as span attributes.
     let span = tracing::Span::current();

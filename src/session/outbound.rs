@@ -1,10 +1,9 @@
 //! What goes into a session's outbound queue, and which messages are traced.
 
-use axum::extract::ws::{Message, Utf8Bytes};
-use opentelemetry::trace::SpanContext;
-use uuid::Uuid;
+use axum::extract::ws::Message;
 
-use crate::metrics::FrameKind;
+use crate::protocol::FrameKind;
+use crate::routing::Delivery;
 
 /// One entry of a session's bounded outbound queue.
 #[derive(Debug)]
@@ -29,20 +28,6 @@ impl Outbound {
             sampled,
         }
     }
-}
-
-/// A `message` frame on its way to one or many receivers, serialized once.
-#[derive(Debug)]
-pub struct Delivery {
-    pub message_id: String,
-    pub frame: Utf8Bytes,
-    pub channel: Option<String>,
-    pub from_session: Option<Uuid>,
-    /// The publisher's span: each receiver's `ws.send` span links to it.
-    pub origin: SpanContext,
-    /// The publisher's sampling decision, so every receiver of one message
-    /// records it, or none does.
-    pub sampled: bool,
 }
 
 /// Decides which messages get spans and log lines. Errors, closes and the

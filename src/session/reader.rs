@@ -6,28 +6,31 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::SystemTime;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use uuid::Uuid;
 
-use super::outbound::{Delivery, MessageSampler, Outbound};
+use super::close::{CloseDecision, ClosedBy, PeerClose};
+use super::commands;
+use super::handle::SessionHandle;
+use super::outbound::{MessageSampler, Outbound};
 use super::rate::{RateDecision, RateLimiter};
-use super::stats::{CloseDecision, ClosedBy, PeerClose};
-use crate::cluster::route::{Audience, route};
 use crate::error::{SessionError, close_code};
-use crate::hub::{SessionHandle, SubscribeError};
-use crate::metrics::FrameKind;
-use crate::protocol::{self, ClientFrame, DecodeError, ErrorCode, ServerFrame};
+use crate::events::{
+    ClientFrameRejected, FrameRefused, HandlerPanicked, MessageReceived, RateAbuse, RateLimited,
+    SessionReadFailed,
+};
+use crate::protocol::{self, ClientFrame, DecodeError, ErrorCode, FrameKind, ServerFrame};
+use crate::routing::{Delivery, ForwardError, Sender, SharedRecipient};
 use crate::state::ServerState;
-use crate::trace_context::format_traceparent;
 
+/// The reader task: reads the socket until it ends, answers each frame
+/// through the writer's queue (waiting when it is full: backpressure), and
+/// hands messages for others to routing. One per session.
 pub struct Reader {
-    pub session: Arc<SessionHandle>,
-    pub outbound: mpsc::Sender<Outbound>,
-    pub state: Arc<ServerState>,
+    pub(super) session: Arc<SessionHandle>,
+    pub(super) outbound: mpsc::Sender<Outbound>,
+    pub(super) state: Arc<ServerState>,
     pub peer_close: Arc<PeerClose>,
     pub sampler: MessageSampler,
     pub rate: RateLimiter,
@@ -36,7 +39,7 @@ pub struct Reader {
 }
 
 /// The outbound queue is closed: the session is ending.
-struct Gone;
+pub(super) struct Gone;
 
 impl Reader {
     /// Reads until the stream ends. A client Close is recorded and reading
@@ -51,7 +54,8 @@ impl Reader {
             let message = match item {
                 Ok(message) => message,
                 Err(error) => {
-                    let error = SessionError::from_read(error, self.state.limits.max_message_bytes);
+                    let error =
+                        SessionError::from_read(error, self.state.config.limits.max_message_bytes);
                     self.fail(error);
                     return;
                 }
@@ -143,7 +147,10 @@ impl Reader {
             }
             Data::Text(text) => {
                 let frame = protocol::decode(text);
-                (frame.as_ref().map_or(FrameKind::Invalid, kind_of), frame)
+                (
+                    frame.as_ref().map_or(FrameKind::Invalid, ClientFrame::kind),
+                    frame,
+                )
             }
         };
         self.state.metrics.message_in(kind, size);
@@ -168,141 +175,21 @@ impl Reader {
             Ok(frame) => frame,
             Err(error) => {
                 self.session.stats.error();
-                tracing::warn!(
-                    error.code = error.code.as_str(),
-                    error.message = %error.message,
-                    "rejected client frame"
-                );
+                ClientFrameRejected {
+                    code: error.code.as_str(),
+                    message: &error.message,
+                }
+                .emit();
                 return self.reply_frame(error.to_frame(), sampled).await;
             }
         };
         if sampled {
-            tracing::info!("message received");
+            MessageReceived.emit();
         }
-        match frame {
-            ClientFrame::Ping { id } => {
-                if let Some(id) = &id {
-                    tracing::Span::current().record("ws.message.id", id.as_str());
-                }
-                let pong = ServerFrame::Pong {
-                    server_time_ms: now_ms(),
-                    id,
-                };
-                self.reply_frame(pong, sampled).await
-            }
-            ClientFrame::Echo { content } => {
-                if self.state.fault_panic_on_echo.as_deref() == Some(content.as_str()) {
-                    panic!("injected fault: echo of {content:?}");
-                }
-                self.reply_frame(ServerFrame::Echo { content }, sampled)
-                    .await
-            }
-            ClientFrame::Subscribe { channel } => self.subscribe(channel, sampled).await,
-            ClientFrame::Unsubscribe { channel } => {
-                if !self.state.hub.unsubscribe(&self.session, &channel) {
-                    return self
-                        .error(
-                            ErrorCode::NotSubscribed,
-                            "not subscribed to that channel",
-                            sampled,
-                        )
-                        .await;
-                }
-                tracing::info!(%channel, "unsubscribed");
-                self.reply_frame(ServerFrame::Unsubscribed { channel }, sampled)
-                    .await
-            }
-            ClientFrame::Publish { channel, content } => {
-                if !protocol::valid_channel(&channel) {
-                    return self.invalid_channel(sampled).await;
-                }
-                let delivery = self.delivery(Some(channel.clone()), content, sampled);
-                let audience = Audience::Channel(&channel);
-                let reply_to = Some(&self.outbound);
-                let routed =
-                    Box::pin(route(&self.state, audience, &delivery, |_| {}, reply_to)).await;
-                if sampled {
-                    tracing::info!(
-                        %channel,
-                        ws.message.id = %delivery.message_id,
-                        delivered = routed.local.delivered,
-                        dropped = routed.local.dropped,
-                        cluster_queued = routed.queued_for_cluster,
-                        "message published"
-                    );
-                }
-                match routed.cluster_error {
-                    Some(error) => self.cluster_unavailable(&error, sampled).await,
-                    None => Ok(()),
-                }
-            }
-            ClientFrame::Direct {
-                to_session,
-                to_user,
-                content,
-            } => self.direct(to_session, to_user, content, sampled).await,
-        }
+        commands::dispatch(self, frame, sampled).await
     }
 
-    async fn subscribe(&mut self, channel: String, sampled: bool) -> Result<(), Gone> {
-        if !protocol::valid_channel(&channel) {
-            return self.invalid_channel(sampled).await;
-        }
-        let limit = self.state.limits.max_subscriptions;
-        match self.state.hub.subscribe(&self.session, &channel, limit) {
-            Ok(_) => {
-                tracing::info!(%channel, "subscribed");
-                self.reply_frame(ServerFrame::Subscribed { channel }, sampled)
-                    .await
-            }
-            Err(SubscribeError::TooMany { limit }) => {
-                let message = format!("at most {limit} subscriptions per session");
-                self.error(ErrorCode::TooManySubscriptions, &message, sampled)
-                    .await
-            }
-        }
-    }
-
-    async fn direct(
-        &mut self,
-        to_session: Option<String>,
-        to_user: Option<String>,
-        content: String,
-        sampled: bool,
-    ) -> Result<(), Gone> {
-        let audience = match (&to_session, &to_user) {
-            (Some(id), _) => match Uuid::parse_str(id) {
-                Ok(id) => Audience::Session(id),
-                Err(_) => return self.no_such_recipient(sampled).await,
-            },
-            (None, Some(user)) => Audience::User(user),
-            (None, None) => return self.no_such_recipient(sampled).await,
-        };
-        let delivery = self.delivery(None, content, sampled);
-        let reply_to = Some(&self.outbound);
-        let routed = Box::pin(route(&self.state, audience, &delivery, |_| {}, reply_to)).await;
-        if routed.reached_nobody() {
-            return match routed.cluster_error {
-                Some(error) => self.cluster_unavailable(&error, sampled).await,
-                None => self.no_such_recipient(sampled).await,
-            };
-        }
-        if sampled {
-            tracing::info!(
-                ws.message.id = %delivery.message_id,
-                delivered = routed.local.delivered,
-                dropped = routed.local.dropped,
-                remote_sessions = routed.remote_sessions,
-                "direct message sent"
-            );
-        }
-        match routed.cluster_error {
-            Some(error) => self.cluster_unavailable(&error, sampled).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn no_such_recipient(&mut self, sampled: bool) -> Result<(), Gone> {
+    pub(super) async fn no_such_recipient(&mut self, sampled: bool) -> Result<(), Gone> {
         self.error(
             ErrorCode::NoSuchRecipient,
             "no such session or user is connected",
@@ -314,21 +201,30 @@ impl Reader {
     /// Tells the client its message may not have reached everyone. No log
     /// line per message: an outage would flood the logs; the cluster's
     /// upkeep task reports failures once per interval.
-    async fn cluster_unavailable(
+    pub(super) async fn cluster_unavailable(
         &mut self,
-        error: &crate::cluster::ClusterError,
+        error: &ForwardError,
         sampled: bool,
     ) -> Result<(), Gone> {
         self.session.stats.error();
-        self.outbound
-            .send(crate::cluster::publisher::error_frame(error, sampled))
-            .await
-            .map_err(|_| Gone)
+        self.reply_frame(error.to_frame(), sampled).await
+    }
+
+    /// This session, as routing addresses it (for error frames that come
+    /// after a queued forward fails).
+    pub(super) fn recipient(&self) -> SharedRecipient {
+        self.session.clone()
     }
 
     /// A `message` frame from this session, serialized once for every
-    /// receiver, carrying this span as its origin.
-    fn delivery(&self, channel: Option<String>, content: String, sampled: bool) -> Arc<Delivery> {
+    /// receiver, carrying this span (sampled) or the session's as its
+    /// origin.
+    pub(super) fn delivery(
+        &self,
+        channel: Option<String>,
+        content: String,
+        sampled: bool,
+    ) -> Arc<Delivery> {
         let origin: SpanContext = if sampled {
             tracing::Span::current()
                 .context()
@@ -338,30 +234,18 @@ impl Reader {
         } else {
             self.session.span_context.clone()
         };
-        let message_id = Uuid::now_v7().to_string();
-        if sampled {
-            tracing::Span::current().record("ws.message.id", message_id.as_str());
-        }
-        let frame = ServerFrame::Message {
-            id: message_id.clone(),
-            channel: channel.clone(),
-            from_session: Some(self.session.id.to_string()),
-            from_user: self.session.user.clone(),
-            content,
-            ts: now_ms(),
-            traceparent: format_traceparent(&origin),
+        let from = Sender::Session {
+            id: self.session.id,
+            user: self.session.user.as_deref(),
         };
-        Arc::new(Delivery {
-            message_id,
-            frame: frame.to_json().into(),
-            channel,
-            from_session: Some(self.session.id),
-            origin,
-            sampled,
-        })
+        let delivery = Delivery::new(from, channel, content, origin, sampled);
+        if sampled {
+            tracing::Span::current().record("ws.message.id", delivery.message_id.as_str());
+        }
+        delivery
     }
 
-    async fn invalid_channel(&mut self, sampled: bool) -> Result<(), Gone> {
+    pub(super) async fn invalid_channel(&mut self, sampled: bool) -> Result<(), Gone> {
         self.error(
             ErrorCode::InvalidChannel,
             "channel names are 1-64 characters of A-Z a-z 0-9 _ - . :",
@@ -370,13 +254,18 @@ impl Reader {
         .await
     }
 
-    async fn error(&mut self, code: ErrorCode, message: &str, sampled: bool) -> Result<(), Gone> {
+    pub(super) async fn error(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        sampled: bool,
+    ) -> Result<(), Gone> {
         self.session.stats.error();
-        tracing::warn!(
-            error.code = code.as_str(),
-            error.message = message,
-            "request refused"
-        );
+        FrameRefused {
+            code: code.as_str(),
+            message,
+        }
+        .emit();
         let frame = ServerFrame::Error {
             code,
             message: message.to_owned(),
@@ -384,17 +273,12 @@ impl Reader {
         self.reply_frame(frame, sampled).await
     }
 
-    async fn reply_frame(&mut self, frame: ServerFrame, sampled: bool) -> Result<(), Gone> {
-        let kind = match &frame {
-            ServerFrame::Welcome { .. } => FrameKind::Welcome,
-            ServerFrame::Pong { .. } => FrameKind::Pong,
-            ServerFrame::Echo { .. } => FrameKind::Echo,
-            ServerFrame::Subscribed { .. } => FrameKind::Subscribed,
-            ServerFrame::Unsubscribed { .. } => FrameKind::Unsubscribed,
-            ServerFrame::Message { .. } => FrameKind::Message,
-            ServerFrame::Error { .. } => FrameKind::Error,
-        };
-        self.reply(kind, Message::Text(frame.to_json().into()), sampled)
+    pub(super) async fn reply_frame(
+        &mut self,
+        frame: ServerFrame,
+        sampled: bool,
+    ) -> Result<(), Gone> {
+        self.reply(frame.kind(), Message::Text(frame.to_json().into()), sampled)
             .await
     }
 
@@ -413,33 +297,34 @@ impl Reader {
     }
 
     async fn refuse(&mut self, size: usize, first: bool) -> Result<(), Gone> {
-        self.state.metrics.rate_limited.fetch_add(1, Relaxed);
+        let limits = &self.state.config.limits;
+        RateLimited {
+            first,
+            messages_per_second: limits.messages_per_second,
+            burst: limits.message_burst,
+        }
+        .emit(&self.state.metrics);
         self.state.metrics.message_in(FrameKind::Invalid, size);
         self.session.stats.error();
         if !first {
             return Ok(());
         }
-        tracing::warn!(
-            messages_per_second = self.state.limits.messages_per_second,
-            burst = self.state.limits.message_burst,
-            "message rate exceeded; refusing frames"
-        );
         let frame = ServerFrame::Error {
             code: ErrorCode::RateLimited,
             message: format!(
                 "more than {} messages per second; frames are dropped until the rate falls, \
                  and the session is closed (1008) if it does not",
-                self.state.limits.messages_per_second
+                self.state.config.limits.messages_per_second
             ),
         };
         self.reply_frame(frame, false).await
     }
 
     fn abuse(&self) {
-        tracing::warn!(
-            messages_per_second = self.state.limits.messages_per_second,
-            "message rate still exceeded; closing with 1008"
-        );
+        RateAbuse {
+            messages_per_second: self.state.config.limits.messages_per_second,
+        }
+        .emit();
         self.session.close.decide(CloseDecision::new(
             close_code::POLICY_VIOLATION,
             "message rate exceeded",
@@ -454,7 +339,7 @@ impl Reader {
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         self.session.stats.error();
-        tracing::error!(panic = %message, "session handler panicked; closing with 1011");
+        HandlerPanicked { panic: &message }.emit();
         self.session.close.decide(CloseDecision::new(
             close_code::INTERNAL_ERROR,
             "internal error",
@@ -473,15 +358,13 @@ impl Reader {
             ));
             return;
         }
-        if let SessionError::MessageTooBig { .. } = error {
-            self.state.metrics.oversize.fetch_add(1, Relaxed);
-        }
         self.session.stats.error();
-        tracing::warn!(
-            error = %error,
-            close_code = error.close_code(),
-            "session read failed"
-        );
+        SessionReadFailed {
+            error: &error,
+            close_code: error.close_code(),
+            message_too_big: matches!(error, SessionError::MessageTooBig { .. }),
+        }
+        .emit(&self.state.metrics);
         // Errors after which no Close can be sent map to 1006, which the
         // writer never sends (see `CloseDecision::server_sends_close`).
         self.session.close.decide(CloseDecision::new(
@@ -506,17 +389,6 @@ impl Data<'_> {
     }
 }
 
-fn kind_of(frame: &ClientFrame) -> FrameKind {
-    match frame {
-        ClientFrame::Ping { .. } => FrameKind::Ping,
-        ClientFrame::Echo { .. } => FrameKind::Echo,
-        ClientFrame::Subscribe { .. } => FrameKind::Subscribe,
-        ClientFrame::Unsubscribe { .. } => FrameKind::Unsubscribe,
-        ClientFrame::Publish { .. } => FrameKind::Publish,
-        ClientFrame::Direct { .. } => FrameKind::Direct,
-    }
-}
-
-fn now_ms() -> u64 {
-    protocol::unix_ms(SystemTime::now())
+pub(super) fn now_ms() -> u64 {
+    protocol::unix_ms(std::time::SystemTime::now())
 }

@@ -7,11 +7,18 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::outbound::{Delivery, Outbound};
-use super::stats::{CloseDecision, SessionStats};
-use crate::metrics::FrameKind;
+use super::close::CloseDecision;
+use super::outbound::Outbound;
+use super::stats::SessionStats;
+use crate::events::MessageDelivered;
+use crate::protocol::FrameKind;
+use crate::routing::Delivery;
 use crate::state::ServerState;
 
+/// The writer task: the only code that writes to the socket. It drains the
+/// session's outbound queue in batches (one flush per burst), records the
+/// sampled sends, and sends the Close frame for the server's own
+/// decisions. One per session.
 pub struct Writer {
     pub stats: Arc<SessionStats>,
     pub state: Arc<ServerState>,
@@ -120,14 +127,13 @@ fn record_delivery(delivery: &Delivery, size: usize) {
     );
     span.add_link(delivery.origin.clone());
     span.in_scope(|| {
-        tracing::info!(
-            ws.message.id = %delivery.message_id,
-            channel = delivery.channel.as_deref(),
-            from_session = delivery.from_session.map(|s| s.to_string()),
-            link.trace_id = %delivery.origin.trace_id(),
-            link.span_id = %delivery.origin.span_id(),
-            "message delivered"
-        );
+        MessageDelivered {
+            message_id: &delivery.message_id,
+            channel: delivery.channel.as_deref(),
+            from_session: delivery.from_session,
+            link: &delivery.origin,
+        }
+        .emit();
     });
 }
 

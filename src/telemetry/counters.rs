@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::metrics::{Family, count};
+
 #[derive(Debug, Default)]
 pub struct TelemetryCounters {
     /// Log lines handed to the writers (each to every output).
@@ -34,6 +36,37 @@ impl TelemetryCounters {
     }
 
     /// Every span that will never reach the collector.
+    /// The telemetry pipeline's metrics, for `/metrics`.
+    pub fn families(&self) -> Vec<Family> {
+        vec![
+            Family::counter(
+                "wstrace_log_lines_written_total",
+                "Log lines written.",
+                self.log_lines_written.load(Relaxed),
+            ),
+            Family::counter(
+                "wstrace_log_lines_dropped_total",
+                "Log lines that could not be written.",
+                self.log_lines_dropped.load(Relaxed),
+            ),
+            Family::counter(
+                "wstrace_spans_exported_total",
+                "Spans the OTLP collector accepted.",
+                self.spans_exported.load(Relaxed),
+            ),
+            Family::counter(
+                "wstrace_spans_dropped_total",
+                "Spans that will never reach the collector (export failed or queue full).",
+                self.spans_dropped(),
+            ),
+            Family::gauge(
+                "wstrace_spans_queued",
+                "Spans waiting for export.",
+                count(self.spans_in_flight()),
+            ),
+        ]
+    }
+
     pub fn spans_dropped(&self) -> u64 {
         self.spans_export_failed.load(Relaxed) + self.spans_dropped_queue_full.load(Relaxed)
     }

@@ -20,6 +20,7 @@
 
 mod bunyan;
 mod counters;
+pub mod logfile;
 
 pub use bunyan::{BunyanJsonLayer, RESERVED as BUNYAN_FIELDS, bunyan_level};
 pub use counters::{CountingExporter, CountingProcessor, TelemetryCounters};
@@ -124,7 +125,7 @@ impl From<LogRotation> for Rotation {
 /// `OTEL_BSP_*`.
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
-    /// For the startup log line only; userinfo is stripped.
+    /// For the startup log line only; any password is redacted.
     pub endpoint_for_display: String,
 }
 
@@ -136,26 +137,13 @@ impl OtlpConfig {
         let endpoint = env_nonempty("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .or_else(|| env_nonempty("OTEL_EXPORTER_OTLP_ENDPOINT"))?;
         Some(Self {
-            endpoint_for_display: strip_userinfo(&endpoint),
+            endpoint_for_display: crate::auth::redact_url(&endpoint),
         })
     }
 }
 
 fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// `http://user:pass@host:4318` → `http://host:4318`: credentials never
-/// reach a log line.
-fn strip_userinfo(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
-        }
-        None => url.rsplit_once('@').map_or(url, |(_, h)| h).to_string(),
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -423,19 +411,6 @@ pub fn init_subscriber(subscriber: impl Subscriber + Send + Sync) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn userinfo_never_reaches_display() {
-        assert_eq!(
-            strip_userinfo("https://user:secret@otel.example:4318/v1/traces"),
-            "https://otel.example:4318/v1/traces"
-        );
-        assert_eq!(
-            strip_userinfo("http://127.0.0.1:4317"),
-            "http://127.0.0.1:4317"
-        );
-        assert_eq!(strip_userinfo("a:b@host:1"), "host:1");
-    }
 
     #[test]
     fn shutdown_writes_every_queued_line() {

@@ -50,7 +50,7 @@ impl Wstrace {
         let listening = wait_for(Duration::from_secs(20), "wstrace listening", || {
             read_log_lines(log_dir.path())
                 .into_iter()
-                .find(|l| l["msg"] == "wstrace listening")
+                .find(|l| l["msg"] == wstrace::events::Listening::MESSAGE)
         });
         let addr = listening["listen"].as_str().unwrap().to_owned();
         Self {

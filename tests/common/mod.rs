@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::Response;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wstrace::http::Server;
 use wstrace::limits::Limits;
-use wstrace::server::Server;
 use wstrace::state::{ServerConfig, ServerState};
 use wstrace::telemetry::{TelemetryConfig, TelemetryGuard, get_subscriber};
 

@@ -1,10 +1,12 @@
-//! Hands a message to its audience on every instance: the sessions here
-//! first, without waiting on Redis, then the other instances through it.
+//! Cluster mode as routing's [`Forwarder`]: what routing delivered on this
+//! instance goes to the others through Redis. Channel publishes and
+//! broadcasts are queued for the publisher task (never waiting on Redis);
+//! direct messages and kicks look the recipient up in the registry and
+//! wait for Redis's answer, since the sender needs to know who got them.
 
+use futures_util::future::BoxFuture;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
@@ -12,80 +14,54 @@ use uuid::Uuid;
 use super::envelope::{self, Action, ENVELOPE_VERSION, Envelope};
 use super::publisher::PublishJob;
 use super::{Cluster, ClusterError};
-use crate::hub::{FanOut, SessionHandle};
-use crate::session::outbound::{Delivery, Outbound};
-use crate::state::ServerState;
+use crate::routing::{
+    Audience, Delivery, ForwardError, Forwarded, Forwarder, SessionView, SharedRecipient,
+};
 use crate::trace_context::format_traceparent;
 
-/// Who a message is for.
-#[derive(Debug, Clone, Copy)]
-pub enum Audience<'a> {
-    Channel(&'a str),
-    All,
-    Session(Uuid),
-    User(&'a str),
-}
-
-/// Where a message went.
-#[derive(Debug, Default)]
-pub struct Routed {
-    /// Sessions on this instance.
-    pub local: FanOut,
-    pub local_found: usize,
-    /// Sessions on other instances it was forwarded to (direct messages).
-    pub remote_sessions: usize,
-    /// Queued for every other instance (channel publishes, broadcasts).
-    pub queued_for_cluster: bool,
-    /// Why it may not have reached the other instances.
-    pub cluster_error: Option<ClusterError>,
-}
-
-impl Routed {
-    /// No recipient anywhere (meaningful for direct messages).
-    pub fn reached_nobody(&self) -> bool {
-        self.local_found == 0 && self.remote_sessions == 0
+impl Forwarder for Cluster {
+    fn forward<'a>(
+        &'a self,
+        audience: Audience<'a>,
+        delivery: &'a Delivery,
+        local_found: usize,
+        reply_to: Option<SharedRecipient>,
+    ) -> BoxFuture<'a, Result<Forwarded, ForwardError>> {
+        Box::pin(async move {
+            let mut forwarded = Forwarded::default();
+            forward(
+                self,
+                audience,
+                delivery,
+                local_found,
+                &mut forwarded,
+                reply_to,
+            )
+            .await?;
+            Ok(forwarded)
+        })
     }
-}
 
-/// Delivers on this instance, then forwards to the others. `on_local` sees
-/// each local recipient before its delivery is queued; `reply_to` (the
-/// publishing session's queue) gets an error frame if a queued publish
-/// fails later.
-pub async fn route(
-    state: &ServerState,
-    audience: Audience<'_>,
-    delivery: &Arc<Delivery>,
-    on_local: impl Fn(&SessionHandle),
-    reply_to: Option<&mpsc::Sender<Outbound>>,
-) -> Routed {
-    let hub = &state.hub;
-    let local = match audience {
-        Audience::Channel(channel) => hub.subscribers(channel),
-        Audience::All => hub.sessions(),
-        Audience::Session(id) => hub.get(id).into_iter().collect(),
-        Audience::User(user) => hub.sessions_of_user(user),
-    };
-    local.iter().for_each(|session| on_local(session));
-    let mut routed = Routed {
-        local_found: local.len(),
-        local: hub.fan_out(local, delivery.clone(), &state.metrics),
-        ..Routed::default()
-    };
-    let Some(cluster) = &state.cluster else {
-        return routed;
-    };
-    if let Err(error) = forward(cluster, audience, delivery, &mut routed, reply_to).await {
-        routed.cluster_error = Some(error);
+    fn register(&self, view: SessionView, first: bool) -> BoxFuture<'_, Result<(), ForwardError>> {
+        Box::pin(async move { Ok(Cluster::register(self, &view, first).await?) })
     }
-    routed
+
+    fn unregister<'a>(
+        &'a self,
+        id: Uuid,
+        user: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), ForwardError>> {
+        Box::pin(async move { Ok(Cluster::unregister(self, id, user).await?) })
+    }
 }
 
 async fn forward(
     cluster: &Cluster,
     audience: Audience<'_>,
     delivery: &Delivery,
-    routed: &mut Routed,
-    reply_to: Option<&mpsc::Sender<Outbound>>,
+    local_found: usize,
+    routed: &mut Forwarded,
+    reply_to: Option<SharedRecipient>,
 ) -> Result<(), ClusterError> {
     match audience {
         Audience::Channel(channel) => {
@@ -93,14 +69,14 @@ async fn forward(
                 channel: channel.to_string(),
             };
             enqueue(cluster, to, delivery, reply_to)?;
-            routed.queued_for_cluster = true;
+            routed.queued_for_all = true;
         }
         Audience::All => {
             enqueue(cluster, envelope::Audience::All, delivery, reply_to)?;
-            routed.queued_for_cluster = true;
+            routed.queued_for_all = true;
         }
         // Session ids are unique: found here, it is nowhere else.
-        Audience::Session(_) if routed.local_found > 0 => {}
+        Audience::Session(_) if local_found > 0 => {}
         Audience::Session(id) => {
             if let Some(view) = cluster.lookup(id).await?
                 && view.instance_id != cluster.instance_id()
@@ -131,7 +107,7 @@ fn enqueue(
     cluster: &Cluster,
     to: envelope::Audience,
     delivery: &Delivery,
-    reply_to: Option<&mpsc::Sender<Outbound>>,
+    reply_to: Option<SharedRecipient>,
 ) -> Result<(), ClusterError> {
     let channel = Cluster::bus_channel();
     let span = publish_span(cluster, &channel, delivery.sampled);
@@ -146,7 +122,7 @@ fn enqueue(
         channel,
         envelope,
         span,
-        reply_to: reply_to.cloned(),
+        reply_to,
     })
 }
 
@@ -155,7 +131,7 @@ async fn send_to_sessions(
     instance: &str,
     session_ids: Vec<Uuid>,
     delivery: &Delivery,
-    routed: &mut Routed,
+    routed: &mut Forwarded,
 ) -> Result<(), ClusterError> {
     let count = session_ids.len();
     let to = envelope::Audience::Sessions { session_ids };

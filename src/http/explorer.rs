@@ -1,6 +1,7 @@
 //! The session explorer page at `GET /`: one self-contained HTML file (no
 //! CDN, compiled into the binary) that lists live sessions through the
-//! admin API and searches the local log files by trace or session ID.
+//! admin API, and `GET /api/logs`, the search of the local log files by
+//! trace or session ID behind it.
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -11,8 +12,8 @@ use serde_json::json;
 use std::sync::Arc;
 
 use crate::error::HttpError;
-use crate::logs::{Filter, LogLine, search};
 use crate::state::ServerState;
+use crate::telemetry::logfile::{Filter, LogLine, search};
 
 const PAGE: &str = include_str!("explorer/index.html");
 /// Most lines one search returns.
@@ -36,8 +37,8 @@ pub async fn page() -> Response {
 /// What the page needs to know; nothing secret.
 pub async fn config(State(state): State<Arc<ServerState>>) -> Json<serde_json::Value> {
     Json(json!({
-        "grafana_url": state.grafana_url,
-        "admin_api": state.admin_token.is_some(),
+        "grafana_url": state.config.grafana_url,
+        "admin_api": state.config.admin_token.is_some(),
     }))
 }
 
@@ -61,7 +62,7 @@ pub async fn logs(
             "q must be a trace ID or a session ID".into(),
         ));
     }
-    let Some(dir) = state.log_dir.clone() else {
+    let Some(dir) = state.config.log_dir.clone() else {
         return Err(HttpError::NotFound("the server writes no log files".into()));
     };
     let lines = tokio::task::spawn_blocking(move || {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::http_client::{self, encode_component};
+use super::http_client::{self, encode_component};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DoctorArgs {

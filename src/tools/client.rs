@@ -6,12 +6,14 @@
 //! session first; 64 bad usage.
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::protocol::ClientFrame;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
@@ -90,27 +92,45 @@ pub fn parse_input(line: &str) -> Result<Input, String> {
     let line = line.trim_end_matches(['\r', '\n']);
     let (command, rest) = line.split_once(' ').unwrap_or((line, ""));
     let need = |what: &str| format!("usage: {command} {what}");
-    Ok(match command {
-        "/quit" => Input::Quit,
-        "/help" => Input::Help,
-        "/ping" => Input::Ping,
-        "/sub" if !rest.is_empty() => Input::Frame(json!({"type": "subscribe", "channel": rest})),
-        "/unsub" if !rest.is_empty() => {
-            Input::Frame(json!({"type": "unsubscribe", "channel": rest}))
-        }
+    let frame = match command {
+        "/quit" => return Ok(Input::Quit),
+        "/help" => return Ok(Input::Help),
+        "/ping" => return Ok(Input::Ping),
+        "/sub" if !rest.is_empty() => ClientFrame::Subscribe {
+            channel: rest.into(),
+        },
+        "/unsub" if !rest.is_empty() => ClientFrame::Unsubscribe {
+            channel: rest.into(),
+        },
         "/pub" => {
             let (channel, text) = rest.split_once(' ').ok_or_else(|| need("CH TEXT"))?;
-            Input::Frame(json!({"type": "publish", "channel": channel, "content": text}))
+            ClientFrame::Publish {
+                channel: channel.into(),
+                content: text.into(),
+            }
         }
         "/dm" => {
             let (to, text) = rest.split_once(' ').ok_or_else(|| need("ID TEXT"))?;
-            Input::Frame(json!({"type": "direct", "to_session": to, "content": text}))
+            ClientFrame::Direct {
+                to_session: Some(to.into()),
+                to_user: None,
+                content: text.into(),
+            }
         }
-        "/json" => Input::Frame(serde_json::from_str(rest).map_err(|e| format!("bad JSON: {e}"))?),
+        "/json" => {
+            let raw = serde_json::from_str(rest).map_err(|e| format!("bad JSON: {e}"))?;
+            return Ok(Input::Frame(raw));
+        }
         "/sub" | "/unsub" => return Err(need("CH")),
         c if c.starts_with('/') => return Err(format!("unknown command {c}; /help lists them")),
-        _ => Input::Frame(json!({"type": "echo", "content": line})),
-    })
+        _ => ClientFrame::Echo {
+            content: line.into(),
+        },
+    };
+    // Client frames are strings and options: they always serialize.
+    Ok(Input::Frame(
+        serde_json::to_value(&frame).unwrap_or(Value::Null),
+    ))
 }
 
 fn stamp() -> String {
@@ -237,7 +257,8 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
                         next_ping += 1;
                         let id = format!("p{next_ping}");
                         pings.insert(id.clone(), Instant::now());
-                        json!({"type": "ping", "id": id})
+                        serde_json::to_value(ClientFrame::Ping { id: Some(id) })
+                            .unwrap_or(Value::Null)
                     }
                     Ok(Input::Frame(frame)) => frame,
                     Err(message) if interactive => { eprintln!("{message}"); continue; }
@@ -287,6 +308,7 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn input_lines_become_frames() {

@@ -17,19 +17,17 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::auth::constant_time_eq;
-use crate::cluster::route::{self, Audience, Routed, route};
+use crate::cluster::forward::kick;
 use crate::error::{HttpError, close_code};
-use crate::hub::{SessionHandle, SessionView};
-use crate::protocol::{self, ServerFrame};
-use crate::session::outbound::Delivery;
-use crate::session::stats::{CloseDecision, ClosedBy};
+use crate::events::{AdminCleanup, AdminClosedSession, AdminTokenRefused};
+use crate::protocol;
+use crate::routing::{Audience, Delivery, Routed, Sender, SessionView};
 use crate::state::ServerState;
-use crate::trace_context::format_traceparent;
 
 pub fn router(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
     Router::new()
@@ -40,7 +38,7 @@ pub fn router(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
         .route("/send", post(send))
         .route("/broadcast", post(broadcast))
         .route("/cleanup", post(cleanup))
-        .route("/logs", get(crate::explorer::logs))
+        .route("/logs", get(super::explorer::logs))
         .layer(middleware::from_fn_with_state(state, require_admin_token))
 }
 
@@ -50,7 +48,7 @@ async fn require_admin_token(
     next: Next,
 ) -> Result<Response, HttpError> {
     state.metrics.admin_requests.fetch_add(1, Relaxed);
-    let Some(expected) = &state.admin_token else {
+    let Some(expected) = &state.config.admin_token else {
         return Err(HttpError::AdminDisabled);
     };
     let presented = request
@@ -60,7 +58,7 @@ async fn require_admin_token(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
-        tracing::warn!("admin request refused: missing or wrong token");
+        AdminTokenRefused.emit();
         return Err(HttpError::AdminUnauthorized);
     }
     Ok(next.run(request).await)
@@ -70,12 +68,12 @@ async fn require_admin_token(
 /// registry entries, with this instance's own sessions live.
 async fn list_sessions(State(state): State<Arc<ServerState>>) -> Json<Value> {
     let local: Vec<SessionView> = state
-        .hub
+        .hub()
         .sessions()
         .iter()
-        .map(|s| s.view(&state.instance_id))
+        .map(|s| state.router.view(&**s))
         .collect();
-    let Some(cluster) = &state.cluster else {
+    let Some(cluster) = state.cluster() else {
         return Json(json!({ "scope": "instance", "count": local.len(), "sessions": local }));
     };
     match cluster.all_sessions().await {
@@ -110,10 +108,10 @@ async fn get_session(
     Path(id): Path<String>,
 ) -> Result<Json<SessionView>, HttpError> {
     let session_id = parse_id(&id)?;
-    if let Some(session) = state.hub.get(session_id) {
-        return Ok(Json(session.view(&state.instance_id)));
+    if let Some(session) = state.hub().get(session_id) {
+        return Ok(Json(state.router.view(&*session)));
     }
-    match &state.cluster {
+    match state.cluster() {
         Some(cluster) => cluster
             .lookup(session_id)
             .await?
@@ -151,17 +149,21 @@ async fn close_session(
     if reason.len() > 123 {
         return Err(HttpError::BadRequest("reason is at most 123 bytes".into()));
     }
-    let Some(session) = state.hub.get(session_id) else {
+    let Some(session) = state.hub().get(session_id) else {
         return close_elsewhere(&state, session_id, code, &reason).await;
     };
-    record_in_session(&session, "close", &current_span_context());
-    let decided = session
-        .close
-        .decide(CloseDecision::new(code, reason.clone(), ClosedBy::Admin));
-    tracing::info!(session_id = %session.id, code, "admin closed session");
+    session.admin_touched("close", &current_span_context());
+    let decided = session.close_by_admin(code, reason.clone());
+    AdminClosedSession {
+        session_id,
+        code,
+        forwarded_to: None,
+        from_elsewhere: false,
+    }
+    .emit();
     Ok(Json(json!({
-        "session_id": session.id.to_string(),
-        "instance_id": state.instance_id,
+        "session_id": session_id.to_string(),
+        "instance_id": state.instance_id(),
         "code": code,
         "reason": reason,
         "already_closing": !decided,
@@ -176,12 +178,18 @@ async fn close_elsewhere(
     reason: &str,
 ) -> Result<Json<Value>, HttpError> {
     let not_found = || HttpError::NotFound("no such session".into());
-    let cluster = state.cluster.as_ref().ok_or_else(not_found)?;
+    let cluster = state.cluster().ok_or_else(not_found)?;
     let origin = current_span_context();
-    let instance = route::kick(cluster, session_id, code, reason, &origin)
+    let instance = kick(cluster, session_id, code, reason, &origin)
         .await?
         .ok_or_else(not_found)?;
-    tracing::info!(%session_id, code, on_instance = %instance, "admin close forwarded");
+    AdminClosedSession {
+        session_id,
+        code,
+        forwarded_to: Some(&instance),
+        from_elsewhere: false,
+    }
+    .emit();
     Ok(Json(json!({
         "session_id": session_id.to_string(),
         "instance_id": instance,
@@ -194,8 +202,8 @@ async fn close_elsewhere(
 /// This instance's numbers; in cluster mode also every instance's, as each
 /// last wrote them to Redis.
 async fn stats(State(state): State<Arc<ServerState>>) -> Json<Value> {
-    let mut stats = instance_stats(&state);
-    if let Some(cluster) = &state.cluster {
+    let mut stats = state.instance_stats();
+    if let Some(cluster) = state.cluster() {
         let view = match cluster.instance_stats().await {
             Ok(instances) => {
                 let sessions: u64 = instances
@@ -216,32 +224,9 @@ async fn stats(State(state): State<Arc<ServerState>>) -> Json<Value> {
     Json(stats)
 }
 
-/// The stats of this instance (also written to the cluster registry).
-pub fn instance_stats(state: &ServerState) -> Value {
-    let metrics = &state.metrics;
-    let gauges = state.hub.gauges();
-    let (mut messages_in, mut messages_out) = (0, 0);
-    for session in state.hub.sessions() {
-        messages_in += session.stats.messages_in.load(Relaxed);
-        messages_out += session.stats.messages_out.load(Relaxed);
-    }
-    json!({
-        "instance_id": state.instance_id,
-        "sessions_active": state.hub.len(),
-        "sessions_opened_total": metrics.sessions_opened.load(Relaxed),
-        "channels": gauges.channels,
-        "subscriptions": gauges.subscriptions,
-        "messages_in_active_sessions": messages_in,
-        "messages_out_active_sessions": messages_out,
-        "rate_limited_total": metrics.rate_limited.load(Relaxed),
-        "outbound_queue_drops_total": metrics.outbound_queue_drops.load(Relaxed),
-        "uptime_s": state.started.elapsed().as_secs(),
-    })
-}
-
 async fn channels(State(state): State<Arc<ServerState>>) -> Json<Value> {
     let channels: Vec<_> = state
-        .hub
+        .hub()
         .channel_list()
         .into_iter()
         .map(|(channel, subscribers)| json!({ "channel": channel, "subscribers": subscribers }))
@@ -269,7 +254,13 @@ async fn send(
             ));
         }
     };
-    let delivery = admin_delivery(None, body.content);
+    let delivery = Delivery::new(
+        Sender::Admin,
+        None,
+        body.content,
+        current_span_context(),
+        true,
+    );
     let routed = deliver(&state, audience, &delivery, "send").await;
     if routed.reached_nobody() {
         return Err(match routed.cluster_error {
@@ -295,7 +286,13 @@ async fn broadcast(
     {
         return Err(HttpError::BadRequest("invalid channel name".into()));
     }
-    let delivery = admin_delivery(body.channel.clone(), body.content);
+    let delivery = Delivery::new(
+        Sender::Admin,
+        body.channel.clone(),
+        body.content,
+        current_span_context(),
+        true,
+    );
     let audience = match &body.channel {
         Some(channel) => Audience::Channel(channel),
         None => Audience::All,
@@ -317,23 +314,19 @@ async fn cleanup(
     let idle = Duration::from_secs(body.unwrap_or_default().idle_seconds.unwrap_or(300));
     let origin = current_span_context();
     let mut closed = Vec::new();
-    for session in state.hub.sessions() {
-        if session.stats.last_seen().elapsed() >= idle {
-            record_in_session(&session, "cleanup", &origin);
-            if session.close.decide(CloseDecision::new(
-                close_code::CLEANED_UP,
-                "idle session cleaned up",
-                ClosedBy::Admin,
-            )) {
-                closed.push(session.id.to_string());
+    for session in state.hub().sessions() {
+        if session.idle_for() >= idle {
+            session.admin_touched("cleanup", &origin);
+            if session.close_by_admin(close_code::CLEANED_UP, "idle session cleaned up".into()) {
+                closed.push(session.id().to_string());
             }
         }
     }
-    tracing::info!(
-        closed = closed.len(),
-        idle_s = idle.as_secs(),
-        "admin cleanup"
-    );
+    AdminCleanup {
+        closed: closed.len(),
+        idle_s: idle.as_secs(),
+    }
+    .emit();
     Json(json!({ "closed": closed.len(), "session_ids": closed }))
 }
 
@@ -345,30 +338,6 @@ fn current_span_context() -> SpanContext {
         .clone()
 }
 
-/// A message from the admin API: always recorded (admin traffic is rare),
-/// its origin the admin request's span.
-fn admin_delivery(channel: Option<String>, content: String) -> Arc<Delivery> {
-    let origin = current_span_context();
-    let message_id = Uuid::now_v7().to_string();
-    let frame = ServerFrame::Message {
-        id: message_id.clone(),
-        channel: channel.clone(),
-        from_session: None,
-        from_user: None,
-        content,
-        ts: protocol::unix_ms(SystemTime::now()),
-        traceparent: format_traceparent(&origin),
-    };
-    Arc::new(Delivery {
-        message_id,
-        frame: frame.to_json().into(),
-        channel,
-        from_session: None,
-        origin,
-        sampled: true,
-    })
-}
-
 /// Hands an admin message to its receivers on every instance; each local
 /// one records the admin request in its own trace first.
 async fn deliver(
@@ -377,8 +346,9 @@ async fn deliver(
     delivery: &Arc<Delivery>,
     action: &'static str,
 ) -> Routed {
-    let record = |receiver: &SessionHandle| record_in_session(receiver, action, &delivery.origin);
-    route(state, audience, delivery, record, None).await
+    let record =
+        |receiver: &dyn crate::routing::Recipient| receiver.admin_touched(action, &delivery.origin);
+    state.router.route(audience, delivery, record, None).await
 }
 
 /// The fan-out counts; `cluster_error` when other instances were not
@@ -395,19 +365,4 @@ fn report(delivery: &Delivery, routed: Routed) -> Json<Value> {
         body["cluster_error"] = error.to_string().into();
     }
     Json(body)
-}
-
-/// A line in the touched session's own trace, in a `ws.admin` span linked
-/// to the admin request.
-pub fn record_in_session(session: &SessionHandle, action: &'static str, origin: &SpanContext) {
-    let span = tracing::info_span!(parent: &session.span, "ws.admin", admin.action = action);
-    span.add_link(origin.clone());
-    span.in_scope(|| {
-        tracing::info!(
-            admin.action = action,
-            link.trace_id = %origin.trace_id(),
-            link.span_id = %origin.span_id(),
-            "admin request touched this session"
-        )
-    });
 }

@@ -1,0 +1,238 @@
+//! The HTTP side: the accept loop, routes, graceful shutdown, and the
+//! endpoints that are not sessions.
+//!
+//! - [`trace`]: the server span of every request.
+//! - [`upgrade`]: `GET /ws` (and `/echo`): checks, then a session.
+//! - [`api`]: the admin REST API under `/api`.
+//! - [`explorer`]: the session explorer page at `GET /`, and the log
+//!   search behind it (`/api/logs`).
+//!
+//! Shutdown follows mini-redis: one `CancellationToken` is the broadcast
+//! that every session watches, a `TaskTracker` tells when they are all
+//! done, and a `Semaphore` caps concurrent sessions (see [`ServerState`]).
+
+pub mod api;
+pub mod explorer;
+pub mod trace;
+pub mod upgrade;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::cluster::{ClusterContext, ClusterTasks};
+use crate::error::HttpError;
+use crate::events::{LogLinesDropped, SpansDropped};
+use crate::state::{ServerConfig, ServerState};
+
+pub use trace::{TRACERESPONSE, X_TRACE_ID};
+
+/// A bound, not yet serving, server: the listener and the state its
+/// sessions will share.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<ServerState>,
+}
+
+impl Server {
+    pub async fn bind(addr: SocketAddr, config: ServerConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self {
+            listener,
+            state: ServerState::new(config),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> Arc<ServerState> {
+        self.state.clone()
+    }
+
+    /// Serves until `signal` resolves, then: stop accepting, send Close 1001
+    /// to every session, wait (bounded) for each to write its `session
+    /// closed` line.
+    pub async fn run(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Server { listener, state } = self;
+        let app = router(state.clone());
+        // HTTP connections (not yet upgraded) are tracked apart from
+        // sessions: at shutdown they get hyper's graceful close.
+        let connections = tokio_util::task::TaskTracker::new();
+        let shutdown = state.shutdown.clone();
+        let mut signal = std::pin::pin!(signal);
+        let watch = tokio::spawn(watch_telemetry(state.clone()));
+        let cluster_tasks = state.cluster().and_then(|cluster| {
+            let stats_of = Arc::downgrade(&state);
+            let context = ClusterContext {
+                router: state.router.clone(),
+                shutdown: state.shutdown.clone(),
+                report_every: state.config.limits.telemetry_report_interval,
+                stats: Box::new(move || {
+                    stats_of
+                        .upgrade()
+                        .map_or(serde_json::Value::Null, |state| state.instance_stats())
+                }),
+            };
+            ClusterTasks::start(cluster.clone(), context)
+        });
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of fds, mostly: back off instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut signal => break,
+                _ = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let service = TowerToHyperService::new(tower::service_fn(
+                move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(request.map(axum::body::Body::new))
+                },
+            ));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(state.config.limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let mut connection = std::pin::pin!(connection);
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = shutdown.cancelled() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, %peer, "http connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        watch.abort();
+        shutdown.cancel();
+        state.sessions.close();
+        tracing::info!(
+            open_sessions = state.sessions.len(),
+            "stopped accepting; closing sessions"
+        );
+        let timeout = state.config.limits.shutdown_timeout;
+        connections.close();
+        let drained = async {
+            connections.wait().await;
+            state.sessions.wait().await;
+        };
+        if tokio::time::timeout(timeout, drained).await.is_err() {
+            tracing::error!(
+                open_sessions = state.sessions.len(),
+                timeout_ms = timeout.as_millis() as u64,
+                "sessions still open at shutdown timeout"
+            );
+        }
+        if let Some(cluster_tasks) = cluster_tasks {
+            cluster_tasks.finish(timeout).await;
+        }
+        Ok(())
+    }
+}
+
+/// Says, at most once per interval, when log lines or spans were dropped
+/// (a collector that is down, say): counted in `/metrics` always, and
+/// visible in the logs without flooding them.
+async fn watch_telemetry(state: Arc<ServerState>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(counters) = state.config.telemetry.clone() else {
+        return;
+    };
+    let interval = state.config.limits.telemetry_report_interval;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    let (mut spans_before, mut lines_before) = (0, 0);
+    loop {
+        ticks.tick().await;
+        let spans = counters.spans_dropped();
+        let lines = counters.log_lines_dropped.load(Relaxed);
+        if spans > spans_before {
+            SpansDropped {
+                dropped: spans - spans_before,
+                dropped_total: spans,
+                export_failed_total: counters.spans_export_failed.load(Relaxed),
+                queue_full_total: counters.spans_dropped_queue_full.load(Relaxed),
+                interval_ms: interval.as_millis() as u64,
+            }
+            .emit();
+        }
+        if lines > lines_before {
+            LogLinesDropped {
+                dropped: lines - lines_before,
+                dropped_total: lines,
+            }
+            .emit();
+        }
+        (spans_before, lines_before) = (spans, lines);
+    }
+}
+
+fn router(state: Arc<ServerState>) -> Router {
+    let mut routes = Router::new().route("/ws", get(upgrade::ws_upgrade::<false>));
+    if state.config.echo_endpoint {
+        routes = routes.route("/echo", get(upgrade::ws_upgrade::<true>));
+    }
+    routes
+        .nest("/api", api::router(state.clone()))
+        .layer(middleware::from_fn(trace::trace_http))
+        .route("/healthz", get(healthz))
+        .route("/", get(explorer::page))
+        .route("/explorer/config.json", get(explorer::config))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<Arc<ServerState>>) -> Response {
+    if state.shutdown.is_cancelled() {
+        HttpError::ShuttingDown.into_response()
+    } else {
+        Json(json!({ "status": "ok", "sessions": state.hub().len() })).into_response()
+    }
+}
+
+/// `GET /metrics`: every metric family of the running server.
+pub fn metrics_text(state: &ServerState) -> String {
+    crate::metrics::render(&state.metric_families())
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> Response {
+    let body = metrics_text(&state);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

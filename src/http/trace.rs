@@ -1,0 +1,122 @@
+//! The HTTP server span of every request: continues the caller's W3C
+//! trace when it sent a valid `traceparent`, and answers with the trace
+//! identity in `x-trace-id` and `traceresponse`.
+
+use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry::trace::TraceContextExt;
+use std::net::SocketAddr;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::events::{HttpRequestRefused, TraceparentIgnored};
+use crate::trace_context::{self, IncomingTrace};
+
+pub const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
+pub const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+/// User agents are attacker-controlled; keep what a human needs.
+const MAX_USER_AGENT_CHARS: usize = 256;
+
+/// The trace identity of one HTTP request, put in its extensions by the
+/// tracing middleware.
+#[derive(Clone)]
+pub struct RequestTrace {
+    pub span: tracing::Span,
+    pub trace_id: String,
+    pub user_agent: String,
+    /// `header`, `query`, or `new` when the request started a new trace.
+    pub origin: &'static str,
+}
+
+/// Opens the HTTP server span, continuing the caller's trace when it sent a
+/// valid `traceparent`, and answers with the trace identity in
+/// `x-trace-id` and `traceresponse`.
+pub async fn trace_http(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let user_agent: String = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(MAX_USER_AGENT_CHARS)
+        .collect();
+    // Never the query: it may carry tokens.
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        url.scheme = "http",
+        user_agent.original = %user_agent,
+        client.address = %peer.ip(),
+        client.port = peer.port(),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let incoming = trace_context::extract(request.headers(), request.uri());
+    if let Some(parent) = incoming.parent() {
+        // Cannot fail: the span was created just above and not yet entered.
+        let _ = span.set_parent(parent.clone());
+    }
+    let span_context = span.context().span().span_context().clone();
+    if let IncomingTrace::Rejected(rejected) = &incoming {
+        span.in_scope(|| {
+            TraceparentIgnored {
+                source: rejected.source.as_str(),
+                length: rejected.length,
+                reason: rejected.reason,
+            }
+            .emit()
+        });
+    }
+    let trace_id = span_context.trace_id().to_string();
+    let origin = match &incoming {
+        IncomingTrace::Continued { source, .. } => source.as_str(),
+        IncomingTrace::Absent | IncomingTrace::Rejected(_) => "new",
+    };
+    request.extensions_mut().insert(RequestTrace {
+        span: span.clone(),
+        trace_id: trace_id.clone(),
+        user_agent,
+        origin,
+    });
+
+    let mut response = next.run(request).instrument(span.clone()).await;
+
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    if status.is_client_error() || status.is_server_error() {
+        span.in_scope(|| {
+            HttpRequestRefused {
+                status: status.as_u16(),
+                route: &route,
+            }
+            .emit()
+        });
+    }
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&trace_id) {
+        headers.insert(X_TRACE_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&trace_context::format_traceparent(&span_context)) {
+        headers.insert(TRACERESPONSE, value);
+    }
+    response
+}

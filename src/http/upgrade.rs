@@ -1,0 +1,111 @@
+//! The WebSocket upgrade: origin, token and connection-limit checks, then
+//! the session, in its own span, as a child of the request's.
+
+use axum::Extension;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header;
+use axum::response::Response;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::trace::RequestTrace;
+use crate::auth;
+use crate::error::HttpError;
+use crate::events::UpgradeRefused;
+use crate::limits::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
+use crate::session::{SessionInfo, SessionMode, UpgradeInfo, run_session};
+use crate::state::ServerState;
+
+/// `GET /ws` (`ECHO = false`): a protocol v1 session. `GET /echo`
+/// (`ECHO = true`, with `--echo-endpoint`): a raw echo session, with the
+/// same checks, limits and telemetry.
+pub async fn ws_upgrade<const ECHO: bool>(
+    state: State<Arc<ServerState>>,
+    peer: ConnectInfo<SocketAddr>,
+    trace: Extension<RequestTrace>,
+    request_headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, HttpError> {
+    let mode = if ECHO {
+        SessionMode::Echo
+    } else {
+        SessionMode::Protocol
+    };
+    upgrade_session(state, peer, trace, request_headers, uri, upgrade, mode).await
+}
+
+async fn upgrade_session(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(trace): Extension<RequestTrace>,
+    request_headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+    upgrade: WebSocketUpgrade,
+    mode: SessionMode,
+) -> Result<Response, HttpError> {
+    if state.shutdown.is_cancelled() {
+        return Err(HttpError::ShuttingDown);
+    }
+    if !state.origins.allows(
+        request_headers.get(header::ORIGIN),
+        request_headers.get(header::HOST),
+    ) {
+        UpgradeRefused::OriginNotAllowed.emit(&state.metrics);
+        return Err(HttpError::OriginNotAllowed);
+    }
+    let user = match &state.jwt {
+        None => None,
+        Some(jwt) => {
+            let token =
+                auth::bearer_token(&request_headers, uri.query()).ok_or(auth::AuthError::Missing);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match token.and_then(|t| jwt.verify(&t, now)) {
+                Ok(user) => Some(user),
+                Err(error) => {
+                    // The reason, never the token.
+                    UpgradeRefused::BadToken { code: error.code() }.emit(&state.metrics);
+                    return Err(error.into());
+                }
+            }
+        }
+    };
+    let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
+        let limit = state.config.limits.max_connections;
+        UpgradeRefused::ConnectionLimit { limit }.emit(&state.metrics);
+        HttpError::TooManyConnections { limit }
+    })?;
+    let info = SessionInfo {
+        session_id: Uuid::now_v7(),
+        trace_id: trace.trace_id,
+        peer,
+        user,
+        upgrade: UpgradeInfo {
+            user_agent: trace.user_agent,
+            trace_origin: trace.origin,
+        },
+        mode,
+    };
+    let session_span = info.span(&trace.span);
+    let limits = &state.config.limits;
+    let upgrade = upgrade
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .on_failed_upgrade(|error| tracing::warn!(%error, "websocket upgrade failed"));
+    let sessions = state.sessions.clone();
+    Ok(upgrade.on_upgrade(move |socket| {
+        let session = async move {
+            run_session(socket, info, state).await;
+            drop(permit);
+        };
+        sessions.track_future(session.instrument(session_span))
+    }))
+}

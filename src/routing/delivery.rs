@@ -1,0 +1,68 @@
+//! A message on its way to one or many sessions.
+
+use axum::extract::ws::Utf8Bytes;
+use opentelemetry::trace::SpanContext;
+use std::sync::Arc;
+use std::time::SystemTime;
+use uuid::Uuid;
+
+use crate::protocol::{self, ServerFrame};
+use crate::trace_context::format_traceparent;
+
+/// Who sent a message.
+#[derive(Debug, Clone, Copy)]
+pub enum Sender<'a> {
+    /// A session, by `publish` or `direct`.
+    Session { id: Uuid, user: Option<&'a str> },
+    /// An operator, through the admin API.
+    Admin,
+}
+
+/// A `message` frame on its way to one or many receivers, serialized once.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message_id: String,
+    pub frame: Utf8Bytes,
+    pub channel: Option<String>,
+    pub from_session: Option<Uuid>,
+    /// The publisher's span: each receiver's `ws.send` span links to it.
+    pub origin: SpanContext,
+    /// The publisher's sampling decision, so every receiver of one message
+    /// records it, or none does.
+    pub sampled: bool,
+}
+
+impl Delivery {
+    /// A new message, with a fresh id, whose frame carries `origin` as its
+    /// `traceparent`. Admin messages are always recorded (they are rare).
+    pub fn new(
+        from: Sender<'_>,
+        channel: Option<String>,
+        content: String,
+        origin: SpanContext,
+        sampled: bool,
+    ) -> Arc<Self> {
+        let message_id = Uuid::now_v7().to_string();
+        let (from_session, from_user, sampled) = match from {
+            Sender::Session { id, user } => (Some(id), user.map(str::to_owned), sampled),
+            Sender::Admin => (None, None, true),
+        };
+        let frame = ServerFrame::Message {
+            id: message_id.clone(),
+            channel: channel.clone(),
+            from_session: from_session.map(|id| id.to_string()),
+            from_user,
+            content,
+            ts: protocol::unix_ms(SystemTime::now()),
+            traceparent: format_traceparent(&origin),
+        };
+        Arc::new(Self {
+            message_id,
+            frame: frame.to_json().into(),
+            channel,
+            from_session,
+            origin,
+            sampled,
+        })
+    }
+}

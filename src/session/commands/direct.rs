@@ -1,0 +1,53 @@
+//! `direct`: a `message` to one session, or to every session of one user,
+//! wherever they are connected.
+
+use uuid::Uuid;
+
+use super::super::reader::{Gone, Reader};
+use crate::events::DirectMessageSent;
+use crate::routing::Audience;
+
+pub(super) async fn run(
+    reader: &mut Reader,
+    to_session: Option<String>,
+    to_user: Option<String>,
+    content: String,
+    sampled: bool,
+) -> Result<(), Gone> {
+    let audience = match (&to_session, &to_user) {
+        (Some(id), _) => match Uuid::parse_str(id) {
+            Ok(id) => Audience::Session(id),
+            Err(_) => return reader.no_such_recipient(sampled).await,
+        },
+        (None, Some(user)) => Audience::User(user),
+        (None, None) => return reader.no_such_recipient(sampled).await,
+    };
+    let delivery = reader.delivery(None, content, sampled);
+    let reply_to = Some(reader.recipient());
+    let routed = Box::pin(
+        reader
+            .state
+            .router
+            .route(audience, &delivery, |_| {}, reply_to),
+    )
+    .await;
+    if routed.reached_nobody() {
+        return match routed.cluster_error {
+            Some(error) => reader.cluster_unavailable(&error, sampled).await,
+            None => reader.no_such_recipient(sampled).await,
+        };
+    }
+    if sampled {
+        DirectMessageSent {
+            message_id: &delivery.message_id,
+            delivered: routed.local.delivered,
+            dropped: routed.local.dropped,
+            remote_sessions: routed.remote_sessions,
+        }
+        .emit();
+    }
+    match routed.cluster_error {
+        Some(error) => reader.cluster_unavailable(&error, sampled).await,
+        None => Ok(()),
+    }
+}

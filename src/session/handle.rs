@@ -1,0 +1,151 @@
+//! [`SessionHandle`]: what the rest of the server may know about, and do
+//! to, a live session. Routing, the admin API and cluster mode reach a
+//! session only through it (as a [`Recipient`]).
+
+use axum::extract::ws::Message;
+use opentelemetry::trace::SpanContext;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use super::close::{CloseDecision, CloseSignal, ClosedBy};
+use super::outbound::Outbound;
+use super::stats::SessionStats;
+use crate::error::close_code;
+use crate::events::{AdminTouchedSession, OutboundQueueFull};
+use crate::metrics::Metrics;
+use crate::protocol::{self, ServerFrame};
+use crate::routing::{Delivery, DeliveryError, Recipient, SessionView};
+
+/// A live session, shared by its own tasks and by everyone who may send to
+/// it or act on it.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: Uuid,
+    pub trace_id: String,
+    pub user: Option<String>,
+    pub peer: SocketAddr,
+    pub connected_at: SystemTime,
+    /// The `ws.session` span: the explicit parent of lines logged on the
+    /// session's behalf by other tasks (deliveries, admin actions).
+    pub span: tracing::Span,
+    /// The `ws.session` span's context, for links and `traceparent`s.
+    pub span_context: SpanContext,
+    pub stats: Arc<SessionStats>,
+    pub close: CloseSignal,
+    outbound: mpsc::Sender<Outbound>,
+}
+
+impl SessionHandle {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: Uuid,
+        trace_id: String,
+        user: Option<String>,
+        peer: SocketAddr,
+        span: tracing::Span,
+        span_context: SpanContext,
+        stats: Arc<SessionStats>,
+        close: CloseSignal,
+        outbound: mpsc::Sender<Outbound>,
+    ) -> Self {
+        Self {
+            id,
+            trace_id,
+            user,
+            peer,
+            connected_at: SystemTime::now(),
+            span,
+            span_context,
+            stats,
+            close,
+            outbound,
+        }
+    }
+}
+
+impl Recipient for SessionHandle {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    fn deliver(&self, delivery: Arc<Delivery>, metrics: &Metrics) -> Result<(), DeliveryError> {
+        match self.outbound.try_send(Outbound::Delivery(delivery)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let closing = self.close.decide(CloseDecision::new(
+                    close_code::TRY_AGAIN_LATER,
+                    "outbound queue full",
+                    ClosedBy::Policy,
+                ));
+                OutboundQueueFull {
+                    receiver: &self.span,
+                    queue_frames: self.outbound.max_capacity(),
+                    closing,
+                }
+                .emit(metrics);
+                Err(DeliveryError::Overflow)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Gone),
+        }
+    }
+
+    fn notify(&self, frame: &ServerFrame, sampled: bool) {
+        let message = Message::Text(frame.to_json().into());
+        // A full queue means a client that does not read; what failed is
+        // counted where it failed either way.
+        let _ = self
+            .outbound
+            .try_send(Outbound::frame(frame.kind(), message, sampled));
+    }
+
+    /// The view without channels: the hub, which keeps them, adds them.
+    fn view(&self, instance_id: &str) -> SessionView {
+        let stats = &self.stats;
+        SessionView {
+            session_id: self.id.to_string(),
+            instance_id: instance_id.to_string(),
+            trace_id: self.trace_id.clone(),
+            user: self.user.clone(),
+            peer: self.peer.to_string(),
+            connected_at_ms: protocol::unix_ms(self.connected_at),
+            idle_ms: self.idle_for().as_millis() as u64,
+            channels: Vec::new(),
+            messages_in: stats.messages_in.load(Relaxed),
+            messages_out: stats.messages_out.load(Relaxed),
+            bytes_in: stats.bytes_in.load(Relaxed),
+            bytes_out: stats.bytes_out.load(Relaxed),
+            errors: stats.errors.load(Relaxed),
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.stats.last_seen().elapsed()
+    }
+
+    /// A `ws.admin` span in the session's trace, linked to the request.
+    fn admin_touched(&self, action: &'static str, origin: &SpanContext) {
+        let span = tracing::info_span!(parent: &self.span, "ws.admin", admin.action = action);
+        span.add_link(origin.clone());
+        span.in_scope(|| {
+            AdminTouchedSession {
+                action,
+                link: origin,
+            }
+            .emit()
+        });
+    }
+
+    fn close_by_admin(&self, code: u16, reason: String) -> bool {
+        self.close
+            .decide(CloseDecision::new(code, reason, ClosedBy::Admin))
+    }
+}

@@ -1,0 +1,17 @@
+//! The everyday tools, apart from the server: they speak to it over HTTP
+//! and WebSocket like any client, and read its log files. They depend on
+//! nothing of the server but `protocol`, the telemetry line format and
+//! `auth::Secret` (the architecture test holds them to that).
+//!
+//! - [`client`]: `wstrace client`, interactive or scripted.
+//! - [`load`]: `wstrace load`, a bounded load generator.
+//! - [`logs`]: `wstrace logs`, search and tail of the JSON log files.
+//! - [`doctor`]: `wstrace doctor`, one session followed through the
+//!   production pipeline.
+//! - [`http_client`]: the small HTTP/1.1 client they share.
+
+pub mod client;
+pub mod doctor;
+pub mod http_client;
+pub mod load;
+pub mod logs;

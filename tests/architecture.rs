@@ -1,0 +1,251 @@
+//! The shape of the crate, kept as it was made: reads every `crate::` path
+//! in `src/` and fails on an import against the layer order below, on a
+//! tool that reaches into the server, or on any cycle between top-level
+//! modules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Top to bottom. A module may use modules of its own layer or of any
+/// layer below; never one above. The same order is `lib.rs`'s map.
+const LAYERS: &[&[&str]] = &[
+    &["cli", "app"],
+    &["http", "tools"],
+    &["session"],
+    &["state"],
+    &["cluster"],
+    &["routing"],
+    &[
+        "events",
+        "telemetry",
+        "metrics",
+        "error",
+        "auth",
+        "trace_context",
+        "protocol",
+        "limits",
+        "shutdown",
+        "sync",
+    ],
+];
+
+/// The tools are clients of the server, not parts of it: the protocol, the
+/// log line format, and the secret wrapper for tokens are all they share.
+const TOOLS_MAY_USE: &[&str] = &["tools", "protocol", "telemetry", "auth"];
+
+type Graph = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+/// module → (module it uses → the files and lines that say so).
+fn import_graph(src: &Path) -> Graph {
+    let mut graph = Graph::new();
+    for file in rust_files(src) {
+        let relative = file.strip_prefix(src).unwrap();
+        let module = top_module(relative);
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let uses = graph.entry(module.clone()).or_default();
+        for (number, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            assert!(
+                !code.contains("crate::{"),
+                "{}:{}: write one `use crate::module::…` per module, so this test can read it",
+                relative.display(),
+                number + 1
+            );
+            for used in crate_paths(code) {
+                if used != module {
+                    uses.entry(used).or_default().push(format!(
+                        "{}:{}",
+                        relative.display(),
+                        number + 1
+                    ));
+                }
+            }
+        }
+    }
+    graph
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
+
+fn top_module(relative: &Path) -> String {
+    let first = relative.components().next().unwrap();
+    let name = first.as_os_str().to_str().unwrap();
+    name.trim_end_matches(".rs").to_string()
+}
+
+/// The top-level modules named by `crate::<module>` in one line of code.
+fn crate_paths(code: &str) -> Vec<String> {
+    code.match_indices("crate::")
+        .filter(|(at, _)| {
+            // `wstrace_crate::` or `$crate::` are not this crate's paths.
+            let before = code[..*at].chars().next_back();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$')
+        })
+        .map(|(at, _)| {
+            code[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&module))
+}
+
+/// Every way `graph` breaks the rules, as readable lines.
+fn violations(graph: &Graph) -> Vec<String> {
+    let mut found = Vec::new();
+    for (module, uses) in graph {
+        let Some(layer) = layer_of(module) else {
+            found.push(format!(
+                "module `{module}` has no layer: add it to LAYERS and lib.rs's map"
+            ));
+            continue;
+        };
+        for (used, at) in uses {
+            let Some(used_layer) = layer_of(used) else {
+                found.push(format!(
+                    "`{module}` uses `{used}`, which has no layer ({at:?})"
+                ));
+                continue;
+            };
+            if used_layer < layer {
+                found.push(format!(
+                    "`{module}` (layer {layer}) uses `{used}` (layer {used_layer}, above it) at {at:?}"
+                ));
+            }
+            if module == "tools" && !TOOLS_MAY_USE.contains(&used.as_str()) {
+                found.push(format!(
+                    "`tools` reaches into the server's `{used}` at {at:?}"
+                ));
+            }
+        }
+    }
+    found.extend(cycles(graph));
+    found
+}
+
+/// Cycles between modules, each reported once by the path that closes it.
+fn cycles(graph: &Graph) -> Vec<String> {
+    fn visit(
+        module: &str,
+        graph: &Graph,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+        found: &mut Vec<String>,
+    ) {
+        if let Some(start) = path.iter().position(|m| m == module) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(module.to_string());
+            found.push(format!("import cycle: {}", cycle.join(" → ")));
+            return;
+        }
+        if done.contains(module) {
+            return;
+        }
+        path.push(module.to_string());
+        for used in graph.get(module).into_iter().flat_map(|uses| uses.keys()) {
+            visit(used, graph, path, done, found);
+        }
+        path.pop();
+        done.insert(module.to_string());
+    }
+    let mut found = Vec::new();
+    let mut done = BTreeSet::new();
+    for module in graph.keys() {
+        visit(module, graph, &mut Vec::new(), &mut done, &mut found);
+    }
+    found
+}
+
+#[test]
+fn modules_depend_one_way() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = import_graph(&src);
+    assert!(graph.contains_key("session") && graph.contains_key("routing"));
+    let found = violations(&graph);
+    assert!(
+        found.is_empty(),
+        "architecture broken:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn every_module_is_in_the_map() {
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    for line in lib.lines() {
+        if let Some(module) = line
+            .strip_prefix("pub mod ")
+            .and_then(|m| m.strip_suffix(';'))
+        {
+            assert!(layer_of(module).is_some(), "`{module}` has no layer");
+            assert!(
+                lib.contains(&format!("[`{module}`]")),
+                "lib.rs's map does not mention `{module}`"
+            );
+        }
+    }
+}
+
+/// The checker itself finds what it is for.
+#[test]
+fn checker_finds_upward_imports_cycles_and_tools_reaching_in() {
+    let graph: Graph = [
+        ("routing", vec!["session"]),
+        ("session", vec!["routing", "protocol"]),
+        ("tools", vec!["state"]),
+        ("protocol", vec![]),
+    ]
+    .into_iter()
+    .map(|(module, uses)| {
+        let uses = uses
+            .into_iter()
+            .map(|u| (u.to_string(), vec![format!("src/{module}.rs:1")]))
+            .collect();
+        (module.to_string(), uses)
+    })
+    .collect();
+    let found = violations(&graph);
+    let has = |needle: &str| found.iter().any(|f| f.contains(needle));
+    assert!(has("`routing` (layer 5) uses `session`"), "{found:#?}");
+    assert!(
+        has("import cycle: routing → session → routing"),
+        "{found:#?}"
+    );
+    assert!(
+        has("`tools` reaches into the server's `state`"),
+        "{found:#?}"
+    );
+    // session → routing is downward: allowed.
+    assert!(
+        !found.iter().any(|f| f.starts_with("`session`")),
+        "{found:#?}"
+    );
+    assert_eq!(
+        crate_paths("use crate::a::b; x = crate::c::d(); wstrace_crate::e; $crate::f"),
+        ["a", "c"]
+    );
+}

@@ -21,7 +21,7 @@ use crate::events::{
     SessionReadFailed,
 };
 use crate::protocol::{self, ClientFrame, DecodeError, ErrorCode, FrameKind, ServerFrame};
-use crate::routing::{Delivery, ForwardError, Sender, SharedRecipient};
+use crate::routing::{Audience, Delivery, ForwardError, Routed, Sender, SharedRecipient};
 use crate::state::ServerState;
 
 /// The reader task: reads the socket until it ends, answers each frame
@@ -210,10 +210,28 @@ impl Reader {
         self.reply_frame(error.to_frame(), sampled).await
     }
 
-    /// This session, as routing addresses it (for error frames that come
-    /// after a queued forward fails).
-    pub(super) fn recipient(&self) -> SharedRecipient {
-        self.session.clone()
+    /// Hands a message from this session to routing. This session gets an
+    /// error frame if a queued forward to other instances fails later.
+    pub(super) async fn route(&self, audience: Audience<'_>, delivery: &Arc<Delivery>) -> Routed {
+        let reply_to: SharedRecipient = self.session.clone();
+        Box::pin(
+            self.state
+                .router
+                .route(audience, delivery, |_| {}, Some(reply_to)),
+        )
+        .await
+    }
+
+    /// Tells the client when other instances were not reached.
+    pub(super) async fn report_forward(
+        &mut self,
+        error: Option<ForwardError>,
+        sampled: bool,
+    ) -> Result<(), Gone> {
+        match error {
+            Some(error) => self.cluster_unavailable(&error, sampled).await,
+            None => Ok(()),
+        }
     }
 
     /// A `message` frame from this session, serialized once for every

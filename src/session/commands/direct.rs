@@ -23,14 +23,7 @@ pub(super) async fn run(
         (None, None) => return reader.no_such_recipient(sampled).await,
     };
     let delivery = reader.delivery(None, content, sampled);
-    let reply_to = Some(reader.recipient());
-    let routed = Box::pin(
-        reader
-            .state
-            .router
-            .route(audience, &delivery, |_| {}, reply_to),
-    )
-    .await;
+    let routed = reader.route(audience, &delivery).await;
     if routed.reached_nobody() {
         return match routed.cluster_error {
             Some(error) => reader.cluster_unavailable(&error, sampled).await,
@@ -46,8 +39,5 @@ pub(super) async fn run(
         }
         .emit();
     }
-    match routed.cluster_error {
-        Some(error) => reader.cluster_unavailable(&error, sampled).await,
-        None => Ok(()),
-    }
+    reader.report_forward(routed.cluster_error, sampled).await
 }

@@ -16,15 +16,7 @@ pub(super) async fn run(
         return reader.invalid_channel(sampled).await;
     }
     let delivery = reader.delivery(Some(channel.clone()), content, sampled);
-    let audience = Audience::Channel(&channel);
-    let reply_to = Some(reader.recipient());
-    let routed = Box::pin(
-        reader
-            .state
-            .router
-            .route(audience, &delivery, |_| {}, reply_to),
-    )
-    .await;
+    let routed = reader.route(Audience::Channel(&channel), &delivery).await;
     if sampled {
         MessagePublished {
             channel: &channel,
@@ -35,8 +27,5 @@ pub(super) async fn run(
         }
         .emit();
     }
-    match routed.cluster_error {
-        Some(error) => reader.cluster_unavailable(&error, sampled).await,
-        None => Ok(()),
-    }
+    reader.report_forward(routed.cluster_error, sampled).await
 }

@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # docker-compose (Debian) to validate docker-compose.yml offline; chromium
 # (Debian) to load the explorer page in a real headless browser;
 # redis-server (Debian) for cluster mode; nginx (Debian) to run the compose
-# stack's WebSocket proxy config in front of two real instances.
+# stack's WebSocket proxy config in front of two real instances; node with
+# @grafana/lezer-logql and @grafana/lezer-traceql (npm) to parse queries.
 if ! python3 -c 'import rotel' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
@@ -32,6 +33,21 @@ if ((${#missing[@]})); then
         exit 1
     fi
 fi
+# Grafana's own LogQL and TraceQL grammars (npm, pinned in
+# tests/grammar/package-lock.json), to parse every query the project ships.
+if [[ ! -d tests/grammar/node_modules/@grafana/lezer-logql ]]; then
+    if ! command -v npm >/dev/null; then
+        if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+        else
+            echo "test.sh: please install node and npm" >&2
+            exit 1
+        fi
+    fi
+    npm ci --prefix tests/grammar --no-audit --no-fund --loglevel=error
+fi
+
 # Tests that use these tools fail, rather than skip, when they are absent.
 export WSTRACE_REQUIRE_TOOLS=1
 

@@ -677,7 +677,7 @@ impl Drop for Nginx {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_compose_proxy_balances_sessions_over_both_instances_as_one_service() {
+async fn stand_in_nginx_runs_the_compose_proxy_config_over_both_instances() {
     let Some(redis) = RedisServer::start() else {
         return eprintln!("skipped: redis-server is not installed");
     };

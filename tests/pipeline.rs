@@ -72,7 +72,7 @@ fn file_event(line: &str) -> Value {
     event.insert(KeyString::from("message"), Value::from(line));
     event.insert(
         KeyString::from("file"),
-        Value::from("/var/log/wstrace/wstrace.2026-11-23.log"),
+        Value::from("/var/log/wstrace/wstrace-1/wstrace.2026-11-23.log"),
     );
     event.insert(KeyString::from("host"), Value::from("vector-host"));
     event.insert(KeyString::from("source_type"), Value::from("file"));
@@ -154,6 +154,28 @@ async fn remap_turns_real_server_lines_into_loki_events() {
         );
         assert!(field(&event, "time").is_none());
         assert!(field(&event, "v").is_none());
+        assert!(
+            field(&event, "msg").is_none(),
+            "the message once, as message"
+        );
+        // Structured metadata: exactly the ids the line has.
+        let Some(Value::Object(metadata)) = field(&event, "loki_metadata") else {
+            panic!("no loki_metadata: {event:?}")
+        };
+        for id in ["trace_id", "span_id", "session_id", "instance_id"] {
+            assert_eq!(
+                metadata
+                    .get(id)
+                    .and_then(|v| v.as_str())
+                    .map(|v| v.to_string()),
+                original[id].as_str().map(str::to_owned),
+                "{id} in {line}"
+            );
+        }
+        assert_eq!(
+            text(&event, "instance"),
+            original["instance_id"].as_str().map(str::to_owned)
+        );
         if let Some(session) = original["session_id"].as_str() {
             session_lines += 1;
             assert_eq!(text(&event, "session_id").as_deref(), Some(session));
@@ -203,13 +225,27 @@ fn remap_flags_lines_that_are_not_json_and_keeps_them() {
         assert_eq!(text(&event, "service").as_deref(), Some("wstrace"));
         assert_eq!(text(&event, "message").as_deref(), Some(line));
         assert!(field(&event, "parse_error").is_some());
+        // Its stream is its file's instance; it has no ids.
+        assert_eq!(text(&event, "instance").as_deref(), Some("wstrace-1"));
+        assert_eq!(
+            field(&event, "loki_metadata"),
+            Some(&Value::Object(BTreeMap::new()))
+        );
     }
+}
+
+/// What `vector test` gives the transform: only the input's `log_fields`.
+fn test_input_event(message: &str) -> Value {
+    Value::Object(BTreeMap::from([(
+        KeyString::from("message"),
+        Value::from(message),
+    )]))
 }
 
 /// The `[[tests]]` of vector.toml, run with the vrl crate: each input goes
 /// through the remap program, then each VRL condition must hold.
 #[test]
-fn vector_unit_tests_pass() {
+fn stand_in_vector_test_runs_the_unit_tests_of_vector_toml() {
     let config = vector_config();
     let (_, program) = remap_program();
     let tests = config["tests"]
@@ -221,7 +257,8 @@ fn vector_unit_tests_pass() {
         let input = &test["inputs"][0];
         assert_eq!(input["insert_at"].as_str(), Some("wstrace_parse"), "{name}");
         let message = input["log_fields"]["message"].as_str().unwrap();
-        let event = run(&program, file_event(message)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let event =
+            run(&program, test_input_event(message)).unwrap_or_else(|e| panic!("{name}: {e}"));
         for output in test["outputs"].as_array().unwrap() {
             assert_eq!(output["extract_from"].as_str(), Some("wstrace_parse"));
             for condition in output["conditions"].as_array().unwrap() {
@@ -234,7 +271,7 @@ fn vector_unit_tests_pass() {
 }
 
 #[test]
-fn vector_config_holds_the_pipeline_settings() {
+fn stand_in_vector_config_holds_the_pipeline_settings() {
     let config = vector_config();
     assert!(
         config["data_dir"].as_str().is_some(),
@@ -256,17 +293,49 @@ fn vector_config_holds_the_pipeline_settings() {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(labels, HashSet::from(["service", "level", "environment"]));
-    let metadata: HashSet<&str> = loki["structured_metadata"]
-        .as_table()
+    assert_eq!(labels, HashSet::from(SINK_LABELS));
+    // Structured metadata from the map the program builds (only the ids a
+    // line has): no template that can fail on a line without an id.
+    let metadata = loki["structured_metadata"].as_table().unwrap();
+    assert_eq!(metadata.len(), 1);
+    assert_eq!(metadata["*"].as_str(), Some("{{ loki_metadata }}"));
+    let except: HashSet<&str> = loki["encoding"]["except_fields"]
+        .as_array()
         .unwrap()
-        .keys()
-        .map(String::as_str)
+        .iter()
+        .map(|v| v.as_str().unwrap())
         .collect();
+    for field in [
+        "loki_metadata",
+        "instance",
+        "trace_id",
+        "span_id",
+        "session_id",
+    ] {
+        assert!(
+            except.contains(field),
+            "{field} would be in the Loki line too"
+        );
+    }
+    // Snappy (the default) is the protobuf encoding that carries
+    // structured metadata.
+    assert!(loki.get("compression").is_none());
+    // Every line Vector reads, Loki takes: the limits agree.
+    let loki_server = yaml("pipeline/loki.yaml");
     assert_eq!(
-        metadata,
-        HashSet::from(["trace_id", "span_id", "session_id", "instance_id"])
+        source["max_line_bytes"].as_integer(),
+        loki_server["limits_config"]["max_line_size"].as_i64()
     );
+    assert_eq!(
+        loki_server["limits_config"]["max_line_size_truncate"].as_bool(),
+        Some(false)
+    );
+    assert!(
+        loki["batch"]["max_bytes"].as_integer().unwrap()
+            >= source["max_line_bytes"].as_integer().unwrap()
+    );
+    // One stream per instance, read oldest file first.
+    assert_eq!(source["oldest_first"].as_bool(), Some(true));
     assert_eq!(loki["acknowledgements"]["enabled"].as_bool(), Some(true));
     assert_eq!(loki["buffer"]["type"].as_str(), Some("disk"));
     assert_eq!(loki["buffer"]["when_full"].as_str(), Some("block"));
@@ -279,13 +348,19 @@ fn vector_config_holds_the_pipeline_settings() {
     );
 }
 
+/// The Loki stream labels the Vector sink sets: the only labels a query may
+/// select on.
+const SINK_LABELS: [&str; 4] = ["service", "level", "instance", "environment"];
+/// Ids that are structured metadata, never stream labels.
+const METADATA_IDS: [&str; 4] = ["trace_id", "span_id", "session_id", "instance_id"];
+
 fn yaml(path: &str) -> serde_yaml::Value {
     serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// Stand-in for running Loki: the file parses and says what we rely on.
 #[test]
-fn loki_config_allows_structured_metadata_with_tsdb_v13() {
+fn stand_in_loki_config_allows_structured_metadata_with_tsdb_v13() {
     let loki = yaml("pipeline/loki.yaml");
     let schema = &loki["schema_config"]["configs"][0];
     assert_eq!(schema["store"].as_str(), Some("tsdb"));
@@ -301,7 +376,7 @@ fn loki_config_allows_structured_metadata_with_tsdb_v13() {
 
 /// Stand-in for running Tempo: the file parses and says what we rely on.
 #[test]
-fn tempo_config_receives_otlp_and_generates_metrics() {
+fn stand_in_tempo_config_receives_otlp_and_generates_metrics() {
     let tempo = yaml("pipeline/tempo.yaml");
     let otlp = &tempo["distributor"]["receivers"]["otlp"]["protocols"];
     assert!(
@@ -332,7 +407,7 @@ fn tempo_config_receives_otlp_and_generates_metrics() {
 }
 
 #[test]
-fn grafana_datasources_link_logs_and_traces_both_ways() {
+fn stand_in_grafana_datasources_link_logs_and_traces_both_ways() {
     let provisioning = yaml("grafana/provisioning/datasources/datasources.yaml");
     let sources = provisioning["datasources"].as_sequence().unwrap();
     let uids: HashSet<&str> = sources.iter().map(|d| d["uid"].as_str().unwrap()).collect();
@@ -369,14 +444,14 @@ fn grafana_datasources_link_logs_and_traces_both_ways() {
         Some("prometheus")
     );
     assert_eq!(tempo["nodeGraph"]["enabled"].as_bool(), Some(true));
-    for source in sources {
-        for key in ["exemplarTraceIdDestinations"] {
-            if let Some(list) = source["jsonData"][key].as_sequence() {
-                for d in list {
-                    assert!(uids.contains(d["datasourceUid"].as_str().unwrap()));
-                }
-            }
-        }
+    // Exemplars come from Tempo's span metrics, whose label is `traceID`
+    // (Tempo modules/generator/registry/histogram.go).
+    let exemplars = by_uid("prometheus")["jsonData"]["exemplarTraceIdDestinations"]
+        .as_sequence()
+        .unwrap();
+    for d in exemplars {
+        assert_eq!(d["name"].as_str(), Some("traceID"));
+        assert!(uids.contains(d["datasourceUid"].as_str().unwrap()));
     }
 }
 
@@ -396,7 +471,7 @@ fn collect_uids(value: &serde_json::Value, out: &mut Vec<String>) {
 }
 
 #[test]
-fn dashboard_uses_provisioned_datasources_and_a_trace_id_box() {
+fn stand_in_grafana_dashboard_uses_provisioned_datasources_and_a_trace_id_box() {
     let provisioning = yaml("grafana/provisioning/datasources/datasources.yaml");
     let uids: HashSet<String> = provisioning["datasources"]
         .as_sequence()
@@ -544,6 +619,11 @@ fn docker_compose_validates() {
             Some("redis://redis:6379")
         );
         assert_eq!(env["WSTRACE_INSTANCE_ID"].as_str(), Some(name));
+        // The explorer page links to the stack's own Grafana.
+        assert_eq!(
+            env["WSTRACE_GRAFANA_URL"].as_str(),
+            Some("http://localhost:3000")
+        );
         assert_eq!(
             service["depends_on"]["redis"]["condition"].as_str(),
             Some("service_healthy")
@@ -552,6 +632,9 @@ fn docker_compose_validates() {
         // reads, and Vector's glob covers it.
         let log_dir = env["WSTRACE_LOG_DIR"].as_str().unwrap();
         assert!(log_dirs.insert(log_dir), "two instances share {log_dir}");
+        // The directory is named after the instance: the remap program
+        // labels a line it cannot parse with its file's directory.
+        assert!(log_dir.ends_with(&format!("/{name}")), "{log_dir}");
         // Resolved volumes read `source:target[:mode]`.
         let volume: Vec<&str> = service["volumes"][0].as_str().unwrap().split(':').collect();
         let (source, target) = (volume[0], volume[1]);
@@ -584,6 +667,29 @@ fn docker_compose_validates() {
             "{name} not upstream"
         );
     }
+    // nginx holds two descriptors per WebSocket: its own limit and the
+    // container's must cover 2 × worker_connections.
+    let directive = |name: &str| -> u64 {
+        nginx
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(';').parse().ok())
+            .unwrap_or_else(|| panic!("nginx.conf has no {name}"))
+    };
+    let needed = 2 * directive("worker_connections");
+    assert!(directive("worker_rlimit_nofile") >= needed);
+    let nofile = &proxy["ulimits"]["nofile"];
+    let soft = nofile["soft"].as_u64().or_else(|| nofile.as_u64()).unwrap();
+    assert!(soft >= needed, "proxy nofile {soft} < {needed}");
+    // Grafana: the anonymous user of this local stack can follow every
+    // Explore link (Viewers cannot); no toggles that Grafana 11 lacks.
+    let grafana = &compose["services"]["grafana"]["environment"];
+    assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("true"));
+    assert_eq!(
+        grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"].as_str(),
+        Some("Editor")
+    );
+    assert!(grafana.get("GF_FEATURE_TOGGLES_ENABLE").is_none());
     // The load generator goes through the proxy, like real clients.
     let load = compose["services"]["load"]["command"]
         .as_sequence()
@@ -633,5 +739,190 @@ fn prometheus_config_validates_with_promtool() {
         .collect();
     for job in ["wstrace", "vector", "tempo"] {
         assert!(jobs.contains(job), "no scrape job {job}");
+    }
+}
+
+/// A query as Grafana would run it: where it comes from, its language, and
+/// its text with Grafana's variables already substituted.
+struct Query {
+    origin: String,
+    lang: &'static str,
+    text: String,
+}
+
+const SAMPLE_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// Grafana's variables, replaced by what Grafana would put there.
+fn grafana_substitute(query: &str) -> String {
+    query
+        .replace("${__trace.traceId}", SAMPLE_TRACE)
+        .replace("${trace_id:regex}", SAMPLE_TRACE)
+        .replace("$__rate_interval", "1m")
+        .replace("$__interval", "1m")
+        .replace("$__range", "1h")
+}
+
+/// Every LogQL and TraceQL query the project ships: the README's ```logql
+/// and ```traceql blocks, the dashboard's Loki and Tempo targets, the
+/// provisioned Tempo → Loki query, and the one `wstrace doctor` runs.
+fn shipped_queries() -> Vec<Query> {
+    let mut queries = Vec::new();
+    let readme = read("README.md");
+    let mut fence: Option<&'static str> = None;
+    for (number, line) in readme.lines().enumerate() {
+        match (fence, line.trim()) {
+            (None, "```logql") => fence = Some("logql"),
+            (None, "```traceql") => fence = Some("traceql"),
+            (Some(_), "```") => fence = None,
+            (Some(lang), text) if !text.is_empty() => queries.push(Query {
+                origin: format!("README.md:{}", number + 1),
+                lang,
+                text: grafana_substitute(text),
+            }),
+            _ => {}
+        }
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/dashboards/wstrace-sessions.json")).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let kind = target["datasource"]["type"]
+                .as_str()
+                .or(panel["datasource"]["type"].as_str());
+            let (lang, text) = match kind {
+                Some("loki") => ("logql", target["expr"].as_str()),
+                Some("tempo") if target["queryType"] == "traceql" => {
+                    ("traceql", target["query"].as_str())
+                }
+                _ => continue,
+            };
+            if let Some(text) = text.filter(|t| !t.is_empty()) {
+                queries.push(Query {
+                    origin: format!("dashboard panel {:?}", panel["title"]),
+                    lang,
+                    text: grafana_substitute(text),
+                });
+            }
+        }
+    }
+    let provisioning = yaml("grafana/provisioning/datasources/datasources.yaml");
+    for source in provisioning["datasources"].as_sequence().unwrap() {
+        if let Some(query) = source["jsonData"]["tracesToLogsV2"]["query"].as_str() {
+            // `$$` is a literal `$` in provisioning files.
+            queries.push(Query {
+                origin: "datasources.yaml tracesToLogsV2".into(),
+                lang: "logql",
+                text: grafana_substitute(&query.replace("$$", "$")),
+            });
+        }
+    }
+    queries.push(Query {
+        origin: "wstrace doctor".into(),
+        lang: "logql",
+        text: wstrace::tools::doctor::loki_query(SAMPLE_TRACE),
+    });
+    queries
+}
+
+/// Every shipped query parses with Grafana's own grammars
+/// (`@grafana/lezer-logql`, `@grafana/lezer-traceql`, the parsers of
+/// Grafana's query editors, run by node), selects only stream labels the
+/// Vector sink sets, and filters ids as structured metadata, never as
+/// stream labels.
+#[test]
+fn shipped_queries_parse_with_grafanas_grammars() {
+    let queries = shipped_queries();
+    assert!(queries.iter().filter(|q| q.lang == "logql").count() >= 7);
+    assert!(queries.iter().any(|q| q.lang == "traceql"));
+    let Some(node) = which("node") else { return };
+    let grammar_dir = repo().join("tests/grammar");
+    if !grammar_dir
+        .join("node_modules/@grafana/lezer-logql")
+        .exists()
+    {
+        assert!(
+            std::env::var_os("WSTRACE_REQUIRE_TOOLS").is_none(),
+            "run `npm ci --prefix tests/grammar` (scripts/test.sh does)"
+        );
+        return;
+    }
+    let input: Vec<serde_json::Value> = queries
+        .iter()
+        .map(|q| json!({"lang": q.lang, "query": q.text, "where": q.origin}))
+        .collect();
+    let parse = |input: &serde_json::Value| -> Vec<serde_json::Value> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(&node)
+            .arg("check.mjs")
+            .current_dir(&grammar_dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node runs");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.to_string().as_bytes()).unwrap();
+        drop(stdin);
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "check.mjs failed");
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let results = parse(&serde_json::Value::Array(input));
+    assert_eq!(results.len(), queries.len());
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    for result in &results {
+        let (origin, query) = (&result["where"], &result["query"]);
+        let errors = strings(&result["errors"]);
+        assert!(
+            errors.is_empty(),
+            "{origin}: {query} does not parse: {errors:?}"
+        );
+        for label in strings(&result["selectorLabels"]) {
+            assert!(
+                SINK_LABELS.contains(&label.as_str()),
+                "{origin}: {query} selects stream label {label:?}, which Vector never sets"
+            );
+        }
+        let text = query.as_str().unwrap();
+        if result["lang"] != "logql" {
+            continue;
+        }
+        for id in METADATA_IDS {
+            if text.contains(id) {
+                assert!(
+                    strings(&result["filterLabels"]).iter().any(|l| l == id),
+                    "{origin}: {query} must filter {id} as structured metadata (`| {id}=…`)"
+                );
+            }
+        }
+    }
+    // The parser is not lenient: a broken query is caught.
+    let broken =
+        json!([{"lang": "logql", "query": "{service=\"wstrace\" | trace_id=", "where": "x"}]);
+    assert!(!parse(&broken)[0]["errors"].as_array().unwrap().is_empty());
+}
+
+/// TraceQL in the README names only attributes the server's spans carry.
+#[test]
+fn readme_traceql_uses_attributes_the_server_sets() {
+    let session_span = read("src/session/mod.rs");
+    for query in shipped_queries().iter().filter(|q| q.lang == "traceql") {
+        for (at, _) in query.text.match_indices("span.") {
+            let attribute: String = query.text[at + "span.".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+                .collect();
+            assert!(
+                session_span.contains(&format!("{attribute} =")),
+                "{}: {} is not an attribute of ws.session",
+                query.origin,
+                attribute
+            );
+        }
     }
 }

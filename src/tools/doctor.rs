@@ -151,8 +151,14 @@ async fn open_session(url: &str, traceparent: &str, trace_id: &str) -> Result<()
     Ok(())
 }
 
+/// The LogQL for one trace's lines: the stream by its low-cardinality
+/// label, the trace by structured metadata.
+pub fn loki_query(trace_id: &str) -> String {
+    format!(r#"{{service="wstrace"}} | trace_id="{trace_id}""#)
+}
+
 async fn find_in_loki(base: &str, trace_id: &str, deadline: Instant) -> Result<(), String> {
-    let query = format!(r#"{{service="wstrace"}} | trace_id="{trace_id}""#);
+    let query = loki_query(trace_id);
     let start_ns = (std::time::SystemTime::now() - Duration::from_secs(600))
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -240,7 +246,7 @@ pub fn explore_link(grafana: &str, trace_id: &str) -> String {
         "logs": {
             "datasource": "loki",
             "queries": [{"refId": "A", "datasource": {"type": "loki", "uid": "loki"},
-                         "expr": format!(r#"{{service="wstrace"}} | trace_id="{trace_id}""#)}],
+                         "expr": loki_query(trace_id)}],
             "range": {"from": "now-1h", "to": "now"}
         },
         "trace": {

@@ -47,6 +47,12 @@ pub const SPAN_QUEUE_SPANS: usize = 16 * 1024;
 /// How often dropped log lines or spans, if any, are reported: at most one
 /// warning per interval, so a dead collector cannot flood the logs.
 pub const DEFAULT_TELEMETRY_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// After the server ends a connection, how long it keeps reading (and
+/// discarding) what the peer still sends, so that its last frame (a Close
+/// with the reason) is not wiped out by a TCP reset (`http::linger`).
+pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// ...and at most this much of it.
+pub const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Longest `traceparent` value we will even try to parse. Version 00 is
 /// exactly 55 bytes; later versions may append fields.
 pub const MAX_TRACEPARENT_BYTES: usize = 512;

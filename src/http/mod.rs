@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod explorer;
+pub mod linger;
 pub mod trace;
 pub mod upgrade;
 
@@ -116,7 +117,7 @@ impl Server {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(state.config.limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(TokioIo::new(linger::LingeringStream::new(stream)), service)
                 .with_upgrades();
             let shutdown = shutdown.clone();
             connections.spawn(async move {

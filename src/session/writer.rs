@@ -39,23 +39,12 @@ impl Writer {
         loop {
             tokio::select! {
                 biased;
-                _ = decided(&mut close) => {
-                    let decision = close.borrow().clone();
-                    if let Some(decision) = decision.filter(CloseDecision::server_sends_close) {
-                        // Frames queued before the decision still go out
-                        // first (a stalled peer blocks here; the supervisor
-                        // gives up after the close timeout).
-                        while let Ok(item) = outbound.try_recv() {
-                            if self.feed(&mut sink, item).await.is_err() {
-                                return;
-                            }
-                        }
-                        send_close(&mut sink, &decision).await;
-                    }
-                    return;
-                }
+                _ = decided(&mut close) => break,
                 next = outbound.recv() => {
-                    let Some(item) = next else { return };
+                    // Every sender gone: the session is ending. The close
+                    // decision may have come in the same instant, after
+                    // the branch above was polled: it is checked below.
+                    let Some(item) = next else { break };
                     // Drain what is already queued, then flush once: one
                     // syscall for a burst instead of one per frame.
                     let mut batch = Some(item);
@@ -72,6 +61,18 @@ impl Writer {
                     }
                 }
             }
+        }
+        let decision = close.borrow().clone();
+        if let Some(decision) = decision.filter(CloseDecision::server_sends_close) {
+            // Frames queued before the decision still go out first (a
+            // stalled peer blocks here; the supervisor gives up after the
+            // close timeout).
+            while let Ok(item) = outbound.try_recv() {
+                if self.feed(&mut sink, item).await.is_err() {
+                    return;
+                }
+            }
+            send_close(&mut sink, &decision).await;
         }
     }
 
@@ -170,5 +171,65 @@ fn data_len(message: &Message) -> Option<usize> {
         Message::Text(t) => Some(t.len()),
         Message::Binary(b) => Some(b.len()),
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::close::{CloseSignal, ClosedBy};
+    use crate::state::{ServerConfig, ServerState};
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    /// A socket that keeps what is written to it.
+    struct Recorder(Arc<Mutex<Vec<Message>>>);
+
+    impl Sink<Message> for Recorder {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.0.lock().unwrap().push(item);
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The reader decides a close and ends, and the supervisor drops the
+    /// last queue senders, on another thread while the writer is polling:
+    /// the Close frame must go out however the two interleave (it once did
+    /// not, and the client saw the connection end without a close code).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_decided_as_the_queue_closes_is_still_sent() {
+        let state = ServerState::new(ServerConfig::default());
+        for round in 0..20_000 {
+            let (tx, rx) = mpsc::channel::<Outbound>(4);
+            let signal = CloseSignal::new();
+            let sent = Arc::new(Mutex::new(Vec::new()));
+            let writer = Writer {
+                stats: Arc::new(SessionStats::new()),
+                state: state.clone(),
+            };
+            let writer = tokio::spawn(writer.run(Recorder(sent.clone()), rx, signal.subscribe()));
+            let ending = tokio::spawn(async move {
+                signal.decide(CloseDecision::new(1009, "message too big", ClosedBy::Error));
+                drop(tx);
+            });
+            ending.await.unwrap();
+            writer.await.unwrap();
+            let sent = sent.lock().unwrap();
+            assert!(
+                matches!(sent.as_slice(), [Message::Close(Some(frame))] if frame.code == 1009),
+                "round {round}: {sent:?}"
+            );
+        }
     }
 }

@@ -1,0 +1,155 @@
+//! A lingering close for every accepted connection.
+//!
+//! When the server ends a connection while the peer is still sending (it
+//! refused an oversize message with 1009, say), closing a socket with
+//! unread input makes the kernel send RST, and the RST makes the peer's
+//! kernel throw away what it had not yet handed to the application: the
+//! Close frame that says why. So, as HTTP servers have long done: when the
+//! connection is dropped, shut down our sending side (after everything
+//! written, including the Close frame, the peer gets FIN) and read and
+//! discard the peer's input until it closes too, for a bounded time and a
+//! bounded number of bytes.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::limits::{LINGER_MAX_BYTES, LINGER_TIMEOUT};
+
+/// A TCP stream that lingers when dropped (see the module doc).
+#[derive(Debug)]
+pub struct LingeringStream {
+    stream: Option<TcpStream>,
+}
+
+impl LingeringStream {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream: Some(stream),
+        }
+    }
+
+    fn stream(&mut self) -> &mut TcpStream {
+        // Only `Drop` takes the stream out.
+        self.stream.as_mut().expect("stream is present until drop")
+    }
+}
+
+impl AsyncRead for LingeringStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(self.stream()).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LingeringStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.stream()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(self.stream()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.stream()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.stream()).poll_shutdown(cx)
+    }
+}
+
+impl Drop for LingeringStream {
+    fn drop(&mut self) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        // Outside a runtime (the process is exiting) the socket just closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(linger(stream));
+        }
+    }
+}
+
+async fn linger(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 8 * 1024];
+    let mut discarded = 0;
+    let drain = async {
+        while discarded < LINGER_MAX_BYTES {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => discarded += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIMEOUT, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// The server writes its last words and drops the connection while the
+    /// client's bytes sit unread in its receive buffer. A plain close
+    /// would send RST and the client would lose the last words; a
+    /// lingering one delivers them, then EOF.
+    async fn last_words_reach_a_client_still_sending(linger: bool) -> std::io::Result<Vec<u8>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if linger {
+            let mut server = LingeringStream::new(server);
+            server.write_all(b"bye").await.unwrap();
+            drop(server);
+        } else {
+            let mut server = server;
+            server.write_all(b"bye").await.unwrap();
+            drop(server);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await?;
+        Ok(received)
+    }
+
+    #[tokio::test]
+    async fn a_lingering_close_delivers_the_last_words() {
+        assert_eq!(
+            last_words_reach_a_client_still_sending(true).await.unwrap(),
+            b"bye"
+        );
+        // What it prevents: without it, the reset wipes them out.
+        assert!(
+            last_words_reach_a_client_still_sending(false)
+                .await
+                .is_err()
+        );
+    }
+}

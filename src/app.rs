@@ -32,6 +32,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     telemetry::init_subscriber(subscriber)?;
 
     server_config.telemetry = Some(guard.counters());
+    raise_open_file_limit(server_config.limits.max_connections);
     let result = match args.cluster_config(&server_config.instance_id) {
         Ok(cluster) => run(args.listen, server_config, cluster, &config).await,
         Err(error) => Err(error.into()),
@@ -99,4 +100,40 @@ async fn run(
         .map_err(ServeError::Serve)?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one: each session is a
+/// descriptor, and a soft limit of 1024 (or 256) would refuse connections
+/// long before `--max-connections`. Says what it found, and warns when the
+/// limit still falls short.
+fn raise_open_file_limit(max_connections: usize) {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return;
+        }
+        let soft_before = limit.rlim_cur;
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: as above.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        crate::events::OpenFileLimit {
+            soft_before,
+            soft: limit.rlim_cur,
+            hard: limit.rlim_max,
+            max_connections,
+        }
+        .emit();
+    }
 }

@@ -59,6 +59,12 @@ pub enum AuthError {
     NotYetValid,
     #[error("the token has no `sub` claim")]
     MissingSubject,
+    #[error("the token has no `exp` claim, and this server requires one")]
+    MissingExpiry,
+    #[error("the token is not for this audience")]
+    WrongAudience,
+    #[error("the token is not from the expected issuer")]
+    WrongIssuer,
 }
 
 impl AuthError {
@@ -71,6 +77,9 @@ impl AuthError {
             AuthError::Expired => "token_expired",
             AuthError::NotYetValid => "token_not_yet_valid",
             AuthError::MissingSubject => "token_subject",
+            AuthError::MissingExpiry => "token_exp_required",
+            AuthError::WrongAudience => "token_audience",
+            AuthError::WrongIssuer => "token_issuer",
         }
     }
 }
@@ -86,17 +95,57 @@ pub struct Claims {
     pub sub: Option<String>,
     pub exp: Option<u64>,
     pub nbf: Option<u64>,
+    pub iss: Option<String>,
+    /// One audience or several (RFC 7519 4.1.3).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub aud: Vec<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(one)) => vec![one],
+        Some(OneOrMany::Many(many)) => many,
+    })
+}
+
+/// What a token must say beyond a valid signature and subject
+/// (`--jwt-require-exp`, `--jwt-audience`, `--jwt-issuer`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JwtRules {
+    /// Refuse tokens without `exp`: a leaked token without one is valid
+    /// forever.
+    pub require_exp: bool,
+    /// `aud` must name this (or contain it).
+    pub audience: Option<String>,
+    /// `iss` must be this.
+    pub issuer: Option<String>,
 }
 
 /// Verifies HS256 JWTs with one shared secret.
 #[derive(Debug, Clone)]
 pub struct JwtVerifier {
     key: Secret,
+    rules: JwtRules,
 }
 
 impl JwtVerifier {
     pub fn new(key: Secret) -> Self {
-        Self { key }
+        Self {
+            key,
+            rules: JwtRules::default(),
+        }
+    }
+
+    pub fn with_rules(mut self, rules: JwtRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Checks signature, `exp`, `nbf`, and returns the subject.
@@ -124,11 +173,32 @@ impl JwtVerifier {
         mac.verify_slice(&signature)
             .map_err(|_| AuthError::BadSignature)?;
         let claims: Claims = decode_json(payload)?;
-        if claims.exp.is_some_and(|exp| now_unix >= exp + LEEWAY_SECS) {
+        // Saturating: a token with `exp` near u64::MAX must not wrap into
+        // the past (or panic).
+        if claims
+            .exp
+            .is_some_and(|exp| now_unix >= exp.saturating_add(LEEWAY_SECS))
+        {
             return Err(AuthError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| now_unix + LEEWAY_SECS < nbf) {
+        if claims.exp.is_none() && self.rules.require_exp {
+            return Err(AuthError::MissingExpiry);
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| now_unix.saturating_add(LEEWAY_SECS) < nbf)
+        {
             return Err(AuthError::NotYetValid);
+        }
+        if let Some(audience) = &self.rules.audience
+            && !claims.aud.contains(audience)
+        {
+            return Err(AuthError::WrongAudience);
+        }
+        if let Some(issuer) = &self.rules.issuer
+            && claims.iss.as_ref() != Some(issuer)
+        {
+            return Err(AuthError::WrongIssuer);
         }
         claims
             .sub
@@ -171,6 +241,16 @@ pub fn bearer_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> 
             .then(|| token.trim().to_owned());
     }
     crate::trace_context::query_param(query?, "token").and_then(Result::ok)
+}
+
+/// Whether a presented secret is the expected one. Both are hashed first,
+/// so the comparison takes the same time whatever their lengths and
+/// wherever they differ: neither the secret's content nor its length leaks.
+pub fn secret_matches(presented: &str, expected: &Secret) -> bool {
+    use sha2::{Digest, Sha256};
+    let presented = Sha256::digest(presented.as_bytes());
+    let expected = Sha256::digest(expected.expose().as_bytes());
+    constant_time_eq(&presented, &expected)
 }
 
 /// Compares in time independent of where the inputs differ.
@@ -218,6 +298,74 @@ impl OriginPolicy {
     }
 }
 
+/// Which `Host` names the server answers to: the defence against DNS
+/// rebinding, where a page on `evil.example` re-points that name at
+/// 127.0.0.1 and then talks to a local server as if same-origin (its
+/// `Origin` and `Host` then agree, so the Origin check alone passes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPolicy {
+    /// Only loopback names (`localhost`, `127.x.x.x`, `[::1]`): the default
+    /// for a server listening on a loopback address.
+    Loopback,
+    /// Any name: the default for a server listening on a public or
+    /// unspecified address, whose names it cannot know (set
+    /// `--allowed-host` there).
+    Any,
+    /// Exact host names (port ignored), `*` for any.
+    Allow(Vec<String>),
+}
+
+impl HostPolicy {
+    pub fn new(allowed: &[String], listen: Option<std::net::SocketAddr>) -> Self {
+        if !allowed.is_empty() {
+            HostPolicy::Allow(allowed.iter().map(|h| host_name(h).to_string()).collect())
+        } else if listen.is_none_or(|addr| addr.ip().is_loopback()) {
+            HostPolicy::Loopback
+        } else {
+            HostPolicy::Any
+        }
+    }
+
+    /// A request without `Host` (HTTP/1.0) passes: a browser always sends
+    /// one.
+    pub fn allows(&self, host: Option<&HeaderValue>) -> bool {
+        let Some(host) = host else { return true };
+        let Ok(host) = host.to_str() else {
+            return false;
+        };
+        let name = host_name(host);
+        match self {
+            HostPolicy::Any => true,
+            HostPolicy::Allow(list) => list.iter().any(|h| h == "*" || *h == name),
+            HostPolicy::Loopback => {
+                name == "localhost"
+                    || name.ends_with(".localhost")
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+}
+
+/// `Example.COM:8080` → `example.com`; `[::1]:80` → `[::1]`.
+fn host_name(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    let name = if host.starts_with('[') {
+        host.split_once(']').map_or(host.as_str(), |(name, _)| name)
+    } else {
+        host.rsplit_once(':')
+            .map_or(host.as_str(), |(name, _)| name)
+    };
+    if host.starts_with('[') {
+        format!("{name}]")
+    } else {
+        name.trim_end_matches('.').to_string()
+    }
+}
+
 fn normalize_origin(origin: &str) -> String {
     origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
@@ -243,6 +391,90 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_rules_require_exp_audience_and_issuer() {
+        let key = Secret::new("k");
+        let now = 1_000_000;
+        let plain = JwtVerifier::new(key.clone());
+        let strict = JwtVerifier::new(key).with_rules(JwtRules {
+            require_exp: true,
+            audience: Some("wstrace".into()),
+            issuer: Some("https://idp.example".into()),
+        });
+        let good = plain.sign(&serde_json::json!({
+            "sub": "ann", "exp": now + 60, "aud": ["other", "wstrace"], "iss": "https://idp.example"
+        }));
+        assert_eq!(strict.verify(&good, now).unwrap(), "ann");
+        let cases = [
+            (
+                serde_json::json!({"sub": "ann", "aud": "wstrace", "iss": "https://idp.example"}),
+                AuthError::MissingExpiry,
+            ),
+            (
+                serde_json::json!({"sub": "ann", "exp": now + 60, "aud": "other", "iss": "https://idp.example"}),
+                AuthError::WrongAudience,
+            ),
+            (
+                serde_json::json!({"sub": "ann", "exp": now + 60, "iss": "https://idp.example"}),
+                AuthError::WrongAudience,
+            ),
+            (
+                serde_json::json!({"sub": "ann", "exp": now + 60, "aud": "wstrace", "iss": "https://evil.example"}),
+                AuthError::WrongIssuer,
+            ),
+        ];
+        for (claims, error) in cases {
+            let token = plain.sign(&claims);
+            assert_eq!(strict.verify(&token, now), Err(error), "{claims}");
+            // Without rules the same tokens pass.
+            assert_eq!(plain.verify(&token, now).unwrap(), "ann");
+        }
+        // An exp at the end of time neither wraps nor panics.
+        let forever =
+            plain.sign(&serde_json::json!({"sub": "ann", "exp": u64::MAX, "nbf": u64::MAX}));
+        assert_eq!(plain.verify(&forever, now), Err(AuthError::NotYetValid));
+        assert_eq!(plain.verify(&forever, u64::MAX - 10), Ok("ann".to_string()));
+    }
+
+    #[test]
+    fn secrets_are_compared_whatever_their_length() {
+        let expected = Secret::new("s3cret-admin-token");
+        assert!(secret_matches("s3cret-admin-token", &expected));
+        for wrong in ["", "s", "s3cret-admin-toke", "s3cret-admin-token-and-more"] {
+            assert!(!secret_matches(wrong, &expected), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn a_loopback_server_answers_only_to_loopback_names() {
+        let h = |v: &str| HeaderValue::from_str(v).unwrap();
+        let loopback = HostPolicy::new(&[], Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(loopback, HostPolicy::Loopback);
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:8080",
+            "127.5.6.7",
+        ] {
+            assert!(loopback.allows(Some(&h(ok))), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "evil.example",
+            "10.0.0.1:8080",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback.allows(Some(&h(bad))), "{bad}");
+        }
+        assert!(loopback.allows(None));
+        let public = HostPolicy::new(&[], Some("0.0.0.0:8080".parse().unwrap()));
+        assert!(public.allows(Some(&h("wstrace-1:8080"))));
+        let listed = HostPolicy::new(&["ws.example.com".into()], None);
+        assert!(listed.allows(Some(&h("WS.example.com:443"))));
+        assert!(!listed.allows(Some(&h("127.0.0.1:8080"))));
+    }
 
     #[test]
     fn urls_lose_their_passwords() {

@@ -141,6 +141,17 @@ pub struct ServeArgs {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Host name the server answers to (repeatable, or comma-separated in
+    /// the variable; `*` for any). Default: loopback names when listening
+    /// on a loopback address (a defence against DNS rebinding), any
+    /// otherwise. Set it on a public server.
+    #[arg(
+        long = "allowed-host",
+        env = "WSTRACE_ALLOWED_HOST",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+
     /// Bearer token for the admin API under /api. Unset: the API answers
     /// 403. Prefer the variable: flags show in `ps`.
     #[arg(long, env = "WSTRACE_ADMIN_TOKEN", hide_env_values = true)]
@@ -181,6 +192,18 @@ pub struct ServeArgs {
     /// Set: every upgrade needs a valid token, whose `sub` is the user.
     #[arg(long, env = "WSTRACE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
+
+    /// Refuse session JWTs without an `exp` claim.
+    #[arg(long, env = "WSTRACE_JWT_REQUIRE_EXP")]
+    pub jwt_require_exp: bool,
+
+    /// Session JWTs must name this audience in `aud`.
+    #[arg(long, env = "WSTRACE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Session JWTs must have this `iss`.
+    #[arg(long, env = "WSTRACE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
 }
 
 impl ServeArgs {
@@ -207,7 +230,13 @@ impl ServeArgs {
             message_sample_ratio: self.message_sample_ratio,
             admin_token: non_empty(&self.admin_token),
             jwt_secret: non_empty(&self.jwt_secret),
+            jwt_rules: crate::auth::JwtRules {
+                require_exp: self.jwt_require_exp,
+                audience: self.jwt_audience.clone().filter(|a| !a.is_empty()),
+                issuer: self.jwt_issuer.clone().filter(|i| !i.is_empty()),
+            },
             allowed_origins: self.allowed_origins.clone(),
+            allowed_hosts: self.allowed_hosts.clone(),
             telemetry: None,
             log_dir: self.log_file.then(|| self.log_dir.clone()),
             grafana_url: self.grafana_url.clone(),

@@ -104,6 +104,8 @@ pub enum HttpError {
     Unauthorized(#[from] crate::auth::AuthError),
     #[error("origin not allowed; see --allowed-origin")]
     OriginNotAllowed,
+    #[error("this server does not answer to that Host name; see --allowed-host")]
+    HostNotAllowed,
     #[error("the admin API is disabled: set WSTRACE_ADMIN_TOKEN to enable it")]
     AdminDisabled,
     #[error("the admin API needs `Authorization: Bearer <WSTRACE_ADMIN_TOKEN>`")]
@@ -126,6 +128,7 @@ impl HttpError {
             HttpError::Unauthorized(_) | HttpError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             HttpError::OriginNotAllowed | HttpError::AdminDisabled => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -136,6 +139,7 @@ impl HttpError {
             HttpError::ShuttingDown => "shutting_down",
             HttpError::Unauthorized(e) => e.code(),
             HttpError::OriginNotAllowed => "origin_not_allowed",
+            HttpError::HostNotAllowed => "host_not_allowed",
             HttpError::AdminDisabled => "admin_disabled",
             HttpError::AdminUnauthorized => "admin_unauthorized",
             HttpError::NotFound(_) => "not_found",

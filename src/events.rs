@@ -66,6 +66,48 @@ impl Listening<'_> {
     }
 }
 
+/// The open-file limit at start: raised from the soft to the hard limit,
+/// and whether `--max-connections` still exceeds it.
+#[derive(Debug)]
+pub struct OpenFileLimit {
+    pub soft_before: u64,
+    pub soft: u64,
+    pub hard: u64,
+    pub max_connections: usize,
+}
+
+impl OpenFileLimit {
+    pub const MESSAGE: &'static str = "open-file limit";
+    pub const TOO_LOW_MESSAGE: &'static str = "open-file limit is below --max-connections: \
+         upgrades beyond it will fail; raise the hard limit (ulimit -Hn) or lower --max-connections";
+    /// Descriptors besides the sessions: listener, log files, collector,
+    /// Redis, lingering closes.
+    pub const RESERVED: u64 = 64;
+
+    pub fn emit(self) {
+        let needed = self.max_connections as u64 + Self::RESERVED;
+        if needed > self.soft {
+            tracing::warn!(
+                target: SERVER,
+                message = Self::TOO_LOW_MESSAGE,
+                soft_limit = self.soft,
+                hard_limit = self.hard,
+                max_connections = self.max_connections,
+                needed
+            );
+        } else {
+            tracing::info!(
+                target: SERVER,
+                message = Self::MESSAGE,
+                soft_limit_before = self.soft_before,
+                soft_limit = self.soft,
+                hard_limit = self.hard,
+                max_connections = self.max_connections
+            );
+        }
+    }
+}
+
 /// The last line of a run: how many lines came before it, so a reader can
 /// check that the file holds every one.
 #[derive(Debug)]
@@ -205,6 +247,21 @@ impl UpgradeRefused {
                 tracing::warn!(target: HTTP, limit, message = Self::LIMIT_MESSAGE);
             }
         }
+    }
+}
+
+/// A request for a `Host` name the server is not for (DNS rebinding);
+/// counted as an upgrade rejection with reason `host`.
+#[derive(Debug)]
+pub struct HostRefused<'a> {
+    pub path: &'a str,
+}
+
+impl HostRefused<'_> {
+    pub const MESSAGE: &'static str = "request refused: Host not allowed (see --allowed-host)";
+    pub fn emit(self, metrics: &Metrics) {
+        metrics.upgrade_rejected("host");
+        tracing::warn!(target: HTTP, message = Self::MESSAGE, url.path = %self.path);
     }
 }
 

@@ -174,7 +174,10 @@ impl Histogram {
 pub struct Metrics {
     pub sessions_active: AtomicI64,
     pub sessions_opened: AtomicU64,
-    sessions_closed: Mutex<BTreeMap<(u16, &'static str), u64>>,
+    /// By close code (a registered one, or `None` for any other: a client
+    /// picks its code, and each must not become a series of its own) and
+    /// who closed.
+    sessions_closed: Mutex<BTreeMap<(Option<u16>, &'static str), u64>>,
     messages_in: KindCounters,
     messages_out: KindCounters,
     size_in: Histogram,
@@ -212,7 +215,7 @@ impl Metrics {
     pub fn session_closed(&self, code: u16, closed_by: &'static str) {
         self.sessions_active.fetch_sub(1, Relaxed);
         *lock(&self.sessions_closed)
-            .entry((code, closed_by))
+            .entry((registered_close_code(code), closed_by))
             .or_default() += 1;
     }
 
@@ -225,8 +228,9 @@ impl Metrics {
         let closed = lock(&self.sessions_closed)
             .iter()
             .map(|((code, by), n)| {
+                let code = code.map_or_else(|| "other".to_string(), |c| c.to_string());
                 Sample::labelled(
-                    vec![("code", code.to_string()), ("closed_by", by.to_string())],
+                    vec![("code", code), ("closed_by", by.to_string())],
                     count(*n),
                 )
             })
@@ -321,6 +325,33 @@ impl Metrics {
     }
 }
 
+/// The close codes that get a series of their own: RFC 6455's and
+/// wstrace's (`error::close_code`). Any other code a client sends is
+/// counted as `other`.
+fn registered_close_code(code: u16) -> Option<u16> {
+    use crate::error::close_code::*;
+    const REGISTERED: [u16; 17] = [
+        NORMAL,
+        GOING_AWAY,
+        PROTOCOL_ERROR,
+        UNSUPPORTED_DATA,
+        NO_STATUS,
+        ABNORMAL,
+        INVALID_PAYLOAD,
+        POLICY_VIOLATION,
+        MESSAGE_TOO_BIG,
+        1010, // mandatory extension
+        INTERNAL_ERROR,
+        1012, // service restart
+        TRY_AGAIN_LATER,
+        1014, // bad gateway
+        1015, // TLS handshake
+        KICKED,
+        CLEANED_UP,
+    ];
+    REGISTERED.contains(&code).then_some(code)
+}
+
 fn by_kind(counters: &KindCounters) -> Vec<Sample> {
     FrameKind::ALL
         .iter()
@@ -366,6 +397,29 @@ mod tests {
         );
         assert!(text.contains("wstrace_message_size_bytes_sum{direction=\"in\"} 2005210\n"));
         assert!(text.contains("wstrace_messages_received_total{type=\"echo\"} 5\n"));
+    }
+
+    #[test]
+    fn client_chosen_close_codes_share_one_series() {
+        let m = Metrics::default();
+        for code in 3000..3300 {
+            m.session_opened();
+            m.session_closed(code, "client");
+        }
+        m.session_closed(1000, "client");
+        m.session_closed(4000, "admin");
+        let text = render(&m.families(HubGauges::default()));
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("wstrace_sessions_closed_total{"))
+            .count();
+        assert_eq!(series, 3, "{text}");
+        assert!(
+            text.contains(
+                "wstrace_sessions_closed_total{code=\"other\",closed_by=\"client\"} 300\n"
+            )
+        );
+        assert!(text.contains("code=\"4000\",closed_by=\"admin\"} 1\n"));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{JwtVerifier, OriginPolicy, Secret};
+use crate::auth::{HostPolicy, JwtRules, JwtVerifier, OriginPolicy, Secret};
 use crate::cluster::Cluster;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -23,7 +23,12 @@ pub struct ServerConfig {
     pub message_sample_ratio: f64,
     pub admin_token: Option<Secret>,
     pub jwt_secret: Option<Secret>,
+    /// What a session JWT must say beyond its signature and subject.
+    pub jwt_rules: JwtRules,
     pub allowed_origins: Vec<String>,
+    /// `Host` names the server answers to; empty: loopback names when it
+    /// listens on loopback, any otherwise (see [`HostPolicy`]).
+    pub allowed_hosts: Vec<String>,
     /// The telemetry stack's counters, for `/metrics`.
     pub telemetry: Option<Arc<TelemetryCounters>>,
     /// Where this server's log files are, for the explorer's log search.
@@ -53,7 +58,9 @@ impl Default for ServerConfig {
             message_sample_ratio: DEFAULT_MESSAGE_SAMPLE_RATIO,
             admin_token: None,
             jwt_secret: None,
+            jwt_rules: JwtRules::default(),
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             telemetry: None,
             log_dir: None,
             grafana_url: None,
@@ -75,6 +82,7 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     pub jwt: Option<JwtVerifier>,
     pub origins: OriginPolicy,
+    pub hosts: HostPolicy,
     /// Broadcast to every session: the server is shutting down.
     pub shutdown: CancellationToken,
     /// Every running session, to wait for at shutdown.
@@ -85,7 +93,14 @@ pub struct ServerState {
 }
 
 impl ServerState {
-    pub fn new(mut config: ServerConfig) -> Arc<Self> {
+    /// The state of a server not (yet) bound: its `Host` policy assumes a
+    /// loopback listener unless `allowed_hosts` says otherwise.
+    pub fn new(config: ServerConfig) -> Arc<Self> {
+        Self::bound(config, None)
+    }
+
+    /// The state of a server listening on `listen`.
+    pub fn bound(mut config: ServerConfig, listen: Option<std::net::SocketAddr>) -> Arc<Self> {
         if let Some(cluster) = &config.cluster {
             config.instance_id = cluster.instance_id().to_string();
         }
@@ -102,8 +117,12 @@ impl ServerState {
             )),
             metrics,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            jwt: config.jwt_secret.clone().map(JwtVerifier::new),
+            jwt: config
+                .jwt_secret
+                .clone()
+                .map(|key| JwtVerifier::new(key).with_rules(config.jwt_rules.clone())),
             origins: OriginPolicy::from_list(&config.allowed_origins),
+            hosts: HostPolicy::new(&config.allowed_hosts, listen),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             started: Instant::now(),

@@ -527,6 +527,85 @@ fn assert_no_secret_in_logs(server: &TestServer, secrets: &[&str]) {
     }
 }
 
+/// The status line of a request sent with exactly these headers.
+async fn raw_status(addr: std::net::SocketAddr, path: &str, headers: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+}
+
+/// DNS rebinding: a page on evil.example re-points the name at 127.0.0.1.
+/// Its requests then carry `Host: evil.example:PORT` and a matching
+/// `Origin`; a loopback server refuses them on every route.
+#[tokio::test]
+async fn a_rebound_host_name_is_refused_on_every_route() {
+    let mut server = TestServer::start().await;
+    let port = server.addr.port();
+    let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+    let evil = format!("Host: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n");
+    for path in ["/ws", "/api/stats", "/metrics", "/", "/healthz"] {
+        let headers = format!("{evil}{upgrade}");
+        assert_eq!(raw_status(server.addr, path, &headers).await, 421, "{path}");
+    }
+    // The same request with the server's own name passes.
+    let own = format!("Host: localhost:{port}\r\nOrigin: http://localhost:{port}\r\n{upgrade}");
+    assert_eq!(raw_status(server.addr, "/ws", &own).await, 101);
+    // Lines are complete once the server has stopped and flushed.
+    server.stop().await;
+    let lines = server.log_lines();
+    assert_eq!(with_msg(&lines, wstrace::events::HostRefused::MESSAGE).len(), 5);
+
+    // A name the operator allows passes.
+    let mut listed = TestServer::start_with_config(ServerConfig {
+        allowed_hosts: vec!["evil.example".into()],
+        allowed_origins: vec!["*".into()],
+        ..test_config()
+    })
+    .await;
+    let evil = format!("Host: evil.example:{}\r\n{upgrade}", listed.addr.port());
+    assert_eq!(raw_status(listed.addr, "/ws", &evil).await, 101);
+    listed.stop().await;
+}
+
+/// The explorer runs no inline script and cannot be framed: its script is
+/// a same-origin file, and the CSP says so.
+#[tokio::test]
+async fn the_explorer_page_allows_no_inline_script_and_no_framing() {
+    let mut server = TestServer::start().await;
+    let page = http(server.addr, "GET", "/", &[], None).await;
+    let csp = page.header("content-security-policy").unwrap().to_owned();
+    let script_src = csp
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("script-src"))
+        .unwrap();
+    assert_eq!(script_src, "script-src 'self'", "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        !page.body.contains("<script>"),
+        "inline script left in the page"
+    );
+    assert!(
+        page.body
+            .contains(r#"<script src="/explorer/app.js"></script>"#)
+    );
+    let script = http(server.addr, "GET", "/explorer/app.js", &[], None).await;
+    assert_eq!(script.status, 200);
+    assert!(
+        script
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(script.body.contains("fetch("), "the page's script");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn wrong_origin_is_refused_with_403() {
     let mut server = TestServer::start().await;

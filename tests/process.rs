@@ -840,3 +840,42 @@ async fn oversize_messages_leave_server_memory_flat() {
     // 45 MiB were sent at it; what it keeps must not scale with that.
     assert!(grown < 4 * 1024, "server RSS grew by {grown} KiB");
 }
+
+/// A shell's soft limit of 256 open files would refuse sessions long
+/// before `--max-connections`: the server raises it to the hard limit, says
+/// so, and warns when `--max-connections` is still above it.
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let server = Wstrace::start_with_open_files(&[("WSTRACE_MAX_CONNECTIONS", "1000")], 256, 2048);
+    let lines = read_log_lines(server.log_dir.path());
+    let limit = lines
+        .iter()
+        .find(|l| l["msg"] == wstrace::events::OpenFileLimit::MESSAGE)
+        .expect("an open-file limit line");
+    assert_eq!(limit["soft_limit_before"], 256);
+    assert_eq!(limit["soft_limit"], 2048);
+    // More sessions than the old soft limit allowed all open.
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        let mut raw = RawClient::upgrade(addr, "/ws").await;
+        assert!(raw.read_frame().await.is_some(), "no welcome");
+        clients.push(raw);
+    }
+    let metrics_addr = server.addr.clone();
+    let metrics = tokio::task::spawn_blocking(move || scrape(&metrics_addr))
+        .await
+        .unwrap();
+    assert_eq!(metrics["wstrace_sessions_active"], 300.0);
+
+    // The default --max-connections (10,000) does not fit in 2048.
+    let short = Wstrace::start_with_open_files(&[], 256, 2048);
+    let lines = read_log_lines(short.log_dir.path());
+    let warning = lines
+        .iter()
+        .find(|l| l["msg"] == wstrace::events::OpenFileLimit::TOO_LOW_MESSAGE)
+        .expect("a warning");
+    assert_eq!(warning["level"], 40);
+    assert_eq!(warning["soft_limit"], 2048);
+    assert_eq!(warning["max_connections"], 10_000);
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use crate::auth::constant_time_eq;
+use crate::auth::secret_matches;
 use crate::cluster::forward::kick;
 use crate::error::{HttpError, close_code};
 use crate::events::{AdminCleanup, AdminClosedSession, AdminTokenRefused};
@@ -57,7 +57,7 @@ async fn require_admin_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
+    if !secret_matches(presented, expected) {
         AdminTokenRefused.emit();
         return Err(HttpError::AdminUnauthorized);
     }

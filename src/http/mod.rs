@@ -49,9 +49,10 @@ pub struct Server {
 impl Server {
     pub async fn bind(addr: SocketAddr, config: ServerConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
         Ok(Self {
             listener,
-            state: ServerState::new(config),
+            state: ServerState::bound(config, Some(local)),
         })
     }
 
@@ -208,9 +209,28 @@ fn router(state: Arc<ServerState>) -> Router {
         .layer(middleware::from_fn(trace::trace_http))
         .route("/healthz", get(healthz))
         .route("/", get(explorer::page))
+        .route("/explorer/app.js", get(explorer::script))
         .route("/explorer/config.json", get(explorer::config))
         .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state)
+}
+
+/// Every route answers only to the `Host` names the server is for (DNS
+/// rebinding, see `auth::HostPolicy`).
+async fn check_host(
+    State(state): State<Arc<ServerState>>,
+    request: Request,
+    next: middleware::Next,
+) -> Response {
+    if state.hosts.allows(request.headers().get(header::HOST)) {
+        return next.run(request).await;
+    }
+    crate::events::HostRefused {
+        path: request.uri().path(),
+    }
+    .emit(&state.metrics);
+    HttpError::HostNotAllowed.into_response()
 }
 
 async fn healthz(State(state): State<Arc<ServerState>>) -> Response {

@@ -90,7 +90,31 @@ fn shown(key: &str) -> bool {
     key == "session_id" || crate::telemetry::BUNYAN_FIELDS.contains(&key)
 }
 
-/// One readable line: time, level, short session, message, fields.
+/// Text from a log line made safe for a terminal. Log lines carry what
+/// clients chose (close reasons, JWT subjects, user agents): every control
+/// character (ESC, BEL, CR, LF, …) and bidirectional override is shown
+/// escaped, so a value can neither drive the terminal (retitle it, clear
+/// it) nor start a forged line.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| {
+            if unsafe_char(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// One readable line: time, level, short session, message, fields. Every
+/// piece of the line passes through [`terminal_safe`].
 pub fn human(line: &LogLine, color: bool) -> String {
     let paint = |code: &str, text: &str| {
         if color {
@@ -102,9 +126,14 @@ pub fn human(line: &LogLine, color: bool) -> String {
     match line {
         LogLine::Corrupt { file, line, raw } => {
             let preview: String = raw.chars().take(200).collect();
+            let file = file.display().to_string();
             paint(
                 "35",
-                &format!("CORRUPT {}:{line}: {preview}", file.display()),
+                &format!(
+                    "CORRUPT {}:{line}: {}",
+                    terminal_safe(&file),
+                    terminal_safe(&preview)
+                ),
             )
         }
         LogLine::Event { value, .. } => {
@@ -129,20 +158,24 @@ pub fn human(line: &LogLine, color: bool) -> String {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    fields.push_str(&format!(" {}={v}", paint("2", key)));
+                    fields.push_str(&format!(
+                        " {}={}",
+                        paint("2", &terminal_safe(key)),
+                        terminal_safe(&v)
+                    ));
                 }
             }
             // Lines from several instances read together say whose they are.
             let instance = value["instance_id"]
                 .as_str()
-                .map(|i| format!("{} ", paint("35", &format!("@{i}"))))
+                .map(|i| format!("{} ", paint("35", &format!("@{}", terminal_safe(i)))))
                 .unwrap_or_default();
             format!(
                 "{} {} {} {instance}{}{}",
-                paint("2", time),
+                paint("2", &terminal_safe(time)),
                 paint(code, name),
-                paint("34", &session),
-                value["msg"].as_str().unwrap_or(""),
+                paint("34", &terminal_safe(&session)),
+                terminal_safe(value["msg"].as_str().unwrap_or("")),
                 fields
             )
         }
@@ -189,6 +222,50 @@ pub fn run(args: LogsArgs) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_output_never_passes_control_characters_to_the_terminal() {
+        let hostile = "bye\x1b]0;pwned\x07\x1b[2J\r\n14:00:00.000 INFO  forged line\u{202e}";
+        let line = LogLine::Event {
+            raw: String::new(),
+            value: serde_json::json!({
+                "msg": "session closed", "level": 30, "time": "2026-11-23T14:43:39.458625Z",
+                "session_id": "01a208dc-d33f-715b-ba73-6c598ce9d41c",
+                "close_reason": hostile, "user.id": hostile, hostile: 1,
+                "instance_id": hostile,
+            }),
+        };
+        let corrupt = LogLine::Corrupt {
+            file: PathBuf::from("wstrace.log"),
+            line: 3,
+            raw: hostile.to_string(),
+        };
+        for color in [false, true] {
+            for text in [human(&line, color), human(&corrupt, color)] {
+                // Colour codes are ours (ESC [ … m); nothing else may pass.
+                let without_ours = text
+                    .replace("\x1b[0m", "")
+                    .split("\x1b[")
+                    .enumerate()
+                    .map(|(i, part)| {
+                        if i == 0 {
+                            part.to_string()
+                        } else {
+                            part.split_once('m')
+                                .map_or(String::new(), |(_, rest)| rest.to_string())
+                        }
+                    })
+                    .collect::<String>();
+                assert!(
+                    !without_ours
+                        .chars()
+                        .any(|c| c.is_control() || c == '\u{202e}'),
+                    "{text:?}"
+                );
+                assert!(text.contains("\\u{1b}]0;pwned"), "{text:?}");
+            }
+        }
+    }
     use serde_json::json;
     use std::path::Path;
 

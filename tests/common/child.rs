@@ -20,6 +20,32 @@ pub struct Wstrace {
 
 impl Wstrace {
     pub fn start(envs: &[(&str, &str)]) -> Self {
+        Self::start_configured(envs, |_| {})
+    }
+
+    /// Starts the server with an open-file limit of `soft`/`hard`, as a
+    /// shell's `ulimit -n` would leave it.
+    pub fn start_with_open_files(envs: &[(&str, &str)], soft: u64, hard: u64) -> Self {
+        use std::os::unix::process::CommandExt;
+        Self::start_configured(envs, move |command| {
+            // SAFETY: only setrlimit, which is async-signal-safe, runs
+            // between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    fn start_configured(envs: &[(&str, &str)], configure: impl FnOnce(&mut Command)) -> Self {
         let log_dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_wstrace"));
         command
@@ -40,6 +66,7 @@ impl Wstrace {
         for (key, value) in envs {
             command.env(key, value);
         }
+        configure(&mut command);
         let mut child = command.spawn().expect("spawn wstrace");
         let mut pipe = child.stdout.take().unwrap();
         let stdout = std::thread::spawn(move || {

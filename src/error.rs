@@ -114,6 +114,9 @@ pub enum HttpError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// One at a time (a log search): retry shortly.
+    #[error("{0}")]
+    Busy(String),
     /// Cluster mode: Redis is unreachable or failed.
     #[error("{0}")]
     ClusterUnavailable(String),
@@ -130,6 +133,7 @@ impl HttpError {
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -144,6 +148,7 @@ impl HttpError {
             HttpError::AdminUnauthorized => "admin_unauthorized",
             HttpError::NotFound(_) => "not_found",
             HttpError::BadRequest(_) => "bad_request",
+            HttpError::Busy(_) => "busy",
             HttpError::ClusterUnavailable(_) => "cluster_unavailable",
         }
     }
@@ -155,7 +160,7 @@ impl IntoResponse for HttpError {
         let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {

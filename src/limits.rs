@@ -53,6 +53,10 @@ pub const DEFAULT_TELEMETRY_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// ...and at most this much of it.
 pub const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// `/api/logs`: most matching lines one answer holds...
+pub const LOG_SEARCH_MAX_LINES: usize = 2000;
+/// ...and most bytes of log one search reads (it says when it stopped).
+pub const LOG_SEARCH_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// Longest `traceparent` value we will even try to parse. Version 00 is
 /// exactly 55 bytes; later versions may append fields.
 pub const MAX_TRACEPARENT_BYTES: usize = 512;

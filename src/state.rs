@@ -90,6 +90,8 @@ pub struct ServerState {
     /// One permit per session: the connection cap.
     pub connections: Arc<Semaphore>,
     pub started: Instant,
+    /// `/api/logs` reads the log directory: one search at a time.
+    pub log_search: Semaphore,
 }
 
 impl ServerState {
@@ -126,6 +128,7 @@ impl ServerState {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             started: Instant::now(),
+            log_search: Semaphore::new(1),
             config,
         })
     }

@@ -558,7 +558,10 @@ async fn a_rebound_host_name_is_refused_on_every_route() {
     // Lines are complete once the server has stopped and flushed.
     server.stop().await;
     let lines = server.log_lines();
-    assert_eq!(with_msg(&lines, wstrace::events::HostRefused::MESSAGE).len(), 5);
+    assert_eq!(
+        with_msg(&lines, wstrace::events::HostRefused::MESSAGE).len(),
+        5
+    );
 
     // A name the operator allows passes.
     let mut listed = TestServer::start_with_config(ServerConfig {

@@ -879,3 +879,59 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
     assert_eq!(warning["soft_limit"], 2048);
     assert_eq!(warning["max_connections"], 10_000);
 }
+
+/// `/api/logs` reads the log directory line by line: 40 MB of other
+/// sessions' lines cost the server a few MiB, not hundreds, and only one
+/// search runs at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_search_streams_the_files_in_bounded_memory() {
+    use std::io::Write;
+    let server = Wstrace::start(&[("WSTRACE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let wanted = "5bf92f3577b34da6a3ce929d0e0e4736";
+    {
+        let path = server.log_dir.path().join("wstrace.2026-01-01.log");
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+        let noise = format!(
+            r#"{{"v":0,"name":"wstrace","msg":"message received","level":30,"trace_id":"{}","session_id":"01a208dc-d33f-715b-ba73-6c598ce9d41c","pad":"{}"}}"#,
+            "0".repeat(32),
+            "x".repeat(300)
+        );
+        for i in 0..110_000 {
+            writeln!(file, "{noise}").unwrap();
+            if i % 10_000 == 0 {
+                writeln!(
+                    file,
+                    r#"{{"v":0,"msg":"session opened","level":30,"trace_id":"{wanted}"}}"#
+                )
+                .unwrap();
+            }
+        }
+    }
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let path = format!("/api/logs?q={wanted}");
+    let before = server_rss_kib(server.child.id());
+    let found = http(addr, "GET", &path, &[("authorization", &bearer)], None).await;
+    let grown = server_rss_kib(server.child.id()).saturating_sub(before);
+    assert_eq!(found.status, 200, "{}", found.body);
+    let body = found.json();
+    assert_eq!(body["lines"].as_array().unwrap().len(), 11);
+    assert_eq!(body["truncated"], false);
+    assert_eq!(body["scan_capped"], false);
+    assert!(body["bytes_scanned"].as_u64().unwrap() > 40_000_000);
+    assert!(grown < 16 * 1024, "server RSS grew by {grown} KiB");
+
+    // Searches at once: each one either runs or is told to retry.
+    let headers = [("authorization", bearer.as_str())];
+    let searches = (0..3).map(|_| http(addr, "GET", &path, &headers, None));
+    for response in futures_util::future::join_all(searches).await {
+        match response.status {
+            200 => assert_eq!(response.json()["lines"].as_array().unwrap().len(), 11),
+            429 => {
+                assert_eq!(response.json()["error"]["code"], "busy");
+                assert_eq!(response.header("retry-after"), Some("1"));
+            }
+            other => panic!("status {other}: {}", response.body),
+        }
+    }
+}

@@ -12,8 +12,9 @@ use serde_json::json;
 use std::sync::Arc;
 
 use crate::error::HttpError;
+use crate::limits::{LOG_SEARCH_MAX_BYTES, LOG_SEARCH_MAX_LINES};
 use crate::state::ServerState;
-use crate::telemetry::logfile::{Filter, LogLine, search};
+use crate::telemetry::logfile::{SearchLimits, search_for};
 
 const PAGE: &str = include_str!("explorer/index.html");
 const SCRIPT: &str = include_str!("explorer/app.js");
@@ -23,8 +24,6 @@ const SCRIPT: &str = include_str!("explorer/app.js");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; \
                    connect-src 'self'; img-src 'self'; frame-ancestors 'none'; \
                    base-uri 'none'; form-action 'none'";
-/// Most lines one search returns.
-const MAX_LINES: usize = 2000;
 
 pub async fn page() -> Response {
     (
@@ -80,39 +79,31 @@ pub async fn logs(
     let Some(dir) = state.config.log_dir.clone() else {
         return Err(HttpError::NotFound("the server writes no log files".into()));
     };
-    let lines = tokio::task::spawn_blocking(move || {
-        let by_trace = Filter {
-            trace_id: Some(q.clone()),
-            ..Filter::default()
-        };
-        let by_session = Filter {
-            session_id: Some(q),
-            ..Filter::default()
-        };
-        search(&[dir], &Filter::default()).map(|all| {
-            let mut corrupt = 0;
-            let mut out = Vec::new();
-            for line in all {
-                match line {
-                    LogLine::Event { value, .. }
-                        if by_trace.matches(&value) || by_session.matches(&value) =>
-                    {
-                        out.push(value)
-                    }
-                    LogLine::Event { .. } => {}
-                    LogLine::Corrupt { .. } => corrupt += 1,
-                }
-            }
-            (out, corrupt)
-        })
+    // One search at a time: each reads the whole log directory.
+    let Ok(_searching) = state.log_search.try_acquire() else {
+        return Err(HttpError::Busy(
+            "a log search is already running; retry in a moment".into(),
+        ));
+    };
+    let limits = SearchLimits {
+        max_bytes: LOG_SEARCH_MAX_BYTES,
+        max_lines: LOG_SEARCH_MAX_LINES,
+    };
+    let found = tokio::task::spawn_blocking(move || {
+        let keep =
+            |v: &serde_json::Value| v["trace_id"] == q.as_str() || v["session_id"] == q.as_str();
+        search_for(&[dir], &q, keep, limits)
     })
     .await
     .map_err(|e| HttpError::BadRequest(e.to_string()))?
     .map_err(|e| HttpError::NotFound(format!("cannot read the log files: {e}")))?;
-    let (mut lines, corrupt) = lines;
-    let truncated = lines.len() > MAX_LINES;
-    lines.truncate(MAX_LINES);
-    Ok(Json(
-        json!({ "lines": lines, "corrupt": corrupt, "truncated": truncated }),
-    ))
+    Ok(Json(json!({
+        "lines": found.lines,
+        "corrupt": found.corrupt,
+        // More lines matched than one answer holds.
+        "truncated": found.lines_capped,
+        // The search stopped before reading every file.
+        "scan_capped": found.bytes_capped,
+        "bytes_scanned": found.bytes_scanned,
+    })))
 }

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -131,4 +131,130 @@ pub fn search(paths: &[PathBuf], filter: &Filter) -> std::io::Result<Vec<LogLine
         _ => out.push(line),
     })?;
     Ok(out)
+}
+
+/// Bounds of one [`search_for`].
+#[derive(Debug, Clone, Copy)]
+pub struct SearchLimits {
+    /// Stop after reading this many bytes of log.
+    pub max_bytes: u64,
+    /// Stop after this many matching lines.
+    pub max_lines: usize,
+}
+
+/// What one [`search_for`] found, and whether it stopped early.
+#[derive(Debug, Default)]
+pub struct SearchOutcome {
+    pub lines: Vec<Value>,
+    /// Lines that contained the text but were not JSON objects.
+    pub corrupt: usize,
+    pub bytes_scanned: u64,
+    /// Stopped at `max_lines`: there may be more matches.
+    pub lines_capped: bool,
+    /// Stopped at `max_bytes`: later files were not read.
+    pub bytes_capped: bool,
+}
+
+/// Reads the files line by line, oldest first, in constant memory: only a
+/// line that contains `needle` is parsed, and kept if `keep` says so.
+pub fn search_for(
+    paths: &[PathBuf],
+    needle: &str,
+    keep: impl Fn(&Value) -> bool,
+    limits: SearchLimits,
+) -> std::io::Result<SearchOutcome> {
+    let mut outcome = SearchOutcome::default();
+    let mut line = Vec::with_capacity(4096);
+    for file in log_files(paths)? {
+        let Ok(handle) = std::fs::File::open(&file) else {
+            continue; // rotated away between listing and opening
+        };
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, handle);
+        loop {
+            line.clear();
+            let read = reader.read_until(b'\n', &mut line)?;
+            if read == 0 {
+                break;
+            }
+            outcome.bytes_scanned += read as u64;
+            if outcome.bytes_scanned > limits.max_bytes {
+                outcome.bytes_capped = true;
+                return Ok(outcome);
+            }
+            let text = String::from_utf8_lossy(&line);
+            if !text.contains(needle) {
+                continue;
+            }
+            match serde_json::from_str::<Value>(text.trim_end()) {
+                Ok(value) if value.is_object() => {
+                    if keep(&value) {
+                        if outcome.lines.len() == limits.max_lines {
+                            outcome.lines_capped = true;
+                            return Ok(outcome);
+                        }
+                        outcome.lines.push(value);
+                    }
+                }
+                _ => outcome.corrupt += 1,
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn log_dir(lines: &[String]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = std::fs::File::create(dir.path().join("wstrace.2026-11-23.log")).unwrap();
+        for line in lines {
+            writeln!(file, "{line}").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn search_keeps_matches_and_says_where_it_stopped() {
+        let mut lines: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"msg":"noise {i}","trace_id":"other"}}"#))
+            .collect();
+        for i in 0..5 {
+            lines.insert(
+                i * 150,
+                format!(r#"{{"msg":"hit {i}","trace_id":"abc123"}}"#),
+            );
+        }
+        lines.insert(10, "abc123 not json".to_string());
+        let dir = log_dir(&lines);
+        let paths = [dir.path().to_path_buf()];
+        let keep = |v: &Value| v["trace_id"] == "abc123";
+        let all = SearchLimits {
+            max_bytes: u64::MAX,
+            max_lines: 100,
+        };
+        let found = search_for(&paths, "abc123", keep, all).unwrap();
+        assert_eq!(found.lines.len(), 5);
+        assert_eq!(found.lines[4]["msg"], "hit 4");
+        assert_eq!(found.corrupt, 1);
+        assert!(!found.lines_capped && !found.bytes_capped);
+
+        let few = SearchLimits {
+            max_lines: 2,
+            ..all
+        };
+        let found = search_for(&paths, "abc123", keep, few).unwrap();
+        assert_eq!(found.lines.len(), 2);
+        assert!(found.lines_capped);
+
+        let short = SearchLimits {
+            max_bytes: 4096,
+            ..all
+        };
+        let found = search_for(&paths, "abc123", keep, short).unwrap();
+        assert!(found.bytes_capped);
+        assert!(found.bytes_scanned <= 4096 + 64);
+    }
 }

@@ -77,7 +77,8 @@ async function search(query) {
       links.append(" ");
     }
     status.textContent = `${data.lines.length} line(s)` + (data.corrupt ? `, ${data.corrupt} corrupt line(s) skipped` : "")
-      + (data.truncated ? " (first lines only)" : "");
+      + (data.truncated ? " (first lines only)" : "")
+      + (data.scan_capped ? " (the search stopped before the oldest files)" : "");
   } catch (e) { status.textContent = "Search failed: " + e.message; status.className = "note error"; }
 }
 async function init() {

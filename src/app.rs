@@ -26,6 +26,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut config =
         TelemetryConfig::from_env(args.log_file.then(|| args.log_dir.clone()), args.log_stdout);
     config.log_rotation = args.log_rotation;
+    config.log_max_files = (args.log_max_files > 0).then_some(args.log_max_files);
     let mut server_config = args.server_config();
     config.instance_id = server_config.instance_id.clone();
     let (subscriber, mut guard) = telemetry::get_subscriber(&config)?;

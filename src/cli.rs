@@ -71,6 +71,17 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_LOG_ROTATION", default_value = "daily")]
     pub log_rotation: crate::telemetry::LogRotation,
 
+    /// Rolled log files kept; the oldest are deleted at each rotation
+    /// (0: keep all).
+    #[arg(long, env = "WSTRACE_LOG_MAX_FILES", default_value_t = 14)]
+    pub log_max_files: usize,
+
+    /// Most bytes all log files may take together; the oldest are deleted
+    /// first, never the one being written (0: no cap). Checked every
+    /// --telemetry-report-interval.
+    #[arg(long, env = "WSTRACE_LOG_MAX_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub log_max_bytes: u64,
+
     /// Write log lines to stdout.
     #[arg(long, env = "WSTRACE_LOG_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_stdout: bool,
@@ -239,6 +250,7 @@ impl ServeArgs {
             allowed_hosts: self.allowed_hosts.clone(),
             telemetry: None,
             log_dir: self.log_file.then(|| self.log_dir.clone()),
+            log_max_bytes: (self.log_max_bytes > 0).then_some(self.log_max_bytes),
             grafana_url: self.grafana_url.clone(),
             echo_endpoint: self.echo_endpoint,
             instance_id: self.instance_id(),

@@ -14,8 +14,83 @@
 //! calls where they happen.
 
 use std::fmt::Display;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
+use crate::limits::{PROCESS_LINE_INTERVAL, PROCESS_LINES_PER_INTERVAL};
 use crate::metrics::Metrics;
+use crate::sync::lock;
+
+/// At most `max` lines per `interval`; the rest are not written but
+/// counted, and the next line written says how many were left out
+/// (`lines_suppressed`), so a flood costs bounded disk and nothing is
+/// silently lost.
+#[derive(Debug)]
+pub struct LineBudget {
+    max: u32,
+    interval: Duration,
+    window_start: Instant,
+    used: u32,
+    suppressed: u64,
+    suppressed_total: u64,
+}
+
+impl LineBudget {
+    pub fn new(max: u32, interval: Duration) -> Self {
+        Self {
+            max,
+            interval,
+            window_start: Instant::now(),
+            used: 0,
+            suppressed: 0,
+            suppressed_total: 0,
+        }
+    }
+
+    /// `Some(suppressed since the last written line)` when this line may be
+    /// written, `None` when it is suppressed (and counted).
+    pub fn admit(&mut self) -> Option<u64> {
+        if self.window_start.elapsed() >= self.interval {
+            self.window_start = Instant::now();
+            self.used = 0;
+        }
+        if self.used < self.max {
+            self.used += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            self.suppressed_total += 1;
+            None
+        }
+    }
+
+    /// Lines suppressed over the budget's whole life.
+    pub fn suppressed_total(&self) -> u64 {
+        self.suppressed_total
+    }
+}
+
+/// One process-wide budget per kind of line that any client can cause
+/// without a session (refused requests and upgrades).
+fn process_budget(kind: &'static LazyLock<Mutex<LineBudget>>) -> Option<u64> {
+    lock(kind).admit()
+}
+
+macro_rules! process_budgets {
+    ($($name:ident),*) => {
+        $(static $name: LazyLock<Mutex<LineBudget>> = LazyLock::new(|| {
+            Mutex::new(LineBudget::new(PROCESS_LINES_PER_INTERVAL, PROCESS_LINE_INTERVAL))
+        });)*
+    };
+}
+
+process_budgets!(
+    HTTP_REFUSALS,
+    UPGRADE_REFUSALS,
+    HOST_REFUSALS,
+    TRACEPARENT_REFUSALS,
+    ADMIN_REFUSALS
+);
 
 /// The `target` of each line: the task or part of the server that wrote it.
 pub mod target {
@@ -152,6 +227,28 @@ impl SpansDropped {
     }
 }
 
+/// The oldest log files were deleted to keep the directory under
+/// `--log-max-bytes`.
+#[derive(Debug)]
+pub struct LogFilesPruned {
+    pub files: usize,
+    pub bytes: u64,
+    pub max_bytes: u64,
+}
+
+impl LogFilesPruned {
+    pub const MESSAGE: &'static str = "oldest log files deleted (--log-max-bytes)";
+    pub fn emit(self) {
+        tracing::warn!(
+            target: HTTP,
+            message = Self::MESSAGE,
+            files = self.files,
+            bytes = self.bytes,
+            max_bytes = self.max_bytes
+        );
+    }
+}
+
 /// Log lines could not be written since the last report.
 #[derive(Debug)]
 pub struct LogLinesDropped {
@@ -184,9 +281,13 @@ pub struct TraceparentIgnored<'a> {
 impl TraceparentIgnored<'_> {
     pub const MESSAGE: &'static str = "ignoring malformed traceparent; starting a new trace";
     pub fn emit(self) {
+        let Some(suppressed) = process_budget(&TRACEPARENT_REFUSALS) else {
+            return;
+        };
         tracing::warn!(
             target: HTTP,
             message = Self::MESSAGE,
+            lines_suppressed = suppressed,
             traceparent.source = self.source,
             traceparent.length = self.length,
             reason = self.reason
@@ -203,12 +304,26 @@ pub struct HttpRequestRefused<'a> {
 
 impl HttpRequestRefused<'_> {
     pub const MESSAGE: &'static str = "request refused";
+    /// 404s (scanners, typos) at debug: not worth a line each by default.
     pub fn emit(self) {
+        if self.status == 404 {
+            tracing::debug!(
+                target: HTTP,
+                message = Self::MESSAGE,
+                status = self.status,
+                route = %self.route
+            );
+            return;
+        }
+        let Some(suppressed) = process_budget(&HTTP_REFUSALS) else {
+            return;
+        };
         tracing::info!(
             target: HTTP,
             message = Self::MESSAGE,
             status = self.status,
-            route = %self.route
+            route = %self.route,
+            lines_suppressed = suppressed
         );
     }
 }
@@ -233,19 +348,33 @@ impl UpgradeRefused {
     pub const LIMIT_MESSAGE: &'static str = "upgrade refused: connection limit reached";
 
     pub fn emit(self, metrics: &Metrics) {
+        let reason = match &self {
+            UpgradeRefused::OriginNotAllowed => "origin",
+            UpgradeRefused::BadToken { .. } => "auth",
+            UpgradeRefused::ConnectionLimit { .. } => "connection_limit",
+        };
+        metrics.upgrade_rejected(reason);
+        let Some(suppressed) = process_budget(&UPGRADE_REFUSALS) else {
+            return;
+        };
         match self {
-            UpgradeRefused::OriginNotAllowed => {
-                metrics.upgrade_rejected("origin");
-                tracing::warn!(target: HTTP, message = Self::ORIGIN_MESSAGE);
-            }
-            UpgradeRefused::BadToken { code } => {
-                metrics.upgrade_rejected("auth");
-                tracing::warn!(target: HTTP, reason = code, message = Self::TOKEN_MESSAGE);
-            }
-            UpgradeRefused::ConnectionLimit { limit } => {
-                metrics.upgrade_rejected("connection_limit");
-                tracing::warn!(target: HTTP, limit, message = Self::LIMIT_MESSAGE);
-            }
+            UpgradeRefused::OriginNotAllowed => tracing::warn!(
+                target: HTTP,
+                message = Self::ORIGIN_MESSAGE,
+                lines_suppressed = suppressed
+            ),
+            UpgradeRefused::BadToken { code } => tracing::warn!(
+                target: HTTP,
+                message = Self::TOKEN_MESSAGE,
+                reason = code,
+                lines_suppressed = suppressed
+            ),
+            UpgradeRefused::ConnectionLimit { limit } => tracing::warn!(
+                target: HTTP,
+                message = Self::LIMIT_MESSAGE,
+                limit,
+                lines_suppressed = suppressed
+            ),
         }
     }
 }
@@ -261,7 +390,15 @@ impl HostRefused<'_> {
     pub const MESSAGE: &'static str = "request refused: Host not allowed (see --allowed-host)";
     pub fn emit(self, metrics: &Metrics) {
         metrics.upgrade_rejected("host");
-        tracing::warn!(target: HTTP, message = Self::MESSAGE, url.path = %self.path);
+        let Some(suppressed) = process_budget(&HOST_REFUSALS) else {
+            return;
+        };
+        tracing::warn!(
+            target: HTTP,
+            message = Self::MESSAGE,
+            url.path = %self.path,
+            lines_suppressed = suppressed
+        );
     }
 }
 
@@ -272,7 +409,9 @@ pub struct AdminTokenRefused;
 impl AdminTokenRefused {
     pub const MESSAGE: &'static str = "admin request refused: missing or wrong token";
     pub fn emit(self) {
-        tracing::warn!(target: ADMIN, message = Self::MESSAGE);
+        if let Some(suppressed) = process_budget(&ADMIN_REFUSALS) {
+            tracing::warn!(target: ADMIN, message = Self::MESSAGE, lines_suppressed = suppressed);
+        }
     }
 }
 
@@ -394,6 +533,8 @@ pub struct SessionClosed<'a> {
     pub ping_rtt_last_ms: Option<f64>,
     pub ping_rtt_mean_ms: Option<f64>,
     pub error_count: u64,
+    /// Warning lines of this session left out by its budget.
+    pub warnings_suppressed: u64,
 }
 
 impl SessionClosed<'_> {
@@ -416,7 +557,8 @@ impl SessionClosed<'_> {
             pings_sent = self.pings_sent,
             ping_rtt_last_ms = self.ping_rtt_last_ms,
             ping_rtt_mean_ms = self.ping_rtt_mean_ms,
-            error_count = self.error_count
+            error_count = self.error_count,
+            warnings_suppressed = self.warnings_suppressed
         );
     }
 }
@@ -473,6 +615,9 @@ impl MessageReceived {
 pub struct ClientFrameRejected<'a> {
     pub code: &'static str,
     pub message: &'a str,
+    /// Such lines of this session left out since the last one written
+    /// (the session's warning budget, see [`LineBudget`]).
+    pub lines_suppressed: u64,
 }
 
 impl ClientFrameRejected<'_> {
@@ -482,7 +627,8 @@ impl ClientFrameRejected<'_> {
             target: READER,
             message = Self::MESSAGE,
             error.code = self.code,
-            error.message = %self.message
+            error.message = %self.message,
+            lines_suppressed = self.lines_suppressed
         );
     }
 }
@@ -493,6 +639,8 @@ impl ClientFrameRejected<'_> {
 pub struct FrameRefused<'a> {
     pub code: &'static str,
     pub message: &'a str,
+    /// As for [`ClientFrameRejected`].
+    pub lines_suppressed: u64,
 }
 
 impl FrameRefused<'_> {
@@ -502,7 +650,8 @@ impl FrameRefused<'_> {
             target: READER,
             message = Self::MESSAGE,
             error.code = self.code,
-            error.message = self.message
+            error.message = self.message,
+            lines_suppressed = self.lines_suppressed
         );
     }
 }
@@ -879,5 +1028,24 @@ impl ClusterMessageDelivered<'_> {
             link.trace_id = %self.link.trace_id(),
             link.span_id = %self.link.span_id()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_budget_writes_its_share_and_counts_the_rest() {
+        let mut budget = LineBudget::new(3, Duration::from_millis(50));
+        let first: Vec<_> = (0..10).map(|_| budget.admit()).collect();
+        assert_eq!(&first[..3], [Some(0), Some(0), Some(0)]);
+        assert!(first[3..].iter().all(Option::is_none));
+        assert_eq!(budget.suppressed_total(), 7);
+        std::thread::sleep(Duration::from_millis(60));
+        // The next line written says how many were left out before it.
+        assert_eq!(budget.admit(), Some(7));
+        assert_eq!(budget.admit(), Some(0));
+        assert_eq!(budget.suppressed_total(), 7);
     }
 }

@@ -53,6 +53,13 @@ pub const DEFAULT_TELEMETRY_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// ...and at most this much of it.
 pub const LINGER_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Warning lines one session may write per `--telemetry-report-interval`
+/// (rejected frames, refused requests); more are counted, not written.
+pub const SESSION_WARNINGS_PER_INTERVAL: u32 = 20;
+/// Lines of one kind that clients without a session can cause (refused
+/// requests and upgrades) per [`PROCESS_LINE_INTERVAL`], for the process.
+pub const PROCESS_LINES_PER_INTERVAL: u32 = 50;
+pub const PROCESS_LINE_INTERVAL: Duration = Duration::from_secs(10);
 /// `/api/logs`: most matching lines one answer holds...
 pub const LOG_SEARCH_MAX_LINES: usize = 2000;
 /// ...and most bytes of log one search reads (it says when it stopped).

@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub telemetry: Option<Arc<TelemetryCounters>>,
     /// Where this server's log files are, for the explorer's log search.
     pub log_dir: Option<std::path::PathBuf>,
+    /// Cap on all log files together (`--log-max-bytes`).
+    pub log_max_bytes: Option<u64>,
     /// Grafana base URL, for the explorer's trace links.
     pub grafana_url: Option<String>,
     /// Serve the raw echo endpoint `/echo` (conformance testing).
@@ -63,6 +65,7 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             telemetry: None,
             log_dir: None,
+            log_max_bytes: None,
             grafana_url: None,
             echo_endpoint: false,
             instance_id: crate::telemetry::default_instance_id(),

@@ -364,3 +364,45 @@ async fn log_rotation_while_sessions_are_live_loses_and_repeats_nothing() {
         );
     }
 }
+
+/// A client that sends nothing but invalid frames gets an error frame for
+/// each, but its session writes a bounded number of warning lines; the
+/// rest are counted in the next line and in `session closed`. A 404 is not
+/// worth an info line at all.
+#[tokio::test]
+async fn invalid_frame_floods_write_bounded_warnings_with_accounting() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        limits: Limits {
+            messages_per_second: 0,
+            ..test_limits()
+        },
+        ..test_config()
+    })
+    .await;
+    let (mut client, _) = server.connect().await;
+    next_json(&mut client).await;
+    for _ in 0..300 {
+        client.send(Message::Text("x".into())).await.unwrap();
+    }
+    for _ in 0..300 {
+        assert_eq!(next_json(&mut client).await["type"], "error");
+    }
+    client.close(None).await.unwrap();
+    for _ in 0..5 {
+        let response = http(server.addr, "GET", "/no-such-page", &[], None).await;
+        assert_eq!(response.status, 404);
+    }
+    server.stop().await;
+    let lines = server.log_lines();
+    let warnings = with_msg(&lines, wstrace::events::ClientFrameRejected::MESSAGE);
+    let budget = wstrace::limits::SESSION_WARNINGS_PER_INTERVAL as usize;
+    assert_eq!(warnings.len(), budget);
+    let closed = with_msg(&lines, wstrace::events::SessionClosed::MESSAGE);
+    assert_eq!(closed[0]["warnings_suppressed"], 300 - budget as u64);
+    assert_eq!(closed[0]["error_count"], 300);
+    let not_found = lines
+        .iter()
+        .filter(|l| l["status"] == 404 && l["level"].as_u64() >= Some(30))
+        .count();
+    assert_eq!(not_found, 0, "404s logged at info");
+}

@@ -34,7 +34,7 @@ use tower::ServiceExt;
 
 use crate::cluster::{ClusterContext, ClusterTasks};
 use crate::error::HttpError;
-use crate::events::{LogLinesDropped, SpansDropped};
+use crate::events::{LogFilesPruned, LogLinesDropped, SpansDropped};
 use crate::state::{ServerConfig, ServerState};
 
 pub use trace::{TRACERESPONSE, X_TRACE_ID};
@@ -163,19 +163,34 @@ impl Server {
     }
 }
 
-/// Says, at most once per interval, when log lines or spans were dropped
-/// (a collector that is down, say): counted in `/metrics` always, and
-/// visible in the logs without flooding them.
+/// Once per interval: keeps the log directory under `--log-max-bytes`, and
+/// says when log lines or spans were dropped (a collector that is down,
+/// say): counted in `/metrics` always, and visible in the logs without
+/// flooding them.
 async fn watch_telemetry(state: Arc<ServerState>) {
     use std::sync::atomic::Ordering::Relaxed;
-    let Some(counters) = state.config.telemetry.clone() else {
-        return;
-    };
+    let counters = state.config.telemetry.clone();
     let interval = state.config.limits.telemetry_report_interval;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let (mut spans_before, mut lines_before) = (0, 0);
     loop {
         ticks.tick().await;
+        if let (Some(dir), Some(max_bytes)) = (&state.config.log_dir, state.config.log_max_bytes) {
+            let (dir, max) = (dir.clone(), max_bytes);
+            let pruned =
+                tokio::task::spawn_blocking(move || crate::telemetry::prune_log_dir(&dir, max));
+            if let Ok((files, bytes)) = pruned.await
+                && files > 0
+            {
+                LogFilesPruned {
+                    files,
+                    bytes,
+                    max_bytes,
+                }
+                .emit();
+            }
+        }
+        let Some(counters) = &counters else { continue };
         let spans = counters.spans_dropped();
         let lines = counters.log_lines_dropped.load(Relaxed);
         if spans > spans_before {

@@ -39,7 +39,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::error::close_code;
-use crate::events::{SessionClosed, SessionOpened, SessionTaskAborted, SessionTaskPanicked};
+use crate::events::{
+    LineBudget, SessionClosed, SessionOpened, SessionTaskAborted, SessionTaskPanicked,
+};
 use crate::protocol::ServerFrame;
 use crate::routing::Recipient;
 use crate::state::ServerState;
@@ -208,6 +210,10 @@ where
             sampler: MessageSampler::new(state.config.message_sample_ratio, seed),
             echo_only: info.mode == SessionMode::Echo,
             rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
+            warnings: LineBudget::new(
+                crate::limits::SESSION_WARNINGS_PER_INTERVAL,
+                limits.telemetry_report_interval,
+            ),
         }
         .run(stream)
         .instrument(tracing::info_span!("ws.reader")),
@@ -309,6 +315,7 @@ fn log_closed(
         ping_rtt_last_ms: rtt_last,
         ping_rtt_mean_ms: rtt_mean,
         error_count: stats.errors.load(Relaxed),
+        warnings_suppressed: stats.warnings_suppressed.load(Relaxed),
     }
     .emit(&state.metrics);
     // Recorded after the line above, so log lines do not repeat them; the

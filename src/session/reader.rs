@@ -6,6 +6,7 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -17,8 +18,8 @@ use super::outbound::{MessageSampler, Outbound};
 use super::rate::{RateDecision, RateLimiter};
 use crate::error::{SessionError, close_code};
 use crate::events::{
-    ClientFrameRejected, FrameRefused, HandlerPanicked, MessageReceived, RateAbuse, RateLimited,
-    SessionReadFailed,
+    ClientFrameRejected, FrameRefused, HandlerPanicked, LineBudget, MessageReceived, RateAbuse,
+    RateLimited, SessionReadFailed,
 };
 use crate::protocol::{self, ClientFrame, DecodeError, ErrorCode, FrameKind, ServerFrame};
 use crate::routing::{Audience, Delivery, ForwardError, Routed, Sender, SharedRecipient};
@@ -34,6 +35,10 @@ pub struct Reader {
     pub peer_close: Arc<PeerClose>,
     pub sampler: MessageSampler,
     pub rate: RateLimiter,
+    /// Bounds this session's warning lines (a client can cause one per
+    /// frame); what it leaves out is counted in the next line and in
+    /// `session closed`.
+    pub warnings: LineBudget,
     /// Echo data frames verbatim instead of speaking protocol v1.
     pub echo_only: bool,
 }
@@ -175,11 +180,14 @@ impl Reader {
             Ok(frame) => frame,
             Err(error) => {
                 self.session.stats.error();
-                ClientFrameRejected {
-                    code: error.code.as_str(),
-                    message: &error.message,
+                if let Some(lines_suppressed) = self.admit_warning() {
+                    ClientFrameRejected {
+                        code: error.code.as_str(),
+                        message: &error.message,
+                        lines_suppressed,
+                    }
+                    .emit();
                 }
-                .emit();
                 return self.reply_frame(error.to_frame(), sampled).await;
             }
         };
@@ -279,11 +287,14 @@ impl Reader {
         sampled: bool,
     ) -> Result<(), Gone> {
         self.session.stats.error();
-        FrameRefused {
-            code: code.as_str(),
-            message,
+        if let Some(lines_suppressed) = self.admit_warning() {
+            FrameRefused {
+                code: code.as_str(),
+                message,
+                lines_suppressed,
+            }
+            .emit();
         }
-        .emit();
         let frame = ServerFrame::Error {
             code,
             message: message.to_owned(),
@@ -298,6 +309,16 @@ impl Reader {
     ) -> Result<(), Gone> {
         self.reply(frame.kind(), Message::Text(frame.to_json().into()), sampled)
             .await
+    }
+
+    /// Whether this warning fits the session's budget (and how many were
+    /// left out before it); a refused one is counted for `session closed`.
+    fn admit_warning(&mut self) -> Option<u64> {
+        let admitted = self.warnings.admit();
+        if admitted.is_none() {
+            self.session.stats.warnings_suppressed.fetch_add(1, Relaxed);
+        }
+        admitted
     }
 
     /// Waiting here is the backpressure: a client that does not read its

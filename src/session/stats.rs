@@ -14,6 +14,8 @@ pub struct SessionStats {
     pub bytes_out: AtomicU64,
     pub errors: AtomicU64,
     pub pings_sent: AtomicU64,
+    /// Warning lines the session's budget left out.
+    pub warnings_suppressed: AtomicU64,
     pongs_received: AtomicU64,
     rtt_last_us: AtomicU64,
     rtt_total_us: AtomicU64,
@@ -31,6 +33,7 @@ impl SessionStats {
             bytes_out: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             pings_sent: AtomicU64::new(0),
+            warnings_suppressed: AtomicU64::new(0),
             pongs_received: AtomicU64::new(0),
             rtt_last_us: AtomicU64::new(0),
             rtt_total_us: AtomicU64::new(0),

@@ -60,6 +60,8 @@ pub struct TelemetryConfig {
     pub log_file_prefix: String,
     /// When a new log file is started.
     pub log_rotation: LogRotation,
+    /// Rolled files kept (the oldest are deleted at each rotation).
+    pub log_max_files: Option<usize>,
     /// Also write every line to stdout.
     pub log_stdout: bool,
     /// Filter directives, `RUST_LOG` syntax.
@@ -82,6 +84,7 @@ impl TelemetryConfig {
             log_dir,
             log_file_prefix: DEFAULT_SERVICE_NAME.to_string(),
             log_rotation: LogRotation::Daily,
+            log_max_files: None,
             log_stdout,
             filter: env_nonempty("RUST_LOG").unwrap_or_else(|| DEFAULT_FILTER.to_string()),
             instance_id: default_instance_id(),
@@ -95,6 +98,32 @@ impl TelemetryConfig {
 pub fn default_instance_id() -> String {
     let random = uuid::Uuid::new_v4().as_u128() as u16;
     format!("{}-{random:04x}", bunyan::hostname())
+}
+
+/// Deletes the oldest log files of `dir` until all of them together take
+/// at most `max_bytes`; the newest (the one being written) is never
+/// deleted. Returns (files deleted, bytes freed).
+pub fn prune_log_dir(dir: &std::path::Path, max_bytes: u64) -> (usize, u64) {
+    let Ok(mut files) = logfile::log_files(&[dir.to_path_buf()]) else {
+        return (0, 0);
+    };
+    let size = |f: &PathBuf| std::fs::metadata(f).map_or(0, |m| m.len());
+    let mut total: u64 = files.iter().map(size).sum();
+    // Name order is time order; keep the newest.
+    files.pop();
+    let (mut deleted, mut freed) = (0, 0);
+    for file in files {
+        if total <= max_bytes {
+            break;
+        }
+        let bytes = size(&file);
+        if std::fs::remove_file(&file).is_ok() {
+            total -= bytes;
+            deleted += 1;
+            freed += bytes;
+        }
+    }
+    (deleted, freed)
 }
 
 /// When the log file rolls over to a new one.
@@ -317,10 +346,14 @@ pub fn get_subscriber(
             dir: dir.clone(),
             source,
         })?;
-        let file = RollingFileAppender::builder()
+        let mut builder = RollingFileAppender::builder()
             .rotation(config.log_rotation.into())
             .filename_prefix(&config.log_file_prefix)
-            .filename_suffix("log")
+            .filename_suffix("log");
+        if let Some(max) = config.log_max_files.filter(|m| *m > 0) {
+            builder = builder.max_log_files(max);
+        }
+        let file = builder
             .build(dir)
             .map_err(|source| TelemetryError::LogFile {
                 dir: dir.clone(),
@@ -420,6 +453,7 @@ mod tests {
             log_dir: Some(dir.path().to_path_buf()),
             log_file_prefix: "burst".into(),
             log_rotation: LogRotation::Never,
+            log_max_files: None,
             log_stdout: false,
             filter: "info".into(),
             instance_id: "test-0001".into(),
@@ -440,6 +474,30 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join("burst.log")).unwrap();
         assert_eq!(text.lines().count(), 100_000);
         assert_eq!(guard.counters().log_lines_dropped.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn pruning_deletes_the_oldest_files_and_never_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for day in 1..=5 {
+            let name = format!("wstrace.2026-11-0{day}.log");
+            std::fs::write(dir.path().join(name), vec![b'x'; 1000]).unwrap();
+        }
+        assert_eq!(prune_log_dir(dir.path(), 2500), (3, 3000));
+        let left = logfile::log_files(&[dir.path().to_path_buf()]).unwrap();
+        let names: Vec<_> = left
+            .iter()
+            .map(|f| f.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["wstrace.2026-11-04.log", "wstrace.2026-11-05.log"]);
+        // Even over the cap, the file being written stays.
+        assert_eq!(prune_log_dir(dir.path(), 0), (1, 1000));
+        assert_eq!(
+            logfile::log_files(&[dir.path().to_path_buf()])
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

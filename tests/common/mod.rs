@@ -83,6 +83,7 @@ impl TestServer {
             log_dir: Some(log_dir.path().to_path_buf()),
             log_file_prefix: "wstrace".into(),
             log_rotation,
+            log_max_files: None,
             log_stdout: std::env::var_os("TEST_LOG").is_some(),
             filter: "info,wstrace=debug".into(),
             instance_id: server_config.instance_id.clone(),

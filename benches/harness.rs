@@ -777,7 +777,13 @@ async fn scrape(server: &Server) -> std::collections::HashMap<String, f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .write_all(
+            format!(
+                "GET /metrics HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+                server.addr
+            )
+            .as_bytes(),
+        )
         .await
         .unwrap();
     let mut text = String::new();

@@ -129,6 +129,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_OUTBOUND_QUEUE_FRAMES", default_value_t = limits::OUTBOUND_QUEUE_FRAMES)]
     pub outbound_queue_frames: usize,
 
+    /// Bytes of frames queued for a session's writer; a receiver over it is
+    /// closed with 1013, and a session's own replies wait (backpressure).
+    #[arg(long, env = "WSTRACE_OUTBOUND_QUEUE_BYTES", default_value_t = limits::DEFAULT_OUTBOUND_QUEUE_BYTES)]
+    pub outbound_queue_bytes: usize,
+
+    /// Close a session (1008) whose client reads nothing for this long.
+    #[arg(long, env = "WSTRACE_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
     /// Time a client has to send its whole HTTP request head.
     #[arg(long, env = "WSTRACE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
@@ -227,6 +236,8 @@ impl ServeArgs {
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
             outbound_queue_frames: self.outbound_queue_frames,
+            outbound_queue_bytes: self.outbound_queue_bytes,
+            write_timeout: self.write_timeout,
             messages_per_second: self.messages_per_second,
             message_burst: self.message_burst,
             max_subscriptions: self.max_subscriptions,

@@ -834,6 +834,24 @@ impl MessageDelivered<'_> {
     }
 }
 
+/// The writer could not write for `--write-timeout`: the client has
+/// stopped reading. The session is closed (1008) without waiting further.
+#[derive(Debug)]
+pub struct WriterBlocked {
+    pub timeout_ms: u64,
+}
+
+impl WriterBlocked {
+    pub const MESSAGE: &'static str =
+        "client is not reading: nothing could be written within --write-timeout; closing";
+    pub fn emit(self, metrics: &Metrics) {
+        metrics
+            .write_timeouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(target: WRITER, message = Self::MESSAGE, timeout_ms = self.timeout_ms);
+    }
+}
+
 // ------------------------------------------------------------- heartbeat
 
 /// A heartbeat ping went into the outbound queue.
@@ -875,6 +893,7 @@ impl IdleSessionClosing {
 pub struct OutboundQueueFull<'a> {
     pub receiver: &'a tracing::Span,
     pub queue_frames: usize,
+    pub queue_bytes: usize,
     pub closing: bool,
 }
 
@@ -890,7 +909,8 @@ impl OutboundQueueFull<'_> {
                 target: ROUTING,
                 parent: self.receiver,
                 message = Self::MESSAGE,
-                queue_frames = self.queue_frames
+                queue_frames = self.queue_frames,
+                queue_bytes = self.queue_bytes
             );
         }
     }

@@ -35,6 +35,12 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WS_READ_BUFFER_BYTES: usize = 1024;
 /// WebSocket write buffer per connection (tungstenite's default: 128 KiB).
 pub const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes of frames queued for one session's writer: with 64 KiB frames,
+/// a client that stops reading would otherwise pin 64 × 64 KiB.
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 256 * 1024;
+/// A session whose writer could write nothing for this long (its client
+/// reads nothing) is closed.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames queued for one session's writer. When a client stops reading the
 /// reader stops too (backpressure) instead of buffering without bound.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 64;
@@ -78,6 +84,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_connections: usize,
     pub outbound_queue_frames: usize,
+    pub outbound_queue_bytes: usize,
+    pub write_timeout: Duration,
     pub messages_per_second: u32,
     pub message_burst: u32,
     pub max_subscriptions: usize,
@@ -95,6 +103,8 @@ impl Default for Limits {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             outbound_queue_frames: OUTBOUND_QUEUE_FRAMES,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             messages_per_second: DEFAULT_MESSAGES_PER_SECOND,
             message_burst: DEFAULT_MESSAGE_BURST,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,

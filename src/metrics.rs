@@ -185,6 +185,9 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     pub oversize: AtomicU64,
     pub outbound_queue_drops: AtomicU64,
+    /// Sessions closed because nothing could be written for the write
+    /// timeout.
+    pub write_timeouts: AtomicU64,
     upgrades_rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub admin_requests: AtomicU64,
 }
@@ -301,6 +304,11 @@ impl Metrics {
                 "wstrace_outbound_queue_drops_total",
                 "Deliveries refused by a full outbound queue (receiver closed with 1013).",
                 self.outbound_queue_drops.load(Relaxed),
+            ),
+            Family::counter(
+                "wstrace_write_timeouts_total",
+                "Sessions closed because the client read nothing for --write-timeout.",
+                self.write_timeouts.load(Relaxed),
             ),
             Family::of(
                 "wstrace_upgrades_rejected_total",

@@ -222,17 +222,19 @@ fn router(state: Arc<ServerState>) -> Router {
     routes
         .nest("/api", api::router(state.clone()))
         .layer(middleware::from_fn(trace::trace_http))
-        .route("/healthz", get(healthz))
         .route("/", get(explorer::page))
         .route("/explorer/app.js", get(explorer::script))
         .route("/explorer/config.json", get(explorer::config))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
+        // Liveness probes use whatever name reaches the server, and the
+        // answer tells a rebinding page nothing worth having.
+        .route("/healthz", get(healthz))
         .with_state(state)
 }
 
-/// Every route answers only to the `Host` names the server is for (DNS
-/// rebinding, see `auth::HostPolicy`).
+/// Every route but `/healthz` answers only to the `Host` names the server
+/// is for (DNS rebinding, see `auth::HostPolicy`).
 async fn check_host(
     State(state): State<Arc<ServerState>>,
     request: Request,

@@ -8,12 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime};
-use tokio::sync::mpsc;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::close::{CloseDecision, CloseSignal, ClosedBy};
-use super::outbound::Outbound;
+use super::outbound::{Outbound, OutboundQueue, QueueError};
 use super::stats::SessionStats;
 use crate::error::close_code;
 use crate::events::{AdminTouchedSession, OutboundQueueFull};
@@ -37,7 +36,7 @@ pub struct SessionHandle {
     pub span_context: SpanContext,
     pub stats: Arc<SessionStats>,
     pub close: CloseSignal,
-    outbound: mpsc::Sender<Outbound>,
+    outbound: OutboundQueue,
 }
 
 impl SessionHandle {
@@ -51,7 +50,7 @@ impl SessionHandle {
         span_context: SpanContext,
         stats: Arc<SessionStats>,
         close: CloseSignal,
-        outbound: mpsc::Sender<Outbound>,
+        outbound: OutboundQueue,
     ) -> Self {
         Self {
             id,
@@ -80,7 +79,7 @@ impl Recipient for SessionHandle {
     fn deliver(&self, delivery: Arc<Delivery>, metrics: &Metrics) -> Result<(), DeliveryError> {
         match self.outbound.try_send(Outbound::Delivery(delivery)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(QueueError::Full) => {
                 let closing = self.close.decide(CloseDecision::new(
                     close_code::TRY_AGAIN_LATER,
                     "outbound queue full",
@@ -88,13 +87,14 @@ impl Recipient for SessionHandle {
                 ));
                 OutboundQueueFull {
                     receiver: &self.span,
-                    queue_frames: self.outbound.max_capacity(),
+                    queue_frames: self.outbound.max_frames(),
+                    queue_bytes: self.outbound.max_bytes(),
                     closing,
                 }
                 .emit(metrics);
                 Err(DeliveryError::Overflow)
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DeliveryError::Gone),
+            Err(QueueError::Closed) => Err(DeliveryError::Gone),
         }
     }
 

@@ -5,12 +5,11 @@
 use axum::extract::ws::Message;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 
 use super::close::{CloseDecision, CloseSignal, ClosedBy};
 use super::handle::SessionHandle;
-use super::outbound::Outbound;
+use super::outbound::{Outbound, OutboundQueue};
 use super::stats::SessionStats;
 use crate::error::close_code;
 use crate::events::{IdleSessionClosing, PingSent};
@@ -21,7 +20,7 @@ use crate::routing::Router;
 /// In cluster mode (`renew`), each ping also renews the session's registry
 /// entry.
 pub async fn run_heartbeat(
-    outbound: mpsc::Sender<Outbound>,
+    outbound: OutboundQueue,
     stats: Arc<SessionStats>,
     close: CloseSignal,
     interval: Duration,

@@ -135,7 +135,8 @@ where
     let stats = Arc::new(SessionStats::new());
     let close = CloseSignal::new();
     let peer_close = Arc::new(PeerClose::default());
-    let (outbound_tx, outbound_rx) = tokio::sync::mpsc::channel(limits.outbound_queue_frames);
+    let (outbound_tx, outbound_rx) =
+        outbound::outbound_queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
     let (sink, stream) = socket.split();
     let span = tracing::Span::current();
     let handle = Arc::new(SessionHandle::new(
@@ -181,6 +182,7 @@ where
         writer::Writer {
             stats: stats.clone(),
             state: state.clone(),
+            close: close.clone(),
         }
         .run(sink, outbound_rx, close.subscribe())
         .instrument(tracing::info_span!("ws.writer")),

@@ -1,6 +1,9 @@
-//! What goes into a session's outbound queue, and which messages are traced.
+//! A session's outbound queue (bounded in frames and in bytes), what goes
+//! into it, and which messages are traced.
 
 use axum::extract::ws::Message;
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 
 use crate::protocol::FrameKind;
 use crate::routing::Delivery;
@@ -17,7 +20,7 @@ pub enum Outbound {
         sampled: bool,
     },
     /// A message from another session or the admin API.
-    Delivery(std::sync::Arc<Delivery>),
+    Delivery(Arc<Delivery>),
 }
 
 impl Outbound {
@@ -27,6 +30,139 @@ impl Outbound {
             message,
             sampled,
         }
+    }
+}
+
+/// One entry in the queue, holding its share of the session's byte budget
+/// until the writer has written it.
+#[derive(Debug)]
+pub struct Queued {
+    pub item: Outbound,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// Why an entry did not go into the queue without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// The frames or the bytes the queue holds are at their limit.
+    Full,
+    /// The writer is gone: the session is ending.
+    Closed,
+}
+
+/// The sending side of a session's outbound queue, bounded twice: in
+/// frames (`--outbound-queue-frames`) and in bytes
+/// (`--outbound-queue-bytes`), so a client that stops reading pins at most
+/// that much of the server's memory, whatever the frame size.
+#[derive(Debug, Clone)]
+pub struct OutboundQueue {
+    frames: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
+}
+
+/// The writer's side. Dropping it (the writer ended) closes the byte
+/// budget too, so a reader waiting for room stops waiting.
+#[derive(Debug)]
+pub struct OutboundReceiver {
+    frames: mpsc::Receiver<Queued>,
+    bytes: Arc<Semaphore>,
+}
+
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        self.bytes.close();
+    }
+}
+
+/// A bounded outbound queue: at most `max_frames` entries and `max_bytes`
+/// bytes of frames.
+pub fn outbound_queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, OutboundReceiver) {
+    let (tx, rx) = mpsc::channel(max_frames.max(1));
+    let max_bytes = max_bytes.clamp(1, Semaphore::MAX_PERMITS);
+    let bytes = Arc::new(Semaphore::new(max_bytes));
+    (
+        OutboundQueue {
+            frames: tx,
+            bytes: bytes.clone(),
+            max_bytes,
+        },
+        OutboundReceiver { frames: rx, bytes },
+    )
+}
+
+impl Outbound {
+    /// What the entry costs of the byte budget: its payload, at most the
+    /// whole budget (so one frame larger than it can still pass, alone).
+    fn cost(&self, max_bytes: usize) -> u32 {
+        let size = match self {
+            Outbound::Frame { message, .. } => match message {
+                Message::Text(t) => t.len(),
+                Message::Binary(b) => b.len(),
+                Message::Ping(p) | Message::Pong(p) => p.len(),
+                Message::Close(_) => 0,
+            },
+            Outbound::Delivery(delivery) => delivery.frame.len(),
+        };
+        u32::try_from(size.min(max_bytes)).unwrap_or(u32::MAX)
+    }
+}
+
+impl OutboundQueue {
+    /// Queues `item`, waiting for room: the backpressure that stops a
+    /// session's reader when its client does not read the replies.
+    pub async fn send(&self, item: Outbound) -> Result<(), QueueError> {
+        let cost = item.cost(self.max_bytes);
+        let permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(cost)
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        self.frames
+            .send(Queued {
+                item,
+                _bytes: Some(permit),
+            })
+            .await
+            .map_err(|_| QueueError::Closed)
+    }
+
+    /// Queues `item` only if there is room now.
+    pub fn try_send(&self, item: Outbound) -> Result<(), QueueError> {
+        let cost = item.cost(self.max_bytes);
+        let permit = match self.bytes.clone().try_acquire_many_owned(cost) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => return Err(QueueError::Full),
+            Err(TryAcquireError::Closed) => return Err(QueueError::Closed),
+        };
+        self.frames
+            .try_send(Queued {
+                item,
+                _bytes: Some(permit),
+            })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => QueueError::Full,
+                mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+            })
+    }
+
+    pub fn max_frames(&self) -> usize {
+        self.frames.max_capacity()
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+}
+
+impl OutboundReceiver {
+    pub async fn recv(&mut self) -> Option<Queued> {
+        self.frames.recv().await
+    }
+
+    pub fn try_recv(&mut self) -> Option<Queued> {
+        self.frames.try_recv().ok()
     }
 }
 
@@ -77,6 +213,35 @@ impl MessageSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_as_well_as_frames() {
+        let frame =
+            |n: usize| Outbound::frame(FrameKind::Echo, Message::Text("x".repeat(n).into()), false);
+        let (queue, mut receiver) = outbound_queue(64, 1000);
+        queue.try_send(frame(600)).unwrap();
+        // 600 + 600 > 1000 bytes, though only 2 of 64 frames.
+        assert_eq!(queue.try_send(frame(600)), Err(QueueError::Full));
+        queue.try_send(frame(400)).unwrap();
+        // Written (dropped by the writer): its bytes are free again.
+        drop(receiver.try_recv().unwrap());
+        queue.try_send(frame(600)).unwrap();
+        // A frame larger than the whole budget passes, alone.
+        let (big, mut big_receiver) = outbound_queue(64, 1000);
+        big.try_send(frame(5000)).unwrap();
+        assert_eq!(big.try_send(frame(1)), Err(QueueError::Full));
+        drop(big_receiver.try_recv());
+        // A reader waiting for room stops waiting when the writer goes.
+        let (queue, receiver) = outbound_queue(64, 10);
+        queue.try_send(frame(10)).unwrap();
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.send(frame(10)).await }
+        });
+        tokio::task::yield_now().await;
+        drop(receiver);
+        assert_eq!(waiting.await.unwrap(), Err(QueueError::Closed));
+    }
 
     #[test]
     fn sampler_honours_the_ratio() {

@@ -7,14 +7,13 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use tokio::sync::mpsc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::close::{CloseDecision, ClosedBy, PeerClose};
 use super::commands;
 use super::handle::SessionHandle;
-use super::outbound::{MessageSampler, Outbound};
+use super::outbound::{MessageSampler, Outbound, OutboundQueue};
 use super::rate::{RateDecision, RateLimiter};
 use crate::error::{SessionError, close_code};
 use crate::events::{
@@ -30,7 +29,7 @@ use crate::state::ServerState;
 /// hands messages for others to routing. One per session.
 pub struct Reader {
     pub(super) session: Arc<SessionHandle>,
-    pub(super) outbound: mpsc::Sender<Outbound>,
+    pub(super) outbound: OutboundQueue,
     pub(super) state: Arc<ServerState>,
     pub peer_close: Arc<PeerClose>,
     pub sampler: MessageSampler,

@@ -3,14 +3,15 @@
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt};
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::close::CloseDecision;
-use super::outbound::Outbound;
+use super::close::{CloseDecision, CloseSignal, ClosedBy};
+use super::outbound::{Outbound, OutboundReceiver, Queued};
 use super::stats::SessionStats;
-use crate::events::MessageDelivered;
+use crate::error::close_code;
+use crate::events::{MessageDelivered, WriterBlocked};
 use crate::protocol::FrameKind;
 use crate::routing::Delivery;
 use crate::state::ServerState;
@@ -22,6 +23,8 @@ use crate::state::ServerState;
 pub struct Writer {
     pub stats: Arc<SessionStats>,
     pub state: Arc<ServerState>,
+    /// To decide the close when the client stops reading.
+    pub close: CloseSignal,
 }
 
 impl Writer {
@@ -31,7 +34,7 @@ impl Writer {
     pub async fn run<K>(
         self,
         mut sink: K,
-        mut outbound: mpsc::Receiver<Outbound>,
+        mut outbound: OutboundReceiver,
         mut close: watch::Receiver<Option<CloseDecision>>,
     ) where
         K: Sink<Message, Error = axum::Error> + Unpin,
@@ -46,18 +49,25 @@ impl Writer {
                     // the branch above was polled: it is checked below.
                     let Some(item) = next else { break };
                     // Drain what is already queued, then flush once: one
-                    // syscall for a burst instead of one per frame.
-                    let mut batch = Some(item);
-                    while let Some(item) = batch.take() {
-                        if let Err(error) = self.feed(&mut sink, item).await {
+                    // syscall for a burst instead of one per frame. A
+                    // client that reads nothing for the write timeout is
+                    // given up on.
+                    let limit = self.state.config.limits.write_timeout;
+                    let burst = async {
+                        let mut batch = Some(item);
+                        while let Some(item) = batch.take() {
+                            self.feed(&mut sink, item).await?;
+                            batch = outbound.try_recv();
+                        }
+                        sink.flush().await
+                    };
+                    match tokio::time::timeout(limit, burst).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
                             tracing::debug!(%error, "write failed; peer is gone");
                             return;
                         }
-                        batch = outbound.try_recv().ok();
-                    }
-                    if let Err(error) = sink.flush().await {
-                        tracing::debug!(%error, "flush failed; peer is gone");
-                        return;
+                        Err(_) => return self.blocked(limit),
                     }
                 }
             }
@@ -67,20 +77,42 @@ impl Writer {
             // Frames queued before the decision still go out first (a
             // stalled peer blocks here; the supervisor gives up after the
             // close timeout).
-            while let Ok(item) = outbound.try_recv() {
-                if self.feed(&mut sink, item).await.is_err() {
-                    return;
+            let limit = self.state.config.limits.write_timeout;
+            let last = async {
+                while let Some(item) = outbound.try_recv() {
+                    if self.feed(&mut sink, item).await.is_err() {
+                        return;
+                    }
                 }
+                send_close(&mut sink, &decision).await;
+            };
+            if tokio::time::timeout(limit, last).await.is_err() {
+                self.blocked(limit);
             }
-            send_close(&mut sink, &decision).await;
         }
     }
 
-    async fn feed<K>(&self, sink: &mut K, item: Outbound) -> Result<(), axum::Error>
+    /// Nothing could be written for `limit`: the client has stopped
+    /// reading. Decides the close (no Close frame can get through) and
+    /// ends the writer; its queue and the memory it holds go with it.
+    fn blocked(&self, limit: std::time::Duration) {
+        WriterBlocked {
+            timeout_ms: limit.as_millis() as u64,
+        }
+        .emit(&self.state.metrics);
+        // A decision already made (a shutdown, say) stands.
+        self.close.decide(CloseDecision::new(
+            close_code::POLICY_VIOLATION,
+            "client not reading",
+            ClosedBy::Policy,
+        ));
+    }
+
+    async fn feed<K>(&self, sink: &mut K, queued: Queued) -> Result<(), axum::Error>
     where
         K: Sink<Message, Error = axum::Error> + Unpin,
     {
-        match item {
+        match queued.item {
             Outbound::Frame {
                 kind,
                 message,
@@ -177,7 +209,7 @@ fn data_len(message: &Message) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::close::{CloseSignal, ClosedBy};
+    use crate::session::outbound::outbound_queue;
     use crate::state::{ServerConfig, ServerState};
     use std::pin::Pin;
     use std::sync::Mutex;
@@ -211,12 +243,13 @@ mod tests {
     async fn a_close_decided_as_the_queue_closes_is_still_sent() {
         let state = ServerState::new(ServerConfig::default());
         for round in 0..20_000 {
-            let (tx, rx) = mpsc::channel::<Outbound>(4);
+            let (tx, rx) = outbound_queue(4, 1024);
             let signal = CloseSignal::new();
             let sent = Arc::new(Mutex::new(Vec::new()));
             let writer = Writer {
                 stats: Arc::new(SessionStats::new()),
                 state: state.clone(),
+                close: signal.clone(),
             };
             let writer = tokio::spawn(writer.run(Recorder(sent.clone()), rx, signal.subscribe()));
             let ending = tokio::spawn(async move {

@@ -66,6 +66,7 @@ async fn run(
         RedisConnected {
             redis: cluster.redis_url(),
             session_ttl_ms: cluster.session_ttl().as_millis() as u64,
+            envelopes_signed: cluster.sealer.signs(),
         }
         .emit();
         server_config.cluster = Some(std::sync::Arc::new(cluster));

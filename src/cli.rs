@@ -110,6 +110,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_MAX_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
+    /// Most sessions from one client address; further upgrades get 429
+    /// (0: no cap).
+    #[arg(long, env = "WSTRACE_MAX_SESSIONS_PER_IP", default_value_t = limits::DEFAULT_MAX_SESSIONS_PER_IP)]
+    pub max_sessions_per_ip: usize,
+
+    /// Most sessions of one JWT user; further upgrades get 429 (0: no cap).
+    #[arg(long, env = "WSTRACE_MAX_SESSIONS_PER_USER", default_value_t = limits::DEFAULT_MAX_SESSIONS_PER_USER)]
+    pub max_sessions_per_user: usize,
+
     /// Messages per second one session may send (0: unlimited). Over it
     /// frames are refused with an error frame; a client that keeps going
     /// for another burst is closed with 1008.
@@ -204,6 +213,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_CLUSTER_SESSION_TTL", default_value = "75s", value_parser = humantime::parse_duration)]
     pub cluster_session_ttl: Duration,
 
+    /// Cluster mode: shared secret that signs every envelope between
+    /// instances (HMAC-SHA256); all instances need the same one. Unset:
+    /// anyone who can PUBLISH to Redis can deliver frames or kick sessions.
+    #[arg(long, env = "WSTRACE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<Secret>,
+
     /// Cluster mode: the longest one Redis call may take.
     #[arg(long, env = "WSTRACE_REDIS_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
@@ -235,6 +250,8 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout,
             max_message_bytes: self.max_message_bytes,
             max_connections: self.max_connections,
+            max_sessions_per_ip: self.max_sessions_per_ip,
+            max_sessions_per_user: self.max_sessions_per_user,
             outbound_queue_frames: self.outbound_queue_frames,
             outbound_queue_bytes: self.outbound_queue_bytes,
             write_timeout: self.write_timeout,
@@ -294,6 +311,7 @@ impl ServeArgs {
             instance_id: instance_id.to_string(),
             session_ttl: self.cluster_session_ttl,
             timeout: self.redis_timeout,
+            secret: non_empty(&self.cluster_secret),
         }))
     }
 }

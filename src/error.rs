@@ -28,6 +28,17 @@ pub mod close_code {
     pub const KICKED: u16 = 4000;
     /// Application code: closed by `POST /api/cleanup` for being idle.
     pub const CLEANED_UP: u16 = 4001;
+
+    /// Codes an operator may close a session with (the admin API, and a
+    /// kick from another instance): 1000, 1001, 1008, and the 4000–4999
+    /// private range.
+    pub fn operator_may_use(code: u16) -> bool {
+        matches!(code, NORMAL | GOING_AWAY | POLICY_VIOLATION) || (4000..=4999).contains(&code)
+    }
+
+    /// Longest close reason RFC 6455 allows (a control frame's 125 bytes,
+    /// less the code).
+    pub const MAX_REASON_BYTES: usize = 123;
 }
 
 /// A failure that ends a session.
@@ -98,6 +109,8 @@ impl SessionError {
 pub enum HttpError {
     #[error("server is at its limit of {limit} connections; retry later")]
     TooManyConnections { limit: usize },
+    #[error("at most {limit} sessions {what}; close one or retry later")]
+    TooManySessions { what: &'static str, limit: usize },
     #[error("server is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -133,7 +146,7 @@ impl HttpError {
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            HttpError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            HttpError::Busy(_) | HttpError::TooManySessions { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -149,6 +162,7 @@ impl HttpError {
             HttpError::NotFound(_) => "not_found",
             HttpError::BadRequest(_) => "bad_request",
             HttpError::Busy(_) => "busy",
+            HttpError::TooManySessions { .. } => "too_many_sessions",
             HttpError::ClusterUnavailable(_) => "cluster_unavailable",
         }
     }

@@ -340,18 +340,30 @@ pub enum UpgradeRefused {
     ConnectionLimit {
         limit: usize,
     },
+    /// `--max-sessions-per-ip` reached for the client's address.
+    PerIpLimit {
+        limit: usize,
+    },
+    /// `--max-sessions-per-user` reached for the token's user.
+    PerUserLimit {
+        limit: usize,
+    },
 }
 
 impl UpgradeRefused {
     pub const ORIGIN_MESSAGE: &'static str = "upgrade refused: origin not allowed";
     pub const TOKEN_MESSAGE: &'static str = "upgrade refused: bad token";
     pub const LIMIT_MESSAGE: &'static str = "upgrade refused: connection limit reached";
+    pub const PER_IP_MESSAGE: &'static str = "upgrade refused: sessions per address limit reached";
+    pub const PER_USER_MESSAGE: &'static str = "upgrade refused: sessions per user limit reached";
 
     pub fn emit(self, metrics: &Metrics) {
         let reason = match &self {
             UpgradeRefused::OriginNotAllowed => "origin",
             UpgradeRefused::BadToken { .. } => "auth",
             UpgradeRefused::ConnectionLimit { .. } => "connection_limit",
+            UpgradeRefused::PerIpLimit { .. } => "per_ip_limit",
+            UpgradeRefused::PerUserLimit { .. } => "per_user_limit",
         };
         metrics.upgrade_rejected(reason);
         let Some(suppressed) = process_budget(&UPGRADE_REFUSALS) else {
@@ -372,6 +384,18 @@ impl UpgradeRefused {
             UpgradeRefused::ConnectionLimit { limit } => tracing::warn!(
                 target: HTTP,
                 message = Self::LIMIT_MESSAGE,
+                limit,
+                lines_suppressed = suppressed
+            ),
+            UpgradeRefused::PerIpLimit { limit } => tracing::warn!(
+                target: HTTP,
+                message = Self::PER_IP_MESSAGE,
+                limit,
+                lines_suppressed = suppressed
+            ),
+            UpgradeRefused::PerUserLimit { limit } => tracing::warn!(
+                target: HTTP,
+                message = Self::PER_USER_MESSAGE,
                 limit,
                 lines_suppressed = suppressed
             ),
@@ -923,16 +947,24 @@ impl OutboundQueueFull<'_> {
 pub struct RedisConnected<'a> {
     pub redis: &'a str,
     pub session_ttl_ms: u64,
+    /// Envelopes are signed (`--cluster-secret`); unsigned, a warning.
+    pub envelopes_signed: bool,
 }
 
 impl RedisConnected<'_> {
     pub const MESSAGE: &'static str = "cluster mode: connected to Redis";
+    pub const UNSIGNED_MESSAGE: &'static str = "cluster mode without --cluster-secret: \
+         anyone who can PUBLISH to this Redis can deliver frames to any session or kick it";
     pub fn emit(self) {
+        if !self.envelopes_signed {
+            tracing::warn!(target: CLUSTER, message = Self::UNSIGNED_MESSAGE, redis = self.redis);
+        }
         tracing::info!(
             target: CLUSTER,
             message = Self::MESSAGE,
             redis = self.redis,
-            session_ttl_ms = self.session_ttl_ms
+            session_ttl_ms = self.session_ttl_ms,
+            envelopes_signed = self.envelopes_signed
         );
     }
 }

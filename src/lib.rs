@@ -45,12 +45,14 @@
 //!   - [`error`]: every failure and its close code or HTTP status.
 //!   - [`auth`]: JWT, the Origin allowlist, secrets that never print.
 //!   - [`trace_context`]: W3C `traceparent` parsing and formatting.
-//!   - [`limits`]: every bound the server enforces.
+//!   - [`limits`]: every bound the server enforces; [`caps`]: sessions
+//!     counted per client address and per user.
 //!   - [`shutdown`]: the signals that start a graceful shutdown;
 //!     [`sync`]: locks that survive a panic elsewhere.
 
 pub mod app;
 pub mod auth;
+pub mod caps;
 pub mod cli;
 pub mod cluster;
 pub mod error;

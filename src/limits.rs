@@ -18,6 +18,12 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Concurrent sessions; beyond this the upgrade is answered with 503.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Sessions from one client address (0: no cap). Above any one browser's
+/// or NAT's need; a single host cannot take every slot.
+pub const DEFAULT_MAX_SESSIONS_PER_IP: usize = 2_000;
+/// Sessions of one JWT user (0: no cap): a leaked token cannot take every
+/// slot either.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
 /// Messages a session may send per second (token bucket refill rate);
 /// 0 disables the limit.
 pub const DEFAULT_MESSAGES_PER_SECOND: u32 = 100;
@@ -83,6 +89,8 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
     pub max_message_bytes: usize,
     pub max_connections: usize,
+    pub max_sessions_per_ip: usize,
+    pub max_sessions_per_user: usize,
     pub outbound_queue_frames: usize,
     pub outbound_queue_bytes: usize,
     pub write_timeout: Duration,
@@ -102,6 +110,8 @@ impl Default for Limits {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_sessions_per_ip: DEFAULT_MAX_SESSIONS_PER_IP,
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
             outbound_queue_frames: OUTBOUND_QUEUE_FRAMES,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             write_timeout: DEFAULT_WRITE_TIMEOUT,

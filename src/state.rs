@@ -93,6 +93,8 @@ pub struct ServerState {
     /// One permit per session: the connection cap.
     pub connections: Arc<Semaphore>,
     pub started: Instant,
+    /// Sessions per client address and per user.
+    pub caps: crate::caps::SessionCaps,
     /// `/api/logs` reads the log directory: one search at a time.
     pub log_search: Semaphore,
 }
@@ -132,6 +134,10 @@ impl ServerState {
             sessions: TaskTracker::new(),
             started: Instant::now(),
             log_search: Semaphore::new(1),
+            caps: crate::caps::SessionCaps::new(
+                config.limits.max_sessions_per_ip,
+                config.limits.max_sessions_per_user,
+            ),
             config,
         })
     }

@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
         "trace_context",
         "protocol",
         "limits",
+        "caps",
         "shutdown",
         "sync",
     ],

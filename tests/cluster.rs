@@ -15,6 +15,7 @@ use wstrace::auth::{JwtVerifier, Secret};
 
 const ADMIN_TOKEN: &str = "cluster-admin-token-41f0";
 const JWT_SECRET: &str = "cluster-jwt-secret-77aa";
+const CLUSTER_SECRET: &str = "cluster-envelope-key-5d21";
 
 fn node(redis: &RedisServer, instance_id: &str, extra: &[(&str, &str)]) -> Wstrace {
     let url = redis.url();
@@ -24,6 +25,7 @@ fn node(redis: &RedisServer, instance_id: &str, extra: &[(&str, &str)]) -> Wstra
         ("WSTRACE_MESSAGE_SAMPLE_RATIO", "1"),
         ("WSTRACE_ADMIN_TOKEN", ADMIN_TOKEN),
         ("WSTRACE_LOG_STDOUT", "false"),
+        ("WSTRACE_CLUSTER_SECRET", CLUSTER_SECRET),
     ];
     envs.extend_from_slice(extra);
     Wstrace::start(&envs)
@@ -757,4 +759,82 @@ async fn stand_in_nginx_runs_the_compose_proxy_config_over_both_instances() {
     assert!(log.contains("\"status\":101"), "{log}");
     assert!(log.contains("0af7651916cd43dd8448eb211c80319c"), "{log}");
     assert!(!log.contains(&token), "the JWT reached the proxy log");
+}
+
+/// Whoever can `PUBLISH` to Redis is not trusted: envelopes must carry the
+/// cluster secret's signature, and even signed ones are checked like admin
+/// requests. A forged delivery (any frame, any `from_user`) and a kick with
+/// a code no operator may use reach nobody; they are counted and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_invalid_envelopes_are_dropped() {
+    use wstrace::cluster::envelope::{Action, Audience, ENVELOPE_VERSION, Envelope, Sealer};
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let a = node(&redis, "node-a", &[]);
+    let b = node(&redis, "node-b", &[]);
+    let (mut listener, session, _) = join(&b, None).await;
+    subscribe(&mut listener, "news").await;
+    let forged_frame = json!({"type": "message", "id": "m", "channel": "news",
+        "from_user": "admin", "content": "forged", "ts": 1, "traceparent": "00-00"})
+    .to_string();
+    let envelope = |action: Action| Envelope {
+        v: ENVELOPE_VERSION,
+        from_instance: "intruder".into(),
+        origin: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        hop: None,
+        sampled: true,
+        action,
+    };
+    let deliver = envelope(Action::Deliver {
+        to: Audience::Channel {
+            channel: "news".into(),
+        },
+        message_id: "m".into(),
+        frame: forged_frame.clone(),
+        channel: Some("news".into()),
+        from_session: None,
+    });
+    let kick = envelope(Action::Kick {
+        session_id: session.parse().unwrap(),
+        code: 1005,
+        reason: "r".repeat(3002),
+    });
+    let right = Sealer::new(Some(Secret::new(CLUSTER_SECRET)));
+    let wrong = Sealer::new(Some(Secret::new("guessed")));
+    let payloads = [
+        Sealer::new(None).seal(&deliver),
+        wrong.seal(&deliver),
+        right.seal(&kick),
+        "not even json".to_string(),
+    ];
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    for payload in &payloads {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("wstrace:bus")
+            .arg(payload)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    assert_quiet(&mut listener, "a subscriber of forged envelopes").await;
+    wait_until("forgeries counted", Duration::from_secs(5), || async {
+        metric(&b, "wstrace_cluster_malformed_total").await >= payloads.len() as f64
+    })
+    .await;
+    // A real publish from the other instance still arrives, signed.
+    let (mut publisher, _, _) = join(&a, None).await;
+    send_json(
+        &mut publisher,
+        json!({"type": "publish", "channel": "news", "content": "real"}),
+    )
+    .await;
+    let message = next_json(&mut listener).await;
+    assert_eq!(message["content"], "real");
+    let dropped = read_log_lines(b.log_dir.path())
+        .into_iter()
+        .filter(|l| l["msg"] == wstrace::events::ClusterEnvelopeDropped::MESSAGE)
+        .count();
+    assert_eq!(dropped, payloads.len());
 }

@@ -612,6 +612,90 @@ async fn the_explorer_page_allows_no_inline_script_and_no_framing() {
     server.stop().await;
 }
 
+/// The status and error code of an upgrade refused before it happens.
+async fn refused_upgrade(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = serde_json::from_slice(response.body().as_ref().unwrap()).unwrap();
+            (response.status().as_u16(), body)
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// One address, or one user's token, cannot take every slot: past the
+/// cap an upgrade gets 429, and a closed session frees its slot.
+#[tokio::test]
+async fn sessions_are_capped_per_address_and_per_user() {
+    let mut server = TestServer::start_with_config(ServerConfig {
+        limits: Limits {
+            max_sessions_per_ip: 3,
+            max_sessions_per_user: 2,
+            ..test_limits()
+        },
+        jwt_secret: Some(Secret::new(JWT_SECRET)),
+        ..test_config()
+    })
+    .await;
+    let with_token = |sub: &str| {
+        let mut request = server.url("/ws").into_client_request_checked();
+        let token = jwt(json!({"sub": sub, "exp": now() + 600}));
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    let (mut ann1, _) = tokio_tungstenite::connect_async(with_token("ann"))
+        .await
+        .unwrap();
+    let (_ann2, _) = tokio_tungstenite::connect_async(with_token("ann"))
+        .await
+        .unwrap();
+    let (status, body) = refused_upgrade(with_token("ann")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_sessions"))
+    );
+    let (_bob, _) = tokio_tungstenite::connect_async(with_token("bob"))
+        .await
+        .unwrap();
+    // Three from 127.0.0.1 now: the address is at its cap, whoever asks.
+    let (status, body) = refused_upgrade(with_token("cy")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_sessions"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("from this address")
+    );
+    // A session that ends gives its slots back.
+    next_json(&mut ann1).await;
+    ann1.close(None).await.unwrap();
+    server
+        .wait_for_line("ann1 closed", |l| {
+            l["msg"] == wstrace::events::SessionClosed::MESSAGE
+        })
+        .await;
+    let (_ann3, _) = tokio_tungstenite::connect_async(with_token("ann"))
+        .await
+        .unwrap();
+    let metrics = parse_prometheus(&wstrace::http::metrics_text(&server.state));
+    assert_eq!(
+        metrics["wstrace_upgrades_rejected_total{reason=\"per_user_limit\"}"],
+        1.0
+    );
+    assert_eq!(
+        metrics["wstrace_upgrades_rejected_total{reason=\"per_ip_limit\"}"],
+        1.0
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn wrong_origin_is_refused_with_403() {
     let mut server = TestServer::start().await;

@@ -614,9 +614,23 @@ fn docker_compose_validates() {
             env["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(),
             Some("http://tempo:4317")
         );
+        // Redis needs its password; envelopes are signed with one secret.
+        let redis_password = compose["services"]["redis"]["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .skip_while(|a| *a != "--requirepass")
+            .nth(1)
+            .expect("redis runs with --requirepass");
         assert_eq!(
             env["WSTRACE_REDIS_URL"].as_str(),
-            Some("redis://redis:6379")
+            Some(format!("redis://:{redis_password}@redis:6379").as_str())
+        );
+        assert!(!env["WSTRACE_CLUSTER_SECRET"].as_str().unwrap().is_empty());
+        assert_eq!(
+            env["WSTRACE_CLUSTER_SECRET"],
+            compose["services"][instances[0]]["environment"]["WSTRACE_CLUSTER_SECRET"]
         );
         assert_eq!(env["WSTRACE_INSTANCE_ID"].as_str(), Some(name));
         // The explorer page links to the stack's own Grafana.

@@ -935,3 +935,115 @@ async fn log_search_streams_the_files_in_bounded_memory() {
         }
     }
 }
+
+/// A client that stops reading pins at most its session's outbound queue
+/// (256 KiB, or one larger frame), not 64 frames of any size; the write
+/// timeout closes it; and once such clients are gone the server gives
+/// their memory back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_pin_bounded_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Wstrace::start(&[
+        ("WSTRACE_MAX_MESSAGE_BYTES", "1048576"),
+        ("WSTRACE_MESSAGES_PER_SECOND", "0"),
+        ("WSTRACE_WRITE_TIMEOUT", "5s"),
+        ("WSTRACE_TELEMETRY_REPORT_INTERVAL", "500ms"),
+    ]);
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let pid = server.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server_rss_kib(pid);
+    // Binary frames are echoed as they are: 512 KiB each.
+    let payload = vec![7u8; 512 * 1024];
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&payload);
+    let clients = 10u32;
+    let mut stalled = Vec::new();
+    for _ in 0..clients {
+        let frame = frame.clone();
+        stalled.push(tokio::spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let mut stream = socket.connect(addr).await.unwrap();
+            let request = format!(
+                "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).await.unwrap();
+            assert_eq!(&head, b"HTTP/1.1 101");
+            // Echo requests, never reading a reply, until the server stops
+            // taking them: the kernel's buffers fill, then the queue, then
+            // the reader waits.
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                for _ in 0..120 {
+                    stream.write_all(&frame).await.unwrap();
+                }
+            })
+            .await;
+            stream
+        }));
+    }
+    let mut sockets = Vec::new();
+    for client in stalled {
+        sockets.push(client.await.unwrap());
+    }
+    let peak = server_rss_kib(pid).saturating_sub(before);
+    // Without the byte bound: 64 × 512 KiB = 32 MiB per client.
+    assert!(
+        peak < 64 * 1024,
+        "{clients} stalled clients pinned {peak} KiB"
+    );
+
+    // The write timeout closes every one of them.
+    let scrape_addr = server.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually("stalled sessions closed", Duration::from_secs(20), || {
+            let metrics = scrape(&scrape_addr);
+            metrics["wstrace_write_timeouts_total"] == f64::from(clients)
+                && metrics["wstrace_sessions_active"] == 0.0
+        })
+    })
+    .await
+    .unwrap();
+    drop(sockets);
+    // And their memory goes back to the system.
+    let settled = tokio::task::spawn_blocking(move || {
+        let mut grown = u64::MAX;
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(250));
+            grown = server_rss_kib(pid).saturating_sub(before);
+            if grown < 16 * 1024 {
+                break;
+            }
+        }
+        grown
+    })
+    .await
+    .unwrap();
+    assert!(
+        settled < 16 * 1024,
+        "still {settled} KiB above the start after they left"
+    );
+    let lines = read_log_lines(server.log_dir.path());
+    let blocked = lines
+        .iter()
+        .filter(|l| {
+            l["msg"] == wstrace::events::WriterBlocked::MESSAGE && l["session_id"].is_string()
+        })
+        .count();
+    assert_eq!(blocked, clients as usize);
+    let closed: Vec<_> = lines
+        .iter()
+        .filter(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
+        .collect();
+    assert_eq!(closed.len(), clients as usize);
+    assert!(
+        closed
+            .iter()
+            .all(|l| l["close_code"] == 1008 && l["closed_by"] == "policy")
+    );
+}

@@ -147,7 +147,18 @@ async fn reregister(context: &ClusterContext, cluster: &Cluster) -> usize {
 
 /// Delivers one envelope from another instance to the sessions here.
 fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
-    let envelope = match Envelope::decode_from_others(payload, cluster.instance_id()) {
+    let opened = cluster
+        .sealer
+        .open(payload)
+        .and_then(|json| Envelope::decode_from_others(json, cluster.instance_id()))
+        .and_then(|envelope| match envelope {
+            Some(envelope) => envelope
+                .action
+                .validate(context.max_frame_bytes)
+                .map(|()| Some(envelope)),
+            None => Ok(None),
+        });
+    let envelope = match opened {
         Ok(Some(envelope)) => envelope,
         Ok(None) => return,
         Err(error) => {

@@ -71,6 +71,114 @@ pub enum EnvelopeError {
     Malformed(String),
     #[error("envelope version {0} is not {ENVELOPE_VERSION}")]
     Version(u8),
+    #[error("envelope not signed with this cluster's --cluster-secret")]
+    BadSignature,
+    #[error("envelope refused: {0}")]
+    Invalid(&'static str),
+}
+
+/// HMAC-SHA256 of an envelope's JSON, as 64 hex digits, in front of it.
+const MAC_HEX: usize = 64;
+
+/// Signs and checks envelopes with the cluster's shared secret
+/// (`--cluster-secret`): anyone who can `PUBLISH` to Redis could otherwise
+/// deliver any frame, from any user, or kick any session.
+#[derive(Debug, Clone)]
+pub struct Sealer {
+    key: Option<crate::auth::Secret>,
+}
+
+impl Sealer {
+    pub fn new(key: Option<crate::auth::Secret>) -> Self {
+        Self { key }
+    }
+
+    fn mac(key: &crate::auth::Secret) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key.expose().as_bytes())
+            .expect("HMAC takes keys of any length")
+    }
+
+    pub fn signs(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The wire form of an envelope: its JSON, signed when there is a key.
+    pub fn seal(&self, envelope: &Envelope) -> String {
+        use hmac::Mac;
+        let json = envelope.to_json();
+        match &self.key {
+            None => json,
+            Some(key) => {
+                let mut mac = Self::mac(key);
+                mac.update(json.as_bytes());
+                let tag = mac.finalize().into_bytes();
+                let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{hex}{json}")
+            }
+        }
+    }
+
+    /// The JSON of a wire envelope, if its signature is this cluster's.
+    pub fn open<'a>(&self, payload: &'a [u8]) -> Result<&'a [u8], EnvelopeError> {
+        use hmac::Mac;
+        let Some(key) = &self.key else {
+            return Ok(payload);
+        };
+        if payload.len() < MAC_HEX {
+            return Err(EnvelopeError::BadSignature);
+        }
+        let (hex, json) = payload.split_at(MAC_HEX);
+        let tag: Option<Vec<u8>> = hex
+            .chunks(2)
+            .map(|pair| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|p| u8::from_str_radix(p, 16).ok())
+            })
+            .collect();
+        let tag = tag.ok_or(EnvelopeError::BadSignature)?;
+        let mut mac = Self::mac(key);
+        mac.update(json);
+        mac.verify_slice(&tag)
+            .map_err(|_| EnvelopeError::BadSignature)?;
+        Ok(json)
+    }
+}
+
+impl Action {
+    /// What a receiving instance checks before acting, whoever signed the
+    /// envelope: kick codes and reasons as the admin API allows them, and
+    /// delivered frames of the size and shape a publisher builds.
+    pub fn validate(&self, max_frame_bytes: usize) -> Result<(), EnvelopeError> {
+        use crate::error::close_code;
+        match self {
+            Action::Kick { code, reason, .. } => {
+                if !close_code::operator_may_use(*code) {
+                    return Err(EnvelopeError::Invalid(
+                        "kick with a close code operators may not use",
+                    ));
+                }
+                if reason.len() > close_code::MAX_REASON_BYTES {
+                    return Err(EnvelopeError::Invalid("kick reason over 123 bytes"));
+                }
+            }
+            Action::Deliver { frame, .. } => {
+                if frame.len() > max_frame_bytes {
+                    return Err(EnvelopeError::Invalid(
+                        "delivered frame over the size limit",
+                    ));
+                }
+                let parsed: Result<crate::protocol::ServerFrame, _> = serde_json::from_str(frame);
+                if !matches!(parsed, Ok(crate::protocol::ServerFrame::Message { .. })) {
+                    return Err(EnvelopeError::Invalid(
+                        "delivered frame is not a message frame",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Envelope {
@@ -182,6 +290,62 @@ mod tests {
             json,
             r#"{"kind":"deliver","to":{"type":"all"},"message_id":"m","frame":"{}"}"#
         );
+    }
+
+    #[test]
+    fn sealed_envelopes_open_only_with_the_same_key() {
+        let key = Some(crate::auth::Secret::new("cluster-key"));
+        let sealer = Sealer::new(key);
+        let wire = sealer.seal(&sample());
+        let json = sealer.open(wire.as_bytes()).unwrap();
+        assert_eq!(
+            Envelope::decode_from_others(json, "b-1"),
+            Ok(Some(sample()))
+        );
+        let other = Sealer::new(Some(crate::auth::Secret::new("another-key")));
+        assert_eq!(
+            other.open(wire.as_bytes()),
+            Err(EnvelopeError::BadSignature)
+        );
+        // Unsigned, or tampered with after signing.
+        let plain = sample().to_json();
+        assert_eq!(
+            sealer.open(plain.as_bytes()),
+            Err(EnvelopeError::BadSignature)
+        );
+        let tampered = wire.replace("news", "nevs");
+        assert_eq!(
+            sealer.open(tampered.as_bytes()),
+            Err(EnvelopeError::BadSignature)
+        );
+        // Without a key the JSON is the wire form.
+        assert_eq!(Sealer::new(None).seal(&sample()), plain);
+    }
+
+    #[test]
+    fn actions_are_checked_like_admin_requests() {
+        let kick = |code: u16, reason: &str| Action::Kick {
+            session_id: Uuid::nil(),
+            code,
+            reason: reason.into(),
+        };
+        assert!(kick(4000, "bye").validate(1024).is_ok());
+        for code in [0, 1005, 1006, 65535, 3000] {
+            assert!(kick(code, "x").validate(1024).is_err(), "{code}");
+        }
+        assert!(kick(4000, &"r".repeat(3002)).validate(1024).is_err());
+        let deliver = |frame: &str| Action::Deliver {
+            to: Audience::All,
+            message_id: "m".into(),
+            frame: frame.into(),
+            channel: None,
+            from_session: None,
+        };
+        let message = r#"{"type":"message","id":"m","content":"hi","ts":1,"traceparent":"t"}"#;
+        assert!(deliver(message).validate(1024).is_ok());
+        assert!(deliver(message).validate(10).is_err());
+        assert!(deliver("not json").validate(1024).is_err());
+        assert!(deliver(r#"{"type":"welcome","session_id":"s","trace_id":"t","instance_id":"i","heartbeat_interval_ms":1}"#).validate(1024).is_err());
     }
 
     #[test]

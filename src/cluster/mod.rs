@@ -53,6 +53,9 @@ pub struct ClusterConfig {
     pub session_ttl: Duration,
     /// The longest any one Redis call may take.
     pub timeout: Duration,
+    /// Signs every envelope; instances without it ignore them. `None`:
+    /// unsigned (whoever can `PUBLISH` to Redis is trusted).
+    pub secret: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +173,8 @@ pub struct Cluster {
     /// once instead of each waiting out the timeout.
     up: AtomicBool,
     pub counters: ClusterCounters,
+    /// Signs outgoing envelopes and checks incoming ones.
+    pub sealer: envelope::Sealer,
     /// The subscription made by [`Cluster::connect`], until the bus task
     /// takes it: a server is subscribed before it accepts its first client.
     first_subscription: Mutex<Option<PubSub>>,
@@ -227,6 +232,7 @@ impl Cluster {
             timeout: config.timeout,
             up: AtomicBool::new(true),
             counters: ClusterCounters::default(),
+            sealer: envelope::Sealer::new(config.secret.clone()),
             first_subscription: Mutex::new(None),
         };
         let _: String = cluster
@@ -372,7 +378,9 @@ impl Cluster {
     ) -> Result<Vec<u64>, ClusterError> {
         let mut pipe = redis::pipe();
         for (channel, envelope) in envelopes {
-            pipe.cmd("PUBLISH").arg(*channel).arg(envelope.to_json());
+            pipe.cmd("PUBLISH")
+                .arg(*channel)
+                .arg(self.sealer.seal(envelope));
         }
         let mut connection = self.connection();
         let result = self
@@ -396,6 +404,8 @@ pub struct ClusterContext {
     pub report_every: Duration,
     /// This instance's stats, as the registry stores them.
     pub stats: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// Largest `message` frame an envelope may carry.
+    pub max_frame_bytes: usize,
 }
 
 /// The background tasks of cluster mode, which live as long as the server.

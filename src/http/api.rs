@@ -127,12 +127,6 @@ struct CloseParams {
     reason: Option<String>,
 }
 
-/// Application close codes an operator may use: 1000, 1001, 1008, and the
-/// 4000–4999 private range.
-fn allowed_close_code(code: u16) -> bool {
-    matches!(code, 1000 | 1001 | 1008) || (4000..=4999).contains(&code)
-}
-
 async fn close_session(
     State(state): State<Arc<ServerState>>,
     Path(id): Path<String>,
@@ -140,13 +134,13 @@ async fn close_session(
 ) -> Result<Json<Value>, HttpError> {
     let session_id = parse_id(&id)?;
     let code = params.code.unwrap_or(close_code::KICKED);
-    if !allowed_close_code(code) {
+    if !close_code::operator_may_use(code) {
         return Err(HttpError::BadRequest(
             "code must be 1000, 1001, 1008 or 4000-4999".into(),
         ));
     }
     let reason = params.reason.unwrap_or_else(|| "closed by admin".into());
-    if reason.len() > 123 {
+    if reason.len() > close_code::MAX_REASON_BYTES {
         return Err(HttpError::BadRequest("reason is at most 123 bytes".into()));
     }
     let Some(session) = state.hub().get(session_id) else {

@@ -85,6 +85,8 @@ impl Server {
                 router: state.router.clone(),
                 shutdown: state.shutdown.clone(),
                 report_every: state.config.limits.telemetry_report_interval,
+                // The content's limit, plus the frame's own fields.
+                max_frame_bytes: state.config.limits.max_message_bytes + 16 * 1024,
                 stats: Box::new(move || {
                     stats_of
                         .upgrade()
@@ -173,8 +175,16 @@ async fn watch_telemetry(state: Arc<ServerState>) {
     let interval = state.config.limits.telemetry_report_interval;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let (mut spans_before, mut lines_before) = (0, 0);
+    let mut sessions_before = 0;
     loop {
         ticks.tick().await;
+        // Sessions went: give their memory back to the system (glibc keeps
+        // freed memory in its arenas otherwise, and RSS stays at the peak).
+        let sessions = state.hub().len();
+        if sessions < sessions_before {
+            let _ = tokio::task::spawn_blocking(release_free_memory).await;
+        }
+        sessions_before = sessions;
         if let (Some(dir), Some(max_bytes)) = (&state.config.log_dir, state.config.log_max_bytes) {
             let (dir, max) = (dir.clone(), max_bytes);
             let pruned =
@@ -211,6 +221,15 @@ async fn watch_telemetry(state: Arc<ServerState>) {
             .emit();
         }
         (spans_before, lines_before) = (spans, lines);
+    }
+}
+
+/// Returns the allocator's free memory to the system.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -76,6 +76,26 @@ async fn upgrade_session(
             }
         }
     };
+    let limits = &state.config.limits;
+    let ip_slot = state.caps.per_ip.try_take(peer.ip()).ok_or_else(|| {
+        let limit = limits.max_sessions_per_ip;
+        UpgradeRefused::PerIpLimit { limit }.emit(&state.metrics);
+        HttpError::TooManySessions {
+            what: "from this address",
+            limit,
+        }
+    })?;
+    let user_slot = match &user {
+        Some(user) => Some(state.caps.per_user.try_take(user.clone()).ok_or_else(|| {
+            let limit = limits.max_sessions_per_user;
+            UpgradeRefused::PerUserLimit { limit }.emit(&state.metrics);
+            HttpError::TooManySessions {
+                what: "for this user",
+                limit,
+            }
+        })?),
+        None => None,
+    };
     let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
         let limit = state.config.limits.max_connections;
         UpgradeRefused::ConnectionLimit { limit }.emit(&state.metrics);
@@ -93,7 +113,6 @@ async fn upgrade_session(
         mode,
     };
     let session_span = info.span(&trace.span);
-    let limits = &state.config.limits;
     let upgrade = upgrade
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
@@ -104,7 +123,7 @@ async fn upgrade_session(
     Ok(upgrade.on_upgrade(move |socket| {
         let session = async move {
             run_session(socket, info, state).await;
-            drop(permit);
+            drop((permit, ip_slot, user_slot));
         };
         sessions.track_future(session.instrument(session_span))
     }))

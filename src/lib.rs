@@ -13,8 +13,8 @@
 //!   - [`http::upgrade`]: `GET /ws`: checks, then a session.
 //!   - [`http::api`]: the admin REST API; [`http::explorer`]: the page at
 //!     `GET /` and its log search.
-//! - [`tools`] (beside `http`, using only `protocol`, `telemetry`'s line
-//!   format and `auth::Secret`): [`tools::client`], [`tools::load`],
+//! - [`tools`] (beside `http`, using only `protocol`, the log line format
+//!   of `telemetry` and `events`, and `auth::Secret`): [`tools::client`], [`tools::load`],
 //!   [`tools::logs`], [`tools::doctor`], [`tools::http_client`].
 //! - [`session`]: one WebSocket session.
 //!   - [`session::handle`]: what others may know about and do to it.

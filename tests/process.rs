@@ -687,9 +687,18 @@ fn logs_finds_exactly_one_session_across_rotated_files_and_reports_corrupt_lines
         dir,
     ]);
     let human = String::from_utf8(human.stdout).unwrap();
+    // One session here: its header, then its story.
+    assert_eq!(
+        human
+            .lines()
+            .filter(|l| l.starts_with("── session"))
+            .count(),
+        1,
+        "{human}"
+    );
     let story: Vec<&str> = human
         .lines()
-        .filter(|l| !l.starts_with("CORRUPT"))
+        .filter(|l| !l.starts_with("CORRUPT") && !l.starts_with("── "))
         .collect();
     assert_eq!(story.len(), expected);
     assert!(story[0].contains("session opened"), "{human}");
@@ -783,6 +792,10 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     let console = String::from_utf8_lossy(&dom.stderr);
     assert!(html.contains("wstrace · session explorer"), "{html}");
     assert!(html.contains(r#"data-msg="session opened""#), "{html}");
+    // The trace's lines come grouped by session, each under its header.
+    assert!(html.contains("data-session-group="), "{html}");
+    // This session continued the client's traceparent, and says so.
+    assert!(html.contains("continued the caller's trace"), "{html}");
     assert!(html.contains(r#"data-msg="session closed""#), "{html}");
     assert!(
         html.contains(&format!("Open trace {trace} in Grafana")),

@@ -7,6 +7,7 @@
 //! appended, and picks up new files when the log rotates.
 
 use serde_json::Value;
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -182,6 +183,60 @@ pub fn human(line: &LogLine, color: bool) -> String {
     }
 }
 
+/// The lines of one trace, one session after another (in order of first
+/// line), each under a header. A client may continue any trace it likes
+/// (W3C `traceparent`), so several sessions can share a trace id and one
+/// client's lines could be mistaken for another's: a session that
+/// continued the caller's trace is marked as such.
+pub fn trace_view(lines: &[Value], color: bool) -> Vec<String> {
+    let mut order: Vec<Option<&str>> = Vec::new();
+    let mut groups: HashMap<Option<&str>, Vec<&Value>> = HashMap::new();
+    for line in lines {
+        let session = line["session_id"].as_str();
+        if !groups.contains_key(&session) {
+            order.push(session);
+        }
+        groups.entry(session).or_default().push(line);
+    }
+    let mut out = Vec::new();
+    for session in order {
+        let lines = &groups[&session];
+        let origin = lines
+            .iter()
+            .find(|l| l["msg"] == crate::events::SessionOpened::MESSAGE)
+            .and_then(|l| l["trace.origin"].as_str());
+        let header = match (session, origin) {
+            (None, _) => "server lines (no session)".to_string(),
+            (Some(id), Some("new")) => {
+                format!("session {} · started this trace", terminal_safe(id))
+            }
+            (Some(id), Some(from)) => format!(
+                "session {} · continued the caller's trace (traceparent from {}): \
+                 not necessarily the same client as the other sessions of this trace",
+                terminal_safe(id),
+                terminal_safe(from)
+            ),
+            (Some(id), None) => format!("session {}", terminal_safe(id)),
+        };
+        let header = format!("── {header} ──");
+        out.push(if color {
+            format!("\x1b[1m{header}\x1b[0m")
+        } else {
+            header
+        });
+        for line in lines {
+            out.push(human(
+                &LogLine::Event {
+                    raw: String::new(),
+                    value: (*line).clone(),
+                },
+                color,
+            ));
+        }
+    }
+    out
+}
+
 /// `wstrace logs`.
 pub fn run(args: LogsArgs) -> std::io::Result<()> {
     use std::io::IsTerminal;
@@ -197,6 +252,20 @@ pub fn run(args: LogsArgs) -> std::io::Result<()> {
     };
     let filter = filter_from_args(&args);
     let stdout = std::io::stdout();
+    if args.trace_id.is_some() && !args.json && !args.follow {
+        // A trace: its sessions one after another, each marked.
+        let (mut events, mut corrupt) = (Vec::new(), Vec::new());
+        Tail::default().read_new(&log_files(&paths)?, |line| match line {
+            LogLine::Event { value, .. } if filter.matches(&value) => events.push(value),
+            LogLine::Event { .. } => {}
+            other => corrupt.push(human(&other, color)),
+        })?;
+        let mut out = stdout.lock();
+        for line in trace_view(&events, color).into_iter().chain(corrupt) {
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
     let mut tail = Tail::default();
     let mut print = |line: LogLine| {
         let mut out = stdout.lock();
@@ -222,6 +291,42 @@ pub fn run(args: LogsArgs) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trace_view_shows_each_session_apart_and_marks_continued_traces() {
+        use serde_json::json;
+        let line = |session: Option<&str>, msg: &str, origin: Option<&str>| {
+            let mut v = json!({"msg": msg, "level": 30, "time": "2026-11-23T14:43:39.458625Z",
+                               "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"});
+            if let Some(s) = session {
+                v["session_id"] = json!(s);
+            }
+            if let Some(o) = origin {
+                v["trace.origin"] = json!(o);
+            }
+            v
+        };
+        let victim = "01a208dc-d33f-715b-ba73-6c598ce9d41c";
+        let intruder = "01a208dc-d33f-715b-ba73-000000000000";
+        let lines = [
+            line(None, "request refused", None),
+            line(Some(victim), "session opened", Some("new")),
+            line(Some(intruder), "session opened", Some("header")),
+            line(Some(intruder), "session closed", None),
+            line(Some(victim), "session closed", None),
+        ];
+        let view = trace_view(&lines, false);
+        let headers: Vec<&String> = view.iter().filter(|l| l.starts_with("── ")).collect();
+        assert_eq!(headers.len(), 3, "{view:#?}");
+        assert!(headers[1].contains(victim) && headers[1].contains("started this trace"));
+        assert!(
+            headers[2].contains(intruder) && headers[2].contains("continued the caller's trace")
+        );
+        // Each session's lines follow its own header.
+        let at = |needle: &str| view.iter().position(|l| l.contains(needle)).unwrap();
+        assert!(at(intruder) > at(victim));
+        assert_eq!(view.len(), 3 + lines.len());
+    }
 
     #[test]
     fn human_output_never_passes_control_characters_to_the_terminal() {

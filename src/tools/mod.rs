@@ -1,7 +1,8 @@
 //! The everyday tools, apart from the server: they speak to it over HTTP
 //! and WebSocket like any client, and read its log files. They depend on
-//! nothing of the server but `protocol`, the telemetry line format and
-//! `auth::Secret` (the architecture test holds them to that).
+//! nothing of the server but `protocol`, the log line format (`telemetry`'s
+//! files and `events`' message constants) and `auth::Secret` (the
+//! architecture test holds them to that).
 //!
 //! - [`client`]: `wstrace client`, interactive or scripted.
 //! - [`load`]: `wstrace load`, a bounded load generator.

@@ -60,15 +60,35 @@ async function search(query) {
   status.textContent = "Searching…";
   try {
     const data = await api("/api/logs?q=" + encodeURIComponent(query));
+    // One trace may hold several sessions: a client may continue any
+    // trace it likes (W3C traceparent), so each session is shown apart,
+    // and one that continued the caller's trace says so.
+    const groups = new Map();
     for (const line of data.lines) {
-      const fields = Object.entries(line).filter(([k]) => !HIDDEN.has(k))
-        .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
-      const row = el("tr", { "data-msg": line.msg || "" });
-      row.append(el("td", { class: "mono" }, (line.time || "").slice(11, 23)),
-                 el("td", { class: "lvl-" + line.level }, LEVELS[line.level] || String(line.level)),
-                 el("td", { class: "mono" }, (line.target || "").replace("wstrace::", "")),
-                 el("td", {}, line.msg || ""), el("td", { class: "fields mono" }, fields));
-      body.append(row);
+      const key = line.session_id || "";
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(line);
+    }
+    for (const [session, lines] of groups) {
+      const opened = lines.find(l => l.msg === "session opened");
+      const origin = opened ? opened["trace.origin"] : undefined;
+      const continued = origin && origin !== "new";
+      const title = session
+        ? `session ${session}` + (continued ? ` · continued the caller's trace (traceparent from ${origin}): not necessarily the same client as the other sessions of this trace` : origin ? " · started this trace" : "")
+        : "server lines (no session)";
+      const header = el("tr", { class: "session-group" + (continued ? " continued" : ""), "data-session-group": session });
+      header.append(el("td", { colspan: "5" }, title));
+      body.append(header);
+      for (const line of lines) {
+        const fields = Object.entries(line).filter(([k]) => !HIDDEN.has(k))
+          .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
+        const row = el("tr", { "data-msg": line.msg || "" });
+        row.append(el("td", { class: "mono" }, (line.time || "").slice(11, 23)),
+                   el("td", { class: "lvl-" + line.level }, LEVELS[line.level] || String(line.level)),
+                   el("td", { class: "mono" }, (line.target || "").replace("wstrace::", "")),
+                   el("td", {}, line.msg || ""), el("td", { class: "fields mono" }, fields));
+        body.append(row);
+      }
     }
     const traces = [...new Set(data.lines.map(l => l.trace_id).filter(Boolean))];
     for (const t of traces) {

@@ -5,10 +5,11 @@
 //! unread input makes the kernel send RST, and the RST makes the peer's
 //! kernel throw away what it had not yet handed to the application: the
 //! Close frame that says why. So, as HTTP servers have long done: when the
-//! connection is dropped, shut down our sending side (after everything
-//! written, including the Close frame, the peer gets FIN) and read and
-//! discard the peer's input until it closes too, for a bounded time and a
-//! bounded number of bytes.
+//! connection is dropped while the peer's input is still arriving, shut
+//! down our sending side (after everything written, including the Close
+//! frame, the peer gets FIN) and read and discard the peer's input until it
+//! closes too, for a bounded time and a bounded number of bytes. A
+//! connection with no input waiting (a clean close) just closes.
 
 use std::io;
 use std::pin::Pin;
@@ -84,6 +85,13 @@ impl Drop for LingeringStream {
         let Some(stream) = self.stream.take() else {
             return;
         };
+        // Most connections end cleanly: the peer has stopped sending, and
+        // a plain close (FIN) loses nothing. Only a peer still sending
+        // (input waiting right now) would meet a reset: linger for it.
+        let mut probe = [0u8; 512];
+        if !matches!(stream.try_read(&mut probe), Ok(n) if n > 0) {
+            return;
+        }
         // Outside a runtime (the process is exiting) the socket just closes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(linger(stream));

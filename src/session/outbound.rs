@@ -3,7 +3,7 @@
 
 use axum::extract::ws::Message;
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
+use tokio::sync::{Semaphore, TryAcquireError, mpsc};
 
 use crate::protocol::FrameKind;
 use crate::routing::Delivery;
@@ -33,12 +33,12 @@ impl Outbound {
     }
 }
 
-/// One entry in the queue, holding its share of the session's byte budget
-/// until the writer has written it.
+/// One entry in the queue, with its share of the session's byte budget,
+/// which the writer gives back once it has written it ([`Written`]).
 #[derive(Debug)]
 pub struct Queued {
     pub item: Outbound,
-    _bytes: Option<OwnedSemaphorePermit>,
+    cost: u32,
 }
 
 /// Why an entry did not go into the queue without waiting.
@@ -113,17 +113,13 @@ impl OutboundQueue {
     /// session's reader when its client does not read the replies.
     pub async fn send(&self, item: Outbound) -> Result<(), QueueError> {
         let cost = item.cost(self.max_bytes);
-        let permit = self
-            .bytes
-            .clone()
-            .acquire_many_owned(cost)
+        self.bytes
+            .acquire_many(cost)
             .await
-            .map_err(|_| QueueError::Closed)?;
+            .map_err(|_| QueueError::Closed)?
+            .forget();
         self.frames
-            .send(Queued {
-                item,
-                _bytes: Some(permit),
-            })
+            .send(Queued { item, cost })
             .await
             .map_err(|_| QueueError::Closed)
     }
@@ -131,19 +127,20 @@ impl OutboundQueue {
     /// Queues `item` only if there is room now.
     pub fn try_send(&self, item: Outbound) -> Result<(), QueueError> {
         let cost = item.cost(self.max_bytes);
-        let permit = match self.bytes.clone().try_acquire_many_owned(cost) {
-            Ok(permit) => permit,
+        match self.bytes.try_acquire_many(cost) {
+            Ok(permit) => permit.forget(),
             Err(TryAcquireError::NoPermits) => return Err(QueueError::Full),
             Err(TryAcquireError::Closed) => return Err(QueueError::Closed),
-        };
+        }
         self.frames
-            .try_send(Queued {
-                item,
-                _bytes: Some(permit),
-            })
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => QueueError::Full,
-                mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+            .try_send(Queued { item, cost })
+            .map_err(|error| {
+                // Not queued after all: its bytes are free again.
+                self.bytes.add_permits(cost as usize);
+                match error {
+                    mpsc::error::TrySendError::Full(_) => QueueError::Full,
+                    mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+                }
             })
     }
 
@@ -163,6 +160,19 @@ impl OutboundReceiver {
 
     pub fn try_recv(&mut self) -> Option<Queued> {
         self.frames.try_recv().ok()
+    }
+
+    /// The entry has been written: its bytes are free for the next.
+    pub fn written(&self, cost: u32) {
+        self.bytes.add_permits(cost as usize);
+    }
+}
+
+impl Queued {
+    /// The entry, and what to hand to [`OutboundReceiver::written`] once
+    /// it is written.
+    pub fn into_parts(self) -> (Outbound, u32) {
+        (self.item, self.cost)
     }
 }
 
@@ -223,14 +233,17 @@ mod tests {
         // 600 + 600 > 1000 bytes, though only 2 of 64 frames.
         assert_eq!(queue.try_send(frame(600)), Err(QueueError::Full));
         queue.try_send(frame(400)).unwrap();
-        // Written (dropped by the writer): its bytes are free again.
-        drop(receiver.try_recv().unwrap());
+        // Written: its bytes are free again.
+        let (_, cost) = receiver.try_recv().unwrap().into_parts();
+        receiver.written(cost);
         queue.try_send(frame(600)).unwrap();
         // A frame larger than the whole budget passes, alone.
         let (big, mut big_receiver) = outbound_queue(64, 1000);
         big.try_send(frame(5000)).unwrap();
         assert_eq!(big.try_send(frame(1)), Err(QueueError::Full));
-        drop(big_receiver.try_recv());
+        let (_, cost) = big_receiver.try_recv().unwrap().into_parts();
+        big_receiver.written(cost);
+        big.try_send(frame(1)).unwrap();
         // A reader waiting for room stops waiting when the writer goes.
         let (queue, receiver) = outbound_queue(64, 10);
         queue.try_send(frame(10)).unwrap();

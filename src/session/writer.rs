@@ -8,7 +8,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::close::{CloseDecision, CloseSignal, ClosedBy};
-use super::outbound::{Outbound, OutboundReceiver, Queued};
+use super::outbound::{Outbound, OutboundReceiver};
 use super::stats::SessionStats;
 use crate::error::close_code;
 use crate::events::{MessageDelivered, WriterBlocked};
@@ -56,12 +56,17 @@ impl Writer {
                     let burst = async {
                         let mut batch = Some(item);
                         while let Some(item) = batch.take() {
+                            let (item, cost) = item.into_parts();
                             self.feed(&mut sink, item).await?;
+                            outbound.written(cost);
                             batch = outbound.try_recv();
                         }
                         sink.flush().await
                     };
-                    match tokio::time::timeout(limit, burst).await {
+                    // Boxed: the timer and the burst live only while
+                    // writing; the writer, parked for the whole session,
+                    // stays small (BENCHMARKS.md, idle memory).
+                    match Box::pin(tokio::time::timeout(limit, burst)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => {
                             tracing::debug!(%error, "write failed; peer is gone");
@@ -80,13 +85,14 @@ impl Writer {
             let limit = self.state.config.limits.write_timeout;
             let last = async {
                 while let Some(item) = outbound.try_recv() {
+                    let (item, _) = item.into_parts();
                     if self.feed(&mut sink, item).await.is_err() {
                         return;
                     }
                 }
                 send_close(&mut sink, &decision).await;
             };
-            if tokio::time::timeout(limit, last).await.is_err() {
+            if Box::pin(tokio::time::timeout(limit, last)).await.is_err() {
                 self.blocked(limit);
             }
         }
@@ -108,11 +114,11 @@ impl Writer {
         ));
     }
 
-    async fn feed<K>(&self, sink: &mut K, queued: Queued) -> Result<(), axum::Error>
+    async fn feed<K>(&self, sink: &mut K, item: Outbound) -> Result<(), axum::Error>
     where
         K: Sink<Message, Error = axum::Error> + Unpin,
     {
-        match queued.item {
+        match item {
             Outbound::Frame {
                 kind,
                 message,

@@ -832,9 +832,16 @@ async fn forged_or_invalid_envelopes_are_dropped() {
     .await;
     let message = next_json(&mut listener).await;
     assert_eq!(message["content"], "real");
-    let dropped = read_log_lines(b.log_dir.path())
-        .into_iter()
-        .filter(|l| l["msg"] == wstrace::events::ClusterEnvelopeDropped::MESSAGE)
-        .count();
-    assert_eq!(dropped, payloads.len());
+    // One warning each; the log writer is asynchronous, so wait for them.
+    let dropped = || {
+        read_log_lines(b.log_dir.path())
+            .into_iter()
+            .filter(|l| l["msg"] == wstrace::events::ClusterEnvelopeDropped::MESSAGE)
+            .count()
+    };
+    wait_until("a warning per forgery", Duration::from_secs(5), || async {
+        dropped() >= payloads.len()
+    })
+    .await;
+    assert_eq!(dropped(), payloads.len());
 }

@@ -1041,12 +1041,27 @@ async fn clients_that_stop_reading_pin_bounded_memory() {
         settled < 16 * 1024,
         "still {settled} KiB above the start after they left"
     );
+    // Each one's story says why it ended (the log writer is asynchronous:
+    // wait for the lines).
+    let log_dir = server.log_dir.path().to_path_buf();
+    let count = move |msg: &str| {
+        read_log_lines(&log_dir)
+            .iter()
+            .filter(|l| l["msg"] == msg && l["session_id"].is_string())
+            .count()
+    };
+    tokio::task::spawn_blocking(move || {
+        eventually("a line per stalled session", Duration::from_secs(5), || {
+            count(wstrace::events::WriterBlocked::MESSAGE) == clients as usize
+                && count(wstrace::events::SessionClosed::MESSAGE) == clients as usize
+        })
+    })
+    .await
+    .unwrap();
     let lines = read_log_lines(server.log_dir.path());
     let blocked = lines
         .iter()
-        .filter(|l| {
-            l["msg"] == wstrace::events::WriterBlocked::MESSAGE && l["session_id"].is_string()
-        })
+        .filter(|l| l["msg"] == wstrace::events::WriterBlocked::MESSAGE)
         .count();
     assert_eq!(blocked, clients as usize);
     let closed: Vec<_> = lines

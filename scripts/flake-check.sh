@@ -22,12 +22,13 @@ for run in $(seq "$runs"); do
         echo "run $run/$runs: ok"
     else
         failed_runs=$((failed_runs + 1))
-        echo "run $run/$runs: FAILED (log: kept below)"
+        echo "run $run/$runs: FAILED"
         while read -r name; do
             failures["$name"]=$(( ${failures["$name"]:-0} + 1 ))
         done < <(grep -E '^test .* \.\.\. FAILED$|^---- .* stdout ----$' "$log" \
                  | sed -E 's/^test (.*) \.\.\. FAILED$/\1/; s/^---- (.*) stdout ----$/\1/' | sort -u)
-        tail -40 "$log"
+        # What failed, and why: each panic with the lines after it.
+        grep -A4 -E 'panicked at|^---- .* stdout ----$' "$log" | grep -v '^   *[0-9]*: \|^ *at ' | head -60
     fi
 done
 echo "flake-check: $failed_runs of $runs runs failed"

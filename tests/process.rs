@@ -955,7 +955,7 @@ async fn log_search_streams_the_files_in_bounded_memory() {
 /// their memory back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_pin_bounded_memory() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let server = Wstrace::start(&[
         ("WSTRACE_MAX_MESSAGE_BYTES", "1048576"),
         ("WSTRACE_MESSAGES_PER_SECOND", "0"),
@@ -979,25 +979,18 @@ async fn clients_that_stop_reading_pin_bounded_memory() {
         stalled.push(tokio::spawn(async move {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             socket.set_recv_buffer_size(4096).unwrap();
-            let mut stream = socket.connect(addr).await.unwrap();
-            let request = format!(
-                "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            );
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut head = [0u8; 12];
-            stream.read_exact(&mut head).await.unwrap();
-            assert_eq!(&head, b"HTTP/1.1 101");
+            let stream = socket.connect(addr).await.unwrap();
+            let mut raw = RawClient::upgrade_over(stream, "/ws").await;
             // Echo requests, never reading a reply, until the server stops
             // taking them: the kernel's buffers fill, then the queue, then
             // the reader waits.
             let _ = tokio::time::timeout(Duration::from_secs(3), async {
                 for _ in 0..120 {
-                    stream.write_all(&frame).await.unwrap();
+                    raw.stream.write_all(&frame).await.unwrap();
                 }
             })
             .await;
-            stream
+            raw
         }));
     }
     let mut sockets = Vec::new();

@@ -78,7 +78,7 @@ impl Server {
         let connections = tokio_util::task::TaskTracker::new();
         let shutdown = state.shutdown.clone();
         let mut signal = std::pin::pin!(signal);
-        let watch = tokio::spawn(watch_telemetry(state.clone()));
+        let upkeep = tokio::spawn(run_upkeep(state.clone()));
         let cluster_tasks = state.cluster().and_then(|cluster| {
             let stats_of = Arc::downgrade(&state);
             let context = ClusterContext {
@@ -138,7 +138,7 @@ impl Server {
             });
         }
         drop(listener);
-        watch.abort();
+        upkeep.abort();
         shutdown.cancel();
         state.sessions.close();
         tracing::info!(
@@ -169,7 +169,7 @@ impl Server {
 /// says when log lines or spans were dropped (a collector that is down,
 /// say): counted in `/metrics` always, and visible in the logs without
 /// flooding them.
-async fn watch_telemetry(state: Arc<ServerState>) {
+async fn run_upkeep(state: Arc<ServerState>) {
     use std::sync::atomic::Ordering::Relaxed;
     let counters = state.config.telemetry.clone();
     let interval = state.config.limits.telemetry_report_interval;

@@ -184,7 +184,7 @@ where
             state: state.clone(),
             close: close.clone(),
         }
-        .run(sink, outbound_rx, close.subscribe())
+        .run(sink, outbound_rx)
         .instrument(tracing::info_span!("ws.writer")),
     );
     let heartbeat = tokio::spawn(

@@ -31,13 +31,29 @@ impl Outbound {
             sampled,
         }
     }
+
+    /// What the entry costs of the byte budget: its payload, at most the
+    /// whole budget (so one frame larger than it can still pass, alone).
+    fn cost(&self, max_bytes: usize) -> u32 {
+        let size = match self {
+            Outbound::Frame { message, .. } => match message {
+                Message::Text(t) => t.len(),
+                Message::Binary(b) => b.len(),
+                Message::Ping(p) | Message::Pong(p) => p.len(),
+                Message::Close(_) => 0,
+            },
+            Outbound::Delivery(delivery) => delivery.frame.len(),
+        };
+        u32::try_from(size.min(max_bytes)).unwrap_or(u32::MAX)
+    }
 }
 
 /// One entry in the queue, with its share of the session's byte budget,
-/// which the writer gives back once it has written it ([`Written`]).
+/// which the writer gives back once it has written it
+/// ([`OutboundReceiver::written`]).
 #[derive(Debug)]
 pub struct Queued {
-    pub item: Outbound,
+    item: Outbound,
     cost: u32,
 }
 
@@ -89,23 +105,6 @@ pub fn outbound_queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, Ou
         },
         OutboundReceiver { frames: rx, bytes },
     )
-}
-
-impl Outbound {
-    /// What the entry costs of the byte budget: its payload, at most the
-    /// whole budget (so one frame larger than it can still pass, alone).
-    fn cost(&self, max_bytes: usize) -> u32 {
-        let size = match self {
-            Outbound::Frame { message, .. } => match message {
-                Message::Text(t) => t.len(),
-                Message::Binary(b) => b.len(),
-                Message::Ping(p) | Message::Pong(p) => p.len(),
-                Message::Close(_) => 0,
-            },
-            Outbound::Delivery(delivery) => delivery.frame.len(),
-        };
-        u32::try_from(size.min(max_bytes)).unwrap_or(u32::MAX)
-    }
 }
 
 impl OutboundQueue {

@@ -23,7 +23,8 @@ use crate::state::ServerState;
 pub struct Writer {
     pub stats: Arc<SessionStats>,
     pub state: Arc<ServerState>,
-    /// To decide the close when the client stops reading.
+    /// The session's close: watched for the decision, and decided here
+    /// when the client stops reading.
     pub close: CloseSignal,
 }
 
@@ -31,14 +32,13 @@ impl Writer {
     /// Writes queued frames until the queue closes or a close is decided;
     /// on a server-side decision it sends the Close frame and stops
     /// (nothing may follow a Close).
-    pub async fn run<K>(
-        self,
-        mut sink: K,
-        mut outbound: OutboundReceiver,
-        mut close: watch::Receiver<Option<CloseDecision>>,
-    ) where
+    pub async fn run<K>(self, mut sink: K, mut outbound: OutboundReceiver)
+    where
         K: Sink<Message, Error = axum::Error> + Unpin,
     {
+        // A decision made before this task starts is seen all the same: a
+        // watch holds its value.
+        let mut close = self.close.subscribe();
         loop {
             tokio::select! {
                 biased;
@@ -257,7 +257,7 @@ mod tests {
                 state: state.clone(),
                 close: signal.clone(),
             };
-            let writer = tokio::spawn(writer.run(Recorder(sent.clone()), rx, signal.subscribe()));
+            let writer = tokio::spawn(writer.run(Recorder(sent.clone()), rx));
             let ending = tokio::spawn(async move {
                 signal.decide(CloseDecision::new(1009, "message too big", ClosedBy::Error));
                 drop(tx);

@@ -399,8 +399,14 @@ pub struct RawClient {
 
 impl RawClient {
     pub async fn upgrade(addr: SocketAddr, path: &str) -> Self {
+        Self::upgrade_over(TcpStream::connect(addr).await.unwrap(), path).await
+    }
+
+    /// The upgrade over a connection the test set up itself (small
+    /// buffers, say).
+    pub async fn upgrade_over(mut stream: TcpStream, path: &str) -> Self {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let addr = stream.peer_addr().unwrap();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

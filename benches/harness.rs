@@ -8,8 +8,13 @@
 //!
 //! Servers (each its own process, pinned to core 0 when `taskset` exists;
 //! the client pins itself to core 1):
-//! - `tt-plain`: a plain tokio-tungstenite echo server (the floor);
-//! - `axum-bare`: an axum echo server, no tracing;
+//! - `tt-plain`: a plain tokio-tungstenite echo server, the same shape and
+//!   socket options as `axum-bare` without axum (no `split()`, Nagle on);
+//! - `fastwebsockets`: a fastwebsockets echo server on a hyper upgrade, the
+//!   floor for memory and upgrade cost;
+//! - `axum-bare`: an axum echo server, no tracing (axum's example shape);
+//! - `wstrace-off`: wstrace with `RUST_LOG=off`: what it costs without
+//!   telemetry;
 //! - `wstrace-session`: wstrace, session spans and lifecycle logs only
 //!   (message sample ratio 0), spans exported to a real collector (rotel);
 //! - `wstrace-full`: wstrace at the default message sample ratio, JSON
@@ -38,10 +43,12 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("serve-tt") => return serve(tt_plain(args[1].parse().unwrap())),
         Some("serve-axum") => return serve(axum_bare(args[1].parse().unwrap())),
+        Some("serve-fastws") => return serve(fastws(args[1].parse().unwrap())),
         _ => {}
     }
     // `cargo bench` passes --bench; `cargo test` runs us without it.
     let full = args.iter().any(|a| a == "--bench");
+    raise_fd_limit();
     let plan = if full { Plan::full() } else { Plan::smoke() };
     let out = std::env::var_os("WSTRACE_BENCH_OUT").map(PathBuf::from);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -73,7 +80,8 @@ struct Plan {
     latency: Duration,
     latency_connections: usize,
     upgrades: usize,
-    idle_connections: usize,
+    /// Idle sessions held open, measured at each count.
+    idle_checkpoints: Vec<usize>,
     lifecycle_sessions: usize,
     payload: usize,
     /// Cluster fan-out: receivers per publish, and the latency test's rate.
@@ -91,7 +99,7 @@ impl Plan {
             latency: Duration::from_secs(3),
             latency_connections: 32,
             upgrades: 2000,
-            idle_connections: 10_000,
+            idle_checkpoints: vec![1_000, 5_000, 10_000, 15_000],
             lifecycle_sessions: 500,
             payload: 64,
             fanout_subscribers: 8,
@@ -108,7 +116,7 @@ impl Plan {
             latency: Duration::from_millis(300),
             latency_connections: 4,
             upgrades: 40,
-            idle_connections: 100,
+            idle_checkpoints: vec![20, 60, 100],
             lifecycle_sessions: 20,
             payload: 64,
             fanout_subscribers: 2,
@@ -123,7 +131,9 @@ fn serve<F: Future<Output = ()>>(server: F) {
     tokio::runtime::Runtime::new().unwrap().block_on(server);
 }
 
-/// The floor: accept, echo, nothing else.
+/// tokio-tungstenite alone: accept, echo, nothing else. The same loop and
+/// socket options as `axum-bare` (no `split()`, no `TCP_NODELAY`), so the
+/// two differ only by axum.
 async fn tt_plain(addr: SocketAddr) {
     let listener = TcpListener::bind(addr).await.unwrap();
     println!("listening {}", listener.local_addr().unwrap());
@@ -132,16 +142,58 @@ async fn tt_plain(addr: SocketAddr) {
             continue;
         };
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                 return;
             };
-            let (mut tx, mut rx) = ws.split();
-            while let Some(Ok(message)) = rx.next().await {
-                if (message.is_text() || message.is_binary()) && tx.send(message).await.is_err() {
+            while let Some(Ok(message)) = ws.next().await {
+                if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
                     break;
                 }
             }
+        });
+    }
+}
+
+/// fastwebsockets' echo example: hyper's HTTP/1 upgrade, then frames read
+/// and written with its own codec (pings and closes answered by it).
+async fn fastws(addr: SocketAddr) {
+    use fastwebsockets::{FragmentCollector, OpCode, upgrade};
+    use hyper::body::Incoming;
+    use hyper::{Request, Response};
+    async fn echo(upgrade: upgrade::UpgradeFut) -> Result<(), fastwebsockets::WebSocketError> {
+        let mut ws = FragmentCollector::new(upgrade.await?);
+        loop {
+            let frame = ws.read_frame().await?;
+            match frame.opcode {
+                OpCode::Close => break,
+                OpCode::Text | OpCode::Binary => ws.write_frame(frame).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    async fn handle(
+        mut request: Request<Incoming>,
+    ) -> Result<Response<http_body_util::Empty<hyper::body::Bytes>>, fastwebsockets::WebSocketError>
+    {
+        let (response, upgrade) = upgrade::upgrade(&mut request)?;
+        tokio::spawn(async move {
+            let _ = echo(upgrade).await;
+        });
+        Ok(response)
+    }
+    let listener = TcpListener::bind(addr).await.unwrap();
+    println!("listening {}", listener.local_addr().unwrap());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, hyper::service::service_fn(handle))
+                .with_upgrades()
+                .await;
         });
     }
 }
@@ -170,28 +222,44 @@ async fn axum_bare(addr: SocketAddr) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     TtPlain,
+    FastWs,
     AxumBare,
+    WstraceOff,
     WstraceSession,
     WstraceFull,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [
+    const ALL: [Kind; 6] = [
         Kind::TtPlain,
+        Kind::FastWs,
         Kind::AxumBare,
+        Kind::WstraceOff,
         Kind::WstraceSession,
         Kind::WstraceFull,
     ];
     fn name(self) -> &'static str {
         match self {
             Kind::TtPlain => "tt-plain",
+            Kind::FastWs => "fastwebsockets",
             Kind::AxumBare => "axum-bare",
+            Kind::WstraceOff => "wstrace RUST_LOG=off",
             Kind::WstraceSession => "wstrace-session",
             Kind::WstraceFull => "wstrace-full",
         }
     }
     fn is_wstrace(self) -> bool {
+        matches!(
+            self,
+            Kind::WstraceOff | Kind::WstraceSession | Kind::WstraceFull
+        )
+    }
+    /// Writes log lines (and so has lines to count and lose).
+    fn logs(self) -> bool {
         matches!(self, Kind::WstraceSession | Kind::WstraceFull)
+    }
+    fn row(self) -> usize {
+        Kind::ALL.iter().position(|k| *k == self).unwrap()
     }
 }
 
@@ -206,7 +274,15 @@ impl Server {
     fn start(kind: Kind, otlp_endpoint: &str, sample_ratio: f64) -> Self {
         let serve = match kind {
             Kind::TtPlain => "serve-tt",
+            Kind::FastWs => "serve-fastws",
             Kind::AxumBare => "serve-axum",
+            Kind::WstraceOff => {
+                return Self::wstrace(kind, |command| {
+                    command
+                        .args(["--max-connections", "20000"])
+                        .env("RUST_LOG", "off");
+                });
+            }
             Kind::WstraceSession | Kind::WstraceFull => {
                 let ratio = if kind == Kind::WstraceFull {
                     sample_ratio
@@ -253,10 +329,26 @@ impl Server {
     /// `configure` adds the rest.
     fn wstrace(kind: Kind, configure: impl FnOnce(&mut Command)) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // With RUST_LOG=off there is no `listening` line to read the port
+        // from: choose it here.
+        let listen = if kind == Kind::WstraceOff {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        } else {
+            "127.0.0.1:0".parse().unwrap()
+        };
         let mut command = pinned(0);
         command
             .arg(env!("CARGO_BIN_EXE_wstrace"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-stdout", "false"])
+            .args([
+                "serve",
+                "--listen",
+                &listen.to_string(),
+                "--log-stdout",
+                "false",
+            ])
             .args(["--messages-per-second", "0"])
             .arg("--log-dir")
             .arg(dir.path())
@@ -266,7 +358,12 @@ impl Server {
             .stderr(Stdio::null());
         configure(&mut command);
         let mut child = command.spawn().expect("start wstrace");
-        let Some(addr) = wait_for_listen_line(dir.path()) else {
+        let addr = if kind == Kind::WstraceOff {
+            wait_for_port(listen)
+        } else {
+            wait_for_listen_line(dir.path())
+        };
+        let Some(addr) = addr else {
             let _ = child.kill();
             panic!("{} did not start", kind.name());
         };
@@ -364,6 +461,33 @@ fn num_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+fn wait_for_port(addr: SocketAddr) -> Option<SocketAddr> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(addr)
+}
+
+/// The client holds up to 15,000 idle connections; the servers started
+/// from this binary as many.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn wait_for_listen_line(dir: &Path) -> Option<SocketAddr> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -410,7 +534,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 /// Source addresses to spread connections over, past one address's
 /// ephemeral port range.
 fn source_ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 8) as u8))
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 16) as u8))
 }
 
 async fn connect(server: &Server, i: usize) -> Ws {
@@ -733,21 +857,116 @@ async fn upgrades(server: &Server, plan: &Plan) -> (f64, Duration) {
     )
 }
 
-/// Resident memory per idle connection: open many, let them settle, compare.
-async fn idle_memory(server: &Server, plan: &Plan) -> f64 {
+/// Resident memory per idle session: open sessions up to each checkpoint,
+/// let them settle, and compare the server's RSS with what it was before
+/// the first. Returns KiB per session at each checkpoint.
+async fn idle_memory(server: &Server, plan: &Plan) -> Vec<f64> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = server.rss_kib();
-    let mut sockets = Vec::with_capacity(plan.idle_connections);
-    for i in 0..plan.idle_connections {
-        sockets.push(connect(server, i).await);
+    let mut sockets = Vec::new();
+    let mut per_session = Vec::new();
+    for &checkpoint in &plan.idle_checkpoints {
+        while sockets.len() < checkpoint {
+            sockets.push(open_idle(server, sockets.len()).await);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = server.rss_kib();
+        per_session.push(after.saturating_sub(before) as f64 / checkpoint as f64);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = server.rss_kib();
-    for mut ws in sockets {
-        let _ = ws.close(None).await;
-        while let Some(Ok(_)) = ws.next().await {}
+    close_idle(sockets).await;
+    per_session
+}
+
+/// An idle session as cheap for the client as it can be: a raw socket that
+/// did the handshake and read the welcome frame (wstrace), nothing more.
+async fn open_idle(server: &Server, i: usize) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source_ip(i), 0)).unwrap();
+    let mut stream = socket.connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "{}: closed during handshake", server.kind.name());
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    if server.kind.is_wstrace() {
+        // The welcome frame: a short unmasked text frame.
+        loop {
+            let frame = &buf[head_end..];
+            let complete = match frame.get(1).map(|b| b & 0x7f) {
+                Some(len @ 0..=125) => frame.len() >= 2 + len as usize,
+                Some(126) if frame.len() >= 4 => {
+                    frame.len() >= 4 + u16::from_be_bytes([frame[2], frame[3]]) as usize
+                }
+                _ => false,
+            };
+            if complete {
+                break;
+            }
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the welcome frame");
+            buf.extend_from_slice(&chunk[..n]);
+        }
     }
-    after.saturating_sub(before) as f64 * 1024.0 / plan.idle_connections as f64
+    stream
+}
+
+/// Closes idle sessions with a masked Close (1000) and waits for each
+/// server to end the connection.
+async fn close_idle(sockets: Vec<TcpStream>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mask = [1u8, 2, 3, 4];
+    let code = 1000u16.to_be_bytes();
+    let close = [
+        0x88,
+        0x82,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        code[0] ^ mask[0],
+        code[1] ^ mask[1],
+    ];
+    let mut tasks = Vec::new();
+    let mut sockets = sockets;
+    while !sockets.is_empty() {
+        let batch: Vec<TcpStream> = sockets.drain(..sockets.len().min(500)).collect();
+        tasks.push(tokio::spawn(async move {
+            for mut stream in batch {
+                if stream.write_all(&close).await.is_err() {
+                    continue;
+                }
+                let mut sink = [0u8; 256];
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Ok(n) = stream.read(&mut sink).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
 }
 
 /// Log bytes for a session that only opens and closes.
@@ -807,12 +1026,70 @@ struct Row {
     p999_us: Vec<f64>,
     upgrades_per_s: Vec<f64>,
     cpu_us_per_upgrade: Vec<f64>,
-    idle_bytes_per_conn: f64,
+    /// KiB resident per idle session at each of `Plan::idle_checkpoints`.
+    idle_kib_per_session: Vec<f64>,
     log_bytes_per_session: f64,
     log_bytes_per_msg: f64,
     log_lines: u64,
     lines_dropped: u64,
     spans_exported: u64,
+}
+
+/// KiB per idle session at each checkpoint, the least-squares line through
+/// (sessions, KiB above the empty server), and what it predicts at 100,000.
+fn idle_table(plan: &Plan, rows: &[Row]) -> String {
+    use std::fmt::Write;
+    let mut table = String::new();
+    let counts = &plan.idle_checkpoints;
+    let _ = write!(table, "| server |");
+    for n in counts {
+        let _ = write!(table, " KiB/session at {n} |");
+    }
+    let _ = writeln!(
+        table,
+        " fit: KiB/session | ×fastwebsockets | fit: MiB at 100,000 sessions |"
+    );
+    let _ = writeln!(table, "|---|{}---|---|---|", "---|".repeat(counts.len()));
+    let fits: Vec<(f64, f64)> = rows
+        .iter()
+        .map(|r| {
+            let totals: Vec<f64> = r
+                .idle_kib_per_session
+                .iter()
+                .zip(counts)
+                .map(|(per, n)| per * *n as f64)
+                .collect();
+            linear_fit(
+                &counts.iter().map(|n| *n as f64).collect::<Vec<_>>(),
+                &totals,
+            )
+        })
+        .collect();
+    let floor = fits[Kind::FastWs.row()].0;
+    for (i, kind) in Kind::ALL.iter().enumerate() {
+        let _ = write!(table, "| {} |", kind.name());
+        for per in &rows[i].idle_kib_per_session {
+            let _ = write!(table, " {per:.1} |");
+        }
+        let (slope, intercept) = fits[i];
+        let _ = writeln!(
+            table,
+            " {slope:.2} | {:.2} | {:.0} |",
+            slope / floor,
+            (intercept + slope * 100_000.0) / 1024.0
+        );
+    }
+    table
+}
+
+/// Least squares: (slope, intercept) of y against x.
+fn linear_fit(x: &[f64], y: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let sxx: f64 = x.iter().map(|a| (a - mx) * (a - mx)).sum();
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (slope, my - slope * mx)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -960,7 +1237,7 @@ async fn run(plan: Plan) -> String {
             rows[i]
                 .server_busy
                 .push(s.cpu.as_secs_f64() / s.elapsed.as_secs_f64());
-            if server.kind.is_wstrace() {
+            if server.kind.logs() {
                 rows[i].log_bytes_per_msg = (server.log_bytes() - log_before) as f64 / messages;
             }
         }
@@ -968,8 +1245,8 @@ async fn run(plan: Plan) -> String {
         // takes half of is measured the same way: one request in flight per
         // connection (pipelined saturation lets servers batch, which the
         // latency traffic does not).
-        let bare = Kind::ALL.iter().position(|k| *k == Kind::AxumBare).unwrap();
-        let unbatched = saturate_with(&servers[bare], &plan, 1, plan.saturation).await;
+        let unbatched =
+            saturate_with(&servers[Kind::AxumBare.row()], &plan, 1, plan.saturation).await;
         let rate = unbatched.messages as f64 / unbatched.elapsed.as_secs_f64() * 0.5;
         latency_rates.push(rate);
         for &i in &order {
@@ -986,15 +1263,15 @@ async fn run(plan: Plan) -> String {
         eprintln!("round {} of {} done", round + 1, plan.rounds);
     }
     for (i, server) in servers.iter().enumerate() {
-        if server.kind.is_wstrace() && !only_idle {
+        if server.kind.logs() && !only_idle {
             rows[i].log_bytes_per_session = lifecycle_log_bytes(server, &plan).await;
         }
-        rows[i].idle_bytes_per_conn = idle_memory(server, &plan).await;
+        rows[i].idle_kib_per_session = idle_memory(server, &plan).await;
     }
     // Nothing lost: what was written is on disk, what was exported arrived.
     let mut failures = Vec::new();
     for (i, server) in servers.iter_mut().enumerate() {
-        if !server.kind.is_wstrace() {
+        if !server.kind.logs() {
             continue;
         }
         let metrics = scrape(server).await;
@@ -1042,21 +1319,21 @@ async fn run(plan: Plan) -> String {
     use std::fmt::Write;
     let _ = writeln!(
         report,
-        "| server | CPU µs/msg | ×axum-bare | ×tt-plain | msgs/s | server busy | p50 µs | p99 µs | p99.9 µs | p99 ×axum-bare | upgrades/s | CPU µs/upgrade | idle KiB/conn | log B/session | log B/msg |"
+        "| server | CPU µs/msg | ×axum-bare | ×tt-plain | msgs/s | server busy | p50 µs | p99 µs | p99.9 µs | p99 ×axum-bare | sessions/s | CPU µs/session lifecycle | lifecycle ×axum-bare | log B/session | log B/msg |"
     );
     let _ = writeln!(
         report,
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
-    let cpu =
-        |k: Kind| median(&rows[Kind::ALL.iter().position(|x| *x == k).unwrap()].cpu_us_per_msg);
-    let p99 = |k: Kind| median(&rows[Kind::ALL.iter().position(|x| *x == k).unwrap()].p99_us);
+    let cpu = |k: Kind| median(&rows[k.row()].cpu_us_per_msg);
+    let p99 = |k: Kind| median(&rows[k.row()].p99_us);
+    let lifecycle = |k: Kind| median(&rows[k.row()].cpu_us_per_upgrade);
     for (i, kind) in Kind::ALL.iter().enumerate() {
         let r = &rows[i];
         let c = median(&r.cpu_us_per_msg);
         let _ = writeln!(
             report,
-            "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0}% | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.1} | {} | {} |",
+            "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0}% | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {} | {} |",
             kind.name(),
             c,
             c / cpu(Kind::AxumBare),
@@ -1068,20 +1345,23 @@ async fn run(plan: Plan) -> String {
             median(&r.p999_us),
             median(&r.p99_us) / p99(Kind::AxumBare),
             median(&r.upgrades_per_s),
-            median(&r.cpu_us_per_upgrade),
-            r.idle_bytes_per_conn / 1024.0,
-            if kind.is_wstrace() {
+            lifecycle(*kind),
+            lifecycle(*kind) / lifecycle(Kind::AxumBare),
+            if kind.logs() {
                 format!("{:.0}", r.log_bytes_per_session)
             } else {
                 "-".into()
             },
-            if kind.is_wstrace() {
+            if kind.logs() {
                 format!("{:.2}", r.log_bytes_per_msg)
             } else {
                 "-".into()
             },
         );
     }
+    let _ = writeln!(report);
+    report.push_str(&idle_table(&plan, &rows));
+    let _ = writeln!(report);
     let lines: u64 = rows.iter().map(|r| r.log_lines).sum();
     let dropped: u64 = rows.iter().map(|r| r.lines_dropped).sum();
     let _ = writeln!(report);

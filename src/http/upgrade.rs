@@ -121,8 +121,11 @@ async fn upgrade_session(
         .on_failed_upgrade(|error| tracing::warn!(%error, "websocket upgrade failed"));
     let sessions = state.sessions.clone();
     Ok(upgrade.on_upgrade(move |socket| {
+        // Set up here, in the session's span, rather than in an async block
+        // that would keep room for the socket all session long.
+        let session = session_span.in_scope(|| run_session(socket, info, state));
         let session = async move {
-            run_session(socket, info, state).await;
+            session.await;
             drop((permit, ip_slot, user_slot));
         };
         sessions.track_future(session.instrument(session_span))

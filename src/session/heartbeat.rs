@@ -1,67 +1,152 @@
-//! The heartbeat task: pings the peer, closes the session when it has been
-//! silent for longer than the idle timeout, and in cluster mode keeps the
-//! session's registry entry alive.
+//! The heartbeat: when to ping the peer, when its silence has lasted the
+//! idle timeout, and (in cluster mode) keeping the session's registry entry
+//! alive.
+//!
+//! It is not a task of its own: the writer, which owns the socket, runs it
+//! on one timer in its `select!` and writes the pings itself. A task per
+//! session costs its future, a span and a queue sender for as long as the
+//! session lives (BENCHMARKS.md, memory per idle session).
 
-use axum::extract::ws::Message;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
+use tokio::time::Instant;
+use tracing::Instrument;
 
-use super::close::{CloseDecision, CloseSignal, ClosedBy};
+use super::close::{CloseDecision, ClosedBy};
 use super::handle::SessionHandle;
-use super::outbound::{Outbound, OutboundQueue};
 use super::stats::SessionStats;
 use crate::error::close_code;
 use crate::events::{IdleSessionClosing, PingSent};
-use crate::protocol::FrameKind;
 use crate::routing::Router;
 
-/// Pings on `interval`; closes the session after `idle_timeout` of silence.
-/// In cluster mode (`renew`), each ping also renews the session's registry
-/// entry.
-pub async fn run_heartbeat(
-    outbound: OutboundQueue,
-    stats: Arc<SessionStats>,
-    close: CloseSignal,
+/// What the writer should do when the heartbeat timer fires.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// Send this ping payload.
+    Ping([u8; 8]),
+    /// The peer has been silent for the idle timeout: close with this.
+    Idle(CloseDecision),
+    /// Nothing yet (the peer spoke since the timer was set).
+    Wait,
+}
+
+/// A session's heartbeat schedule.
+pub struct Heartbeat {
     interval: Duration,
     idle_timeout: Duration,
-    renew: Option<(Arc<Router>, Arc<SessionHandle>)>,
-) {
-    let mut pings = interval_at(Instant::now() + interval, interval);
-    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        let idle_deadline = Instant::from_std(stats.last_seen()) + idle_timeout;
-        tokio::select! {
-            _ = pings.tick() => {
-                let payload = stats.ping_payload();
-                let ping = Outbound::frame(FrameKind::Ping, Message::Ping(payload.to_vec().into()), false);
-                // A full queue means the peer is not reading; the idle
-                // check, not a blocked ping, decides what happens then.
-                match outbound.try_send(ping) {
-                    Ok(()) => PingSent.emit(),
-                    Err(_) => tracing::debug!("ping skipped: outbound queue full"),
-                }
-                if let Some((router, session)) = &renew {
-                    // Failures are counted and reported by the upkeep task.
-                    let _ = Box::pin(router.renew(&**session)).await;
-                }
-            }
-            _ = sleep_until(idle_deadline) => {
-                let silent_for = stats.last_seen().elapsed();
-                if silent_for >= idle_timeout {
-                    IdleSessionClosing {
-                        silent_ms: silent_for.as_millis() as u64,
-                        idle_timeout_ms: idle_timeout.as_millis() as u64,
-                    }
-                    .emit();
-                    close.decide(CloseDecision::new(
-                        close_code::NORMAL,
-                        "idle timeout",
-                        ClosedBy::IdleTimeout,
-                    ));
-                    return;
-                }
-            }
+    next_ping: Instant,
+    /// Cluster mode: each ping also renews the registry entry. Weak, so the
+    /// writer never keeps the session's handle (and its queue) alive.
+    renew: Option<(Arc<Router>, Weak<SessionHandle>)>,
+}
+
+impl Heartbeat {
+    pub fn new(
+        interval: Duration,
+        idle_timeout: Duration,
+        renew: Option<(Arc<Router>, Weak<SessionHandle>)>,
+    ) -> Self {
+        Self {
+            interval,
+            idle_timeout,
+            next_ping: Instant::now() + interval,
+            renew,
         }
+    }
+
+    /// When the timer should next fire: the next ping, or the moment the
+    /// peer's silence reaches the idle timeout, whichever comes first.
+    pub fn next_wake(&self, stats: &SessionStats) -> Instant {
+        let idle_deadline = Instant::from_std(stats.last_seen()) + self.idle_timeout;
+        self.next_ping.min(idle_deadline)
+    }
+
+    /// The timer fired at `now`.
+    pub fn on_timer(&mut self, stats: &SessionStats, now: Instant) -> Beat {
+        let silent_for = now.saturating_duration_since(Instant::from_std(stats.last_seen()));
+        if silent_for >= self.idle_timeout {
+            IdleSessionClosing {
+                silent_ms: silent_for.as_millis() as u64,
+                idle_timeout_ms: self.idle_timeout.as_millis() as u64,
+            }
+            .emit();
+            return Beat::Idle(CloseDecision::new(
+                close_code::NORMAL,
+                "idle timeout",
+                ClosedBy::IdleTimeout,
+            ));
+        }
+        if now < self.next_ping {
+            return Beat::Wait;
+        }
+        // A late tick is not caught up: the next ping is one interval on.
+        self.next_ping = now + self.interval;
+        self.renew_registry_entry();
+        Beat::Ping(stats.ping_payload())
+    }
+
+    /// The ping was written.
+    pub fn sent(&self) {
+        PingSent.emit();
+    }
+
+    fn renew_registry_entry(&self) {
+        let Some((router, session)) = &self.renew else {
+            return;
+        };
+        let Some(session) = session.upgrade() else {
+            return;
+        };
+        let router = router.clone();
+        // Its own short task: a slow Redis must not hold up the writer.
+        // Failures are counted and reported by the upkeep task.
+        tokio::spawn(
+            async move {
+                let _ = router.renew(&*session).await;
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn pings_on_the_interval_and_closes_after_the_idle_timeout() {
+        let stats = SessionStats::new();
+        let start = Instant::now();
+        let mut heartbeat = Heartbeat::new(100 * MS, 250 * MS, None);
+        assert!(heartbeat.next_wake(&stats) <= start + 100 * MS + 5 * MS);
+        assert_eq!(heartbeat.on_timer(&stats, start + 50 * MS), Beat::Wait);
+        assert!(matches!(
+            heartbeat.on_timer(&stats, start + 110 * MS),
+            Beat::Ping(_)
+        ));
+        assert_eq!(
+            stats.pings_sent.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // The next ping is an interval after the late one.
+        assert!(heartbeat.next_wake(&stats) >= start + 210 * MS);
+        match heartbeat.on_timer(&stats, start + 300 * MS) {
+            Beat::Idle(decision) => assert_eq!(decision.by, ClosedBy::IdleTimeout),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_speaks_is_not_idle() {
+        let stats = SessionStats::new();
+        let mut heartbeat = Heartbeat::new(100 * MS, 150 * MS, None);
+        tokio::time::sleep(120 * MS).await;
+        stats.touch();
+        let now = Instant::now();
+        assert!(matches!(heartbeat.on_timer(&stats, now), Beat::Ping(_)));
+        // Silence is counted from the last frame, not from the start.
+        assert!(heartbeat.next_wake(&stats) >= now + 100 * MS);
     }
 }

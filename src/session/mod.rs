@@ -2,19 +2,23 @@
 //!
 //! ```text
 //! ws.session span (child of the upgrade's HTTP span, same trace)
-//!   ├─ ws.reader     reads frames, queues replies, publishes  (reader.rs)
-//!   │    └─ ws.receive   one per sampled inbound message
-//!   ├─ ws.writer     the only writer to the socket             (writer.rs)
-//!   │    └─ ws.send      one per sampled outbound message (linked to the
-//!   │                    publisher's span for deliveries)
-//!   └─ ws.heartbeat  pings, closes idle sessions               (heartbeat.rs)
+//!   ├─ ws.receive   one per sampled inbound message      (reader.rs)
+//!   └─ ws.send      one per sampled outbound message     (writer.rs;
+//!                   linked to the publisher's span for deliveries)
 //! ```
 //!
-//! Tasks talk through a bounded outbound queue and a [`CloseSignal`]. The
+//! Two tasks, one span: the session's own task runs the reader (reads
+//! frames, queues replies, publishes) and supervises; the writer task is
+//! the only writer to the socket and runs the heartbeat on its timer
+//! (heartbeat.rs: pings, closes idle sessions). Both log in the session's
+//! span; a line's `target` (`wstrace::session::reader`, `…::writer`,
+//! `…::heartbeat`) says which part wrote it.
+//!
+//! They talk through a bounded outbound queue and a [`CloseSignal`]. The
 //! supervisor ([`run_session`]) waits for the reader to finish, or for a
 //! close decision (idle timeout, shutdown, error, admin, policy) and then
 //! at most the close timeout for the peer's acknowledgement, stops the
-//! other tasks, and writes the one `session closed` line. The session is
+//! writer, and writes the one `session closed` line. The session is
 //! written against `Sink`/`Stream`, so tests can drive it without a
 //! network.
 
@@ -29,9 +33,11 @@ pub mod stats;
 mod writer;
 
 use axum::extract::ws::Message;
-use futures_util::{Sink, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use opentelemetry::trace::TraceContextExt;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -121,9 +127,20 @@ pub struct SessionSummary {
     pub clean: bool,
 }
 
-/// Runs a session to its end. Must be called inside the session's span
-/// (see [`SessionInfo::span`]); all log lines and child spans hang off it.
-pub async fn run_session<W>(socket: W, info: SessionInfo, state: Arc<ServerState>) -> SessionSummary
+/// Sets a session up and returns the future that runs it to its end. Must
+/// be called inside the session's span (see [`SessionInfo::span`]); all
+/// log lines and child spans hang off it.
+///
+/// Not an `async fn`, and no value is built in a statement that also
+/// awaits: a future keeps room for every local that lives across an
+/// `.await`, moved-from ones included, for as long as it exists, and this
+/// one exists as long as the session (BENCHMARKS.md, memory per idle
+/// session).
+pub fn run_session<W>(
+    socket: W,
+    info: SessionInfo,
+    state: Arc<ServerState>,
+) -> impl Future<Output = SessionSummary> + Send + 'static
 where
     W: Stream<Item = Result<Message, axum::Error>>
         + Sink<Message, Error = axum::Error>
@@ -131,119 +148,183 @@ where
         + Unpin
         + 'static,
 {
-    let limits = &state.config.limits;
-    let stats = Arc::new(SessionStats::new());
-    let close = CloseSignal::new();
-    let peer_close = Arc::new(PeerClose::default());
-    let (outbound_tx, outbound_rx) =
-        outbound::outbound_queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
+    let session = Session::new(info, state);
     let (sink, stream) = socket.split();
-    let span = tracing::Span::current();
-    let handle = Arc::new(SessionHandle::new(
-        info.session_id,
-        info.trace_id.clone(),
-        info.user.clone(),
-        info.peer,
-        span.clone(),
-        span.context().span().span_context().clone(),
-        stats.clone(),
-        close.clone(),
-        outbound_tx.clone(),
-    ));
-    // Before the welcome: once the client knows its session id, any
-    // instance can reach it. Boxed, like every Redis call on a session's
-    // path, to keep long-lived futures small.
-    if let Err(error) = Box::pin(state.router.join(handle.clone())).await {
-        // Counted, and reported once per interval by the upkeep task.
-        tracing::debug!(%error, "session not yet in the cluster registry");
-    }
 
-    SessionOpened {
-        user_agent: &info.upgrade.user_agent,
-        trace_origin: info.upgrade.trace_origin,
-    }
-    .emit(&state.metrics);
-    if info.mode == SessionMode::Protocol {
-        let welcome = ServerFrame::Welcome {
-            session_id: info.session_id.to_string(),
-            trace_id: info.trace_id.clone(),
-            instance_id: state.config.instance_id.clone(),
-            heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
-        };
-        // The queue is empty and owned here: this cannot fail or wait.
-        let _ = outbound_tx.try_send(Outbound::frame(
-            welcome.kind(),
-            Message::Text(welcome.to_json().into()),
-            false,
-        ));
-    }
-
-    let writer = tokio::spawn(
-        writer::Writer {
-            stats: stats.clone(),
-            state: state.clone(),
-            close: close.clone(),
+    async move {
+        // Before the writer starts (and sends the welcome): once the client
+        // knows its session id, any instance can reach it. Boxed, like
+        // every Redis call on a session's path.
+        let join = Box::pin(session.state.router.join(session.handle.clone()));
+        if let Err(error) = join.await {
+            // Counted, and reported once per interval by the upkeep task.
+            tracing::debug!(%error, "session not yet in the cluster registry");
         }
-        .run(sink, outbound_rx)
-        .instrument(tracing::info_span!("ws.writer")),
-    );
-    let heartbeat = tokio::spawn(
-        heartbeat::run_heartbeat(
-            outbound_tx.clone(),
+        // The reader on the heap: pinning it here would move it into a
+        // second slot of this future, and both would stay.
+        let (reader, writer, ending) = session.start(sink, stream);
+        wait_for_end(ending, Box::pin(reader), writer).await
+    }
+}
+
+/// A session, set up: what its reader and writer will be made of.
+struct Session {
+    state: Arc<ServerState>,
+    handle: Arc<SessionHandle>,
+    outbound_tx: outbound::OutboundQueue,
+    outbound_rx: outbound::OutboundReceiver,
+    echo_only: bool,
+    ending: Ending,
+}
+
+/// What the supervisor needs to end a session and write `session closed`.
+struct Ending {
+    state: Arc<ServerState>,
+    session: Arc<SessionHandle>,
+    close: CloseSignal,
+    stats: Arc<SessionStats>,
+    peer_close: Arc<PeerClose>,
+}
+
+impl Session {
+    /// Builds the session's parts, writes `session opened` and queues the
+    /// welcome frame.
+    fn new(info: SessionInfo, state: Arc<ServerState>) -> Self {
+        let limits = &state.config.limits;
+        let stats = Arc::new(SessionStats::new());
+        let close = CloseSignal::new();
+        let (outbound_tx, outbound_rx) =
+            outbound::outbound_queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
+        let span = tracing::Span::current();
+        let span_context = span.context().span().span_context().clone();
+        SessionOpened {
+            user_agent: &info.upgrade.user_agent,
+            trace_origin: info.upgrade.trace_origin,
+        }
+        .emit(&state.metrics);
+        if info.mode == SessionMode::Protocol {
+            let welcome = ServerFrame::Welcome {
+                session_id: info.session_id.to_string(),
+                trace_id: info.trace_id.clone(),
+                instance_id: state.config.instance_id.clone(),
+                heartbeat_interval_ms: limits.heartbeat_interval.as_millis() as u64,
+            };
+            // The queue is empty and owned here: this cannot fail or wait.
+            let _ = outbound_tx.try_send(Outbound::frame(
+                welcome.kind(),
+                Message::Text(welcome.to_json().into()),
+                false,
+            ));
+        }
+        let handle = Arc::new(SessionHandle::new(
+            info.session_id,
+            info.trace_id,
+            info.user,
+            info.peer,
+            span,
+            span_context,
             stats.clone(),
             close.clone(),
-            limits.heartbeat_interval,
-            limits.idle_timeout,
-            state
-                .config
-                .cluster
-                .is_some()
-                .then(|| (state.router.clone(), handle.clone())),
-        )
-        .instrument(tracing::info_span!("ws.heartbeat")),
-    );
-    let seed = info.session_id.as_u64_pair().1;
-    let reader = tokio::spawn(
-        reader::Reader {
-            session: handle.clone(),
-            outbound: outbound_tx,
-            state: state.clone(),
-            peer_close: peer_close.clone(),
-            sampler: MessageSampler::new(state.config.message_sample_ratio, seed),
+            outbound_tx.clone(),
+        ));
+        Self {
+            ending: Ending {
+                state: state.clone(),
+                session: handle.clone(),
+                close,
+                stats,
+                peer_close: Arc::new(PeerClose::default()),
+            },
+            state,
+            handle,
+            outbound_tx,
+            outbound_rx,
             echo_only: info.mode == SessionMode::Echo,
+        }
+    }
+
+    /// Spawns the writer and returns the reader, to be run in the
+    /// session's own task.
+    ///
+    /// One task writes (the heartbeat runs on its timer); the reader runs in
+    /// the session's task. Neither has a span of its own: their lines and
+    /// message spans belong to the session's span, and each line's `target`
+    /// says which of them wrote it. A span or a task per role would cost
+    /// every idle session memory for as long as it lives (BENCHMARKS.md).
+    fn start<K, T>(
+        self,
+        sink: K,
+        stream: T,
+    ) -> (
+        impl Future<Output = std::thread::Result<()>> + Send + use<K, T>,
+        JoinHandle<()>,
+        Ending,
+    )
+    where
+        K: Sink<Message, Error = axum::Error> + Send + Unpin + 'static,
+        T: Stream<Item = Result<Message, axum::Error>> + Send + Unpin + 'static,
+    {
+        let state = &self.state;
+        let limits = &state.config.limits;
+        let ending = &self.ending;
+        let writer = writer::Writer {
+            stats: ending.stats.clone(),
+            state: state.clone(),
+            close: ending.close.clone(),
+            heartbeat: heartbeat::Heartbeat::new(
+                limits.heartbeat_interval,
+                limits.idle_timeout,
+                state
+                    .config
+                    .cluster
+                    .is_some()
+                    .then(|| (state.router.clone(), Arc::downgrade(&self.handle))),
+            ),
+        };
+        let writer = tokio::spawn(writer.run(sink, self.outbound_rx).in_current_span());
+        let seed = self.handle.id.as_u64_pair().1;
+        let reader = reader::Reader {
+            session: self.handle.clone(),
+            outbound: self.outbound_tx,
+            state: state.clone(),
+            peer_close: ending.peer_close.clone(),
+            sampler: MessageSampler::new(state.config.message_sample_ratio, seed),
+            echo_only: self.echo_only,
             rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
             warnings: LineBudget::new(
                 crate::limits::SESSION_WARNINGS_PER_INTERVAL,
                 limits.telemetry_report_interval,
             ),
-        }
-        .run(stream)
-        .instrument(tracing::info_span!("ws.reader")),
-    );
-
-    // The wait below lasts as long as the session: keep what it holds small
-    // (this future is allocated once per connection; see BENCHMARKS.md).
-    Box::pin(wait_for_end(
-        state, handle, reader, writer, heartbeat, close, stats, peer_close,
-    ))
-    .await
+        };
+        // A panic outside a message handler (those are caught in the
+        // reader) ends the reader, not the session's bookkeeping.
+        let reader = AssertUnwindSafe(reader.run(stream)).catch_unwind();
+        (reader, writer, self.ending)
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The reader, run in the session's own task.
+type ReaderRun = Pin<Box<dyn Future<Output = std::thread::Result<()>> + Send>>;
+
 async fn wait_for_end(
-    state: Arc<ServerState>,
-    session: Arc<SessionHandle>,
-    mut reader: JoinHandle<()>,
+    ending: Ending,
+    mut reader: ReaderRun,
     mut writer: JoinHandle<()>,
-    heartbeat: JoinHandle<()>,
-    close: CloseSignal,
-    stats: Arc<SessionStats>,
-    peer_close: Arc<PeerClose>,
 ) -> SessionSummary {
+    let Ending {
+        state,
+        session,
+        close,
+        stats,
+        peer_close,
+    } = ending;
     let limits = &state.config.limits;
     let mut decided = close.subscribe();
     let reader_done = tokio::select! {
-        _ = &mut reader => true,
+        ended = &mut reader => {
+            reader_ended(ended);
+            true
+        }
         _ = decided.wait_for(Option::is_some) => false,
         _ = state.shutdown.cancelled() => {
             close.decide(CloseDecision::new(
@@ -255,14 +336,21 @@ async fn wait_for_end(
         }
     };
     // Stop taking deliveries: nothing more will be sent.
-    Box::pin(state.router.leave(session.id, session.user())).await;
+    let leave = Box::pin(state.router.leave(session.id, session.user()));
+    leave.await;
     drop(session);
     // A close was decided by us or the peer: give the handshake (our Close
     // out, theirs in, or the reverse) a bounded time to finish.
     if !reader_done {
-        finish_within(&mut reader, limits.close_timeout, "reader").await;
+        match tokio::time::timeout(limits.close_timeout, &mut reader).await {
+            Ok(ended) => reader_ended(ended),
+            Err(_) => SessionTaskAborted {
+                task: "reader",
+                timeout_ms: limits.close_timeout.as_millis() as u64,
+            }
+            .emit(),
+        }
     }
-    heartbeat.abort();
     finish_within(&mut writer, limits.close_timeout, "writer").await;
 
     let decision = close.decision().unwrap_or_else(|| {
@@ -274,6 +362,12 @@ async fn wait_for_end(
     };
     log_closed(&state, &stats, &summary, peer_close.get());
     summary
+}
+
+fn reader_ended(ended: std::thread::Result<()>) {
+    if ended.is_err() {
+        SessionTaskPanicked { task: "reader" }.emit();
+    }
 }
 
 async fn finish_within(task: &mut JoinHandle<()>, limit: std::time::Duration, name: &'static str) {

@@ -2,11 +2,13 @@
 //! into it, and which messages are traced.
 
 use axum::extract::ws::Message;
-use std::sync::Arc;
-use tokio::sync::{Semaphore, TryAcquireError, mpsc};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 use crate::protocol::FrameKind;
 use crate::routing::Delivery;
+use crate::sync::lock;
 
 /// One entry of a session's bounded outbound queue.
 #[derive(Debug)]
@@ -70,100 +72,227 @@ pub enum QueueError {
 /// frames (`--outbound-queue-frames`) and in bytes
 /// (`--outbound-queue-bytes`), so a client that stops reading pins at most
 /// that much of the server's memory, whatever the frame size.
-#[derive(Debug, Clone)]
+///
+/// Not a `tokio::sync::mpsc` channel: that allocates a block of 32 slots
+/// (about 2 KiB here) when it is created, for every session, idle or not.
+/// This queue is one allocation until the first frame, and gives its
+/// buffer back when a burst has drained (BENCHMARKS.md, idle memory).
+#[derive(Debug)]
 pub struct OutboundQueue {
-    frames: mpsc::Sender<Queued>,
-    bytes: Arc<Semaphore>,
+    shared: Arc<Shared>,
+}
+
+/// The writer's side. Dropping it (the writer ended) closes the queue, so
+/// a reader waiting for room stops waiting.
+#[derive(Debug)]
+pub struct OutboundReceiver {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<QueueState>,
+    /// The writer waits here for entries (one waiter: `notify_one` keeps a
+    /// permit, so a push between its check and its wait is not missed).
+    readable: Notify,
+    /// Senders wait here for room.
+    writable: Notify,
+    max_frames: usize,
     max_bytes: usize,
 }
 
-/// The writer's side. Dropping it (the writer ended) closes the byte
-/// budget too, so a reader waiting for room stops waiting.
-#[derive(Debug)]
-pub struct OutboundReceiver {
-    frames: mpsc::Receiver<Queued>,
-    bytes: Arc<Semaphore>,
+#[derive(Debug, Default)]
+struct QueueState {
+    entries: VecDeque<Queued>,
+    /// Bytes queued or being written (given back by `written`).
+    bytes: usize,
+    senders: usize,
+    receiver_gone: bool,
+    senders_waiting: usize,
 }
 
-impl Drop for OutboundReceiver {
-    fn drop(&mut self) {
-        self.bytes.close();
+impl QueueState {
+    fn has_room(&self, cost: u32, shared: &Shared) -> bool {
+        self.entries.len() < shared.max_frames && self.bytes + cost as usize <= shared.max_bytes
     }
 }
+
+/// Entries a drained queue may keep room for: none, so that a session that
+/// has gone quiet holds no buffer (one small allocation per burst instead).
+const KEPT_CAPACITY: usize = 0;
 
 /// A bounded outbound queue: at most `max_frames` entries and `max_bytes`
 /// bytes of frames.
 pub fn outbound_queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, OutboundReceiver) {
-    let (tx, rx) = mpsc::channel(max_frames.max(1));
-    let max_bytes = max_bytes.clamp(1, Semaphore::MAX_PERMITS);
-    let bytes = Arc::new(Semaphore::new(max_bytes));
+    let shared = Arc::new(Shared {
+        state: Mutex::new(QueueState {
+            senders: 1,
+            ..QueueState::default()
+        }),
+        readable: Notify::new(),
+        writable: Notify::new(),
+        max_frames: max_frames.max(1),
+        max_bytes: max_bytes.max(1),
+    });
     (
         OutboundQueue {
-            frames: tx,
-            bytes: bytes.clone(),
-            max_bytes,
+            shared: shared.clone(),
         },
-        OutboundReceiver { frames: rx, bytes },
+        OutboundReceiver { shared },
     )
+}
+
+impl Clone for OutboundQueue {
+    fn clone(&self) -> Self {
+        lock(&self.shared.state).senders += 1;
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for OutboundQueue {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = lock(&self.shared.state);
+            state.senders -= 1;
+            state.senders == 0
+        };
+        if last {
+            self.shared.readable.notify_one();
+        }
+    }
+}
+
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        state.receiver_gone = true;
+        // What is queued will never be written: free it now, not when the
+        // last sender goes.
+        state.entries = VecDeque::new();
+        drop(state);
+        self.shared.writable.notify_waiters();
+    }
+}
+
+/// A sender counted in `senders_waiting`, uncounted when it stops waiting
+/// (woken, or its future dropped).
+struct Waiting<'a>(&'a Shared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).senders_waiting -= 1;
+    }
 }
 
 impl OutboundQueue {
     /// Queues `item`, waiting for room: the backpressure that stops a
     /// session's reader when its client does not read the replies.
     pub async fn send(&self, item: Outbound) -> Result<(), QueueError> {
-        let cost = item.cost(self.max_bytes);
-        self.bytes
-            .acquire_many(cost)
-            .await
-            .map_err(|_| QueueError::Closed)?
-            .forget();
-        self.frames
-            .send(Queued { item, cost })
-            .await
-            .map_err(|_| QueueError::Closed)
+        let mut item = Some(item);
+        loop {
+            // Registered before the check, so room made between the check
+            // and the wait is not missed (`notify_waiters` keeps no permit).
+            let room = self.shared.writable.notified();
+            let mut room = std::pin::pin!(room);
+            room.as_mut().enable();
+            match self.push(&mut item, true) {
+                Err(QueueError::Full) => {}
+                done => return done,
+            }
+            // Counted as waiting until woken or cancelled.
+            let _waiting = Waiting(&self.shared);
+            room.await;
+        }
     }
 
     /// Queues `item` only if there is room now.
     pub fn try_send(&self, item: Outbound) -> Result<(), QueueError> {
-        let cost = item.cost(self.max_bytes);
-        match self.bytes.try_acquire_many(cost) {
-            Ok(permit) => permit.forget(),
-            Err(TryAcquireError::NoPermits) => return Err(QueueError::Full),
-            Err(TryAcquireError::Closed) => return Err(QueueError::Closed),
+        self.push(&mut Some(item), false)
+    }
+
+    /// Pushes `item` (taken only on success); when `wait`, a Full answer
+    /// counts the caller among those waiting for room.
+    fn push(&self, item: &mut Option<Outbound>, wait: bool) -> Result<(), QueueError> {
+        let shared = &*self.shared;
+        let Some(entry) = item.as_ref() else {
+            return Ok(());
+        };
+        let cost = entry.cost(shared.max_bytes);
+        let mut state = lock(&shared.state);
+        if state.receiver_gone {
+            return Err(QueueError::Closed);
         }
-        self.frames
-            .try_send(Queued { item, cost })
-            .map_err(|error| {
-                // Not queued after all: its bytes are free again.
-                self.bytes.add_permits(cost as usize);
-                match error {
-                    mpsc::error::TrySendError::Full(_) => QueueError::Full,
-                    mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
-                }
-            })
+        // `cost` is at most the whole budget: one entry larger than the
+        // budget still passes, alone.
+        if !state.has_room(cost, shared) {
+            state.senders_waiting += usize::from(wait);
+            return Err(QueueError::Full);
+        }
+        let was_empty = state.entries.is_empty();
+        state.bytes += cost as usize;
+        state.entries.push_back(Queued {
+            item: item.take().expect("checked above"),
+            cost,
+        });
+        drop(state);
+        if was_empty {
+            shared.readable.notify_one();
+        }
+        Ok(())
     }
 
     pub fn max_frames(&self) -> usize {
-        self.frames.max_capacity()
+        self.shared.max_frames
     }
 
     pub fn max_bytes(&self) -> usize {
-        self.max_bytes
+        self.shared.max_bytes
     }
 }
 
 impl OutboundReceiver {
+    /// The next entry; `None` once every sender is gone and the queue is
+    /// empty.
     pub async fn recv(&mut self) -> Option<Queued> {
-        self.frames.recv().await
+        loop {
+            {
+                let mut state = lock(&self.shared.state);
+                if let Some(entry) = self.pop(&mut state) {
+                    return Some(entry);
+                }
+                if state.senders == 0 {
+                    return None;
+                }
+            }
+            self.shared.readable.notified().await;
+        }
     }
 
     pub fn try_recv(&mut self) -> Option<Queued> {
-        self.frames.try_recv().ok()
+        self.pop(&mut lock(&self.shared.state))
+    }
+
+    fn pop(&self, state: &mut QueueState) -> Option<Queued> {
+        let entry = state.entries.pop_front()?;
+        if state.entries.is_empty() && state.entries.capacity() > KEPT_CAPACITY {
+            state.entries = VecDeque::new();
+        }
+        if state.senders_waiting > 0 {
+            self.shared.writable.notify_waiters();
+        }
+        Some(entry)
     }
 
     /// The entry has been written: its bytes are free for the next.
     pub fn written(&self, cost: u32) {
-        self.bytes.add_permits(cost as usize);
+        let mut state = lock(&self.shared.state);
+        state.bytes -= cost as usize;
+        if state.senders_waiting > 0 {
+            drop(state);
+            self.shared.writable.notify_waiters();
+        }
     }
 }
 
@@ -253,6 +382,67 @@ mod tests {
         tokio::task::yield_now().await;
         drop(receiver);
         assert_eq!(waiting.await.unwrap(), Err(QueueError::Closed));
+    }
+
+    /// Two senders racing one writer on two threads: every entry arrives,
+    /// each sender's in order, the bounds hold, and the writer sees the
+    /// end once both senders are gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_arrive_in_order_under_contention() {
+        const PER_SENDER: usize = 20_000;
+        let (queue, mut receiver) = outbound_queue(8, 64);
+        let sender = |tag: &'static str, queue: OutboundQueue| {
+            tokio::spawn(async move {
+                for i in 0..PER_SENDER {
+                    let text = format!("{tag}{i}");
+                    let item = Outbound::frame(FrameKind::Echo, Message::Text(text.into()), false);
+                    queue.send(item).await.unwrap();
+                }
+            })
+        };
+        let a = sender("a", queue.clone());
+        let b = sender("b", queue);
+        let mut next = [0usize; 2];
+        while let Some(entry) = receiver.recv().await {
+            {
+                let state = lock(&receiver.shared.state);
+                assert!(state.entries.len() <= 8 && state.bytes <= 64);
+            }
+            let (item, cost) = entry.into_parts();
+            let Outbound::Frame {
+                message: Message::Text(text),
+                ..
+            } = item
+            else {
+                panic!("not a text frame");
+            };
+            let who = usize::from(text.starts_with('b'));
+            assert_eq!(text[1..].parse::<usize>().unwrap(), next[who], "{text}");
+            next[who] += 1;
+            if next[who] % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+            receiver.written(cost);
+        }
+        a.await.unwrap();
+        b.await.unwrap();
+        assert_eq!(next, [PER_SENDER, PER_SENDER]);
+        assert_eq!(lock(&receiver.shared.state).senders_waiting, 0);
+    }
+
+    #[test]
+    fn an_idle_queue_holds_no_buffer() {
+        let frame = || Outbound::frame(FrameKind::Echo, Message::Text("x".into()), false);
+        let (queue, mut receiver) = outbound_queue(64, 1 << 20);
+        assert_eq!(lock(&receiver.shared.state).entries.capacity(), 0);
+        for _ in 0..40 {
+            queue.try_send(frame()).unwrap();
+        }
+        while receiver.try_recv().is_some() {}
+        // The burst's buffer went back when the queue drained.
+        assert_eq!(lock(&receiver.shared.state).entries.capacity(), 0);
+        drop(receiver);
+        assert_eq!(queue.try_send(frame()), Err(QueueError::Closed));
     }
 
     #[test]

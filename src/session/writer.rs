@@ -1,13 +1,18 @@
-//! The writer task: the only code that writes to the socket.
+//! The writer task: the only code that writes to the socket, pings
+//! included.
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt};
+use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::close::{CloseDecision, CloseSignal, ClosedBy};
+use super::heartbeat::{Beat, Heartbeat};
 use super::outbound::{Outbound, OutboundReceiver};
 use super::stats::SessionStats;
 use crate::error::close_code;
@@ -24,21 +29,26 @@ pub struct Writer {
     pub stats: Arc<SessionStats>,
     pub state: Arc<ServerState>,
     /// The session's close: watched for the decision, and decided here
-    /// when the client stops reading.
+    /// when the client stops reading or has been silent too long.
     pub close: CloseSignal,
+    /// Pings and the idle timeout, on the writer's own timer.
+    pub heartbeat: Heartbeat,
 }
 
 impl Writer {
     /// Writes queued frames until the queue closes or a close is decided;
     /// on a server-side decision it sends the Close frame and stops
     /// (nothing may follow a Close).
-    pub async fn run<K>(self, mut sink: K, mut outbound: OutboundReceiver)
+    pub async fn run<K>(mut self, mut sink: K, mut outbound: OutboundReceiver)
     where
         K: Sink<Message, Error = axum::Error> + Unpin,
     {
         // A decision made before this task starts is seen all the same: a
         // watch holds its value.
         let mut close = self.close.subscribe();
+        let limit = self.state.config.limits.write_timeout;
+        let heartbeat_timer = sleep_until(self.heartbeat.next_wake(&self.stats));
+        let mut heartbeat_timer = std::pin::pin!(heartbeat_timer);
         loop {
             tokio::select! {
                 biased;
@@ -49,11 +59,8 @@ impl Writer {
                     // the branch above was polled: it is checked below.
                     let Some(item) = next else { break };
                     // Drain what is already queued, then flush once: one
-                    // syscall for a burst instead of one per frame. A
-                    // client that reads nothing for the write timeout is
-                    // given up on.
-                    let limit = self.state.config.limits.write_timeout;
-                    let burst = async {
+                    // syscall for a burst instead of one per frame.
+                    let burst = within(limit, async {
                         let mut batch = Some(item);
                         while let Some(item) = batch.take() {
                             let (item, cost) = item.into_parts();
@@ -62,18 +69,30 @@ impl Writer {
                             batch = outbound.try_recv();
                         }
                         sink.flush().await
-                    };
-                    // Boxed: the timer and the burst live only while
-                    // writing; the writer, parked for the whole session,
-                    // stays small (BENCHMARKS.md, idle memory).
-                    match Box::pin(tokio::time::timeout(limit, burst)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, "write failed; peer is gone");
-                            return;
-                        }
-                        Err(_) => return self.blocked(limit),
+                    });
+                    let written = burst.await;
+                    if self.after_write(written, limit).is_break() {
+                        return;
                     }
+                }
+                () = &mut heartbeat_timer => {
+                    match self.heartbeat.on_timer(&self.stats, Instant::now()) {
+                        Beat::Ping(payload) => {
+                            let ping = within(limit, sink.send(Message::Ping(payload.to_vec().into())));
+                            let written = ping.await;
+                            if self.after_write(written, limit).is_break() {
+                                return;
+                            }
+                            self.heartbeat.sent();
+                        }
+                        // Seen by the first branch on the next turn.
+                        Beat::Idle(decision) => {
+                            self.close.decide(decision);
+                        }
+                        Beat::Wait => {}
+                    }
+                    let next = self.heartbeat.next_wake(&self.stats);
+                    heartbeat_timer.as_mut().reset(next);
                 }
             }
         }
@@ -82,18 +101,32 @@ impl Writer {
             // Frames queued before the decision still go out first (a
             // stalled peer blocks here; the supervisor gives up after the
             // close timeout).
-            let limit = self.state.config.limits.write_timeout;
-            let last = async {
+            let last = within(limit, async {
                 while let Some(item) = outbound.try_recv() {
                     let (item, _) = item.into_parts();
-                    if self.feed(&mut sink, item).await.is_err() {
-                        return;
-                    }
+                    self.feed(&mut sink, item).await?;
                 }
                 send_close(&mut sink, &decision).await;
-            };
-            if Box::pin(tokio::time::timeout(limit, last)).await.is_err() {
+                Ok(())
+            });
+            if let Err(_elapsed) = last.await {
                 self.blocked(limit);
+            }
+        }
+    }
+
+    /// What a write's outcome means for the writer: `Break` ends it. A
+    /// client that reads nothing for the write timeout is given up on.
+    fn after_write(&self, written: Written, limit: std::time::Duration) -> ControlFlow<()> {
+        match written {
+            Ok(Ok(())) => ControlFlow::Continue(()),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "write failed; peer is gone");
+                ControlFlow::Break(())
+            }
+            Err(_) => {
+                self.blocked(limit);
+                ControlFlow::Break(())
             }
         }
     }
@@ -194,6 +227,21 @@ where
     }
 }
 
+/// A write's outcome: done, failed, or timed out.
+type Written = Result<Result<(), axum::Error>, tokio::time::error::Elapsed>;
+
+/// `write`, bounded by `limit`, on the heap: the timer and the write exist
+/// only while writing, so the writer, parked for the whole session, stays
+/// small. Built in a statement of its own, apart from the `.await`: a
+/// temporary in the awaiting statement would take room in the writer's
+/// future for the session's whole life (BENCHMARKS.md, idle memory).
+fn within<F>(limit: std::time::Duration, write: F) -> Pin<Box<tokio::time::Timeout<F>>>
+where
+    F: Future<Output = Result<(), axum::Error>>,
+{
+    Box::pin(tokio::time::timeout(limit, write))
+}
+
 /// Resolves once a close decision exists (or the signal is gone).
 async fn decided(close: &mut watch::Receiver<Option<CloseDecision>>) {
     while close.borrow_and_update().is_none() {
@@ -256,6 +304,11 @@ mod tests {
                 stats: Arc::new(SessionStats::new()),
                 state: state.clone(),
                 close: signal.clone(),
+                heartbeat: Heartbeat::new(
+                    std::time::Duration::from_secs(30),
+                    std::time::Duration::from_secs(60),
+                    None,
+                ),
             };
             let writer = tokio::spawn(writer.run(Recorder(sent.clone()), rx));
             let ending = tokio::spawn(async move {

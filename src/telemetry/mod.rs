@@ -38,8 +38,9 @@ use tracing::Subscriber;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::limits::{LOG_QUEUE_LINES, SPAN_QUEUE_SPANS};
@@ -415,7 +416,8 @@ pub fn get_subscriber(
                 .with_tracer(tracer)
                 .with_tracked_inactivity(false)
                 .with_threads(false)
-                .with_location(false),
+                .with_location(false)
+                .with_filter(filter_fn(span_or_warning)),
         )
         .with(BunyanJsonLayer::new(
             config.service_name.clone(),
@@ -433,6 +435,15 @@ pub fn get_subscriber(
             counters,
         },
     ))
+}
+
+/// What the OpenTelemetry layer sees: every span, and the events that
+/// become span events in the trace backend (warnings and errors). An info
+/// line would be kept in its span's memory until the span ends (the
+/// `session opened` line for a session's whole life) only to repeat what
+/// the logs, one click away by trace id, already hold.
+fn span_or_warning(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span() || *metadata.level() <= tracing::Level::WARN
 }
 
 /// Installs the subscriber for the whole process.

@@ -2,8 +2,10 @@
 //! into it, and which messages are traced.
 
 use axum::extract::ws::Message;
+use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use tokio::sync::Notify;
 
 use crate::protocol::FrameKind;
@@ -92,9 +94,11 @@ pub struct OutboundReceiver {
 #[derive(Debug)]
 struct Shared {
     state: Mutex<QueueState>,
-    /// The writer waits here for entries (one waiter: `notify_one` keeps a
-    /// permit, so a push between its check and its wait is not missed).
-    readable: Notify,
+    /// The writer's waker, registered under the lock when it finds the
+    /// queue empty (`QueueState::receiver_waiting`), so a sender that
+    /// pushes after that check sees it. Cheaper per message than a
+    /// `Notify`, whose waiter list has a lock of its own.
+    readable: AtomicWaker,
     /// Senders wait here for room.
     writable: Notify,
     max_frames: usize,
@@ -108,6 +112,8 @@ struct QueueState {
     bytes: usize,
     senders: usize,
     receiver_gone: bool,
+    /// The writer found the queue empty and waits for a wake.
+    receiver_waiting: bool,
     senders_waiting: usize,
 }
 
@@ -129,7 +135,7 @@ pub fn outbound_queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, Ou
             senders: 1,
             ..QueueState::default()
         }),
-        readable: Notify::new(),
+        readable: AtomicWaker::new(),
         writable: Notify::new(),
         max_frames: max_frames.max(1),
         max_bytes: max_bytes.max(1),
@@ -159,7 +165,7 @@ impl Drop for OutboundQueue {
             state.senders == 0
         };
         if last {
-            self.shared.readable.notify_one();
+            self.shared.readable.wake();
         }
     }
 }
@@ -230,15 +236,15 @@ impl OutboundQueue {
             state.senders_waiting += usize::from(wait);
             return Err(QueueError::Full);
         }
-        let was_empty = state.entries.is_empty();
         state.bytes += cost as usize;
         state.entries.push_back(Queued {
             item: item.take().expect("checked above"),
             cost,
         });
+        let wake = std::mem::take(&mut state.receiver_waiting);
         drop(state);
-        if was_empty {
-            shared.readable.notify_one();
+        if wake {
+            shared.readable.wake();
         }
         Ok(())
     }
@@ -256,18 +262,20 @@ impl OutboundReceiver {
     /// The next entry; `None` once every sender is gone and the queue is
     /// empty.
     pub async fn recv(&mut self) -> Option<Queued> {
-        loop {
-            {
-                let mut state = lock(&self.shared.state);
-                if let Some(entry) = self.pop(&mut state) {
-                    return Some(entry);
-                }
-                if state.senders == 0 {
-                    return None;
-                }
+        std::future::poll_fn(|cx| {
+            let mut state = lock(&self.shared.state);
+            if let Some(entry) = self.pop(&mut state) {
+                return Poll::Ready(Some(entry));
             }
-            self.shared.readable.notified().await;
-        }
+            if state.senders == 0 {
+                return Poll::Ready(None);
+            }
+            // Under the lock: a push after this sees `receiver_waiting`.
+            self.shared.readable.register(cx.waker());
+            state.receiver_waiting = true;
+            Poll::Pending
+        })
+        .await
     }
 
     pub fn try_recv(&mut self) -> Option<Queued> {

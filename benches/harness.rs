@@ -135,22 +135,32 @@ fn serve<F: Future<Output = ()>>(server: F) {
 /// socket options as `axum-bare` (no `split()`, no `TCP_NODELAY`), so the
 /// two differ only by axum.
 async fn tt_plain(addr: SocketAddr) {
+    accept_loop(addr, |stream| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            return;
+        };
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+}
+
+/// Binds, prints the address for the harness, and serves each connection
+/// in a task of its own.
+async fn accept_loop<F, Fut>(addr: SocketAddr, serve: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind(addr).await.unwrap();
     println!("listening {}", listener.local_addr().unwrap());
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                return;
-            };
-            while let Some(Ok(message)) = ws.next().await {
-                if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
-                    break;
-                }
-            }
-        });
+        if let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
     }
 }
 
@@ -182,20 +192,14 @@ async fn fastws(addr: SocketAddr) {
         });
         Ok(response)
     }
-    let listener = TcpListener::bind(addr).await.unwrap();
-    println!("listening {}", listener.local_addr().unwrap());
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, hyper::service::service_fn(handle))
-                .with_upgrades()
-                .await;
-        });
-    }
+    accept_loop(addr, |stream| async move {
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, hyper::service::service_fn(handle))
+            .with_upgrades()
+            .await;
+    })
+    .await
 }
 
 /// axum's websocket example shape: split, echo, no tracing.
@@ -566,33 +570,8 @@ struct RawReader {
 
 impl RawWs {
     async fn connect(server: &Server, i: usize) -> (RawReader, tokio::net::tcp::OwnedWriteHalf) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(source_ip(i), 0)).unwrap();
-        let mut stream = socket.connect(server.addr).await.unwrap();
+        let (stream, leftover) = raw_upgrade(server, i).await;
         stream.set_nodelay(true).unwrap();
-        let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            server.addr
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut filled = 0;
-        let head_end = loop {
-            let n = stream.read(&mut buf[filled..]).await.unwrap();
-            assert!(n > 0, "closed during handshake");
-            filled += n;
-            if let Some(i) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        assert!(
-            buf.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&buf[..head_end])
-        );
-        let leftover = buf[head_end..filled].to_vec();
         let (reader, writer) = stream.into_split();
         let mut reader = RawReader {
             reader,
@@ -877,9 +856,9 @@ async fn idle_memory(server: &Server, plan: &Plan) -> Vec<f64> {
     per_session
 }
 
-/// An idle session as cheap for the client as it can be: a raw socket that
-/// did the handshake and read the welcome frame (wstrace), nothing more.
-async fn open_idle(server: &Server, i: usize) -> TcpStream {
+/// The client side of an upgrade over a bare socket: the stream, and what
+/// came after the response head.
+async fn raw_upgrade(server: &Server, i: usize) -> (TcpStream, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(source_ip(i), 0)).unwrap();
@@ -903,12 +882,22 @@ async fn open_idle(server: &Server, i: usize) -> TcpStream {
     assert!(
         buf.starts_with(b"HTTP/1.1 101"),
         "{}",
-        String::from_utf8_lossy(&buf)
+        String::from_utf8_lossy(&buf[..head_end])
     );
+    buf.drain(..head_end);
+    (stream, buf)
+}
+
+/// An idle session as cheap for the client as it can be: a raw socket that
+/// did the handshake and read the welcome frame (wstrace), nothing more.
+async fn open_idle(server: &Server, i: usize) -> TcpStream {
+    use tokio::io::AsyncReadExt;
+    let (mut stream, mut buf) = raw_upgrade(server, i).await;
+    let mut chunk = [0u8; 512];
     if server.kind.is_wstrace() {
         // The welcome frame: a short unmasked text frame.
         loop {
-            let frame = &buf[head_end..];
+            let frame = &buf[..];
             let complete = match frame.get(1).map(|b| b & 0x7f) {
                 Some(len @ 0..=125) => frame.len() >= 2 + len as usize,
                 Some(126) if frame.len() >= 4 => {

@@ -117,22 +117,22 @@ mod tests {
 
     #[tokio::test]
     async fn pings_on_the_interval_and_closes_after_the_idle_timeout() {
-        let stats = SessionStats::new();
+        // Explicit instants, seconds apart: no sleeping, no race with the
+        // clock however loaded the machine is.
+        const S: Duration = Duration::from_secs(1);
         let start = Instant::now();
-        let mut heartbeat = Heartbeat::new(100 * MS, 250 * MS, None);
-        assert!(heartbeat.next_wake(&stats) <= start + 100 * MS + 5 * MS);
-        assert_eq!(heartbeat.on_timer(&stats, start + 50 * MS), Beat::Wait);
+        let stats = SessionStats::new();
+        let mut heartbeat = Heartbeat::new(10 * S, 25 * S, None);
+        assert!(heartbeat.next_wake(&stats) >= start + 10 * S);
+        assert_eq!(heartbeat.on_timer(&stats, start + 5 * S), Beat::Wait);
         assert!(matches!(
-            heartbeat.on_timer(&stats, start + 110 * MS),
+            heartbeat.on_timer(&stats, start + 11 * S),
             Beat::Ping(_)
         ));
-        assert_eq!(
-            stats.pings_sent.load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
+        assert_eq!(stats.pings_sent.load(std::sync::atomic::Ordering::Relaxed), 1);
         // The next ping is an interval after the late one.
-        assert!(heartbeat.next_wake(&stats) >= start + 210 * MS);
-        match heartbeat.on_timer(&stats, start + 300 * MS) {
+        assert!(heartbeat.next_wake(&stats) >= start + 21 * S);
+        match heartbeat.on_timer(&stats, start + 30 * S) {
             Beat::Idle(decision) => assert_eq!(decision.by, ClosedBy::IdleTimeout),
             other => panic!("{other:?}"),
         }

@@ -129,7 +129,10 @@ mod tests {
             heartbeat.on_timer(&stats, start + 11 * S),
             Beat::Ping(_)
         ));
-        assert_eq!(stats.pings_sent.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            stats.pings_sent.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
         // The next ping is an interval after the late one.
         assert!(heartbeat.next_wake(&stats) >= start + 21 * S);
         match heartbeat.on_timer(&stats, start + 30 * S) {

@@ -155,7 +155,8 @@ where
         // Before the writer starts (and sends the welcome): once the client
         // knows its session id, any instance can reach it. Boxed, like
         // every Redis call on a session's path.
-        let join = Box::pin(session.state.router.join(session.handle.clone()));
+        let ending = &session.ending;
+        let join = Box::pin(ending.state.router.join(ending.session.clone()));
         if let Err(error) = join.await {
             // Counted, and reported once per interval by the upkeep task.
             tracing::debug!(%error, "session not yet in the cluster registry");
@@ -169,8 +170,6 @@ where
 
 /// A session, set up: what its reader and writer will be made of.
 struct Session {
-    state: Arc<ServerState>,
-    handle: Arc<SessionHandle>,
     outbound_tx: outbound::OutboundQueue,
     outbound_rx: outbound::OutboundReceiver,
     echo_only: bool,
@@ -229,14 +228,12 @@ impl Session {
         ));
         Self {
             ending: Ending {
-                state: state.clone(),
-                session: handle.clone(),
+                state,
+                session: handle,
                 close,
                 stats,
                 peer_close: Arc::new(PeerClose::default()),
             },
-            state,
-            handle,
             outbound_tx,
             outbound_rx,
             echo_only: info.mode == SessionMode::Echo,
@@ -264,9 +261,9 @@ impl Session {
         K: Sink<Message, Error = axum::Error> + Send + Unpin + 'static,
         T: Stream<Item = Result<Message, axum::Error>> + Send + Unpin + 'static,
     {
-        let state = &self.state;
-        let limits = &state.config.limits;
         let ending = &self.ending;
+        let state = &ending.state;
+        let limits = &state.config.limits;
         let writer = writer::Writer {
             stats: ending.stats.clone(),
             state: state.clone(),
@@ -278,13 +275,13 @@ impl Session {
                     .config
                     .cluster
                     .is_some()
-                    .then(|| (state.router.clone(), Arc::downgrade(&self.handle))),
+                    .then(|| (state.router.clone(), Arc::downgrade(&ending.session))),
             ),
         };
         let writer = tokio::spawn(writer.run(sink, self.outbound_rx).in_current_span());
-        let seed = self.handle.id.as_u64_pair().1;
+        let seed = ending.session.id.as_u64_pair().1;
         let reader = reader::Reader {
-            session: self.handle.clone(),
+            session: ending.session.clone(),
             outbound: self.outbound_tx,
             state: state.clone(),
             peer_close: ending.peer_close.clone(),
@@ -322,7 +319,7 @@ async fn wait_for_end(
     let mut decided = close.subscribe();
     let reader_done = tokio::select! {
         ended = &mut reader => {
-            reader_ended(ended);
+            report_panic(ended.is_err(), "reader");
             true
         }
         _ = decided.wait_for(Option::is_some) => false,
@@ -342,16 +339,14 @@ async fn wait_for_end(
     // A close was decided by us or the peer: give the handshake (our Close
     // out, theirs in, or the reverse) a bounded time to finish.
     if !reader_done {
-        match tokio::time::timeout(limits.close_timeout, &mut reader).await {
-            Ok(ended) => reader_ended(ended),
-            Err(_) => SessionTaskAborted {
-                task: "reader",
-                timeout_ms: limits.close_timeout.as_millis() as u64,
-            }
-            .emit(),
-        }
+        // Given up on, it is dropped with this future.
+        let reader = (&mut reader).map(|ended| ended.is_err());
+        finish_within(reader, limits.close_timeout, "reader").await;
     }
-    finish_within(&mut writer, limits.close_timeout, "writer").await;
+    let writer_ended = (&mut writer).map(|ended| ended.is_err_and(|e| e.is_panic()));
+    if !finish_within(writer_ended, limits.close_timeout, "writer").await {
+        writer.abort();
+    }
 
     let decision = close.decision().unwrap_or_else(|| {
         CloseDecision::new(close_code::ABNORMAL, "session ended", ClosedBy::Server)
@@ -364,24 +359,32 @@ async fn wait_for_end(
     summary
 }
 
-fn reader_ended(ended: std::thread::Result<()>) {
-    if ended.is_err() {
-        SessionTaskPanicked { task: "reader" }.emit();
+fn report_panic(panicked: bool, name: &'static str) {
+    if panicked {
+        SessionTaskPanicked { task: name }.emit();
     }
 }
 
-async fn finish_within(task: &mut JoinHandle<()>, limit: std::time::Duration, name: &'static str) {
-    match tokio::time::timeout(limit, &mut *task).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) if error.is_panic() => SessionTaskPanicked { task: name }.emit(),
-        Ok(Err(_)) => {}
+/// Waits at most `limit` for the reader or the writer to end (`task`
+/// resolves to whether it panicked) and reports how it ended. `false`: it
+/// did not end in time, and the caller stops it.
+async fn finish_within(
+    task: impl Future<Output = bool>,
+    limit: std::time::Duration,
+    name: &'static str,
+) -> bool {
+    match tokio::time::timeout(limit, task).await {
+        Ok(panicked) => {
+            report_panic(panicked, name);
+            true
+        }
         Err(_) => {
-            task.abort();
             SessionTaskAborted {
                 task: name,
                 timeout_ms: limit.as_millis() as u64,
             }
             .emit();
+            false
         }
     }
 }

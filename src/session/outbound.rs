@@ -123,10 +123,6 @@ impl QueueState {
     }
 }
 
-/// Entries a drained queue may keep room for: none, so that a session that
-/// has gone quiet holds no buffer (one small allocation per burst instead).
-const KEPT_CAPACITY: usize = 0;
-
 /// A bounded outbound queue: at most `max_frames` entries and `max_bytes`
 /// bytes of frames.
 pub fn outbound_queue(max_frames: usize, max_bytes: usize) -> (OutboundQueue, OutboundReceiver) {
@@ -284,7 +280,9 @@ impl OutboundReceiver {
 
     fn pop(&self, state: &mut QueueState) -> Option<Queued> {
         let entry = state.entries.pop_front()?;
-        if state.entries.is_empty() && state.entries.capacity() > KEPT_CAPACITY {
+        if state.entries.is_empty() {
+            // A session that has gone quiet holds no buffer (one small
+            // allocation per burst instead).
             state.entries = VecDeque::new();
         }
         if state.senders_waiting > 0 {

@@ -931,8 +931,11 @@ fn readme_traceql_uses_attributes_the_server_sets() {
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
                 .collect();
+            // Declared on the span, or added when it ends (tests/process.rs
+            // checks that these reach a real collector).
             assert!(
-                session_span.contains(&format!("{attribute} =")),
+                session_span.contains(&format!("{attribute} ="))
+                    || session_span.contains(&format!("set_attribute(\"{attribute}\"")),
                 "{}: {} is not an attribute of ws.session",
                 query.origin,
                 attribute

@@ -244,6 +244,21 @@ async fn traced_session_reaches_collector(protocol: &str) {
         "{}",
         session_span.body
     );
+    // These attributes are added at the end, not declared up front.
+    for attribute in [
+        "ws.connection.id",
+        "ws.protocol",
+        "ws.close.code",
+        "ws.closed_by",
+        "ws.messages.received",
+        "ws.messages.sent",
+    ] {
+        assert!(
+            session_span.body.contains(attribute),
+            "{attribute} missing: {}",
+            session_span.body
+        );
+    }
     let output = std::fs::read_to_string(&collector.output).unwrap();
     assert!(
         output.contains("wstrace-under-test"),

@@ -140,6 +140,10 @@ impl Server {
         drop(listener);
         upkeep.abort();
         shutdown.cancel();
+        // After the flag: a session that joins the hub later sees it.
+        for session in state.hub().sessions() {
+            session.shut_down();
+        }
         state.sessions.close();
         tracing::info!(
             open_sessions = state.sessions.len(),

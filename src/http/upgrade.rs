@@ -119,15 +119,44 @@ async fn upgrade_session(
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .on_failed_upgrade(|error| tracing::warn!(%error, "websocket upgrade failed"));
-    let sessions = state.sessions.clone();
+    // One box for all the callback takes: axum's task keeps room for the
+    // callback for the session's whole life, even after calling it, so the
+    // callback is best a single pointer (BENCHMARKS.md, idle memory).
+    let setup = Box::new(SessionSetup {
+        span: session_span,
+        info,
+        state,
+        held: (permit, ip_slot, user_slot),
+    });
     Ok(upgrade.on_upgrade(move |socket| {
+        let SessionSetup {
+            span,
+            info,
+            state,
+            held,
+        } = *setup;
+        let sessions = state.sessions.clone();
         // Set up here, in the session's span, rather than in an async block
         // that would keep room for the socket all session long.
-        let session = session_span.in_scope(|| run_session(socket, info, state));
+        let session = span.in_scope(|| run_session(socket, info, state));
         let session = async move {
             session.await;
-            drop((permit, ip_slot, user_slot));
+            drop(held);
         };
-        sessions.track_future(session.instrument(session_span))
+        sessions.track_future(session.instrument(span))
     }))
+}
+
+/// What a session takes from its upgrade request.
+struct SessionSetup {
+    span: tracing::Span,
+    info: SessionInfo,
+    state: Arc<ServerState>,
+    /// Released when the session ends: its connection permit and its
+    /// per-address and per-user slots.
+    held: (
+        tokio::sync::OwnedSemaphorePermit,
+        crate::caps::Slot<std::net::IpAddr>,
+        Option<crate::caps::Slot<String>>,
+    ),
 }

@@ -33,6 +33,9 @@ pub trait Recipient: Send + Sync + std::fmt::Debug {
     /// Closes the session on an operator's request; false if it was
     /// already closing.
     fn close_by_admin(&self, code: u16, reason: String) -> bool;
+    /// Closes the session because the server is stopping (1001); false if
+    /// it was already closing.
+    fn shut_down(&self) -> bool;
 }
 
 /// A shared, type-erased recipient.

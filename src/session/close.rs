@@ -6,8 +6,11 @@
 //! Close frame for the server's own decisions; the supervisor in
 //! `session::run_session` waits a bounded time for the handshake to finish.
 
-use std::sync::Mutex;
-use tokio::sync::watch;
+use futures_util::task::AtomicWaker;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 
 use crate::error::close_code;
 use crate::sync::lock;
@@ -70,39 +73,92 @@ impl CloseDecision {
 }
 
 /// The one place a session's ending is decided. Any task may propose; the
-/// first proposal sticks and every task can watch for it.
-#[derive(Debug, Clone)]
-pub struct CloseSignal(watch::Sender<Option<CloseDecision>>);
+/// first proposal sticks, and the two that act on it (the writer, which
+/// sends the Close frame, and the supervisor, which ends the session) wait
+/// for it.
+///
+/// A `OnceLock` and one waker per waiter rather than a `watch` channel or
+/// a `Notify`: the decision is written once; a watch costs an idle session
+/// ~350 bytes of notifier slots, and both take a mutex each time a waiting
+/// task is polled, which the writer and the supervisor are on every
+/// message (BENCHMARKS.md).
+#[derive(Debug, Clone, Default)]
+pub struct CloseSignal(Arc<CloseState>);
+
+#[derive(Debug, Default)]
+struct CloseState {
+    decision: OnceLock<CloseDecision>,
+    writer: AtomicWaker,
+    supervisor: AtomicWaker,
+}
+
+/// Who waits for a close decision. Each has one waker slot: two futures
+/// waiting as the same waiter at once would take each other's wake-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    Writer,
+    Supervisor,
+}
 
 impl CloseSignal {
     pub fn new() -> Self {
-        Self(watch::Sender::new(None))
+        Self::default()
     }
 
     /// Returns whether this decision is the one that counts.
     pub fn decide(&self, decision: CloseDecision) -> bool {
-        self.0.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(decision);
-                true
-            } else {
-                false
-            }
-        })
+        let counts = self.0.decision.set(decision).is_ok();
+        if counts {
+            self.0.writer.wake();
+            self.0.supervisor.wake();
+        }
+        counts
     }
 
     pub fn decision(&self) -> Option<CloseDecision> {
-        self.0.borrow().clone()
+        self.0.decision.get().cloned()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Option<CloseDecision>> {
-        self.0.subscribe()
+    pub fn is_decided(&self) -> bool {
+        self.0.decision.get().is_some()
+    }
+
+    /// Resolves once a decision exists, including one made before the call.
+    pub fn decided(&self, waiter: Waiter) -> Decided<'_> {
+        Decided {
+            signal: self,
+            waiter,
+        }
     }
 }
 
-impl Default for CloseSignal {
-    fn default() -> Self {
-        Self::new()
+/// The future of [`CloseSignal::decided`].
+#[derive(Debug)]
+pub struct Decided<'a> {
+    signal: &'a CloseSignal,
+    waiter: Waiter,
+}
+
+impl Future for Decided<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let state = &self.signal.0;
+        if state.decision.get().is_some() {
+            return Poll::Ready(());
+        }
+        let waker = match self.waiter {
+            Waiter::Writer => &state.writer,
+            Waiter::Supervisor => &state.supervisor,
+        };
+        waker.register(cx.waker());
+        // Checked again after registering: a decision made in between
+        // woke the previous waker, not this one.
+        if state.decision.get().is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -130,5 +186,29 @@ mod tests {
         assert!(signal.decide(CloseDecision::new(1000, "idle", ClosedBy::IdleTimeout)));
         assert!(!signal.decide(CloseDecision::new(1001, "bye", ClosedBy::Shutdown)));
         assert_eq!(signal.decision().unwrap().by, ClosedBy::IdleTimeout);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_decision_wakes_both_waiters_before_and_after_it() {
+        for _ in 0..200 {
+            let signal = CloseSignal::new();
+            let waiters: Vec<_> = [Waiter::Writer, Waiter::Supervisor]
+                .into_iter()
+                .map(|waiter| {
+                    let signal = signal.clone();
+                    tokio::spawn(async move { signal.decided(waiter).await })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            signal.decide(CloseDecision::new(1000, "done", ClosedBy::Server));
+            for waiter in waiters {
+                tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+                    .await
+                    .expect("a waiter missed the decision")
+                    .unwrap();
+            }
+            // Made before the wait: resolves at once.
+            signal.decided(Waiter::Writer).await;
+        }
     }
 }

@@ -148,4 +148,12 @@ impl Recipient for SessionHandle {
         self.close
             .decide(CloseDecision::new(code, reason, ClosedBy::Admin))
     }
+
+    fn shut_down(&self) -> bool {
+        self.close.decide(CloseDecision::new(
+            close_code::GOING_AWAY,
+            "server shutting down",
+            ClosedBy::Shutdown,
+        ))
+    }
 }

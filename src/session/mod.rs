@@ -51,7 +51,7 @@ use crate::events::{
 use crate::protocol::ServerFrame;
 use crate::routing::Recipient;
 use crate::state::ServerState;
-use close::{CloseDecision, CloseSignal, ClosedBy, PeerClose};
+use close::{CloseDecision, CloseSignal, ClosedBy, PeerClose, Waiter};
 pub use handle::SessionHandle;
 use outbound::{MessageSampler, Outbound};
 pub use rate::{RateDecision, RateLimiter};
@@ -92,7 +92,12 @@ pub struct UpgradeInfo {
 
 impl SessionInfo {
     /// The `ws.session` span. Its fields are inherited by every span and
-    /// log line below it; the close fields are filled in at the end.
+    /// log line below it. Attributes only the trace backend needs
+    /// (`ws.connection.id`, `ws.protocol`, the close attributes) are not
+    /// declared here but added at the end (`log_closed`), when the span is
+    /// exported: the OpenTelemetry layer sizes each span's attribute vector
+    /// by its declared fields, and a session that stays open for hours would
+    /// carry those slots all that time.
     ///
     /// In the trace it is a child of the upgrade's HTTP span; in `tracing`
     /// it is a root, so its log lines do not repeat every HTTP attribute.
@@ -101,17 +106,9 @@ impl SessionInfo {
             parent: None,
             "ws.session",
             session_id = %self.session_id,
-            ws.connection.id = %self.session_id,
-            ws.protocol = "ws",
             net.peer.ip = %self.peer.ip(),
             net.peer.port = self.peer.port(),
             user.id = self.user.as_deref(),
-            ws.close.code = tracing::field::Empty,
-            ws.close.reason = tracing::field::Empty,
-            ws.closed_by = tracing::field::Empty,
-            ws.messages.received = tracing::field::Empty,
-            ws.messages.sent = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
         );
         // Cannot fail: the span was just created and not yet entered.
         let _ = span.set_parent(upgrade.context());
@@ -150,17 +147,21 @@ where
 {
     let session = Session::new(info, state);
     let (sink, stream) = socket.split();
+    // Boxed: what an async block captures keeps its room after being moved
+    // out, and these are moved out right after the join.
+    let parts = Box::new((session, sink, stream));
 
     async move {
         // Before the writer starts (and sends the welcome): once the client
         // knows its session id, any instance can reach it. Boxed, like
         // every Redis call on a session's path.
-        let ending = &session.ending;
+        let ending = &parts.0.ending;
         let join = Box::pin(ending.state.router.join(ending.session.clone()));
         if let Err(error) = join.await {
             // Counted, and reported once per interval by the upkeep task.
             tracing::debug!(%error, "session not yet in the cluster registry");
         }
+        let (session, sink, stream) = *parts;
         // The reader on the heap: pinning it here would move it into a
         // second slot of this future, and both would stay.
         let (reader, writer, ending) = session.start(sink, stream);
@@ -306,6 +307,34 @@ type ReaderRun = Pin<Box<dyn Future<Output = std::thread::Result<()>> + Send>>;
 async fn wait_for_end(
     ending: Ending,
     mut reader: ReaderRun,
+    writer: JoinHandle<()>,
+) -> SessionSummary {
+    // A server that stops closes every session in its hub; this one joined
+    // the hub before the check, so either the sweep found it or it sees
+    // the flag here. Not a branch of the select below: that is polled on
+    // every wake-up of the reader, and waiting on the server-wide token
+    // takes its lock each time.
+    if ending.state.shutdown.is_cancelled() {
+        ending.session.shut_down();
+    }
+    let reader_done = tokio::select! {
+        ended = &mut reader => {
+            report_panic(ended.is_err(), "reader");
+            true
+        }
+        () = ending.close.decided(Waiter::Supervisor) => false,
+    };
+    // Runs once, at the end: boxed, so that the room its timers need is not
+    // kept by every idle session.
+    Box::pin(finish(ending, reader, reader_done, writer)).await
+}
+
+/// Leaves the registry, lets the close handshake finish within the close
+/// timeout, and writes `session closed`.
+async fn finish(
+    ending: Ending,
+    mut reader: ReaderRun,
+    reader_done: bool,
     mut writer: JoinHandle<()>,
 ) -> SessionSummary {
     let Ending {
@@ -316,25 +345,10 @@ async fn wait_for_end(
         peer_close,
     } = ending;
     let limits = &state.config.limits;
-    let mut decided = close.subscribe();
-    let reader_done = tokio::select! {
-        ended = &mut reader => {
-            report_panic(ended.is_err(), "reader");
-            true
-        }
-        _ = decided.wait_for(Option::is_some) => false,
-        _ = state.shutdown.cancelled() => {
-            close.decide(CloseDecision::new(
-                close_code::GOING_AWAY,
-                "server shutting down",
-                ClosedBy::Shutdown,
-            ));
-            false
-        }
-    };
     // Stop taking deliveries: nothing more will be sent.
     let leave = Box::pin(state.router.leave(session.id, session.user()));
     leave.await;
+    let session_id = session.id;
     drop(session);
     // A close was decided by us or the peer: give the handshake (our Close
     // out, theirs in, or the reverse) a bounded time to finish.
@@ -355,7 +369,7 @@ async fn wait_for_end(
         clean: peer_close.get().is_some(),
         decision,
     };
-    log_closed(&state, &stats, &summary, peer_close.get());
+    log_closed(&state, session_id, &stats, &summary, peer_close.get());
     summary
 }
 
@@ -391,6 +405,7 @@ async fn finish_within(
 
 fn log_closed(
     state: &ServerState,
+    session_id: uuid::Uuid,
     stats: &SessionStats,
     summary: &SessionSummary,
     peer_close: Option<(u16, String)>,
@@ -417,15 +432,21 @@ fn log_closed(
         warnings_suppressed: stats.warnings_suppressed.load(Relaxed),
     }
     .emit(&state.metrics);
-    // Recorded after the line above, so log lines do not repeat them; the
-    // trace backend gets them as span attributes.
+    // Span attributes only: the line above already has them.
     let span = tracing::Span::current();
-    span.record("ws.close.code", decision.code);
-    span.record("ws.close.reason", decision.reason.as_str());
-    span.record("ws.closed_by", decision.by.as_str());
-    span.record("ws.messages.received", stats.messages_in.load(Relaxed));
-    span.record("ws.messages.sent", stats.messages_out.load(Relaxed));
+    span.set_attribute("ws.connection.id", session_id.to_string());
+    span.set_attribute("ws.protocol", "ws");
+    span.set_attribute("ws.close.code", i64::from(decision.code));
+    span.set_attribute("ws.close.reason", decision.reason.clone());
+    span.set_attribute("ws.closed_by", decision.by.as_str());
+    span.set_attribute("ws.messages.received", counter(&stats.messages_in));
+    span.set_attribute("ws.messages.sent", counter(&stats.messages_out));
     if decision.by == ClosedBy::Error {
-        span.record("otel.status_code", "error");
+        span.set_status(opentelemetry::trace::Status::error(decision.reason.clone()));
     }
+}
+
+/// An OpenTelemetry attribute holds integers as `i64`.
+fn counter(value: &std::sync::atomic::AtomicU64) -> i64 {
+    i64::try_from(value.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX)
 }

@@ -6,12 +6,11 @@ use futures_util::{Sink, SinkExt};
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::close::{CloseDecision, CloseSignal, ClosedBy};
+use super::close::{CloseDecision, CloseSignal, ClosedBy, Waiter};
 use super::heartbeat::{Beat, Heartbeat};
 use super::outbound::{Outbound, OutboundReceiver};
 use super::stats::SessionStats;
@@ -43,16 +42,15 @@ impl Writer {
     where
         K: Sink<Message, Error = axum::Error> + Unpin,
     {
-        // A decision made before this task starts is seen all the same: a
-        // watch holds its value.
-        let mut close = self.close.subscribe();
+        // A decision made before this task starts is seen all the same.
+        let close = self.close.clone();
         let limit = self.state.config.limits.write_timeout;
         let heartbeat_timer = sleep_until(self.heartbeat.next_wake(&self.stats));
         let mut heartbeat_timer = std::pin::pin!(heartbeat_timer);
         loop {
             tokio::select! {
                 biased;
-                _ = decided(&mut close) => break,
+                () = close.decided(Waiter::Writer) => break,
                 next = outbound.recv() => {
                     // Every sender gone: the session is ending. The close
                     // decision may have come in the same instant, after
@@ -96,7 +94,7 @@ impl Writer {
                 }
             }
         }
-        let decision = close.borrow().clone();
+        let decision = close.decision();
         if let Some(decision) = decision.filter(CloseDecision::server_sends_close) {
             // Frames queued before the decision still go out first (a
             // stalled peer blocks here; the supervisor gives up after the
@@ -240,15 +238,6 @@ where
     F: Future<Output = Result<(), axum::Error>>,
 {
     Box::pin(tokio::time::timeout(limit, write))
-}
-
-/// Resolves once a close decision exists (or the signal is gone).
-async fn decided(close: &mut watch::Receiver<Option<CloseDecision>>) {
-    while close.borrow_and_update().is_none() {
-        if close.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Size of a data frame; control frames are not messages.

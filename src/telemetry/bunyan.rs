@@ -1,19 +1,19 @@
 //! The bunyan JSON line format, with the trace identity built in.
 //!
-//! `tracing-bunyan-formatter`'s `JsonStorageLayer` keeps each span's fields
-//! (and copies its parent's, which is how `session_id` reaches every line a
-//! session's tasks log). This layer turns each event into one bunyan record
-//! and adds the event span's OpenTelemetry `trace_id` and `span_id` as
-//! top-level fields, so no call site can forget them.
+//! The record has the shape `tracing-bunyan-formatter` writes. The span's
+//! fields come from [`SpanFields`] (which copies its parent's, which is how
+//! `session_id` reaches every line a session's tasks log), already
+//! serialized. This layer turns each event into one bunyan record and adds
+//! the event span's OpenTelemetry `trace_id` and `span_id` as top-level
+//! fields, so no call site can forget them.
 //!
-//! Unlike `BunyanFormattingLayer` it writes no `[SPAN - START]`/`[SPAN - END]`
+//! Unlike `tracing-bunyan-formatter`'s `BunyanFormattingLayer` it writes no `[SPAN - START]`/`[SPAN - END]`
 //! records: spans go to the trace backend, and a session's lifecycle is told
 //! by explicit events. That halves the log volume per session and keeps
 //! `msg` equal to what the call site wrote, so `jq 'select(.msg=="session
 //! closed")'` works.
 
-use serde::Serializer;
-use serde::ser::SerializeMap;
+use opentelemetry::trace::{SpanId, TraceId};
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,12 +21,12 @@ use std::time::SystemTime;
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::{Dispatch, Event, Level, Subscriber};
-use tracing_bunyan_formatter::JsonStorage;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use super::TelemetryCounters;
+use super::span_fields::SpanFields;
 
 /// Keys written by the layer itself; span or event fields with these names
 /// are not written again (a JSON object with duplicate keys is ambiguous).
@@ -44,10 +44,6 @@ pub const RESERVED: &[&str] = &[
     "span_id",
 ];
 
-/// Span attributes that exist for the trace backend's conventions but only
-/// repeat another field in a log line (`ws.connection.id` is `session_id`).
-const SPAN_ONLY: &[&str] = &["ws.connection.id"];
-
 /// Formats events as bunyan JSON lines and writes each line with one
 /// `write_all`, so concurrent lines never interleave.
 pub struct BunyanJsonLayer<W> {
@@ -59,12 +55,12 @@ pub struct BunyanJsonLayer<W> {
     /// dispatcher owns this layer.
     dispatch: std::sync::OnceLock<WeakDispatch>,
     counters: Arc<TelemetryCounters>,
-    name: String,
-    hostname: String,
-    pid: u32,
-    /// Which server instance wrote the line: with several instances behind
-    /// one load balancer, the one to look at.
-    instance_id: String,
+    /// `{"v":0,"name":…`: the start of every line, serialized once.
+    head: String,
+    /// `,"hostname":…,"pid":…,"instance_id":…`: the same on every line.
+    /// `instance_id` says which server instance wrote the line: with
+    /// several instances behind one load balancer, the one to look at.
+    process: String,
 }
 
 impl<W> BunyanJsonLayer<W> {
@@ -74,14 +70,18 @@ impl<W> BunyanJsonLayer<W> {
         make_writer: W,
         counters: Arc<TelemetryCounters>,
     ) -> Self {
+        let json = |value: &str| serde_json::Value::from(value).to_string();
         Self {
-            instance_id: instance_id.into(),
             make_writer,
             counters,
             dispatch: std::sync::OnceLock::new(),
-            name: name.into(),
-            hostname: hostname(),
-            pid: std::process::id(),
+            head: format!("{{\"v\":0,\"name\":{}", json(&name.into())),
+            process: format!(
+                ",\"hostname\":{},\"pid\":{},\"instance_id\":{}",
+                json(&hostname()),
+                std::process::id(),
+                json(&instance_id.into())
+            ),
         }
     }
 }
@@ -109,20 +109,14 @@ pub fn bunyan_level(level: &Level) -> u8 {
     }
 }
 
-/// The OpenTelemetry identity of a span, rendered once and cached in the
-/// span's extensions.
-#[derive(Clone)]
-struct TraceIds {
-    trace_id: String,
-    span_id: String,
-}
-
-fn trace_ids<S>(span: &SpanRef<'_, S>, dispatch: &Dispatch) -> Option<TraceIds>
+/// The OpenTelemetry identity of a span, looked up once and cached in its
+/// [`SpanFields`].
+fn trace_ids<S>(span: &SpanRef<'_, S>, dispatch: &Dispatch) -> Option<(TraceId, SpanId)>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    if let Some(ids) = span.extensions().get::<TraceIds>() {
-        return Some(ids.clone());
+    if let Some(ids) = span.extensions().get::<SpanFields>().and_then(|f| f.ids) {
+        return Some(ids);
     }
     use opentelemetry::trace::TraceContextExt;
     let cx = tracing_opentelemetry::get_otel_context(&span.id(), dispatch)?;
@@ -131,11 +125,15 @@ where
     if !span_context.is_valid() {
         return None;
     }
-    let ids = TraceIds {
-        trace_id: span_context.trace_id().to_string(),
-        span_id: span_context.span_id().to_string(),
-    };
-    span.extensions_mut().insert(ids.clone());
+    let ids = (span_context.trace_id(), span_context.span_id());
+    let mut extensions = span.extensions_mut();
+    match extensions.get_mut::<SpanFields>() {
+        Some(fields) => fields.ids = Some(ids),
+        None => extensions.insert(SpanFields {
+            ids: Some(ids),
+            ..SpanFields::default()
+        }),
+    }
     Some(ids)
 }
 
@@ -205,62 +203,55 @@ where
             .and_then(|(span, dispatch)| trace_ids(span, dispatch));
 
         let mut line = Vec::with_capacity(512);
-        let written = (|| -> serde_json::Result<()> {
-            let mut ser = serde_json::Serializer::new(&mut line);
-            let mut map = ser.serialize_map(None)?;
-            map.serialize_entry("v", &0)?;
-            map.serialize_entry("name", &self.name)?;
-            map.serialize_entry("msg", fields.message.as_deref().unwrap_or(""))?;
-            map.serialize_entry("level", &bunyan_level(meta.level()))?;
-            map.serialize_entry("hostname", &self.hostname)?;
-            map.serialize_entry("pid", &self.pid)?;
-            map.serialize_entry("instance_id", &self.instance_id)?;
-            map.serialize_entry(
-                "time",
-                &humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            )?;
-            map.serialize_entry("target", meta.target())?;
-            if let Some(ids) = &ids {
-                map.serialize_entry("trace_id", &ids.trace_id)?;
-                map.serialize_entry("span_id", &ids.span_id)?;
-            }
-            let is_written_elsewhere = |key: &str| {
-                RESERVED.contains(&key)
-                    || SPAN_ONLY.contains(&key)
-                    || key.starts_with("otel.")
-                    || fields.fields.iter().any(|(k, _)| *k == key)
-            };
-            if let Some(span) = &span {
-                let extensions = span.extensions();
-                if let Some(storage) = extensions.get::<JsonStorage>() {
-                    let mut span_fields: Vec<_> = storage
-                        .values()
-                        .iter()
-                        .filter(|(key, _)| !is_written_elsewhere(key))
-                        .collect();
-                    // HashMap order is random; sorted keys make lines diffable.
-                    span_fields.sort_unstable_by_key(|(key, _)| **key);
-                    for (key, value) in span_fields {
-                        map.serialize_entry(key, value)?;
+        line.extend_from_slice(self.head.as_bytes());
+        line.extend_from_slice(b",\"msg\":");
+        write_json(&mut line, fields.message.as_deref().unwrap_or(""));
+        let _ = write!(line, ",\"level\":{}", bunyan_level(meta.level()));
+        line.extend_from_slice(self.process.as_bytes());
+        let _ = write!(
+            line,
+            ",\"time\":\"{}\",\"target\":",
+            humantime::format_rfc3339_micros(SystemTime::now())
+        );
+        write_json(&mut line, meta.target());
+        if let Some((trace_id, span_id)) = ids {
+            let _ = write!(
+                line,
+                ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
+            );
+        }
+        if let Some(span) = &span {
+            let extensions = span.extensions();
+            if let Some(span_fields) = extensions.get::<SpanFields>() {
+                for (key, entry) in span_fields.entries() {
+                    // The event's own value for a key wins.
+                    if !fields.fields.iter().any(|(k, _)| *k == key) {
+                        line.extend_from_slice(entry.as_bytes());
                     }
                 }
             }
-            for (key, value) in &fields.fields {
-                if !RESERVED.contains(key) {
-                    map.serialize_entry(key, value)?;
-                }
-            }
-            map.end()
-        })();
-        if written.is_ok() {
-            line.push(b'\n');
-            // The writers are lossless (they block when full); an error here
-            // means the writer thread is gone, i.e. the process is exiting.
-            let counter = match self.make_writer.make_writer_for(meta).write_all(&line) {
-                Ok(()) => &self.counters.log_lines_written,
-                Err(_) => &self.counters.log_lines_dropped,
-            };
-            counter.fetch_add(1, Relaxed);
         }
+        for (key, value) in &fields.fields {
+            if !RESERVED.contains(key) {
+                line.push(b',');
+                write_json(&mut line, key);
+                line.push(b':');
+                write_json(&mut line, value);
+            }
+        }
+        line.extend_from_slice(b"}\n");
+        // The writers are lossless (they block when full); an error here
+        // means the writer thread is gone, i.e. the process is exiting.
+        let counter = match self.make_writer.make_writer_for(meta).write_all(&line) {
+            Ok(()) => &self.counters.log_lines_written,
+            Err(_) => &self.counters.log_lines_dropped,
+        };
+        counter.fetch_add(1, Relaxed);
     }
+}
+
+/// Writes `value` as JSON. Into a `Vec`, serializing a string, a number
+/// or a `serde_json::Value` cannot fail.
+fn write_json(line: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
+    let _ = serde_json::to_writer(line, value);
 }

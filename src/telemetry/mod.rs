@@ -5,7 +5,8 @@
 //! ```text
 //! Registry
 //!   ├─ EnvFilter            RUST_LOG-style filtering (default: info)
-//!   ├─ JsonStorageLayer     keeps span fields; children inherit session_id
+//!   ├─ SpanFieldsLayer      keeps span fields as JSON; children inherit
+//!   │                       session_id
 //!   ├─ OpenTelemetryLayer   gives every span a W3C trace/span id; exports
 //!   │                       over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
 //!   └─ BunyanJsonLayer      one bunyan JSON line per event, with trace_id,
@@ -21,9 +22,11 @@
 mod bunyan;
 mod counters;
 pub mod logfile;
+mod span_fields;
 
 pub use bunyan::{BunyanJsonLayer, RESERVED as BUNYAN_FIELDS, bunyan_level};
 pub use counters::{CountingExporter, CountingProcessor, TelemetryCounters};
+pub use span_fields::{SpanFields, SpanFieldsLayer};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
@@ -410,7 +413,7 @@ pub fn get_subscriber(
 
     let subscriber = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_bunyan_formatter::JsonStorageLayer)
+        .with(SpanFieldsLayer)
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)

@@ -1,0 +1,310 @@
+//! Each span's fields, kept as the JSON text every log line under the span
+//! will carry.
+//!
+//! `tracing-bunyan-formatter`'s `JsonStorageLayer` kept a `HashMap` of
+//! `serde_json::Value` per span: about 600 bytes and six allocations for
+//! the `ws.session` span, held for the session's whole life, and the map
+//! re-sorted and re-serialized for every line. Here a span's fields are
+//! one string of `,"key":value` entries, sorted by key, serialized once when
+//! the span is created, with the parent's entries merged in (that is how
+//! `session_id` reaches the lines of a message span). Fields that no line
+//! writes (`otel.*`, attributes that only repeat another field, the keys
+//! the line itself writes) are not kept at all.
+//!
+//! The span's OpenTelemetry ids are cached beside them, as ids rather than
+//! as hex strings, the first time a line under the span needs them.
+
+use opentelemetry::trace::{SpanId, TraceId};
+use std::fmt::Write as _;
+use tracing::Subscriber;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+use super::bunyan::RESERVED;
+
+/// Span attributes that exist for the trace backend's conventions but only
+/// repeat another field in a log line (`ws.connection.id` is `session_id`).
+const SPAN_ONLY: &[&str] = &["ws.connection.id"];
+
+/// Whether a span field is written in log lines.
+fn is_logged(key: &str) -> bool {
+    !(RESERVED.contains(&key)
+        || SPAN_ONLY.contains(&key)
+        || key.starts_with("otel.")
+        || key.starts_with("log.")
+        || key == "message")
+}
+
+/// A span's fields as JSON, and its trace identity once known.
+#[derive(Debug, Default)]
+pub struct SpanFields {
+    /// `,"key":value` entries sorted by key. A `,"` never occurs inside an
+    /// entry: keys are field names, and inside a JSON string a `"` is
+    /// always escaped, so `,"` marks where each entry starts.
+    pub(super) json: String,
+    pub(super) ids: Option<(TraceId, SpanId)>,
+}
+
+impl SpanFields {
+    /// The entries, each with its key and its text (leading comma included).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &str)> {
+        entries(&self.json)
+    }
+
+    #[cfg(test)]
+    fn as_json_object(&self) -> String {
+        format!("{{{}}}", self.json.strip_prefix(',').unwrap_or(""))
+    }
+}
+
+fn entries(json: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = json;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest[1..].find(",\"").map_or(rest.len(), |i| i + 1);
+        let (entry, tail) = rest.split_at(end);
+        rest = tail;
+        Some((key_of(entry), entry))
+    })
+}
+
+/// `,"key":value` → `key`.
+fn key_of(entry: &str) -> &str {
+    let quoted = &entry[2..];
+    &quoted[..quoted.find('"').unwrap_or(quoted.len())]
+}
+
+/// Collects fields as serialized entries, in the order they were written.
+#[derive(Default)]
+struct Entries {
+    text: String,
+    /// Key and byte range in `text` of each entry.
+    spans: Vec<(&'static str, usize, usize)>,
+}
+
+impl Entries {
+    fn push(&mut self, field: &Field, write: impl FnOnce(&mut String)) {
+        let key = field.name();
+        if !is_logged(key) {
+            return;
+        }
+        let start = self.text.len();
+        self.text.push_str(",\"");
+        self.text.push_str(key);
+        self.text.push_str("\":");
+        write(&mut self.text);
+        self.spans.push((key, start, self.text.len()));
+    }
+
+    fn push_str(&mut self, field: &Field, value: &str) {
+        self.push(field, |text| write_json_str(text, value));
+    }
+
+    /// Merges these entries into `base` (sorted), replacing entries with
+    /// the same key.
+    fn merge_into(mut self, base: &str) -> String {
+        // Stable: of two values for one key, the later one wins below.
+        self.spans.sort_by_key(|(key, _, _)| *key);
+        let mut out = String::with_capacity(base.len() + self.text.len());
+        let mut own = self.spans.iter().peekable();
+        for (key, entry) in entries(base) {
+            while let Some((own_key, start, end)) = own.next_if(|(k, _, _)| *k <= key) {
+                if own.peek().is_some_and(|(next, _, _)| next == own_key) {
+                    continue;
+                }
+                out.push_str(&self.text[*start..*end]);
+            }
+            let replaced = self.spans.iter().any(|(k, _, _)| *k == key);
+            if !replaced {
+                out.push_str(entry);
+            }
+        }
+        while let Some((own_key, start, end)) = own.next() {
+            if own.peek().is_some_and(|(next, _, _)| next == own_key) {
+                continue;
+            }
+            out.push_str(&self.text[*start..*end]);
+        }
+        out
+    }
+}
+
+fn write_json_str(text: &mut String, value: &str) {
+    // Serializing a str into a String cannot fail and stays UTF-8.
+    let mut bytes = std::mem::take(text).into_bytes();
+    let _ = serde_json::to_writer(&mut bytes, value);
+    *text = String::from_utf8(bytes).unwrap_or_default();
+}
+
+impl Visit for Entries {
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.push(field, |text| {
+            let _ = write!(text, "{value}");
+        });
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.push(field, |text| {
+            let _ = write!(text, "{value}");
+        });
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // JSON has no NaN or infinity; serde_json writes them as null.
+        self.push(field, |text| match serde_json::Number::from_f64(value) {
+            Some(number) => {
+                let _ = write!(text, "{number}");
+            }
+            None => text.push_str("null"),
+        });
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.push(field, |text| {
+            text.push_str(if value { "true" } else { "false" })
+        });
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push_str(field, value);
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.push_str(field, &value.to_string());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if is_logged(field.name()) {
+            self.push_str(field, &format!("{value:?}"));
+        }
+    }
+}
+
+/// Keeps [`SpanFields`] in each span's extensions.
+pub struct SpanFieldsLayer;
+
+impl<S> Layer<S> for SpanFieldsLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut own = Entries::default();
+        attrs.record(&mut own);
+        let parent = span.parent();
+        let parent_extensions = parent.as_ref().map(|p| p.extensions());
+        let inherited = parent_extensions
+            .as_ref()
+            .and_then(|e| e.get::<SpanFields>())
+            .map_or("", |f| f.json.as_str());
+        let json = own.merge_into(inherited);
+        drop(parent_extensions);
+        span.extensions_mut().insert(SpanFields { json, ids: None });
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let mut own = Entries::default();
+        values.record(&mut own);
+        if own.spans.is_empty() {
+            return;
+        }
+        let mut extensions = span.extensions_mut();
+        match extensions.get_mut::<SpanFields>() {
+            Some(fields) => fields.json = own.merge_into(&fields.json),
+            None => extensions.insert(SpanFields {
+                json: own.merge_into(""),
+                ids: None,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Captures the fields of the span an event was logged in.
+    struct Capture(Arc<Mutex<Vec<String>>>);
+
+    impl<S> Layer<S> for Capture
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+            let span = ctx.event_span(event).unwrap();
+            let extensions = span.extensions();
+            let fields = extensions.get::<SpanFields>().unwrap();
+            self.0.lock().unwrap().push(fields.as_json_object());
+        }
+    }
+
+    fn captured(body: impl FnOnce()) -> Vec<Value> {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry()
+            .with(SpanFieldsLayer)
+            .with(Capture(lines.clone()));
+        tracing::subscriber::with_default(subscriber, body);
+        let lines = lines.lock().unwrap();
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    #[test]
+    fn children_inherit_and_override_their_parents_fields() {
+        let lines = captured(|| {
+            let session = tracing::info_span!(
+                "ws.session",
+                session_id = "s-1",
+                net.peer.port = 4242u16,
+                ws.connection.id = "s-1",
+                otel.status_code = "error",
+                quoted = "a \"quoted\", \"comma\":value",
+                later = tracing::field::Empty,
+            );
+            let _s = session.enter();
+            tracing::info!("in session");
+            session.record("later", 7);
+            session.record("net.peer.port", 5);
+            let message = tracing::info_span!("ws.receive", msg.kind = "echo", later = true);
+            let _m = message.enter();
+            tracing::info!("in message");
+        });
+        assert_eq!(
+            lines[0],
+            json!({
+                "net.peer.port": 4242,
+                "quoted": "a \"quoted\", \"comma\":value",
+                "session_id": "s-1",
+            })
+        );
+        assert_eq!(
+            lines[1],
+            json!({
+                "later": true,
+                "msg.kind": "echo",
+                "net.peer.port": 5,
+                "quoted": "a \"quoted\", \"comma\":value",
+                "session_id": "s-1",
+            })
+        );
+    }
+
+    #[test]
+    fn entries_split_where_they_start_not_inside_strings() {
+        let tricky = serde_json::to_string("x,\"y\":1,\"").unwrap();
+        let json = format!(",\"a\":1,\"b\":{tricky},\"c\":true");
+        let split: Vec<_> = entries(&json).collect();
+        assert_eq!(
+            split,
+            [
+                ("a", ",\"a\":1"),
+                ("b", format!(",\"b\":{tricky}").as_str()),
+                ("c", ",\"c\":true"),
+            ]
+        );
+    }
+}

@@ -193,6 +193,12 @@ impl OutboundQueue {
     /// session's reader when its client does not read the replies.
     pub async fn send(&self, item: Outbound) -> Result<(), QueueError> {
         let mut item = Some(item);
+        // Room now, the usual case: no waiter to register and unregister
+        // (each takes the `Notify`'s lock).
+        match self.push(&mut item, false) {
+            Err(QueueError::Full) => {}
+            done => return done,
+        }
         loop {
             // Registered before the check, so room made between the check
             // and the wait is not missed (`notify_waiters` keeps no permit).

@@ -418,6 +418,11 @@ pub fn get_subscriber(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_tracked_inactivity(false)
+                // Nothing here reads `opentelemetry::Context::current()`:
+                // parents come from the tracing span tree. Activating the
+                // context costs a lock and a thread-local push on every
+                // poll of every session's tasks.
+                .with_context_activation(false)
                 .with_threads(false)
                 .with_location(false)
                 .with_filter(filter_fn(span_or_warning)),

@@ -8,7 +8,9 @@ pub(super) async fn run(
     id: Option<String>,
     sampled: bool,
 ) -> Result<(), Gone> {
-    if let Some(id) = &id {
+    // Only a sampled message has a span to record it on; for the others
+    // this would look up, clone and drop the session's span for nothing.
+    if let Some(id) = id.as_ref().filter(|_| sampled) {
         tracing::Span::current().record("ws.message.id", id.as_str());
     }
     let pong = ServerFrame::Pong {

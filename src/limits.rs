@@ -50,9 +50,9 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames queued for one session's writer. When a client stops reading the
 /// reader stops too (backpressure) instead of buffering without bound.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 64;
-/// Lines the log writer thread may hold before producers block. Producers
-/// block (never drop) when it is full: see `telemetry`.
-pub const LOG_QUEUE_LINES: usize = 128 * 1024;
+/// Bytes of log lines a writer thread may hold before producers block
+/// (never drop): see `telemetry::line_writer`. About 30,000 session lines.
+pub const LOG_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Finished spans waiting for OTLP export (`OTEL_BSP_MAX_QUEUE_SIZE`
 /// overrides). Beyond it spans are dropped and counted in `/metrics`.
 pub const SPAN_QUEUE_SPANS: usize = 16 * 1024;

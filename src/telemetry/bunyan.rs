@@ -26,7 +26,7 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use super::TelemetryCounters;
-use super::span_fields::SpanFields;
+use super::span_fields::{Entries, SpanFields};
 
 /// Keys written by the layer itself; span or event fields with these names
 /// are not written again (a JSON object with duplicate keys is ambiguous).
@@ -137,47 +137,43 @@ where
     Some(ids)
 }
 
-/// Collects an event's fields in the order they were written.
+/// An event's message, and its other fields serialized as they are
+/// visited (no `serde_json::Value` per field).
 #[derive(Default)]
 struct EventFields {
-    message: Option<String>,
-    fields: Vec<(&'static str, serde_json::Value)>,
-}
-
-impl EventFields {
-    fn push(&mut self, field: &Field, value: serde_json::Value) {
-        self.fields.push((field.name(), value));
-    }
+    message: String,
+    fields: Entries,
 }
 
 impl Visit for EventFields {
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.push(field, value.into());
+        self.fields.record_i64(field, value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.push(field, value.into());
+        self.fields.record_u64(field, value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.push(field, value.into());
+        self.fields.record_f64(field, value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.push(field, value.into());
+        self.fields.record_bool(field, value);
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message = Some(value.to_string());
+            value.clone_into(&mut self.message);
         } else {
-            self.push(field, value.into());
+            self.fields.record_str(field, value);
         }
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.push(field, value.to_string().into());
+        self.fields.record_error(field, value);
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
-            self.message = Some(format!("{value:?}"));
-        } else if !field.name().starts_with("log.") {
-            self.push(field, format!("{value:?}").into());
+            use std::fmt::Write as _;
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            self.fields.record_debug(field, value);
         }
     }
 }
@@ -205,7 +201,7 @@ where
         let mut line = Vec::with_capacity(512);
         line.extend_from_slice(self.head.as_bytes());
         line.extend_from_slice(b",\"msg\":");
-        write_json(&mut line, fields.message.as_deref().unwrap_or(""));
+        write_json(&mut line, fields.message.as_str());
         let _ = write!(line, ",\"level\":{}", bunyan_level(meta.level()));
         line.extend_from_slice(self.process.as_bytes());
         let _ = write!(
@@ -225,20 +221,13 @@ where
             if let Some(span_fields) = extensions.get::<SpanFields>() {
                 for (key, entry) in span_fields.entries() {
                     // The event's own value for a key wins.
-                    if !fields.fields.iter().any(|(k, _)| *k == key) {
+                    if !fields.fields.has(key) {
                         line.extend_from_slice(entry.as_bytes());
                     }
                 }
             }
         }
-        for (key, value) in &fields.fields {
-            if !RESERVED.contains(key) {
-                line.push(b',');
-                write_json(&mut line, key);
-                line.push(b':');
-                write_json(&mut line, value);
-            }
-        }
+        line.extend_from_slice(fields.fields.text().as_bytes());
         line.extend_from_slice(b"}\n");
         // The writers are lossless (they block when full); an error here
         // means the writer thread is gone, i.e. the process is exiting.

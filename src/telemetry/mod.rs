@@ -14,13 +14,15 @@
 //!                           daily-rolling file
 //! ```
 //!
-//! Log lines go through `tracing-appender` writer threads configured as
-//! *lossless*: when a burst fills the queue, the logging task blocks rather
-//! than dropping a line. The [`TelemetryGuard`] flushes spans first (their
+//! Log lines go to `tracing-appender`'s rolling files (and stdout) through
+//! our own batching writer threads ([`line_writer`]), which are lossless:
+//! when a burst fills the buffer, the logging task blocks rather than
+//! dropping a line. The [`TelemetryGuard`] flushes spans first (their
 //! export may itself log), then the log writers.
 
 mod bunyan;
 mod counters;
+pub mod line_writer;
 pub mod logfile;
 mod span_fields;
 
@@ -36,9 +38,8 @@ use opentelemetry_sdk::trace::{
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use tracing::Subscriber;
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::filter_fn;
@@ -46,7 +47,8 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::limits::{LOG_QUEUE_LINES, SPAN_QUEUE_SPANS};
+use crate::limits::{LOG_QUEUE_BYTES, SPAN_QUEUE_SPANS};
+use line_writer::{LineCounts, LineWriter, LineWriterGuard, line_writer};
 
 const DEFAULT_SERVICE_NAME: &str = "wstrace";
 /// Our own default directives; `RUST_LOG` replaces them entirely.
@@ -195,6 +197,8 @@ pub enum TelemetryError {
     },
     #[error("cannot build the OTLP span exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot start a log writer thread: {0}")]
+    LogThread(io::Error),
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled,
 }
@@ -203,15 +207,14 @@ pub enum TelemetryError {
 #[must_use = "dropping the guard flushes and stops telemetry"]
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
-    log_writers: Vec<WorkerGuard>,
-    /// Lines each output's writer thread has written, to wait for them.
-    flushed: Vec<Arc<AtomicU64>>,
+    log_writers: Vec<LineWriterGuard>,
+    /// Lines each output's writer thread is done with, to wait for them.
+    flushed: Vec<Arc<LineCounts>>,
     counters: Arc<TelemetryCounters>,
 }
 
-/// How long shutdown waits for queued log lines to be written. The
-/// writer threads' own guard gives up after one second, which a full queue
-/// on a slow disk can exceed; this wait comes first.
+/// How long shutdown waits for queued log lines to be written before it
+/// says how many are not, and then waits for the writer threads anyway.
 const LOG_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl TelemetryGuard {
@@ -233,15 +236,14 @@ impl TelemetryGuard {
         // guards are dropped.
         let queued = self.counters.log_lines_written.load(Relaxed);
         let deadline = std::time::Instant::now() + LOG_DRAIN_TIMEOUT;
-        while self.flushed.iter().any(|f| f.load(Relaxed) < queued)
-            && std::time::Instant::now() < deadline
+        while self.flushed.iter().any(|f| f.done() < queued) && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         if let Some(behind) = self
             .flushed
             .iter()
-            .map(|f| queued.saturating_sub(f.load(Relaxed)))
+            .map(|f| queued.saturating_sub(f.done()))
             .max()
             && behind > 0
         {
@@ -260,7 +262,7 @@ impl Drop for TelemetryGuard {
 
 /// The fan-out of one formatted line to every configured output.
 #[derive(Clone)]
-pub struct LogOutputs(Vec<NonBlocking>);
+pub struct LogOutputs(Vec<LineWriter>);
 
 impl<'a> MakeWriter<'a> for LogOutputs {
     type Writer = LogOutputsWriter<'a>;
@@ -269,7 +271,7 @@ impl<'a> MakeWriter<'a> for LogOutputs {
     }
 }
 
-pub struct LogOutputsWriter<'a>(&'a [NonBlocking]);
+pub struct LogOutputsWriter<'a>(&'a [LineWriter]);
 
 impl io::Write for LogOutputsWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -278,7 +280,7 @@ impl io::Write for LogOutputsWriter<'_> {
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         for output in self.0 {
-            output.clone().write_all(buf)?;
+            output.write_line(buf)?;
         }
         Ok(())
     }
@@ -287,40 +289,11 @@ impl io::Write for LogOutputsWriter<'_> {
     }
 }
 
-/// Counts the lines the writer thread has written (one `write_all` each).
-struct CountingWriter<W> {
-    inner: W,
-    written: Arc<AtomicU64>,
-}
-
-impl<W: io::Write> io::Write for CountingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_all(buf)?;
-        self.written.fetch_add(1, Relaxed);
-        Ok(())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn lossless<W: io::Write + Send + 'static>(
-    writer: W,
+    output: W,
     name: &str,
-) -> (NonBlocking, WorkerGuard, Arc<AtomicU64>) {
-    let written = Arc::new(AtomicU64::new(0));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name(name)
-        .finish(CountingWriter {
-            inner: writer,
-            written: written.clone(),
-        });
-    (writer, guard, written)
+) -> Result<(LineWriter, LineWriterGuard, Arc<LineCounts>), TelemetryError> {
+    line_writer(output, name, LOG_QUEUE_BYTES).map_err(TelemetryError::LogThread)
 }
 
 /// Builds the subscriber and the guard that flushes it. Nothing global is
@@ -363,13 +336,13 @@ pub fn get_subscriber(
                 dir: dir.clone(),
                 source,
             })?;
-        let (writer, guard, written) = lossless(file, "wstrace-log-file");
+        let (writer, guard, written) = lossless(file, "wstrace-log-file")?;
         outputs.push(writer);
         log_writers.push(guard);
         flushed.push(written);
     }
     if config.log_stdout {
-        let (writer, guard, written) = lossless(io::stdout(), "wstrace-log-stdout");
+        let (writer, guard, written) = lossless(io::stdout(), "wstrace-log-stdout")?;
         outputs.push(writer);
         log_writers.push(guard);
         flushed.push(written);

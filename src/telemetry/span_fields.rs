@@ -79,14 +79,24 @@ fn key_of(entry: &str) -> &str {
 }
 
 /// Collects fields as serialized entries, in the order they were written.
+/// Fields no log line writes are left out (see [`is_logged`]).
 #[derive(Default)]
-struct Entries {
+pub(super) struct Entries {
     text: String,
     /// Key and byte range in `text` of each entry.
     spans: Vec<(&'static str, usize, usize)>,
 }
 
 impl Entries {
+    /// The entries, `,"key":value` each, in the order they were written.
+    pub(super) fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub(super) fn has(&self, key: &str) -> bool {
+        self.spans.iter().any(|(k, _, _)| *k == key)
+    }
+
     fn push(&mut self, field: &Field, write: impl FnOnce(&mut String)) {
         let key = field.name();
         if !is_logged(key) {

@@ -98,7 +98,7 @@ impl Plan {
             saturation: Duration::from_secs(3),
             latency: Duration::from_secs(3),
             latency_connections: 32,
-            upgrades: 2000,
+            upgrades: 5000,
             idle_checkpoints: vec![1_000, 5_000, 10_000, 15_000],
             lifecycle_sessions: 500,
             payload: 64,

@@ -144,10 +144,40 @@ impl Entries {
 }
 
 fn write_json_str(text: &mut String, value: &str) {
-    // Serializing a str into a String cannot fail and stays UTF-8.
-    let mut bytes = std::mem::take(text).into_bytes();
-    let _ = serde_json::to_writer(&mut bytes, value);
-    *text = String::from_utf8(bytes).unwrap_or_default();
+    text.push('"');
+    let _ = JsonEscaped(text).write_str(value);
+    text.push('"');
+}
+
+/// Writes what is formatted into it as the inside of a JSON string, so a
+/// `Display` or `Debug` value is escaped as it is formatted, without a
+/// `String` of its own.
+struct JsonEscaped<'a>(&'a mut String);
+
+impl std::fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut plain = 0;
+        for (i, byte) in s.bytes().enumerate() {
+            let escaped = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.0.push_str(&s[plain..i]);
+            if escaped.is_empty() {
+                let _ = write!(self.0, "\\u{byte:04x}");
+            } else {
+                self.0.push_str(escaped);
+            }
+            plain = i + 1;
+        }
+        self.0.push_str(&s[plain..]);
+        Ok(())
+    }
 }
 
 impl Visit for Entries {
@@ -179,11 +209,19 @@ impl Visit for Entries {
         self.push_str(field, value);
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.push_str(field, &value.to_string());
+        self.push(field, |text| {
+            text.push('"');
+            let _ = write!(JsonEscaped(text), "{value}");
+            text.push('"');
+        });
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if is_logged(field.name()) {
-            self.push_str(field, &format!("{value:?}"));
+            self.push(field, |text| {
+                text.push('"');
+                let _ = write!(JsonEscaped(text), "{value:?}");
+                text.push('"');
+            });
         }
     }
 }
@@ -301,6 +339,16 @@ mod tests {
                 "session_id": "s-1",
             })
         );
+    }
+
+    #[test]
+    fn strings_are_escaped_as_json() {
+        let nasty = "quote \" backslash \\ newline \n tab \t bell \u{7} unicode é ✓";
+        let mut text = String::new();
+        write_json_str(&mut text, nasty);
+        assert_eq!(text, serde_json::to_string(nasty).unwrap());
+        let parsed: String = serde_json::from_str(&text).unwrap();
+        assert_eq!(parsed, nasty);
     }
 
     #[test]

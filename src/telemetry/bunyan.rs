@@ -16,6 +16,7 @@
 use opentelemetry::trace::{SpanId, TraceId};
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 use tracing::dispatcher::WeakDispatch;
@@ -53,7 +54,7 @@ pub struct BunyanJsonLayer<W> {
     /// a subscriber callback it answers with the no-op dispatcher whenever
     /// the subscriber is a scoped default, as in tests.) Weak, because the
     /// dispatcher owns this layer.
-    dispatch: std::sync::OnceLock<WeakDispatch>,
+    dispatch: OnceLock<WeakDispatch>,
     counters: Arc<TelemetryCounters>,
     /// `{"v":0,"name":…`: the start of every line, serialized once.
     head: String,
@@ -74,7 +75,7 @@ impl<W> BunyanJsonLayer<W> {
         Self {
             make_writer,
             counters,
-            dispatch: std::sync::OnceLock::new(),
+            dispatch: OnceLock::new(),
             head: format!("{{\"v\":0,\"name\":{}", json(&name.into())),
             process: format!(
                 ",\"hostname\":{},\"pid\":{},\"instance_id\":{}",
@@ -111,7 +112,10 @@ pub fn bunyan_level(level: &Level) -> u8 {
 
 /// The OpenTelemetry identity of a span, looked up once and cached in its
 /// [`SpanFields`].
-fn trace_ids<S>(span: &SpanRef<'_, S>, dispatch: &Dispatch) -> Option<(TraceId, SpanId)>
+fn trace_ids<S>(
+    span: &SpanRef<'_, S>,
+    dispatch: &OnceLock<WeakDispatch>,
+) -> Option<(TraceId, SpanId)>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -119,7 +123,8 @@ where
         return Some(ids);
     }
     use opentelemetry::trace::TraceContextExt;
-    let cx = tracing_opentelemetry::get_otel_context(&span.id(), dispatch)?;
+    let dispatch = dispatch.get()?.upgrade()?;
+    let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
     let otel_span = cx.span();
     let span_context = otel_span.span_context();
     if !span_context.is_valid() {
@@ -192,13 +197,14 @@ where
         let mut fields = EventFields::default();
         event.record(&mut fields);
         let span = ctx.event_span(event);
-        let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
         let ids = span
             .as_ref()
-            .zip(dispatch.as_ref())
-            .and_then(|(span, dispatch)| trace_ids(span, dispatch));
+            .and_then(|span| trace_ids(span, &self.dispatch));
 
-        let mut line = Vec::with_capacity(512);
+        // This thread's buffer from the last line (a line logged while this
+        // one is formatted, if any, gets a new one).
+        let mut line = LINE.try_with(|line| line.take()).unwrap_or_default();
+        line.clear();
         line.extend_from_slice(self.head.as_bytes());
         line.extend_from_slice(b",\"msg\":");
         write_json(&mut line, fields.message.as_str());
@@ -236,8 +242,19 @@ where
             Err(_) => &self.counters.log_lines_dropped,
         };
         counter.fetch_add(1, Relaxed);
+        if line.capacity() <= KEPT_LINE_CAPACITY {
+            // Not kept when the thread is exiting (its slot is gone).
+            let _ = LINE.try_with(|kept| kept.set(line));
+        }
     }
 }
+
+thread_local! {
+    static LINE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A line buffer larger than this (after a huge line) is not kept.
+const KEPT_LINE_CAPACITY: usize = 16 * 1024;
 
 /// Writes `value` as JSON. Into a `Vec`, serializing a string, a number
 /// or a `serde_json::Value` cannot fail.

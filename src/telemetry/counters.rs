@@ -15,7 +15,8 @@ use crate::metrics::{Family, count};
 pub struct TelemetryCounters {
     /// Log lines handed to the writers (each to every output).
     pub log_lines_written: AtomicU64,
-    /// Log lines a writer refused (only when its thread is gone).
+    /// Log lines lost: a writer thread gone, or an output that failed (a
+    /// full disk).
     pub log_lines_dropped: AtomicU64,
     /// Recorded spans that ended and went to the export queue.
     pub spans_queued: AtomicU64,

@@ -19,6 +19,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::TelemetryCounters;
+
 /// How long the writer thread collects lines after a write before the
 /// next: the bound on how late a line reaches its file.
 pub const LINGER: Duration = Duration::from_millis(5);
@@ -79,11 +81,13 @@ impl LineCounts {
     }
 }
 
-/// Starts a writer thread named `name` for `output`.
+/// Starts a writer thread named `name` for `output`. Lines the output
+/// refuses are also added to `dropped` (`wstrace_log_lines_dropped_total`).
 pub fn line_writer<W: Write + Send + 'static>(
     output: W,
     name: &str,
     max_bytes: usize,
+    dropped: Arc<TelemetryCounters>,
 ) -> io::Result<(LineWriter, LineWriterGuard, Arc<LineCounts>)> {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
@@ -95,7 +99,7 @@ pub fn line_writer<W: Write + Send + 'static>(
     let thread = std::thread::Builder::new().name(name.to_owned()).spawn({
         let shared = shared.clone();
         let counts = counts.clone();
-        move || run(&shared, output, &counts)
+        move || run(&shared, output, &counts, &dropped)
     })?;
     Ok((
         LineWriter {
@@ -109,7 +113,7 @@ pub fn line_writer<W: Write + Send + 'static>(
     ))
 }
 
-fn run<W: Write>(shared: &Shared, mut output: W, counts: &LineCounts) {
+fn run<W: Write>(shared: &Shared, mut output: W, counts: &LineCounts, dropped: &TelemetryCounters) {
     let mut batch = Vec::new();
     let mut reported_failure = false;
     loop {
@@ -136,6 +140,7 @@ fn run<W: Write>(shared: &Shared, mut output: W, counts: &LineCounts) {
                     eprintln!("wstrace: cannot write log lines: {error}");
                     reported_failure = true;
                 }
+                dropped.log_lines_dropped.fetch_add(lines, Relaxed);
                 counts.failed.fetch_add(lines, Relaxed)
             }
         };
@@ -229,7 +234,8 @@ mod tests {
     fn every_line_from_many_threads_is_written_whole_and_once() {
         let kept = Kept::default();
         // A small buffer, so writers wait for room many times.
-        let (writer, guard, counts) = line_writer(kept.clone(), "test-log", 4096).unwrap();
+        let (writer, guard, counts) =
+            line_writer(kept.clone(), "test-log", 4096, Arc::default()).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let mut writer = writer.clone();
@@ -270,12 +276,15 @@ mod tests {
                 Ok(())
             }
         }
-        let (mut writer, guard, counts) = line_writer(Broken, "test-log", 64).unwrap();
+        let dropped = Arc::new(TelemetryCounters::default());
+        let (mut writer, guard, counts) =
+            line_writer(Broken, "test-log", 64, dropped.clone()).unwrap();
         for _ in 0..100 {
             writer.write_all(b"{\"msg\":\"lost\"}\n").unwrap();
         }
         drop(guard);
         assert_eq!(counts.failed.load(Relaxed), 100);
+        assert_eq!(dropped.log_lines_dropped.load(Relaxed), 100);
         assert_eq!(counts.written.load(Relaxed), 0);
         assert!(writer.write_all(b"late\n").is_err(), "after the guard");
     }

@@ -292,8 +292,9 @@ impl io::Write for LogOutputsWriter<'_> {
 fn lossless<W: io::Write + Send + 'static>(
     output: W,
     name: &str,
+    counters: &Arc<TelemetryCounters>,
 ) -> Result<(LineWriter, LineWriterGuard, Arc<LineCounts>), TelemetryError> {
-    line_writer(output, name, LOG_QUEUE_BYTES).map_err(TelemetryError::LogThread)
+    line_writer(output, name, LOG_QUEUE_BYTES, counters.clone()).map_err(TelemetryError::LogThread)
 }
 
 /// Builds the subscriber and the guard that flushes it. Nothing global is
@@ -315,6 +316,7 @@ pub fn get_subscriber(
             source,
         })?;
 
+    let counters = Arc::new(TelemetryCounters::default());
     let mut outputs = Vec::new();
     let mut log_writers = Vec::new();
     let mut flushed = Vec::new();
@@ -336,13 +338,13 @@ pub fn get_subscriber(
                 dir: dir.clone(),
                 source,
             })?;
-        let (writer, guard, written) = lossless(file, "wstrace-log-file")?;
+        let (writer, guard, written) = lossless(file, "wstrace-log-file", &counters)?;
         outputs.push(writer);
         log_writers.push(guard);
         flushed.push(written);
     }
     if config.log_stdout {
-        let (writer, guard, written) = lossless(io::stdout(), "wstrace-log-stdout")?;
+        let (writer, guard, written) = lossless(io::stdout(), "wstrace-log-stdout", &counters)?;
         outputs.push(writer);
         log_writers.push(guard);
         flushed.push(written);
@@ -356,7 +358,6 @@ pub fn get_subscriber(
         "service.instance.id",
         config.instance_id.clone(),
     ));
-    let counters = Arc::new(TelemetryCounters::default());
     let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
     match &config.otlp {
         Some(_) => {

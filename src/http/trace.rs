@@ -57,11 +57,13 @@ pub async fn trace_http(
         "http.request",
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
-        http.request.method = %method,
-        http.route = %route,
-        url.path = %request.uri().path(),
+        // Strings recorded as strings: `%` would format each through
+        // `Display` in every layer.
+        http.request.method = method.as_str(),
+        http.route = route.as_str(),
+        url.path = request.uri().path(),
         url.scheme = "http",
-        user_agent.original = %user_agent,
+        user_agent.original = user_agent.as_str(),
         client.address = %peer.ip(),
         client.port = peer.port(),
         http.response.status_code = tracing::field::Empty,

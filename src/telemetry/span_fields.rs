@@ -22,19 +22,20 @@ use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-use super::bunyan::RESERVED;
-
-/// Span attributes that exist for the trace backend's conventions but only
-/// repeat another field in a log line (`ws.connection.id` is `session_id`).
-const SPAN_ONLY: &[&str] = &["ws.connection.id"];
-
 /// Whether a span field is written in log lines.
+///
+/// A `match` rather than a search of the bunyan layer's `RESERVED` keys: it runs
+/// for every field of every span and line (a test keeps the two in step).
 fn is_logged(key: &str) -> bool {
-    !(RESERVED.contains(&key)
-        || SPAN_ONLY.contains(&key)
-        || key.starts_with("otel.")
-        || key.starts_with("log.")
-        || key == "message")
+    match key {
+        // RESERVED: the line's own keys.
+        "v" | "name" | "msg" | "level" | "hostname" | "pid" | "instance_id" | "time" | "target"
+        | "trace_id" | "span_id" => false,
+        // Span attributes that only repeat another field in a line
+        // (`ws.connection.id` is `session_id`), and the message (`msg`).
+        "ws.connection.id" | "message" => false,
+        _ => !(key.starts_with("otel.") || key.starts_with("log.")),
+    }
 }
 
 /// A span's fields as JSON, and its trace identity once known.
@@ -183,12 +184,12 @@ impl std::fmt::Write for JsonEscaped<'_> {
 impl Visit for Entries {
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.push(field, |text| {
-            let _ = write!(text, "{value}");
+            text.push_str(itoa::Buffer::new().format(value))
         });
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.push(field, |text| {
-            let _ = write!(text, "{value}");
+            text.push_str(itoa::Buffer::new().format(value))
         });
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
@@ -268,6 +269,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::bunyan::RESERVED;
     use super::*;
     use serde_json::{Value, json};
     use std::sync::{Arc, Mutex};
@@ -339,6 +341,19 @@ mod tests {
                 "session_id": "s-1",
             })
         );
+    }
+
+    #[test]
+    fn the_lines_own_keys_and_span_only_attributes_are_never_logged() {
+        for key in RESERVED.iter().chain(&["ws.connection.id"]) {
+            assert!(!is_logged(key), "{key}");
+        }
+        for key in ["otel.status_code", "log.target", "message"] {
+            assert!(!is_logged(key), "{key}");
+        }
+        for key in ["session_id", "close_code", "net.peer.ip", "ws.message.id"] {
+            assert!(is_logged(key), "{key}");
+        }
     }
 
     #[test]

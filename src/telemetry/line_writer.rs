@@ -113,7 +113,20 @@ pub fn line_writer<W: Write + Send + 'static>(
     ))
 }
 
+/// Marks the writer closed when its thread ends, even by a panic: writers
+/// then get an error (counted as dropped) instead of waiting for room
+/// forever.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        lock(self.0).closed = true;
+        self.0.room.notify_all();
+    }
+}
+
 fn run<W: Write>(shared: &Shared, mut output: W, counts: &LineCounts, dropped: &TelemetryCounters) {
+    let _stopped = Stopped(shared);
     let mut batch = Vec::new();
     let mut reported_failure = false;
     loop {
@@ -287,5 +300,31 @@ mod tests {
         assert_eq!(dropped.log_lines_dropped.load(Relaxed), 100);
         assert_eq!(counts.written.load(Relaxed), 0);
         assert!(writer.write_all(b"late\n").is_err(), "after the guard");
+    }
+
+    #[test]
+    fn writers_get_an_error_not_a_wait_when_the_thread_has_died() {
+        struct Panics;
+        impl Write for Panics {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                panic!("output panicked");
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (mut writer, guard, _) = line_writer(Panics, "test-log", 16, Arc::default()).unwrap();
+        // The first line kills the thread; later ones must not block on
+        // the full buffer.
+        let mut refused = false;
+        for _ in 0..1000 {
+            if writer.write_all(b"{\"msg\":\"x\"}\n").is_err() {
+                refused = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(refused, "a dead writer thread must refuse lines");
+        drop(guard);
     }
 }

@@ -450,3 +450,75 @@ fn log_closed(
 fn counter(value: &std::sync::atomic::AtomicU64) -> i64 {
     i64::try_from(value.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::outbound::outbound_queue;
+    use crate::state::ServerConfig;
+    use std::task::{Context, Poll};
+
+    /// A socket that never yields a message and takes every frame.
+    struct Quiet;
+
+    impl Stream for Quiet {
+        type Item = Result<Message, axum::Error>;
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Pending
+        }
+    }
+
+    impl Sink<Message> for Quiet {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What an idle session holds for its whole life is mostly these two
+    /// futures (BENCHMARKS.md, memory per idle session). They grow silently
+    /// when a local or a temporary starts living across an `.await`; this
+    /// says so when it happens. Sizes, not timings: the same on every run
+    /// of one toolchain.
+    #[tokio::test]
+    async fn an_idle_sessions_futures_stay_small() {
+        let state = ServerState::new(ServerConfig::default());
+        let info = SessionInfo {
+            session_id: Uuid::now_v7(),
+            trace_id: "0".repeat(32),
+            peer: "127.0.0.1:4242".parse().unwrap(),
+            user: None,
+            upgrade: UpgradeInfo::default(),
+            mode: SessionMode::Protocol,
+        };
+        let session = run_session(Quiet, info, state.clone());
+        let (_tx, rx) = outbound_queue(4, 1024);
+        let writer = writer::Writer {
+            stats: Arc::new(SessionStats::new()),
+            state,
+            close: CloseSignal::new(),
+            heartbeat: heartbeat::Heartbeat::new(
+                std::time::Duration::from_secs(30),
+                std::time::Duration::from_secs(60),
+                None,
+            ),
+        }
+        .run(Quiet.split().0, rx);
+        let (session, writer) = (size_of_val(&session), size_of_val(&writer));
+        // Measured 200 and 592 bytes (rustc 1.95). The budgets leave room
+        // for a toolchain's drift, not for a new slot the size of a socket
+        // or a span (the session future was 5,496 bytes before issue 15).
+        assert!(session <= 256, "session future: {session} B");
+        assert!(writer <= 704, "writer future: {writer} B");
+        eprintln!("session future {session} B, writer future {writer} B");
+    }
+}

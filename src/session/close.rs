@@ -143,10 +143,10 @@ impl Future for Decided<'_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let state = &self.signal.0;
-        if state.decision.get().is_some() {
+        if self.signal.is_decided() {
             return Poll::Ready(());
         }
+        let state = &self.signal.0;
         let waker = match self.waiter {
             Waiter::Writer => &state.writer,
             Waiter::Supervisor => &state.supervisor,
@@ -154,7 +154,7 @@ impl Future for Decided<'_> {
         waker.register(cx.waker());
         // Checked again after registering: a decision made in between
         // woke the previous waker, not this one.
-        if state.decision.get().is_some() {
+        if self.signal.is_decided() {
             Poll::Ready(())
         } else {
             Poll::Pending

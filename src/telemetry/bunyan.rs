@@ -7,9 +7,9 @@
 //! the event span's OpenTelemetry `trace_id` and `span_id` as top-level
 //! fields, so no call site can forget them.
 //!
-//! Unlike `tracing-bunyan-formatter`'s `BunyanFormattingLayer` it writes no `[SPAN - START]`/`[SPAN - END]`
-//! records: spans go to the trace backend, and a session's lifecycle is told
-//! by explicit events. That halves the log volume per session and keeps
+//! Unlike `tracing-bunyan-formatter`'s `BunyanFormattingLayer` it writes no
+//! `[SPAN - START]`/`[SPAN - END]` records: spans go to the trace backend,
+//! and a session's lifecycle is told by explicit events. That halves the log volume per session and keeps
 //! `msg` equal to what the call site wrote, so `jq 'select(.msg=="session
 //! closed")'` works.
 
@@ -131,13 +131,9 @@ where
         return None;
     }
     let ids = (span_context.trace_id(), span_context.span_id());
-    let mut extensions = span.extensions_mut();
-    match extensions.get_mut::<SpanFields>() {
-        Some(fields) => fields.ids = Some(ids),
-        None => extensions.insert(SpanFields {
-            ids: Some(ids),
-            ..SpanFields::default()
-        }),
+    // Every span has its `SpanFields` (`SpanFieldsLayer::on_new_span`).
+    if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>() {
+        fields.ids = Some(ids);
     }
     Some(ids)
 }

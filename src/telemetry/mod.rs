@@ -28,7 +28,7 @@ mod span_fields;
 
 pub use bunyan::{BunyanJsonLayer, RESERVED as BUNYAN_FIELDS, bunyan_level};
 pub use counters::{CountingExporter, CountingProcessor, TelemetryCounters};
-pub use span_fields::{SpanFields, SpanFieldsLayer};
+pub use span_fields::SpanFieldsLayer;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;

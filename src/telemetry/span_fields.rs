@@ -111,43 +111,41 @@ impl Entries {
         self.spans.push((key, start, self.text.len()));
     }
 
-    fn push_str(&mut self, field: &Field, value: &str) {
-        self.push(field, |text| write_json_str(text, value));
+    /// An entry whose value is `value`'s `Display` text as a JSON string,
+    /// escaped as it is formatted.
+    fn push_quoted(&mut self, field: &Field, value: impl std::fmt::Display) {
+        self.push(field, |text| {
+            text.push('"');
+            let _ = write!(JsonEscaped(text), "{value}");
+            text.push('"');
+        });
     }
 
     /// Merges these entries into `base` (sorted), replacing entries with
     /// the same key.
     fn merge_into(mut self, base: &str) -> String {
-        // Stable: of two values for one key, the later one wins below.
+        // Of two values for one key, the one written last wins: reversed,
+        // a stable sort puts it first among its equals, and `dedup` keeps
+        // the first.
+        self.spans.reverse();
         self.spans.sort_by_key(|(key, _, _)| *key);
+        self.spans.dedup_by_key(|(key, _, _)| *key);
         let mut out = String::with_capacity(base.len() + self.text.len());
         let mut own = self.spans.iter().peekable();
         for (key, entry) in entries(base) {
-            while let Some((own_key, start, end)) = own.next_if(|(k, _, _)| *k <= key) {
-                if own.peek().is_some_and(|(next, _, _)| next == own_key) {
-                    continue;
-                }
+            while let Some((_, start, end)) = own.next_if(|(k, _, _)| *k < key) {
                 out.push_str(&self.text[*start..*end]);
             }
-            let replaced = self.spans.iter().any(|(k, _, _)| *k == key);
-            if !replaced {
-                out.push_str(entry);
+            match own.next_if(|(k, _, _)| *k == key) {
+                Some((_, start, end)) => out.push_str(&self.text[*start..*end]),
+                None => out.push_str(entry),
             }
         }
-        while let Some((own_key, start, end)) = own.next() {
-            if own.peek().is_some_and(|(next, _, _)| next == own_key) {
-                continue;
-            }
+        for (_, start, end) in own {
             out.push_str(&self.text[*start..*end]);
         }
         out
     }
-}
-
-fn write_json_str(text: &mut String, value: &str) {
-    text.push('"');
-    let _ = JsonEscaped(text).write_str(value);
-    text.push('"');
 }
 
 /// Writes what is formatted into it as the inside of a JSON string, so a
@@ -207,23 +205,13 @@ impl Visit for Entries {
         });
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.push_str(field, value);
+        self.push_quoted(field, value);
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.push(field, |text| {
-            text.push('"');
-            let _ = write!(JsonEscaped(text), "{value}");
-            text.push('"');
-        });
+        self.push_quoted(field, value);
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if is_logged(field.name()) {
-            self.push(field, |text| {
-                text.push('"');
-                let _ = write!(JsonEscaped(text), "{value:?}");
-                text.push('"');
-            });
-        }
+        self.push_quoted(field, format_args!("{value:?}"));
     }
 }
 
@@ -256,13 +244,9 @@ where
         if own.spans.is_empty() {
             return;
         }
-        let mut extensions = span.extensions_mut();
-        match extensions.get_mut::<SpanFields>() {
-            Some(fields) => fields.json = own.merge_into(&fields.json),
-            None => extensions.insert(SpanFields {
-                json: own.merge_into(""),
-                ids: None,
-            }),
+        // Inserted by `on_new_span`.
+        if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>() {
+            fields.json = own.merge_into(&fields.json);
         }
     }
 }
@@ -359,8 +343,9 @@ mod tests {
     #[test]
     fn strings_are_escaped_as_json() {
         let nasty = "quote \" backslash \\ newline \n tab \t bell \u{7} unicode é ✓";
-        let mut text = String::new();
-        write_json_str(&mut text, nasty);
+        let mut text = String::from('"');
+        write!(JsonEscaped(&mut text), "{nasty}").unwrap();
+        text.push('"');
         assert_eq!(text, serde_json::to_string(nasty).unwrap());
         let parsed: String = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed, nasty);

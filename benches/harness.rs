@@ -25,6 +25,9 @@
 //! reported as ratios to `axum-bare` and `tt-plain`. Nothing here asserts a
 //! timing; a run fails only if a log line or span was dropped.
 
+#[path = "../tests/common/raw_ws.rs"]
+mod raw_ws;
+
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -635,22 +638,7 @@ impl RawReader {
 
 /// One masked text frame, encoded once.
 fn masked_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut out = vec![0x81];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= u16::MAX as usize => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    raw_ws::masked_frame(true, 0x1, payload, [0x37, 0xfa, 0x21, 0x3d])
 }
 
 /// The message every server gets: wstrace speaks its protocol, the plain
@@ -859,32 +847,10 @@ async fn idle_memory(server: &Server, plan: &Plan) -> Vec<f64> {
 /// The client side of an upgrade over a bare socket: the stream, and what
 /// came after the response head.
 async fn raw_upgrade(server: &Server, i: usize) -> (TcpStream, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(source_ip(i), 0)).unwrap();
     let mut stream = socket.connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    let head_end = loop {
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "{}: closed during handshake", server.kind.name());
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    assert!(
-        buf.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&buf[..head_end])
-    );
-    buf.drain(..head_end);
+    let buf = raw_ws::upgrade(&mut stream, "/ws", server.kind.name()).await;
     (stream, buf)
 }
 

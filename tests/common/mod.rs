@@ -24,6 +24,7 @@ use wstrace::state::{ServerConfig, ServerState};
 use wstrace::telemetry::{TelemetryConfig, TelemetryGuard, get_subscriber};
 
 pub mod child;
+pub mod raw_ws;
 #[allow(unused_imports)]
 pub use child::*;
 
@@ -405,50 +406,14 @@ impl RawClient {
     /// The upgrade over a connection the test set up itself (small
     /// buffers, say).
     pub async fn upgrade_over(mut stream: TcpStream, path: &str) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = stream.peer_addr().unwrap();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed during the upgrade");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        assert!(
-            buf.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.drain(..head_end);
+        let buf = raw_ws::upgrade(&mut stream, path, "server").await;
         Self { stream, buf }
     }
 
     /// Sends one masked frame.
     pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
         use tokio::io::AsyncWriteExt;
-        let mask = [0x12u8, 0x34, 0x56, 0x78];
-        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= u16::MAX as usize => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = raw_ws::masked_frame(fin, opcode, payload, [0x12, 0x34, 0x56, 0x78]);
         // The server may close mid-write (that is what some tests expect).
         let _ = self.stream.write_all(&frame).await;
     }

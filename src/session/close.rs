@@ -2,7 +2,7 @@
 //! and what the peer said.
 //!
 //! Any task may propose a close ([`CloseSignal::decide`]); the first
-//! proposal sticks, and every task watches for it. The writer sends the
+//! proposal sticks, and the writer and the supervisor wait for it. The writer sends the
 //! Close frame for the server's own decisions; the supervisor in
 //! `session::run_session` waits a bounded time for the handshake to finish.
 

@@ -1,4 +1,4 @@
-//! One WebSocket session: its span, its three tasks, and its end.
+//! One WebSocket session: its span, its two tasks, and its end.
 //!
 //! ```text
 //! ws.session span (child of the upgrade's HTTP span, same trace)

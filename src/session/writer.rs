@@ -27,7 +27,7 @@ use crate::state::ServerState;
 pub struct Writer {
     pub stats: Arc<SessionStats>,
     pub state: Arc<ServerState>,
-    /// The session's close: watched for the decision, and decided here
+    /// The session's close: waited on for the decision, and decided here
     /// when the client stops reading or has been silent too long.
     pub close: CloseSignal,
     /// Pings and the idle timeout, on the writer's own timer.

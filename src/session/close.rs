@@ -2,9 +2,10 @@
 //! and what the peer said.
 //!
 //! Any task may propose a close ([`CloseSignal::decide`]); the first
-//! proposal sticks, and the writer and the supervisor wait for it. The writer sends the
-//! Close frame for the server's own decisions; the supervisor in
-//! `session::run_session` waits a bounded time for the handshake to finish.
+//! proposal sticks, and the writer and the supervisor wait for it. The
+//! writer sends the Close frame for the server's own decisions; the
+//! supervisor in `session::run_session` waits a bounded time for the
+//! handshake to finish.
 
 use futures_util::task::AtomicWaker;
 use std::future::Future;

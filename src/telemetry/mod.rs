@@ -22,6 +22,7 @@
 
 mod bunyan;
 mod counters;
+mod end_at_close;
 pub mod line_writer;
 pub mod logfile;
 mod span_fields;
@@ -48,6 +49,7 @@ use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::limits::{LOG_QUEUE_BYTES, SPAN_QUEUE_SPANS};
+use end_at_close::EndAtClose;
 use line_writer::{LineCounts, LineWriter, LineWriterGuard, line_writer};
 
 const DEFAULT_SERVICE_NAME: &str = "wstrace";
@@ -389,17 +391,19 @@ pub fn get_subscriber(
         .with(filter)
         .with(SpanFieldsLayer)
         .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_tracked_inactivity(false)
-                // Nothing here reads `opentelemetry::Context::current()`:
-                // parents come from the tracing span tree. Activating the
-                // context costs a lock and a thread-local push on every
-                // poll of every session's tasks.
-                .with_context_activation(false)
-                .with_threads(false)
-                .with_location(false)
-                .with_filter(filter_fn(span_or_warning)),
+            EndAtClose(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_tracked_inactivity(false)
+                    // Nothing here reads `opentelemetry::Context::current()`:
+                    // parents come from the tracing span tree. Activating the
+                    // context costs a lock and a thread-local push on every
+                    // poll of every session's tasks.
+                    .with_context_activation(false)
+                    .with_threads(false)
+                    .with_location(false),
+            )
+            .with_filter(filter_fn(span_or_warning)),
         )
         .with(BunyanJsonLayer::new(
             config.service_name.clone(),

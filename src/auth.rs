@@ -99,6 +99,18 @@ pub struct Claims {
     /// One audience or several (RFC 7519 4.1.3).
     #[serde(default, deserialize_with = "one_or_many")]
     pub aud: Vec<String>,
+    /// `"wstrace_debug": true` makes the session a debug session (any
+    /// other value is ignored, never an error).
+    #[serde(default)]
+    pub wstrace_debug: Option<serde_json::Value>,
+}
+
+/// Who a valid token names, and what it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSubject {
+    pub user: String,
+    /// The token carries `"wstrace_debug": true`.
+    pub debug: bool,
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -150,6 +162,11 @@ impl JwtVerifier {
 
     /// Checks signature, `exp`, `nbf`, and returns the subject.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<String, AuthError> {
+        self.verify_subject(token, now_unix).map(|s| s.user)
+    }
+
+    /// [`verify`](Self::verify), with the claims beyond the subject.
+    pub fn verify_subject(&self, token: &str, now_unix: u64) -> Result<TokenSubject, AuthError> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Malformed);
         }
@@ -200,10 +217,12 @@ impl JwtVerifier {
         {
             return Err(AuthError::WrongIssuer);
         }
-        claims
+        let debug = claims.wstrace_debug == Some(serde_json::Value::Bool(true));
+        let user = claims
             .sub
             .filter(|s| !s.is_empty())
-            .ok_or(AuthError::MissingSubject)
+            .ok_or(AuthError::MissingSubject)?;
+        Ok(TokenSubject { user, debug })
     }
 
     /// Signs claims as an HS256 JWT (for the client, the load tool and tests).
@@ -435,6 +454,28 @@ mod tests {
             plain.sign(&serde_json::json!({"sub": "ann", "exp": u64::MAX, "nbf": u64::MAX}));
         assert_eq!(plain.verify(&forever, now), Err(AuthError::NotYetValid));
         assert_eq!(plain.verify(&forever, u64::MAX - 10), Ok("ann".to_string()));
+    }
+
+    #[test]
+    fn only_a_true_debug_claim_asks_for_a_debug_session() {
+        let jwt = JwtVerifier::new(Secret::new("k"));
+        let subject = |claims: serde_json::Value| jwt.verify_subject(&jwt.sign(&claims), 0);
+        let debug = |value: serde_json::Value| {
+            subject(serde_json::json!({"sub": "ann", "wstrace_debug": value}))
+                .unwrap()
+                .debug
+        };
+        assert!(debug(serde_json::json!(true)));
+        // Anything else is ignored, and the token is still valid.
+        for value in [
+            serde_json::json!(false),
+            serde_json::json!("true"),
+            serde_json::json!(1),
+            serde_json::json!(null),
+        ] {
+            assert!(!debug(value.clone()), "{value}");
+        }
+        assert!(!subject(serde_json::json!({"sub": "ann"})).unwrap().debug);
     }
 
     #[test]

@@ -160,6 +160,31 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_MESSAGE_SAMPLE_RATIO", default_value_t = crate::state::DEFAULT_MESSAGE_SAMPLE_RATIO)]
     pub message_sample_ratio: f64,
 
+    /// User (JWT subject) whose sessions record every message, whatever the
+    /// sample ratio (repeatable, or comma-separated in the variable).
+    #[arg(
+        long = "debug-user",
+        env = "WSTRACE_DEBUG_USERS",
+        value_delimiter = ','
+    )]
+    pub debug_users: Vec<String>,
+
+    /// Let callers ask for a debug session with `tracestate: wstrace=debug`
+    /// (and the sampled flag). Off: otherwise any client could make the
+    /// server log all its traffic.
+    #[arg(long, env = "WSTRACE_ALLOW_CLIENT_DEBUG")]
+    pub allow_client_debug: bool,
+
+    /// Debug sessions open at once on this instance; more are refused
+    /// (admin API: 429; at the upgrade: recorded as ordinary sessions).
+    #[arg(long, env = "WSTRACE_MAX_DEBUG_SESSIONS", default_value_t = limits::DEFAULT_MAX_DEBUG_SESSIONS)]
+    pub max_debug_sessions: usize,
+
+    /// Messages each session's flight recorder keeps, written to the log at
+    /// the session's first failure (0: no recorder).
+    #[arg(long, env = "WSTRACE_FLIGHT_RECORDER_MESSAGES", default_value_t = limits::DEFAULT_FLIGHT_RECORDER_MESSAGES)]
+    pub flight_recorder_messages: usize,
+
     /// Browser origin allowed to open a WebSocket (repeatable, or
     /// comma-separated in the variable; `*` for any). Default: the origin
     /// must match the Host the request was sent to.
@@ -260,6 +285,8 @@ impl ServeArgs {
             max_subscriptions: self.max_subscriptions,
             header_read_timeout: self.header_read_timeout,
             telemetry_report_interval: self.telemetry_report_interval,
+            flight_recorder_messages: self.flight_recorder_messages,
+            max_debug_sessions: self.max_debug_sessions,
         }
     }
 
@@ -267,6 +294,15 @@ impl ServeArgs {
         ServerConfig {
             limits: self.limits(),
             message_sample_ratio: self.message_sample_ratio,
+            debug: crate::sampling::DebugRules {
+                users: self
+                    .debug_users
+                    .iter()
+                    .filter(|u| !u.is_empty())
+                    .cloned()
+                    .collect(),
+                allow_client_debug: self.allow_client_debug,
+            },
             admin_token: non_empty(&self.admin_token),
             jwt_secret: non_empty(&self.jwt_secret),
             jwt_rules: crate::auth::JwtRules {

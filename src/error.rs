@@ -36,6 +36,22 @@ pub mod close_code {
         matches!(code, NORMAL | GOING_AWAY | POLICY_VIOLATION) || (4000..=4999).contains(&code)
     }
 
+    /// Closes that mean something went wrong, after which a session writes
+    /// its flight recorder: a dropped connection, a protocol, payload,
+    /// policy or size violation, a server error, an overloaded receiver.
+    pub fn is_failure(code: u16) -> bool {
+        matches!(
+            code,
+            ABNORMAL
+                | PROTOCOL_ERROR
+                | INVALID_PAYLOAD
+                | POLICY_VIOLATION
+                | MESSAGE_TOO_BIG
+                | INTERNAL_ERROR
+                | TRY_AGAIN_LATER
+        )
+    }
+
     /// Longest close reason RFC 6455 allows (a control frame's 125 bytes,
     /// less the code).
     pub const MAX_REASON_BYTES: usize = 123;
@@ -45,7 +61,11 @@ pub mod close_code {
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("message larger than {limit} bytes")]
-    MessageTooBig { limit: usize },
+    MessageTooBig {
+        limit: usize,
+        /// What the peer announced (or had sent when it went over).
+        size: usize,
+    },
     #[error("text frame is not valid UTF-8")]
     InvalidUtf8,
     #[error("WebSocket protocol violation: {0}")]
@@ -67,9 +87,10 @@ impl SessionError {
             | Some(WsError::ConnectionClosed)
             | Some(WsError::AlreadyClosed)
             | Some(WsError::Io(_)) => SessionError::ConnectionLost(inner.to_string()),
-            Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+            Some(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => {
                 SessionError::MessageTooBig {
                     limit: max_message_bytes,
+                    size: *size,
                 }
             }
             Some(WsError::Capacity(CapacityError::TooManyHeaders)) => {
@@ -133,6 +154,9 @@ pub enum HttpError {
     /// Cluster mode: Redis is unreachable or failed.
     #[error("{0}")]
     ClusterUnavailable(String),
+    /// `--max-debug-sessions` are already open.
+    #[error("{0}; end one (DELETE /api/sessions/{{id}}/debug) or raise the limit")]
+    TooManyDebugSessions(#[from] crate::sampling::DebugRefused),
 }
 
 impl HttpError {
@@ -146,7 +170,9 @@ impl HttpError {
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            HttpError::Busy(_) | HttpError::TooManySessions { .. } => StatusCode::TOO_MANY_REQUESTS,
+            HttpError::Busy(_)
+            | HttpError::TooManySessions { .. }
+            | HttpError::TooManyDebugSessions(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -164,6 +190,7 @@ impl HttpError {
             HttpError::Busy(_) => "busy",
             HttpError::TooManySessions { .. } => "too_many_sessions",
             HttpError::ClusterUnavailable(_) => "cluster_unavailable",
+            HttpError::TooManyDebugSessions(_) => "too_many_debug_sessions",
         }
     }
 }
@@ -194,7 +221,11 @@ mod tests {
     #[test]
     fn session_errors_map_to_rfc6455_codes() {
         assert_eq!(
-            SessionError::MessageTooBig { limit: 1 }.close_code(),
+            SessionError::MessageTooBig {
+                limit: 1,
+                size: 1 + 1
+            }
+            .close_code(),
             close_code::MESSAGE_TOO_BIG
         );
         assert_eq!(
@@ -210,7 +241,10 @@ mod tests {
             close_code::ABNORMAL
         );
         for e in [
-            SessionError::MessageTooBig { limit: 1 },
+            SessionError::MessageTooBig {
+                limit: 1,
+                size: 1 + 1,
+            },
             SessionError::InvalidUtf8,
             SessionError::Protocol("x".into()),
         ] {
@@ -227,7 +261,7 @@ mod tests {
         }));
         assert!(matches!(
             SessionError::from_read(too_long, 5),
-            SessionError::MessageTooBig { limit: 5 }
+            SessionError::MessageTooBig { limit: 5, size: 10 }
         ));
     }
 

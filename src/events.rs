@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::limits::{PROCESS_LINE_INTERVAL, PROCESS_LINES_PER_INTERVAL};
 use crate::metrics::Metrics;
+use crate::sampling::DebugReason;
 use crate::sync::lock;
 
 /// At most `max` lines per `interval`; the rest are not written but
@@ -525,17 +526,125 @@ pub struct SessionOpened<'a> {
     pub user_agent: &'a str,
     /// `header`, `query`, or `new`.
     pub trace_origin: &'static str,
+    /// Why the session records every message, if it does (`debug` and
+    /// `debug_reason` are written only then).
+    pub debug: Option<DebugReason>,
 }
 
 impl SessionOpened<'_> {
     pub const MESSAGE: &'static str = "session opened";
     pub fn emit(self, metrics: &Metrics) {
         metrics.session_opened();
-        tracing::info!(
+        match self.debug {
+            None => tracing::info!(
+                target: SESSION,
+                message = Self::MESSAGE,
+                user_agent.original = %self.user_agent,
+                trace.origin = self.trace_origin
+            ),
+            Some(reason) => tracing::info!(
+                target: SESSION,
+                message = Self::MESSAGE,
+                user_agent.original = %self.user_agent,
+                trace.origin = self.trace_origin,
+                debug = true,
+                debug_reason = reason.as_str()
+            ),
+        }
+    }
+}
+
+/// A debug session asked for at the upgrade (claim, user list, trace
+/// context) that the cap refused: it is recorded as an ordinary session.
+#[derive(Debug)]
+pub struct DebugSessionRefused {
+    pub reason: DebugReason,
+    pub max_debug_sessions: usize,
+}
+
+impl DebugSessionRefused {
+    pub const MESSAGE: &'static str = "debug session refused: too many debug sessions";
+    pub fn emit(self, metrics: &Metrics) {
+        metrics
+            .debug_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
             target: SESSION,
             message = Self::MESSAGE,
-            user_agent.original = %self.user_agent,
-            trace.origin = self.trace_origin
+            debug_reason = self.reason.as_str(),
+            max_debug_sessions = self.max_debug_sessions
+        );
+    }
+}
+
+/// An operator switched a live session's debug mode (in the session's
+/// trace, linked to the admin request).
+#[derive(Debug)]
+pub struct DebugSwitched<'a> {
+    pub on: bool,
+    /// For how long, when switched on.
+    pub minutes: Option<u32>,
+    /// Who asked: the admin request's `requested_by`, or its client address.
+    pub requested_by: &'a str,
+    pub link: &'a opentelemetry::trace::SpanContext,
+}
+
+impl DebugSwitched<'_> {
+    pub const ON: &'static str = "debug tracing on";
+    pub const OFF: &'static str = "debug tracing off";
+    pub fn emit(self) {
+        tracing::info!(
+            target: ADMIN,
+            message = if self.on { Self::ON } else { Self::OFF },
+            debug = self.on,
+            debug_minutes = self.minutes,
+            requested_by = self.requested_by,
+            link.trace_id = %self.link.trace_id(),
+            link.span_id = %self.link.span_id()
+        );
+    }
+}
+
+/// A debug period an operator set has run out.
+#[derive(Debug)]
+pub struct DebugExpired;
+
+impl DebugExpired {
+    pub const MESSAGE: &'static str = "debug tracing expired";
+    pub fn emit(self) {
+        tracing::info!(target: SESSION, message = Self::MESSAGE, debug = false);
+    }
+}
+
+/// The flight recorder's messages, written once, at a session's first
+/// failure (`session::flight`). `flight_recorder` is a JSON array in the
+/// line, not a string.
+#[derive(Debug)]
+pub struct FlightRecorded<'a> {
+    /// What failed: an error code or a close code.
+    pub trigger: &'a str,
+    pub messages: usize,
+    /// Earlier messages the ring no longer held.
+    pub skipped: u64,
+    /// The entries, as JSON.
+    pub recording: &'a str,
+}
+
+impl FlightRecorded<'_> {
+    pub const MESSAGE: &'static str = "flight recorder";
+    /// The field whose value is written as JSON, not as a string.
+    pub const FIELD: &'static str = "flight_recorder";
+    pub fn emit(self, metrics: &Metrics) {
+        metrics
+            .flight_recordings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            target: SESSION,
+            message = Self::MESSAGE,
+            trigger = self.trigger,
+            flight.messages = self.messages,
+            flight.skipped = self.skipped,
+            flight_recorder = self.recording
         );
     }
 }

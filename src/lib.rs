@@ -19,7 +19,8 @@
 //! - [`session`]: one WebSocket session.
 //!   - [`session::handle`]: what others may know about and do to it.
 //!   - [`session::close`]: the close protocol; [`session::stats`]: its
-//!     counters; [`session::outbound`]: its queue and message sampling.
+//!     counters; [`session::outbound`]: its queue and message sampling;
+//!     [`session::flight`]: its flight recorder.
 //!   - reader, writer and heartbeat tasks; one handler per client frame
 //!     type in `commands/`.
 //! - [`state`]: the server's settings ([`state::ServerConfig`]) and what
@@ -45,6 +46,7 @@
 //!   - [`error`]: every failure and its close code or HTTP status.
 //!   - [`auth`]: JWT, the Origin allowlist, secrets that never print.
 //!   - [`trace_context`]: W3C `traceparent` parsing and formatting.
+//!   - [`sampling`]: the tiers of message tracing, and debug sessions.
 //!   - [`limits`]: every bound the server enforces; [`caps`]: sessions
 //!     counted per client address and per user.
 //!   - [`shutdown`]: the signals that start a graceful shutdown;
@@ -62,6 +64,7 @@ pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod routing;
+pub mod sampling;
 pub mod session;
 pub mod shutdown;
 pub mod state;

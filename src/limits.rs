@@ -24,6 +24,12 @@ pub const DEFAULT_MAX_SESSIONS_PER_IP: usize = 2_000;
 /// Sessions of one JWT user (0: no cap): a leaked token cannot take every
 /// slot either.
 pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
+/// Messages a session's flight recorder keeps (0: no recorder).
+pub const DEFAULT_FLIGHT_RECORDER_MESSAGES: usize = 32;
+/// Debug sessions (every message traced) open at once on one instance.
+pub const DEFAULT_MAX_DEBUG_SESSIONS: usize = 20;
+/// Longest debug period an operator may set on a session (24 hours).
+pub const MAX_DEBUG_MINUTES: u32 = 24 * 60;
 /// Messages a session may send per second (token bucket refill rate);
 /// 0 disables the limit.
 pub const DEFAULT_MESSAGES_PER_SECOND: u32 = 100;
@@ -99,6 +105,10 @@ pub struct Limits {
     pub max_subscriptions: usize,
     pub header_read_timeout: Duration,
     pub telemetry_report_interval: Duration,
+    /// Messages each session's flight recorder keeps (0: none).
+    pub flight_recorder_messages: usize,
+    /// Debug sessions open at once (every message traced).
+    pub max_debug_sessions: usize,
 }
 
 impl Default for Limits {
@@ -120,6 +130,8 @@ impl Default for Limits {
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             telemetry_report_interval: DEFAULT_TELEMETRY_REPORT_INTERVAL,
+            flight_recorder_messages: DEFAULT_FLIGHT_RECORDER_MESSAGES,
+            max_debug_sessions: DEFAULT_MAX_DEBUG_SESSIONS,
         }
     }
 }

@@ -190,6 +190,10 @@ pub struct Metrics {
     pub write_timeouts: AtomicU64,
     upgrades_rejected: Mutex<BTreeMap<&'static str, u64>>,
     pub admin_requests: AtomicU64,
+    /// Debug sessions refused by `--max-debug-sessions`.
+    pub debug_refused: AtomicU64,
+    /// Flight recorder lines written (sessions that failed after messages).
+    pub flight_recordings: AtomicU64,
 }
 
 /// Gauges read from the hub at scrape time.
@@ -320,6 +324,16 @@ impl Metrics {
                 "wstrace_admin_requests_total",
                 "Admin API requests.",
                 self.admin_requests.load(Relaxed),
+            ),
+            Family::counter(
+                "wstrace_debug_sessions_refused_total",
+                "Debug sessions refused by --max-debug-sessions.",
+                self.debug_refused.load(Relaxed),
+            ),
+            Family::counter(
+                "wstrace_flight_recordings_total",
+                "Flight recorder lines written: sessions that failed after sending or receiving messages.",
+                self.flight_recordings.load(Relaxed),
             ),
         ];
         if let Some(kib) = resident_kib(std::process::id()) {

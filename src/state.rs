@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::routing::{Forwarder, Hub, Router};
+use crate::sampling::{DebugRules, DebugSlots};
 use crate::telemetry::TelemetryCounters;
 
 /// How a server is set up (from the CLI, or by a test).
@@ -21,6 +22,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Share of messages that get `ws.receive`/`ws.send` spans and log lines.
     pub message_sample_ratio: f64,
+    /// Which sessions are debug sessions from their upgrade.
+    pub debug: DebugRules,
     pub admin_token: Option<Secret>,
     pub jwt_secret: Option<Secret>,
     /// What a session JWT must say beyond its signature and subject.
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
         Self {
             limits: Limits::default(),
             message_sample_ratio: DEFAULT_MESSAGE_SAMPLE_RATIO,
+            debug: DebugRules::default(),
             admin_token: None,
             jwt_secret: None,
             jwt_rules: JwtRules::default(),
@@ -97,6 +101,8 @@ pub struct ServerState {
     pub caps: crate::caps::SessionCaps,
     /// `/api/logs` reads the log directory: one search at a time.
     pub log_search: Semaphore,
+    /// The cap on debug sessions (`--max-debug-sessions`).
+    pub debug_slots: Arc<DebugSlots>,
 }
 
 impl ServerState {
@@ -134,6 +140,7 @@ impl ServerState {
             sessions: TaskTracker::new(),
             started: Instant::now(),
             log_search: Semaphore::new(1),
+            debug_slots: DebugSlots::new(config.limits.max_debug_sessions),
             caps: crate::caps::SessionCaps::new(
                 config.limits.max_sessions_per_ip,
                 config.limits.max_sessions_per_user,

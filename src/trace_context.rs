@@ -15,6 +15,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use std::collections::HashMap;
 
 use crate::limits::MAX_TRACEPARENT_BYTES;
+use crate::sampling::{TRACESTATE_DEBUG, TRACESTATE_KEY};
 
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
@@ -64,6 +65,18 @@ impl IncomingTrace {
             IncomingTrace::Continued { parent, .. } => Some(parent),
             _ => None,
         }
+    }
+
+    /// The caller asks for a debug session: a sampled `traceparent` with
+    /// `tracestate: wstrace=debug`. Whether it gets one is the server's
+    /// call (`--allow-client-debug`).
+    pub fn asks_for_debug(&self) -> bool {
+        self.parent().is_some_and(|parent| {
+            let span = parent.span();
+            let context = span.span_context();
+            context.is_sampled()
+                && context.trace_state().get(TRACESTATE_KEY) == Some(TRACESTATE_DEBUG)
+        })
     }
 }
 
@@ -235,6 +248,24 @@ mod tests {
             }
         ));
         assert_eq!(trace_id(&trace), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn tracestate_debug_counts_only_with_the_sampled_flag() {
+        let asks = |traceparent: &'static str, tracestate: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(TRACEPARENT, HeaderValue::from_static(traceparent));
+            if let Some(state) = tracestate {
+                headers.insert(TRACESTATE, HeaderValue::from_static(state));
+            }
+            extract(&headers, &uri("/ws")).asks_for_debug()
+        };
+        assert!(asks(VALID, Some("vendor=x,wstrace=debug")));
+        assert!(!asks(VALID, Some("wstrace=off")));
+        assert!(!asks(VALID, None));
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(!asks(unsampled, Some("wstrace=debug")));
+        assert!(!IncomingTrace::Absent.asks_for_debug());
     }
 
     #[test]

@@ -25,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
         "protocol",
         "limits",
         "caps",
+        "sampling",
         "shutdown",
         "sync",
     ],

@@ -109,18 +109,30 @@ async fn one_trace_id_in_header_welcome_and_every_task_line() {
         assert!(targets.contains(task), "no line from {task}: {targets:?}");
     }
     let mut span_ids = HashSet::new();
+    let mut failure_span_ids = HashSet::new();
     for line in &session_lines {
         assert_eq!(line["trace_id"], header_trace, "{line}");
         assert_eq!(line["v"], 0);
         assert_eq!(line["name"], "wstrace");
         let span_id = line["span_id"].as_str().unwrap();
         assert_eq!(span_id.len(), 16);
-        span_ids.insert(span_id.to_owned());
+        let msg = line["msg"].as_str().unwrap();
+        if msg == wstrace::events::ClientFrameRejected::MESSAGE
+            || msg == wstrace::events::FlightRecorded::MESSAGE
+        {
+            failure_span_ids.insert(span_id.to_owned());
+        } else {
+            span_ids.insert(span_id.to_owned());
+        }
     }
     // The tasks have no spans of their own: outside a sampled message's
     // span, every line is in the session's span (its target tells the
     // task), and that span is not the upgrade's.
     assert_eq!(span_ids.len(), 1, "{span_ids:?}");
+    // The failing message has a span of its own (in the same trace) even
+    // though it was not sampled: its line and the flight recorder are in it.
+    assert_eq!(failure_span_ids.len(), 1, "{failure_span_ids:?}");
+    assert!(failure_span_ids.is_disjoint(&span_ids));
     // And grep by trace id finds exactly this session's lines.
     let by_trace: Vec<_> = lines
         .iter()
@@ -205,8 +217,9 @@ async fn concurrent_sessions_never_mix_ids() {
             welcome["trace_id"].as_str().unwrap()
         );
         let session_lines = lines_of_session(&lines, session);
-        // opened, 5 rejected frames, closed
-        assert_eq!(session_lines.len(), 7, "{session_lines:#?}");
+        // opened, 5 rejected frames, the flight recorder (at the first),
+        // closed
+        assert_eq!(session_lines.len(), 8, "{session_lines:#?}");
     }
     let distinct: HashSet<_> = trace_of_session.values().collect();
     assert_eq!(distinct.len(), 6);

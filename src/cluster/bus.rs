@@ -24,6 +24,7 @@ use crate::events::{
     RedisLost, RedisReconnected,
 };
 use crate::routing::{Delivery, SharedRecipient};
+use crate::sampling::DebugChange;
 use crate::trace_context::span_context;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -247,6 +248,26 @@ fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
                 from_elsewhere: true,
             }
             .emit();
+        }
+        Action::Debug {
+            session_id,
+            minutes,
+            requested_by,
+        } => {
+            let Some(session) = context.router.hub().get(session_id) else {
+                tracing::info!(%session_id, "debug switch for a session that is no longer here");
+                return;
+            };
+            let change = match minutes {
+                Some(minutes) => DebugChange::On { minutes },
+                None => DebugChange::Off,
+            };
+            // The requester answered already; the refusal is told here.
+            if let Err(refused) =
+                session.set_debug(change, &requested_by, &origin, &context.debug_slots)
+            {
+                tracing::warn!(%session_id, error = %refused, "debug switch from another instance refused");
+            }
         }
     }
 }

@@ -51,6 +51,14 @@ pub enum Action {
         code: u16,
         reason: String,
     },
+    /// Switch a session's debug mode (admin `POST`/`DELETE
+    /// /api/sessions/{id}/debug`): on for `minutes`, or off (`None`).
+    Debug {
+        session_id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        minutes: Option<u32>,
+        requested_by: String,
+    },
 }
 
 /// Who, on the receiving instance, gets a delivery.
@@ -161,6 +169,20 @@ impl Action {
                 }
                 if reason.len() > close_code::MAX_REASON_BYTES {
                     return Err(EnvelopeError::Invalid("kick reason over 123 bytes"));
+                }
+            }
+            Action::Debug {
+                minutes,
+                requested_by,
+                ..
+            } => {
+                if minutes.is_some_and(|m| !(1..=crate::limits::MAX_DEBUG_MINUTES).contains(&m)) {
+                    return Err(EnvelopeError::Invalid("debug minutes out of range"));
+                }
+                if requested_by.chars().count() > 128 {
+                    return Err(EnvelopeError::Invalid(
+                        "debug requested_by over 128 characters",
+                    ));
                 }
             }
             Action::Deliver { frame, .. } => {

@@ -17,6 +17,7 @@ use super::{Cluster, ClusterError};
 use crate::routing::{
     Audience, Delivery, ForwardError, Forwarded, Forwarder, SessionView, SharedRecipient,
 };
+use crate::sampling::DebugChange;
 use crate::trace_context::format_traceparent;
 
 impl Forwarder for Cluster {
@@ -219,6 +220,33 @@ pub async fn send(
         Err(_) => span.record("otel.status_code", "error"),
     };
     result
+}
+
+/// Switches the debug mode of a session that lives on another instance.
+/// `Ok(Some(instance))` when the change was handed to it (that instance
+/// applies it, or logs why not), `Ok(None)` when no live instance holds
+/// that session.
+pub async fn forward_debug(
+    cluster: &Cluster,
+    session_id: Uuid,
+    change: &DebugChange,
+    requested_by: &str,
+    origin: &SpanContext,
+) -> Result<Option<String>, ClusterError> {
+    let Some(view) = cluster.lookup(session_id).await? else {
+        return Ok(None);
+    };
+    let action = Action::Debug {
+        session_id,
+        minutes: match change {
+            DebugChange::On { minutes } => Some(*minutes),
+            DebugChange::Off => None,
+        },
+        requested_by: requested_by.to_string(),
+    };
+    let channel = Cluster::instance_channel(&view.instance_id);
+    let receivers = send(cluster, &channel, action, true, origin).await?;
+    Ok((receivers > 0).then_some(view.instance_id))
 }
 
 /// Closes a session that lives on another instance. `Ok(Some(instance))`

@@ -406,6 +406,8 @@ pub struct ClusterContext {
     pub stats: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
     /// Largest `message` frame an envelope may carry.
     pub max_frame_bytes: usize,
+    /// The cap on this instance's debug sessions.
+    pub debug_slots: Arc<crate::sampling::DebugSlots>,
 }
 
 /// The background tasks of cluster mode, which live as long as the server.

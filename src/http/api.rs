@@ -5,7 +5,7 @@
 //! span). A session an admin request touches logs a line in its own trace
 //! with a span link back to the request, so the two stories join up.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -15,6 +15,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -22,17 +23,23 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::auth::secret_matches;
-use crate::cluster::forward::kick;
+use crate::cluster::forward::{forward_debug, kick};
 use crate::error::{HttpError, close_code};
 use crate::events::{AdminCleanup, AdminClosedSession, AdminTokenRefused};
+use crate::limits::MAX_DEBUG_MINUTES;
 use crate::protocol;
 use crate::routing::{Audience, Delivery, Routed, Sender, SessionView};
+use crate::sampling::DebugChange;
 use crate::state::ServerState;
 
 pub fn router(state: Arc<ServerState>) -> Router<Arc<ServerState>> {
     Router::new()
         .route("/sessions", get(list_sessions))
         .route("/sessions/{id}", get(get_session).delete(close_session))
+        .route(
+            "/sessions/{id}/debug",
+            post(debug_session).delete(end_debug_session),
+        )
         .route("/stats", get(stats))
         .route("/channels", get(channels))
         .route("/send", post(send))
@@ -161,6 +168,96 @@ async fn close_session(
         "code": code,
         "reason": reason,
         "already_closing": !decided,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DebugRequest {
+    /// How long every message of the session is traced; then it stops.
+    minutes: u32,
+    /// Who asks, for the session's log (default: the admin client's
+    /// address).
+    requested_by: Option<String>,
+}
+
+/// Longest `requested_by` kept (it goes into log lines and envelopes).
+const MAX_REQUESTED_BY_CHARS: usize = 128;
+
+fn requested_by(given: Option<String>, peer: SocketAddr) -> String {
+    match given.filter(|s| !s.trim().is_empty()) {
+        Some(name) => name.chars().take(MAX_REQUESTED_BY_CHARS).collect(),
+        None => format!("admin at {}", peer.ip()),
+    }
+}
+
+/// `POST /api/sessions/{id}/debug {"minutes": 10}`: trace every message of
+/// a live session for a while, on this instance or (cluster mode) the one
+/// that holds it.
+async fn debug_session(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    request: Result<Json<DebugRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, HttpError> {
+    let session_id = parse_id(&id)?;
+    let Json(request) = request.map_err(|rejection| {
+        HttpError::BadRequest(format!(
+            "expected {{\"minutes\": 1-{MAX_DEBUG_MINUTES}, \"requested_by\": \"…\"}}: {}",
+            rejection.body_text()
+        ))
+    })?;
+    if !(1..=MAX_DEBUG_MINUTES).contains(&request.minutes) {
+        return Err(HttpError::BadRequest(format!(
+            "minutes must be 1-{MAX_DEBUG_MINUTES}"
+        )));
+    }
+    let by = requested_by(request.requested_by, peer);
+    let change = DebugChange::On {
+        minutes: request.minutes,
+    };
+    switch_debug(&state, session_id, change, &by).await
+}
+
+/// `DELETE /api/sessions/{id}/debug`: back to ordinary sampling.
+async fn end_debug_session(
+    State(state): State<Arc<ServerState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    let session_id = parse_id(&id)?;
+    let by = requested_by(None, peer);
+    switch_debug(&state, session_id, DebugChange::Off, &by).await
+}
+
+async fn switch_debug(
+    state: &ServerState,
+    session_id: Uuid,
+    change: DebugChange,
+    requested_by: &str,
+) -> Result<Json<Value>, HttpError> {
+    let origin = current_span_context();
+    let Some(session) = state.hub().get(session_id) else {
+        let not_found = || HttpError::NotFound("no such session".into());
+        let cluster = state.cluster().ok_or_else(not_found)?;
+        let instance = forward_debug(cluster, session_id, &change, requested_by, &origin)
+            .await?
+            .ok_or_else(not_found)?;
+        return Ok(Json(json!({
+            "session_id": session_id.to_string(),
+            "instance_id": instance,
+            "debug": matches!(change, DebugChange::On { .. }),
+            "forwarded": true,
+        })));
+    };
+    let status = session.set_debug(change, requested_by, &origin, &state.debug_slots)?;
+    Ok(Json(json!({
+        "session_id": session_id.to_string(),
+        "instance_id": state.instance_id(),
+        "debug": status.on,
+        "debug_reason": status.reason.map(|r| r.as_str()),
+        "debug_until_ms": status.until.map(protocol::unix_ms),
+        "requested_by": requested_by,
     })))
 }
 

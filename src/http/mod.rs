@@ -87,6 +87,7 @@ impl Server {
                 report_every: state.config.limits.telemetry_report_interval,
                 // The content's limit, plus the frame's own fields.
                 max_frame_bytes: state.config.limits.max_message_bytes + 16 * 1024,
+                debug_slots: state.debug_slots.clone(),
                 stats: Box::new(move || {
                     stats_of
                         .upgrade()

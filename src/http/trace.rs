@@ -28,6 +28,9 @@ pub struct RequestTrace {
     pub user_agent: String,
     /// `header`, `query`, or `new` when the request started a new trace.
     pub origin: &'static str,
+    /// The caller's trace context asks for a debug session
+    /// (`tracestate: wstrace=debug`, sampled).
+    pub client_debug: bool,
 }
 
 /// Opens the HTTP server span, continuing the caller's trace when it sent a
@@ -95,6 +98,7 @@ pub async fn trace_http(
         trace_id: trace_id.clone(),
         user_agent,
         origin,
+        client_debug: incoming.asks_for_debug(),
     });
 
     let mut response = next.run(request).instrument(span.clone()).await;

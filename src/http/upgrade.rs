@@ -58,7 +58,7 @@ async fn upgrade_session(
         UpgradeRefused::OriginNotAllowed.emit(&state.metrics);
         return Err(HttpError::OriginNotAllowed);
     }
-    let user = match &state.jwt {
+    let subject = match &state.jwt {
         None => None,
         Some(jwt) => {
             let token =
@@ -66,8 +66,8 @@ async fn upgrade_session(
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            match token.and_then(|t| jwt.verify(&t, now)) {
-                Ok(user) => Some(user),
+            match token.and_then(|t| jwt.verify_subject(&t, now)) {
+                Ok(subject) => Some(subject),
                 Err(error) => {
                     // The reason, never the token.
                     UpgradeRefused::BadToken { code: error.code() }.emit(&state.metrics);
@@ -76,6 +76,12 @@ async fn upgrade_session(
             }
         }
     };
+    let debug = state.config.debug.reason(
+        subject.as_ref().map(|s| s.user.as_str()),
+        subject.as_ref().is_some_and(|s| s.debug),
+        trace.client_debug,
+    );
+    let user = subject.map(|s| s.user);
     let limits = &state.config.limits;
     let ip_slot = state.caps.per_ip.try_take(peer.ip()).ok_or_else(|| {
         let limit = limits.max_sessions_per_ip;
@@ -111,6 +117,7 @@ async fn upgrade_session(
             trace_origin: trace.origin,
         },
         mode,
+        debug,
     };
     let session_span = info.span(&trace.span);
     let upgrade = upgrade

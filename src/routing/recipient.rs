@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::Delivery;
 use crate::metrics::Metrics;
 use crate::protocol::ServerFrame;
+use crate::sampling::{DebugChange, DebugRefused, DebugSlots, DebugStatus};
 
 /// A live session as routing, the admin API and the cluster see it.
 /// Implemented by `session::SessionHandle`; routing never needs more.
@@ -30,6 +31,17 @@ pub trait Recipient: Send + Sync + std::fmt::Debug {
     /// An admin request (made here or on another instance) acts on this
     /// session: a line in the session's own trace, linked to the request.
     fn admin_touched(&self, action: &'static str, origin: &SpanContext);
+    /// Switches the session's debug mode on an operator's request (made
+    /// here or on another instance): on for `minutes` (then off by
+    /// itself), or off. The change is a line in the session's own trace,
+    /// with who asked, linked to the request.
+    fn set_debug(
+        self: Arc<Self>,
+        change: DebugChange,
+        requested_by: &str,
+        origin: &SpanContext,
+        slots: &Arc<DebugSlots>,
+    ) -> Result<DebugStatus, DebugRefused>;
     /// Closes the session on an operator's request; false if it was
     /// already closing.
     fn close_by_admin(&self, code: u16, reason: String) -> bool;
@@ -58,6 +70,9 @@ pub struct SessionView {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub errors: u64,
+    /// A debug session: every message is traced.
+    #[serde(default)]
+    pub debug: bool,
 }
 
 /// Why a delivery did not reach a session.

@@ -11,14 +11,16 @@ use std::time::{Duration, SystemTime};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
+use super::DEBUG_ATTRIBUTE;
 use super::close::{CloseDecision, CloseSignal, ClosedBy};
 use super::outbound::{Outbound, OutboundQueue, QueueError};
 use super::stats::SessionStats;
 use crate::error::close_code;
-use crate::events::{AdminTouchedSession, OutboundQueueFull};
+use crate::events::{AdminTouchedSession, DebugExpired, DebugSwitched, OutboundQueueFull};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ServerFrame};
 use crate::routing::{Delivery, DeliveryError, Recipient, SessionView};
+use crate::sampling::{DebugChange, DebugReason, DebugRefused, DebugSlots, DebugStatus};
 
 /// A live session, shared by its own tasks and by everyone who may send to
 /// it or act on it.
@@ -124,6 +126,7 @@ impl Recipient for SessionHandle {
             bytes_in: stats.bytes_in.load(Relaxed),
             bytes_out: stats.bytes_out.load(Relaxed),
             errors: stats.errors.load(Relaxed),
+            debug: stats.debug.is_on(),
         }
     }
 
@@ -142,6 +145,64 @@ impl Recipient for SessionHandle {
             }
             .emit()
         });
+    }
+
+    fn set_debug(
+        self: Arc<Self>,
+        change: DebugChange,
+        requested_by: &str,
+        origin: &SpanContext,
+        slots: &Arc<DebugSlots>,
+    ) -> Result<DebugStatus, DebugRefused> {
+        let span = tracing::info_span!(parent: &self.span, "ws.admin", admin.action = "debug");
+        span.add_link(origin.clone());
+        let minutes = match change {
+            DebugChange::On { minutes } => minutes,
+            DebugChange::Off => {
+                self.stats.debug.turn_off(None);
+                span.in_scope(|| {
+                    DebugSwitched {
+                        on: false,
+                        minutes: None,
+                        requested_by,
+                        link: origin,
+                    }
+                    .emit()
+                });
+                return Ok(self.stats.debug.status());
+            }
+        };
+        let until = SystemTime::now() + Duration::from_secs(u64::from(minutes) * 60);
+        let status = self
+            .stats
+            .debug
+            .turn_on(slots, DebugReason::Admin, Some(until))?;
+        self.span.set_attribute(DEBUG_ATTRIBUTE, true);
+        span.in_scope(|| {
+            DebugSwitched {
+                on: true,
+                minutes: Some(minutes),
+                requested_by,
+                link: origin,
+            }
+            .emit()
+        });
+        if status.until.is_some() {
+            // Ends by itself; a later change (another grant, or off) makes
+            // this timer's generation stale. Holds the session weakly: a
+            // session that ends first is not kept.
+            let session = Arc::downgrade(&self);
+            let generation = status.generation;
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(minutes) * 60)).await;
+                if let Some(session) = session.upgrade()
+                    && session.stats.debug.turn_off(Some(generation)).is_some()
+                {
+                    session.span.in_scope(|| DebugExpired.emit());
+                }
+            });
+        }
+        Ok(status)
     }
 
     fn close_by_admin(&self, code: u16, reason: String) -> bool {

@@ -24,6 +24,7 @@
 
 pub mod close;
 mod commands;
+pub mod flight;
 pub mod handle;
 mod heartbeat;
 pub mod outbound;
@@ -46,16 +47,21 @@ use uuid::Uuid;
 
 use crate::error::close_code;
 use crate::events::{
-    LineBudget, SessionClosed, SessionOpened, SessionTaskAborted, SessionTaskPanicked,
+    DebugSessionRefused, LineBudget, SessionClosed, SessionOpened, SessionTaskAborted,
+    SessionTaskPanicked,
 };
 use crate::protocol::ServerFrame;
 use crate::routing::Recipient;
+use crate::sampling::DebugReason;
 use crate::state::ServerState;
 use close::{CloseDecision, CloseSignal, ClosedBy, PeerClose, Waiter};
 pub use handle::SessionHandle;
 use outbound::{MessageSampler, Outbound};
 pub use rate::{RateDecision, RateLimiter};
 use stats::SessionStats;
+
+/// The span attribute of a debug session and of the messages it records.
+pub const DEBUG_ATTRIBUTE: &str = "wstrace.debug";
 
 /// What a session knows about itself when it starts.
 #[derive(Debug, Clone)]
@@ -69,6 +75,8 @@ pub struct SessionInfo {
     /// How the upgrade arrived, for the `session opened` line.
     pub upgrade: UpgradeInfo,
     pub mode: SessionMode,
+    /// Why it is a debug session from the start, if it is.
+    pub debug: Option<DebugReason>,
 }
 
 /// What the session speaks.
@@ -191,15 +199,32 @@ impl Session {
     /// welcome frame.
     fn new(info: SessionInfo, state: Arc<ServerState>) -> Self {
         let limits = &state.config.limits;
-        let stats = Arc::new(SessionStats::new());
+        let stats = Arc::new(SessionStats::with_recorder(limits.flight_recorder_messages));
         let close = CloseSignal::new();
         let (outbound_tx, outbound_rx) =
             outbound::outbound_queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
         let span = tracing::Span::current();
         let span_context = span.context().span().span_context().clone();
+        let debug = info.debug.and_then(|reason| {
+            match stats.debug.turn_on(&state.debug_slots, reason, None) {
+                Ok(_) => {
+                    span.set_attribute(DEBUG_ATTRIBUTE, true);
+                    Some(reason)
+                }
+                Err(refused) => {
+                    DebugSessionRefused {
+                        reason,
+                        max_debug_sessions: refused.max,
+                    }
+                    .emit(&state.metrics);
+                    None
+                }
+            }
+        });
         SessionOpened {
             user_agent: &info.upgrade.user_agent,
             trace_origin: info.upgrade.trace_origin,
+            debug,
         }
         .emit(&state.metrics);
         if info.mode == SessionMode::Protocol {
@@ -288,6 +313,7 @@ impl Session {
             peer_close: ending.peer_close.clone(),
             sampler: MessageSampler::new(state.config.message_sample_ratio, seed),
             echo_only: self.echo_only,
+            current: reader::Current::default(),
             rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
             warnings: LineBudget::new(
                 crate::limits::SESSION_WARNINGS_PER_INTERVAL,
@@ -365,6 +391,13 @@ async fn finish(
     let decision = close.decision().unwrap_or_else(|| {
         CloseDecision::new(close_code::ABNORMAL, "session ended", ClosedBy::Server)
     });
+    if close_code::is_failure(decision.code) {
+        // Once per session: a failure earlier (an error frame) has written
+        // it already.
+        stats
+            .flight
+            .write(&format!("close {}", decision.code), &state.metrics);
+    }
     let summary = SessionSummary {
         clean: peer_close.get().is_some(),
         decision,
@@ -499,6 +532,7 @@ mod tests {
             user: None,
             upgrade: UpgradeInfo::default(),
             mode: SessionMode::Protocol,
+            debug: None,
         };
         let session = run_session(Quiet, info, state.clone());
         let (_tx, rx) = outbound_queue(4, 1024);

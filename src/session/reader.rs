@@ -3,15 +3,17 @@
 
 use axum::extract::ws::Message;
 use futures_util::{FutureExt, Stream, StreamExt};
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::{SpanContext, Status, TraceContextExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::DEBUG_ATTRIBUTE;
 use super::close::{CloseDecision, ClosedBy, PeerClose};
 use super::commands;
+use super::flight::{Direction, Entry};
 use super::handle::SessionHandle;
 use super::outbound::{MessageSampler, Outbound, OutboundQueue};
 use super::rate::{RateDecision, RateLimiter};
@@ -40,6 +42,38 @@ pub struct Reader {
     pub warnings: LineBudget,
     /// Echo data frames verbatim instead of speaking protocol v1.
     pub echo_only: bool,
+    /// The message being handled, for the span of a failure and for the
+    /// flight recorder.
+    pub current: Current,
+}
+
+/// The message the reader is handling.
+#[derive(Debug, Clone, Copy)]
+pub struct Current {
+    pub kind: FrameKind,
+    pub size: usize,
+    /// Its number in the flight recorder.
+    pub seq: u64,
+}
+
+impl Default for Current {
+    fn default() -> Self {
+        Self {
+            kind: FrameKind::Invalid,
+            size: 0,
+            seq: 0,
+        }
+    }
+}
+
+/// The span of one inbound message.
+fn receive_span(kind: FrameKind, size: usize) -> tracing::Span {
+    tracing::info_span!(
+        "ws.receive",
+        ws.message.type = kind.as_str(),
+        ws.message.size = size,
+        ws.message.id = tracing::field::Empty,
+    )
 }
 
 /// The outbound queue is closed: the session is ending.
@@ -54,7 +88,7 @@ impl Reader {
         T: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
         while let Some(item) = stream.next().await {
-            self.session.stats.touch();
+            let at_us = self.session.stats.touch();
             let message = match item {
                 Ok(message) => message,
                 Err(error) => {
@@ -77,8 +111,12 @@ impl Reader {
                     Message::Binary(bytes) if self.echo_only => {
                         Box::pin(self.echo(Message::Binary(bytes))).await
                     }
-                    Message::Text(text) => Box::pin(self.on_data(Data::Text(text.as_str()))).await,
-                    Message::Binary(bytes) => Box::pin(self.on_data(Data::Binary(bytes))).await,
+                    Message::Text(text) => {
+                        Box::pin(self.on_data(Data::Text(text.as_str()), at_us)).await
+                    }
+                    Message::Binary(bytes) => {
+                        Box::pin(self.on_data(Data::Binary(bytes), at_us)).await
+                    }
                     // The WebSocket layer answers pings by itself.
                     Message::Ping(_) => Ok(()),
                     Message::Pong(payload) => {
@@ -129,7 +167,7 @@ impl Reader {
         self.reply(kind, message, false).await
     }
 
-    async fn on_data(&mut self, data: Data<'_>) -> Result<(), Gone> {
+    async fn on_data(&mut self, data: Data<'_>, at_us: u64) -> Result<(), Gone> {
         let size = data.len();
         self.session.stats.message_in(size);
         match self.rate.check() {
@@ -140,34 +178,75 @@ impl Reader {
                 return Err(Gone);
             }
         }
-        let sampled = self.sampler.sample();
+        // A debug session records every message (one relaxed load when it
+        // is not one).
+        let debug = self.session.stats.debug.is_on();
+        let sampled = debug || self.sampler.sample();
         let (kind, frame) = match data {
-            Data::Binary(bytes) => {
-                self.state.metrics.message_in(FrameKind::Binary, size);
-                // Binary frames are echoed verbatim (documented in README).
-                return self
-                    .reply(FrameKind::Binary, Message::Binary(bytes), sampled)
-                    .await;
-            }
+            // Binary frames are echoed verbatim (documented in README).
+            Data::Binary(bytes) => (FrameKind::Binary, Err(bytes)),
             Data::Text(text) => {
                 let frame = protocol::decode(text);
                 (
                     frame.as_ref().map_or(FrameKind::Invalid, ClientFrame::kind),
-                    frame,
+                    Ok(frame),
                 )
             }
         };
         self.state.metrics.message_in(kind, size);
+        let mut entry = Entry {
+            seq: 0,
+            direction: Direction::In,
+            kind,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+            at_us,
+            message_id: None,
+            span_id: None,
+        };
         if !sampled {
-            return self.handle(frame, false).await;
+            let seq = self.session.stats.flight.record(entry);
+            self.current = Current { kind, size, seq };
+            return match frame {
+                Ok(frame) => self.handle(frame, false).await,
+                Err(bytes) => self.reply(kind, Message::Binary(bytes), false).await,
+            };
         }
-        let span = tracing::info_span!(
-            "ws.receive",
-            ws.message.type = kind.as_str(),
-            ws.message.size = size,
-            ws.message.id = tracing::field::Empty,
-        );
-        self.handle(frame, true).instrument(span).await
+        let span = receive_span(kind, size);
+        if debug {
+            span.set_attribute(DEBUG_ATTRIBUTE, true);
+        }
+        entry.span_id = Some(span.context().span().span_context().span_id());
+        let seq = self.session.stats.flight.record(entry);
+        self.current = Current { kind, size, seq };
+        match frame {
+            Ok(frame) => self.handle(frame, true).instrument(span).await,
+            Err(bytes) => {
+                span.in_scope(|| MessageReceived.emit());
+                self.reply(kind, Message::Binary(bytes), true)
+                    .instrument(span)
+                    .await
+            }
+        }
+    }
+
+    /// The current message failed: it gets its `ws.receive` span (status
+    /// Error) even when it was not sampled, `line` is written in that span,
+    /// and so is the session's flight recorder (once per session). The
+    /// error frame that answers it is then sampled too.
+    fn message_failed(&self, sampled: bool, trigger: &str, line: impl FnOnce()) {
+        let span = if sampled {
+            tracing::Span::current()
+        } else {
+            receive_span(self.current.kind, self.current.size)
+        };
+        span.set_status(Status::error(trigger.to_owned()));
+        span.in_scope(|| {
+            line();
+            self.session
+                .stats
+                .flight
+                .write(trigger, &self.state.metrics);
+        });
     }
 
     async fn handle(
@@ -179,15 +258,19 @@ impl Reader {
             Ok(frame) => frame,
             Err(error) => {
                 self.session.stats.error();
-                if let Some(lines_suppressed) = self.admit_warning() {
+                // Over the session's warning budget: no line, no span.
+                let Some(lines_suppressed) = self.admit_warning() else {
+                    return self.reply_frame(error.to_frame(), sampled).await;
+                };
+                self.message_failed(sampled, error.code.as_str(), || {
                     ClientFrameRejected {
                         code: error.code.as_str(),
                         message: &error.message,
                         lines_suppressed,
                     }
-                    .emit();
-                }
-                return self.reply_frame(error.to_frame(), sampled).await;
+                    .emit()
+                });
+                return self.reply_frame(error.to_frame(), true).await;
             }
         };
         if sampled {
@@ -214,7 +297,16 @@ impl Reader {
         sampled: bool,
     ) -> Result<(), Gone> {
         self.session.stats.error();
-        self.reply_frame(error.to_frame(), sampled).await
+        // An outage fails every message: the span only when sampled (the
+        // upkeep task reports the outage), the flight recorder once.
+        let frame = error.to_frame();
+        if let ServerFrame::Error { code, .. } = &frame {
+            self.session
+                .stats
+                .flight
+                .write(code.as_str(), &self.state.metrics);
+        }
+        self.reply_frame(frame, sampled).await
     }
 
     /// Hands a message from this session to routing. This session gets an
@@ -264,6 +356,10 @@ impl Reader {
             user: self.session.user.as_deref(),
         };
         let delivery = Delivery::new(from, channel, content, origin, sampled);
+        self.session
+            .stats
+            .flight
+            .identify(self.current.seq, &delivery.message_id);
         if sampled {
             tracing::Span::current().record("ws.message.id", delivery.message_id.as_str());
         }
@@ -286,19 +382,23 @@ impl Reader {
         sampled: bool,
     ) -> Result<(), Gone> {
         self.session.stats.error();
-        if let Some(lines_suppressed) = self.admit_warning() {
+        let frame = ServerFrame::Error {
+            code,
+            message: message.to_owned(),
+        };
+        // Over the session's warning budget: no line, no span.
+        let Some(lines_suppressed) = self.admit_warning() else {
+            return self.reply_frame(frame, sampled).await;
+        };
+        self.message_failed(sampled, code.as_str(), || {
             FrameRefused {
                 code: code.as_str(),
                 message,
                 lines_suppressed,
             }
-            .emit();
-        }
-        let frame = ServerFrame::Error {
-            code,
-            message: message.to_owned(),
-        };
-        self.reply_frame(frame, sampled).await
+            .emit()
+        });
+        self.reply_frame(frame, true).await
     }
 
     pub(super) async fn reply_frame(
@@ -336,17 +436,26 @@ impl Reader {
 
     async fn refuse(&mut self, size: usize, first: bool) -> Result<(), Gone> {
         let limits = &self.state.config.limits;
-        RateLimited {
+        let refused = RateLimited {
             first,
             messages_per_second: limits.messages_per_second,
             burst: limits.message_burst,
-        }
-        .emit(&self.state.metrics);
+        };
         self.state.metrics.message_in(FrameKind::Invalid, size);
         self.session.stats.error();
         if !first {
+            refused.emit(&self.state.metrics);
             return Ok(());
         }
+        // Refused unread: the span says what is known, its size.
+        self.current = Current {
+            kind: FrameKind::Invalid,
+            size,
+            seq: 0,
+        };
+        self.message_failed(false, ErrorCode::RateLimited.as_str(), || {
+            refused.emit(&self.state.metrics)
+        });
         let frame = ServerFrame::Error {
             code: ErrorCode::RateLimited,
             message: format!(
@@ -355,7 +464,7 @@ impl Reader {
                 self.state.config.limits.messages_per_second
             ),
         };
-        self.reply_frame(frame, false).await
+        self.reply_frame(frame, true).await
     }
 
     fn abuse(&self) {
@@ -377,7 +486,9 @@ impl Reader {
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         self.session.stats.error();
-        HandlerPanicked { panic: &message }.emit();
+        self.message_failed(false, "panic", || {
+            HandlerPanicked { panic: &message }.emit()
+        });
         self.session.close.decide(CloseDecision::new(
             close_code::INTERNAL_ERROR,
             "internal error",
@@ -385,7 +496,7 @@ impl Reader {
         ));
     }
 
-    fn fail(&self, error: SessionError) {
+    fn fail(&mut self, error: SessionError) {
         if let SessionError::ConnectionLost(cause) = &error {
             // A client vanishing is its choice, not a server error.
             tracing::debug!(%cause, "peer went away without a close frame");
@@ -397,12 +508,24 @@ impl Reader {
             return;
         }
         self.session.stats.error();
-        SessionReadFailed {
-            error: &error,
-            close_code: error.close_code(),
-            message_too_big: matches!(error, SessionError::MessageTooBig { .. }),
-        }
-        .emit(&self.state.metrics);
+        // The frame that failed is the failing message: it gets its span.
+        self.current = Current {
+            kind: FrameKind::Invalid,
+            size: match error {
+                SessionError::MessageTooBig { size, .. } => size,
+                _ => 0,
+            },
+            seq: 0,
+        };
+        let trigger = format!("close {}", error.close_code());
+        self.message_failed(false, &trigger, || {
+            SessionReadFailed {
+                error: &error,
+                close_code: error.close_code(),
+                message_too_big: matches!(error, SessionError::MessageTooBig { .. }),
+            }
+            .emit(&self.state.metrics)
+        });
         // Errors after which no Close can be sent map to 1006, which the
         // writer never sends (see `CloseDecision::server_sends_close`).
         self.session.close.decide(CloseDecision::new(

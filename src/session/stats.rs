@@ -1,12 +1,19 @@
-//! What a session counts while it runs.
+//! What a session counts and records while it runs.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// Counters shared by a session's tasks. Each is written by one task (reader
-/// or writer or heartbeat), so relaxed atomics are enough.
+use super::flight::FlightRecorder;
+use crate::sampling::DebugSwitch;
+
+/// What a session's tasks share: counters (each written by one task,
+/// reader or writer or heartbeat, so relaxed atomics are enough), whether
+/// it is a debug session, and its flight recorder.
 #[derive(Debug)]
 pub struct SessionStats {
+    /// Debug session: every message gets spans and lines.
+    pub debug: DebugSwitch,
+    pub flight: FlightRecorder,
     started: Instant,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
@@ -25,7 +32,14 @@ pub struct SessionStats {
 
 impl SessionStats {
     pub fn new() -> Self {
+        Self::with_recorder(crate::limits::DEFAULT_FLIGHT_RECORDER_MESSAGES)
+    }
+
+    /// With a flight recorder of `messages` entries (0: none).
+    pub fn with_recorder(messages: usize) -> Self {
         Self {
+            debug: DebugSwitch::default(),
+            flight: FlightRecorder::new(messages),
             started: Instant::now(),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
@@ -45,13 +59,16 @@ impl SessionStats {
         self.started.elapsed()
     }
 
-    fn micros_since_start(&self) -> u64 {
+    pub fn micros_since_start(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// The peer sent something: it is alive.
-    pub fn touch(&self) {
-        self.last_seen_us.store(self.micros_since_start(), Relaxed);
+    /// The peer sent something: it is alive. Returns the time, for the
+    /// flight recorder.
+    pub fn touch(&self) -> u64 {
+        let now = self.micros_since_start();
+        self.last_seen_us.store(now, Relaxed);
+        now
     }
 
     /// When the peer was last heard from.

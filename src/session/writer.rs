@@ -3,6 +3,7 @@
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt};
+use opentelemetry::trace::{SpanId, TraceContextExt};
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +11,9 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::DEBUG_ATTRIBUTE;
 use super::close::{CloseDecision, CloseSignal, ClosedBy, Waiter};
+use super::flight::{Direction, Entry};
 use super::heartbeat::{Beat, Heartbeat};
 use super::outbound::{Outbound, OutboundReceiver};
 use super::stats::SessionStats;
@@ -59,10 +62,12 @@ impl Writer {
                     // Drain what is already queued, then flush once: one
                     // syscall for a burst instead of one per frame.
                     let burst = within(limit, async {
+                        // One clock read per burst, for the flight recorder.
+                        let at_us = self.stats.micros_since_start();
                         let mut batch = Some(item);
                         while let Some(item) = batch.take() {
                             let (item, cost) = item.into_parts();
-                            self.feed(&mut sink, item).await?;
+                            self.feed(&mut sink, item, at_us).await?;
                             outbound.written(cost);
                             batch = outbound.try_recv();
                         }
@@ -100,9 +105,10 @@ impl Writer {
             // stalled peer blocks here; the supervisor gives up after the
             // close timeout).
             let last = within(limit, async {
+                let at_us = self.stats.micros_since_start();
                 while let Some(item) = outbound.try_recv() {
                     let (item, _) = item.into_parts();
-                    self.feed(&mut sink, item).await?;
+                    self.feed(&mut sink, item, at_us).await?;
                 }
                 send_close(&mut sink, &decision).await;
                 Ok(())
@@ -145,10 +151,11 @@ impl Writer {
         ));
     }
 
-    async fn feed<K>(&self, sink: &mut K, item: Outbound) -> Result<(), axum::Error>
+    async fn feed<K>(&self, sink: &mut K, item: Outbound, at_us: u64) -> Result<(), axum::Error>
     where
         K: Sink<Message, Error = axum::Error> + Unpin,
     {
+        let debug = self.stats.debug.is_on();
         match item {
             Outbound::Frame {
                 kind,
@@ -156,12 +163,17 @@ impl Writer {
                 sampled,
             } => {
                 let size = data_len(&message);
+                let mut span_id = None;
                 if sampled && let Some(size) = size {
                     let span = tracing::info_span!(
                         "ws.send",
                         ws.message.type = kind.as_str(),
                         ws.message.size = size,
                     );
+                    if debug {
+                        span.set_attribute(DEBUG_ATTRIBUTE, true);
+                    }
+                    span_id = Some(span.context().span().span_context().span_id());
                     sink.feed(message).instrument(span).await?;
                 } else {
                     sink.feed(message).await?;
@@ -169,32 +181,67 @@ impl Writer {
                 if let Some(size) = size {
                     self.stats.message_out(size);
                     self.state.metrics.message_out(kind, size);
+                    // The welcome is in `session opened`; the recorder
+                    // stays unallocated until a real message.
+                    if kind != FrameKind::Welcome {
+                        self.stats
+                            .flight
+                            .record(outbound_entry(kind, size, at_us, None, span_id));
+                    }
                 }
             }
             Outbound::Delivery(delivery) => {
                 let size = delivery.frame.len();
-                if delivery.sampled {
-                    record_delivery(&delivery, size);
-                }
+                let span_id =
+                    (delivery.sampled || debug).then(|| record_delivery(&delivery, size, debug));
                 sink.feed(Message::Text(delivery.frame.clone())).await?;
                 self.stats.message_out(size);
                 self.state.metrics.message_out(FrameKind::Message, size);
+                let id = uuid::Uuid::parse_str(&delivery.message_id).ok();
+                self.stats.flight.record(outbound_entry(
+                    FrameKind::Message,
+                    size,
+                    at_us,
+                    id,
+                    span_id,
+                ));
             }
         }
         Ok(())
     }
 }
 
+fn outbound_entry(
+    kind: FrameKind,
+    size: usize,
+    at_us: u64,
+    message_id: Option<uuid::Uuid>,
+    span_id: Option<SpanId>,
+) -> Entry {
+    Entry {
+        seq: 0,
+        direction: Direction::Out,
+        kind,
+        size: u32::try_from(size).unwrap_or(u32::MAX),
+        at_us,
+        message_id,
+        span_id,
+    }
+}
+
 /// The receiver's side of a delivery: a `ws.send` span linked (not
 /// parented: each session keeps its own trace) to the publisher's span, and
 /// a log line naming that span.
-fn record_delivery(delivery: &Delivery, size: usize) {
+fn record_delivery(delivery: &Delivery, size: usize, debug: bool) -> SpanId {
     let span = tracing::info_span!(
         "ws.send",
         ws.message.type = "message",
         ws.message.size = size,
         ws.message.id = %delivery.message_id,
     );
+    if debug {
+        span.set_attribute(DEBUG_ATTRIBUTE, true);
+    }
     span.add_link(delivery.origin.clone());
     span.in_scope(|| {
         MessageDelivered {
@@ -205,6 +252,7 @@ fn record_delivery(delivery: &Delivery, size: usize) {
         }
         .emit();
     });
+    span.context().span().span_context().span_id()
 }
 
 async fn send_close<K>(sink: &mut K, decision: &CloseDecision)

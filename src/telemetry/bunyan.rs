@@ -45,6 +45,11 @@ pub const RESERVED: &[&str] = &[
     "span_id",
 ];
 
+/// Event fields whose string value is JSON, written into the line as JSON
+/// (an array or object a log query can reach into) rather than as a
+/// string. A value that does not parse is written as a string.
+pub const JSON_VALUED_FIELDS: &[&str] = &["flight_recorder"];
+
 /// Formats events as bunyan JSON lines and writes each line with one
 /// `write_all`, so concurrent lines never interleave.
 pub struct BunyanJsonLayer<W> {
@@ -162,6 +167,10 @@ impl Visit for EventFields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             value.clone_into(&mut self.message);
+        } else if JSON_VALUED_FIELDS.contains(&field.name())
+            && serde_json::from_str::<serde::de::IgnoredAny>(value).is_ok()
+        {
+            self.fields.push_json(field, value);
         } else {
             self.fields.record_str(field, value);
         }

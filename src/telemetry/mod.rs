@@ -27,7 +27,7 @@ pub mod line_writer;
 pub mod logfile;
 mod span_fields;
 
-pub use bunyan::{BunyanJsonLayer, RESERVED as BUNYAN_FIELDS, bunyan_level};
+pub use bunyan::{BunyanJsonLayer, JSON_VALUED_FIELDS, RESERVED as BUNYAN_FIELDS, bunyan_level};
 pub use counters::{CountingExporter, CountingProcessor, TelemetryCounters};
 pub use span_fields::SpanFieldsLayer;
 

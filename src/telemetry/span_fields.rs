@@ -111,6 +111,11 @@ impl Entries {
         self.spans.push((key, start, self.text.len()));
     }
 
+    /// An entry whose value is already JSON (checked by the caller).
+    pub(super) fn push_json(&mut self, field: &Field, json: &str) {
+        self.push(field, |text| text.push_str(json));
+    }
+
     /// An entry whose value is `value`'s `Display` text as a JSON string,
     /// escaped as it is formatted.
     fn push_quoted(&mut self, field: &Field, value: impl std::fmt::Display) {

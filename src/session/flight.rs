@@ -1,0 +1,247 @@
+//! The flight recorder: a session's last few messages, kept so that when
+//! it fails, its log says what led there even though those messages were
+//! not sampled.
+//!
+//! Each entry is a message's shape, never its content: direction, frame
+//! type, size, when (since the session opened), the message id of routed
+//! messages, and the span id when the message was sampled. Data messages
+//! only (not the welcome, not pings), and the ring is allocated on the
+//! first one, so an idle session pays one pointer.
+//!
+//! It is written once per session (`flight recorder`, level warn, in the
+//! session's trace) at its first failure: an error frame, a rate-limit
+//! refusal, or a close with 1006/1007/1008/1009/1011/1013.
+
+use opentelemetry::trace::SpanId;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use uuid::Uuid;
+
+use crate::events::FlightRecorded;
+use crate::metrics::Metrics;
+use crate::protocol::FrameKind;
+use crate::sync::lock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+/// One message, as the recorder keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The message's number in the session (both directions, from 1).
+    pub seq: u64,
+    pub direction: Direction,
+    pub kind: FrameKind,
+    pub size: u32,
+    /// Microseconds after the session opened.
+    pub at_us: u64,
+    pub message_id: Option<Uuid>,
+    /// The message's `ws.receive`/`ws.send` span, when it has one.
+    pub span_id: Option<SpanId>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    entries: VecDeque<Entry>,
+    recorded: u64,
+}
+
+/// A session's recorder, shared by its reader and writer.
+#[derive(Debug)]
+pub struct FlightRecorder {
+    capacity: usize,
+    ring: Mutex<Option<Box<Ring>>>,
+    written: AtomicBool,
+}
+
+impl FlightRecorder {
+    /// `capacity` 0 turns the recorder off.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ring: Mutex::new(None),
+            written: AtomicBool::new(false),
+        }
+    }
+
+    /// Records one message (the oldest goes when the ring is full), and
+    /// returns its number (0 with no recorder).
+    pub fn record(&self, mut entry: Entry) -> u64 {
+        if self.capacity == 0 {
+            return 0;
+        }
+        let mut ring = lock(&self.ring);
+        let ring = ring.get_or_insert_with(|| {
+            Box::new(Ring {
+                entries: VecDeque::with_capacity(self.capacity),
+                recorded: 0,
+            })
+        });
+        if ring.entries.len() == self.capacity {
+            ring.entries.pop_front();
+        }
+        ring.recorded += 1;
+        entry.seq = ring.recorded;
+        ring.entries.push_back(entry);
+        entry.seq
+    }
+
+    /// Adds the message id routing gave message `seq`, if it is still kept.
+    pub fn identify(&self, seq: u64, message_id: &str) {
+        if seq == 0 {
+            return;
+        }
+        let Ok(id) = Uuid::parse_str(message_id) else {
+            return;
+        };
+        if let Some(ring) = &mut *lock(&self.ring)
+            && let Some(entry) = ring.entries.iter_mut().rev().find(|e| e.seq == seq)
+        {
+            entry.message_id = Some(id);
+        }
+    }
+
+    /// The messages recorded so far, oldest first, and how many earlier
+    /// ones the ring no longer holds.
+    pub fn snapshot(&self) -> (Vec<Entry>, u64) {
+        match &*lock(&self.ring) {
+            None => (Vec::new(), 0),
+            Some(ring) => (
+                ring.entries.iter().copied().collect(),
+                ring.recorded - ring.entries.len() as u64,
+            ),
+        }
+    }
+
+    /// Writes the `flight recorder` line, once per session, in the current
+    /// span (the session's or a message's, both in the session's trace).
+    /// A session that has not sent or received a message has nothing to
+    /// write.
+    pub fn write(&self, trigger: &str, metrics: &Metrics) {
+        if self.capacity == 0 || self.written.load(Relaxed) {
+            return;
+        }
+        let (entries, skipped) = self.snapshot();
+        if entries.is_empty() || self.written.swap(true, Relaxed) {
+            return;
+        }
+        FlightRecorded {
+            trigger,
+            messages: entries.len(),
+            skipped,
+            recording: &to_json(&entries),
+        }
+        .emit(metrics);
+    }
+}
+
+/// The entries as a JSON array, written into the line as is.
+fn to_json(entries: &[Entry]) -> String {
+    let mut json = String::with_capacity(entries.len() * 96);
+    json.push('[');
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        let _ = write!(
+            json,
+            "{{\"seq\":{},\"dir\":\"{}\",\"type\":\"{}\",\"size\":{},\"at_ms\":{}.{:03}",
+            e.seq,
+            e.direction.as_str(),
+            e.kind.as_str(),
+            e.size,
+            e.at_us / 1000,
+            e.at_us % 1000
+        );
+        if let Some(id) = e.message_id {
+            let _ = write!(json, ",\"message_id\":\"{id}\"");
+        }
+        if let Some(span_id) = e.span_id {
+            let _ = write!(json, ",\"span_id\":\"{span_id}\"");
+        }
+        json.push('}');
+    }
+    json.push(']');
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(direction: Direction, size: u32) -> Entry {
+        Entry {
+            seq: 0,
+            direction,
+            kind: FrameKind::Echo,
+            size,
+            at_us: 1_234_567,
+            message_id: None,
+            span_id: None,
+        }
+    }
+
+    #[test]
+    fn keeps_the_last_n_in_order() {
+        let recorder = FlightRecorder::new(4);
+        for size in 1..=10 {
+            recorder.record(entry(Direction::In, size));
+        }
+        recorder.identify(9, &Uuid::nil().to_string());
+        recorder.identify(2, &Uuid::nil().to_string());
+        let (entries, skipped) = recorder.snapshot();
+        assert_eq!(skipped, 6);
+        assert_eq!(entries[2].message_id, Some(Uuid::nil()));
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [7, 8, 9, 10]);
+        let sizes: Vec<u32> = entries.iter().map(|e| e.size).collect();
+        assert_eq!(sizes, [7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn allocates_nothing_until_the_first_message() {
+        let recorder = FlightRecorder::new(32);
+        assert!(lock(&recorder.ring).is_none());
+        assert_eq!(recorder.snapshot(), (Vec::new(), 0));
+        recorder.record(entry(Direction::Out, 3));
+        assert!(lock(&recorder.ring).is_some());
+    }
+
+    #[test]
+    fn off_at_capacity_zero() {
+        let recorder = FlightRecorder::new(0);
+        recorder.record(entry(Direction::In, 1));
+        assert!(lock(&recorder.ring).is_none());
+    }
+
+    #[test]
+    fn serializes_to_json() {
+        let mut e = entry(Direction::Out, 27);
+        e.seq = 3;
+        e.message_id = Some(Uuid::nil());
+        e.span_id = Some(SpanId::from_bytes([1; 8]));
+        let json: serde_json::Value = serde_json::from_str(&to_json(&[e])).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{
+                "seq": 3, "dir": "out", "type": "echo", "size": 27, "at_ms": 1234.567,
+                "message_id": Uuid::nil().to_string(), "span_id": "0101010101010101"
+            }])
+        );
+    }
+}

@@ -99,7 +99,7 @@ impl Drop for DebugSlot {
 
 /// The cap was reached: the session stays as it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{max} debug sessions are already open on this instance (--max-debug-sessions)")]
+#[error("this instance has reached its limit of {max} debug sessions (--max-debug-sessions)")]
 pub struct DebugRefused {
     pub max: usize,
 }

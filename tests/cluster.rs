@@ -390,6 +390,70 @@ async fn direct_messages_admin_sends_and_kicks_cross_instances() {
     assert_eq!(stats["cluster"]["instances"], 1, "{stats}");
 }
 
+/// Echo round trips on one session.
+async fn echoes(client: &mut Client, count: usize) {
+    for i in 0..count {
+        send_json(client, json!({"type": "echo", "content": format!("m{i}")})).await;
+        assert_eq!(next_json(client).await["content"], format!("m{i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debug_switch_reaches_a_session_on_another_instance() {
+    let Some(redis) = RedisServer::start() else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let unsampled = [("WSTRACE_MESSAGE_SAMPLE_RATIO", "0")];
+    let a = node(&redis, "inst-a", &unsampled);
+    let b = node(&redis, "inst-b", &unsampled);
+    let (mut client, session, trace) = join(&b, None).await;
+    let lines_of_b = |msg: &'static str| {
+        read_log_lines(b.log_dir.path())
+            .into_iter()
+            .filter(|l| l["session_id"] == session.as_str() && l["msg"] == msg)
+            .collect::<Vec<_>>()
+    };
+    echoes(&mut client, 2).await;
+    let path = format!("/api/sessions/{session}/debug");
+    let on = admin(
+        &a,
+        "POST",
+        &path,
+        Some(json!({"minutes": 5, "requested_by": "oncall-amy"})),
+    )
+    .await;
+    assert_eq!(on.status, 200, "{}", on.body);
+    assert_eq!(on.json()["instance_id"], "inst-b");
+    assert_eq!(on.json()["forwarded"], true);
+    // B applies it when the envelope arrives, and says so in the session's
+    // trace, with who asked.
+    let switched = wait_for(Duration::from_secs(10), "debug on, in B's log", || {
+        lines_of_b(wstrace::events::DebugSwitched::ON).pop()
+    });
+    assert_eq!(switched["requested_by"], "oncall-amy");
+    assert_eq!(switched["trace_id"], trace.as_str());
+    echoes(&mut client, 3).await;
+    let off = admin(&a, "DELETE", &path, None).await;
+    assert_eq!(off.status, 200, "{}", off.body);
+    wait_for(Duration::from_secs(10), "debug off, in B's log", || {
+        lines_of_b(wstrace::events::DebugSwitched::OFF).pop()
+    });
+    echoes(&mut client, 2).await;
+    client.close(None).await.unwrap();
+    wait_for(Duration::from_secs(10), "session closed", || {
+        lines_of_b(wstrace::events::SessionClosed::MESSAGE).pop()
+    });
+    // Only the three messages sent while it was on were recorded.
+    assert_eq!(
+        lines_of_b(wstrace::events::MessageReceived::MESSAGE).len(),
+        3
+    );
+    // An unknown session is a 404 on every instance.
+    let unknown = format!("/api/sessions/{}/debug", uuid::Uuid::now_v7());
+    let missing = admin(&a, "POST", &unknown, Some(json!({"minutes": 5}))).await;
+    assert_eq!(missing.status, 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_of_a_killed_instance_expire_from_the_registry_within_one_ttl() {
     let Some(redis) = RedisServer::start() else {

@@ -20,18 +20,6 @@ fn traceparent() -> String {
     format!("00-{PARENT_TRACE}-{PARENT_SPAN}-01")
 }
 
-async fn close_politely(client: &mut Client) {
-    client
-        .close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "bye".into(),
-        }))
-        .await
-        .unwrap();
-    // Drain until the server's reply ends the stream.
-    while let Some(Ok(_)) = client.next().await {}
-}
-
 #[tokio::test]
 async fn one_trace_id_in_header_welcome_and_every_task_line() {
     let mut server = TestServer::start_with(Limits {

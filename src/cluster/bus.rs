@@ -266,6 +266,7 @@ fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
             if let Err(refused) =
                 session.set_debug(change, &requested_by, &origin, &context.debug_slots)
             {
+                context.router.metrics().debug_refused.fetch_add(1, Relaxed);
                 tracing::warn!(%session_id, error = %refused, "debug switch from another instance refused");
             }
         }

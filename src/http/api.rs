@@ -250,7 +250,11 @@ async fn switch_debug(
             "forwarded": true,
         })));
     };
-    let status = session.set_debug(change, requested_by, &origin, &state.debug_slots)?;
+    let status = session
+        .set_debug(change, requested_by, &origin, &state.debug_slots)
+        .inspect_err(|_| {
+            state.metrics.debug_refused.fetch_add(1, Relaxed);
+        })?;
     Ok(Json(json!({
         "session_id": session_id.to_string(),
         "instance_id": state.instance_id(),

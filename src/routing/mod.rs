@@ -66,6 +66,10 @@ pub struct Router {
 }
 
 impl Router {
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn new(
         instance_id: String,
         metrics: Arc<Metrics>,

@@ -218,3 +218,49 @@ impl Recipient for SessionHandle {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::DebugSlots;
+
+    fn handle() -> Arc<SessionHandle> {
+        let (queue, _) = super::super::outbound::outbound_queue(4, 1024);
+        Arc::new(SessionHandle::new(
+            Uuid::now_v7(),
+            "0".repeat(32),
+            None,
+            "127.0.0.1:4242".parse().unwrap(),
+            tracing::Span::none(),
+            SpanContext::empty_context(),
+            Arc::new(SessionStats::new()),
+            CloseSignal::new(),
+            queue,
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operators_debug_period_ends_by_itself_and_a_new_one_restarts_it() {
+        let session = handle();
+        let slots = DebugSlots::new(1);
+        let ten = DebugChange::On { minutes: 10 };
+        let origin = SpanContext::empty_context();
+        let on = |session: &Arc<SessionHandle>| {
+            session
+                .clone()
+                .set_debug(ten.clone(), "test", &origin, &slots)
+                .unwrap()
+        };
+        let minutes = |m: u64| tokio::time::sleep(Duration::from_secs(m * 60));
+        assert!(on(&session).until.is_some());
+        minutes(9).await;
+        assert!(session.stats.debug.is_on());
+        // Extended at 9 minutes: the first period's end no longer applies.
+        on(&session);
+        minutes(2).await;
+        assert!(session.stats.debug.is_on(), "a stale timer ended it");
+        minutes(9).await;
+        assert!(!session.stats.debug.is_on());
+        assert_eq!(slots.open(), 0, "its place under the cap is given back");
+    }
+}

@@ -241,6 +241,20 @@ pub async fn next_close(client: &mut Client) -> (u16, String) {
     }
 }
 
+/// Closes with 1000 and drains until the server's reply ends the stream.
+pub async fn close_politely(client: &mut Client) {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    client
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    while let Some(Ok(_)) = client.next().await {}
+}
+
 pub async fn send_json(client: &mut Client, value: Value) {
     client
         .send(Message::Text(value.to_string().into()))

@@ -770,8 +770,10 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
             &parent,
             "--send",
             "/sub lobby",
+            "--send",
+            "/sub not a channel!",
             "--expect",
-            "1"
+            "2"
         ])
         .status
         .success()
@@ -803,6 +805,12 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     // This session continued the client's traceparent, and says so.
     assert!(html.contains("continued the caller's trace"), "{html}");
     assert!(html.contains(r#"data-msg="session closed""#), "{html}");
+    // The refused subscription wrote the flight recorder: its messages
+    // are a table, not a JSON blob.
+    assert!(html.contains(r#"data-msg="flight recorder""#), "{html}");
+    assert!(html.contains(r#"class="flight-recording""#), "{html}");
+    assert!(html.contains(r#"<tr class="flight-in">"#), "{html}");
+    assert!(html.contains("subscribe"), "{html}");
     assert!(
         html.contains(&format!("Open trace {trace} in Grafana")),
         "{html}"

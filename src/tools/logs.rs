@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use crate::events::FlightRecorded;
 use crate::telemetry::bunyan_level;
 pub use crate::telemetry::logfile::{Filter, LogLine, Tail, log_files, search};
 
@@ -153,8 +154,13 @@ pub fn human(line: &LogLine, color: bool) -> String {
                 .map(|s| s.get(s.len().saturating_sub(8)..).unwrap_or(s).to_owned())
                 .unwrap_or_else(|| "-".repeat(8));
             let mut fields = String::new();
+            let recording = value[FlightRecorded::FIELD].as_array();
             if let Some(map) = value.as_object() {
-                for (key, v) in map.iter().filter(|(k, _)| !shown(k)) {
+                for (key, v) in map
+                    .iter()
+                    .filter(|(k, _)| !shown(k))
+                    .filter(|(k, _)| !(recording.is_some() && *k == FlightRecorded::FIELD))
+                {
                     let v = match v {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
@@ -171,16 +177,46 @@ pub fn human(line: &LogLine, color: bool) -> String {
                 .as_str()
                 .map(|i| format!("{} ", paint("35", &format!("@{}", terminal_safe(i)))))
                 .unwrap_or_default();
-            format!(
+            let mut text = format!(
                 "{} {} {} {instance}{}{}",
                 paint("2", &terminal_safe(time)),
                 paint(code, name),
                 paint("34", &terminal_safe(&session)),
                 terminal_safe(value["msg"].as_str().unwrap_or("")),
                 fields
-            )
+            );
+            for entry in recording.into_iter().flatten() {
+                text.push('\n');
+                text.push_str(&flight_entry(entry));
+            }
+            text
         }
     }
+}
+
+/// One message of a flight recording, on its own indented line:
+/// `  #69  +1234.567 ms  → in   echo        27 B  id …  span …`.
+fn flight_entry(entry: &Value) -> String {
+    let text = |key: &str| terminal_safe(entry[key].as_str().unwrap_or("?")).into_owned();
+    let arrow = match entry["dir"].as_str() {
+        Some("in") => "→ in ",
+        Some("out") => "← out",
+        _ => "  ?  ",
+    };
+    let mut line = format!(
+        "    #{:<5} +{:>11.3} ms  {arrow}  {:<12} {:>8} B",
+        entry["seq"].as_u64().unwrap_or(0),
+        entry["at_ms"].as_f64().unwrap_or(0.0),
+        text("type"),
+        entry["size"].as_u64().unwrap_or(0),
+    );
+    if entry["message_id"].is_string() {
+        line.push_str(&format!("  message {}", text("message_id")));
+    }
+    if entry["span_id"].is_string() {
+        line.push_str(&format!("  span {}", text("span_id")));
+    }
+    line
 }
 
 /// The lines of one trace, one session after another (in order of first
@@ -413,6 +449,35 @@ mod tests {
         tail.read_new(std::slice::from_ref(&file), |l| seen.push(l))
             .unwrap();
         assert_eq!(seen.len(), 4, "a truncated file is read from the start");
+    }
+
+    #[test]
+    fn a_flight_recording_reads_as_a_list_of_messages() {
+        let line = LogLine::Event {
+            raw: String::new(),
+            value: json!({"msg": "flight recorder", "level": 40, "time": "2026-11-23T14:43:39.458625Z",
+                          "session_id": "01a208dc-d33f-715b-ba73-6c598ce9d41c",
+                          "trigger": "close 1009", "flight.messages": 2, "flight.skipped": 0,
+                          "flight_recorder": [
+                              {"seq": 1, "dir": "in", "type": "publish", "size": 40, "at_ms": 3.25,
+                               "message_id": "01a208dc-0000-7000-8000-000000000001"},
+                              {"seq": 2, "dir": "out", "type": "error", "size": 61, "at_ms": 3.5,
+                               "span_id": "00f067aa0ba902b7"}]}),
+        };
+        let text = human(&line, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].contains("flight recorder "), "{text}");
+        assert!(lines[0].contains(" trigger=close 1009"), "{text}");
+        assert!(!lines[0].contains("flight_recorder"), "{text}");
+        assert_eq!(
+            lines[1],
+            "    #1     +      3.250 ms  → in   publish            40 B  message 01a208dc-0000-7000-8000-000000000001"
+        );
+        assert_eq!(
+            lines[2],
+            "    #2     +      3.500 ms  ← out  error              61 B  span 00f067aa0ba902b7"
+        );
     }
 
     #[test]

@@ -80,7 +80,8 @@ async function search(query) {
       header.append(el("td", { colspan: "5" }, title));
       body.append(header);
       for (const line of lines) {
-        const fields = Object.entries(line).filter(([k]) => !HIDDEN.has(k))
+        const recording = Array.isArray(line.flight_recorder) ? line.flight_recorder : null;
+        const fields = Object.entries(line).filter(([k]) => !HIDDEN.has(k) && !(recording && k === "flight_recorder"))
           .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
         const row = el("tr", { "data-msg": line.msg || "" });
         row.append(el("td", { class: "mono" }, (line.time || "").slice(11, 23)),
@@ -88,6 +89,7 @@ async function search(query) {
                    el("td", { class: "mono" }, (line.target || "").replace("wstrace::", "")),
                    el("td", {}, line.msg || ""), el("td", { class: "fields mono" }, fields));
         body.append(row);
+        if (recording) body.append(flightRows(recording));
       }
     }
     const traces = [...new Set(data.lines.map(l => l.trace_id).filter(Boolean))];
@@ -100,6 +102,30 @@ async function search(query) {
       + (data.truncated ? " (first lines only)" : "")
       + (data.scan_capped ? " (the search stopped before the oldest files)" : "");
   } catch (e) { status.textContent = "Search failed: " + e.message; status.className = "note error"; }
+}
+// The messages a failing session recorded before it failed (shape only,
+// never content), as a small table under its "flight recorder" line.
+function flightRows(entries) {
+  const table = el("table", { class: "flight" });
+  const head = el("tr");
+  for (const h of ["#", "at", "", "type", "size", "message / span"]) head.append(el("th", {}, h));
+  table.append(head);
+  for (const e of entries) {
+    const row = el("tr", { class: "flight-" + e.dir });
+    const ids = [e.message_id ? "message " + e.message_id : "", e.span_id ? "span " + e.span_id : ""].filter(Boolean).join(" · ");
+    row.append(el("td", { class: "mono" }, String(e.seq)),
+               el("td", { class: "mono" }, "+" + Number(e.at_ms).toFixed(3) + " ms"),
+               el("td", {}, e.dir === "in" ? "→ in" : "← out"),
+               el("td", {}, e.type || "?"),
+               el("td", { class: "mono" }, e.size + " B"),
+               el("td", { class: "mono" }, ids || "-"));
+    table.append(row);
+  }
+  const cell = el("td", { colspan: "5" });
+  cell.append(el("div", { class: "note" }, `The ${entries.length} message(s) before the failure, oldest first:`), table);
+  const row = el("tr", { class: "flight-recording" });
+  row.append(cell);
+  return row;
 }
 async function init() {
   // A token or query in the URL fragment never reaches the server's logs.

@@ -125,6 +125,7 @@ async fn remap_turns_real_server_lines_into_loki_events() {
     let lines = real_server_lines().await;
     let mut levels = HashSet::new();
     let mut session_lines = 0;
+    let mut flight_lines = 0;
     for line in &lines {
         let original: serde_json::Value = serde_json::from_str(line).unwrap();
         let event = run(&program, file_event(line)).unwrap_or_else(|e| panic!("{e}: {line}"));
@@ -190,6 +191,18 @@ async fn remap_turns_real_server_lines_into_loki_events() {
             // The session's attributes ride along.
             assert_eq!(text(&event, "net.peer.ip").as_deref(), Some("127.0.0.1"));
         }
+        if original["msg"] == wstrace::events::FlightRecorded::MESSAGE {
+            // The recording stays structured: a LogQL `| json` reaches
+            // into its entries.
+            let Some(Value::Array(entries)) = field(&event, "flight_recorder") else {
+                panic!("flight_recorder is not an array: {event:?}")
+            };
+            assert_eq!(
+                entries.len(),
+                original["flight.messages"].as_u64().unwrap() as usize
+            );
+            flight_lines += 1;
+        }
         if original["msg"] == wstrace::events::SessionClosed::MESSAGE {
             assert_eq!(
                 field(&event, "close_code"),
@@ -200,6 +213,7 @@ async fn remap_turns_real_server_lines_into_loki_events() {
         }
     }
     assert!(session_lines >= 3, "{lines:?}");
+    assert_eq!(flight_lines, 1, "the bad frame wrote the flight recorder");
     assert!(
         levels.contains("info") && levels.contains("warn"),
         "{levels:?}"

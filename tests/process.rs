@@ -702,9 +702,13 @@ fn logs_finds_exactly_one_session_across_rotated_files_and_reports_corrupt_lines
         1,
         "{human}"
     );
+    // The flight recorder's messages are listed under its line, indented.
+    let recorded: Vec<&str> = human.lines().filter(|l| l.starts_with("    #")).collect();
+    assert_eq!(recorded.len(), 1, "the refused frame: {human}");
+    assert!(recorded[0].contains("→ in   invalid"), "{human}");
     let story: Vec<&str> = human
         .lines()
-        .filter(|l| !l.starts_with("CORRUPT") && !l.starts_with("── "))
+        .filter(|l| !l.starts_with("CORRUPT") && !l.starts_with("── ") && !l.starts_with("    #"))
         .collect();
     assert_eq!(story.len(), expected);
     assert!(story[0].contains("session opened"), "{human}");

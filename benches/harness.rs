@@ -4,6 +4,9 @@
 //! cargo bench --bench harness            # full run (BENCHMARKS.md)
 //! cargo test --bench harness             # smoke run: tiny counts, seconds
 //! WSTRACE_BENCH_ONLY=cluster cargo bench --bench harness   # fan-out via Redis
+//! WSTRACE_BENCH_ONLY=sweep cargo bench --bench harness     # sample ratios, debug sessions
+//! WSTRACE_BENCH_ONLY=sweep WSTRACE_BENCH_BASELINE=/tmp/wstrace-before \
+//!     cargo bench --bench harness                          # ...and another build beside it
 //! ```
 //!
 //! Servers (each its own process, pinned to core 0 when `taskset` exists;
@@ -276,6 +279,8 @@ struct Server {
     child: Child,
     addr: SocketAddr,
     log_dir: Option<tempfile::TempDir>,
+    /// The upgrade's path and query.
+    path: String,
 }
 
 impl Server {
@@ -329,6 +334,7 @@ impl Server {
             child,
             addr,
             log_dir: None,
+            path: "/ws".to_owned(),
         }
     }
 
@@ -336,6 +342,43 @@ impl Server {
     /// directory only, no rate limit, no OTLP unless `configure` adds it;
     /// `configure` adds the rest.
     fn wstrace(kind: Kind, configure: impl FnOnce(&mut Command)) -> Self {
+        Self::wstrace_binary(kind, Path::new(env!("CARGO_BIN_EXE_wstrace")), configure)
+    }
+
+    /// wstrace-full, every session a debug session (a JWT with
+    /// `"wstrace_debug": true`) at message sample ratio 0: what a fully
+    /// traced session costs.
+    fn wstrace_debug(otlp_endpoint: &str) -> Self {
+        const SECRET: &str = "bench-jwt-secret";
+        let mut server = Self::wstrace(Kind::WstraceFull, |command| {
+            command
+                .args(["--max-connections", "20000"])
+                .args(["--message-sample-ratio", "0"])
+                .args(["--max-debug-sessions", "20000"])
+                .env("WSTRACE_JWT_SECRET", SECRET)
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        });
+        let token = wstrace::auth::JwtVerifier::new(wstrace::auth::Secret::new(SECRET))
+            .sign(&serde_json::json!({"sub": "bench", "wstrace_debug": true}));
+        server.path = format!("/ws?token={token}");
+        server
+    }
+
+    /// wstrace-full at `ratio`, from another build of wstrace
+    /// (`WSTRACE_BENCH_BASELINE`): the code before a change, side by side
+    /// with the code after it.
+    fn wstrace_baseline(binary: &Path, otlp_endpoint: &str, ratio: f64) -> Self {
+        Self::wstrace_binary(Kind::WstraceFull, binary, |command| {
+            command
+                .args(["--max-connections", "20000"])
+                .args(["--message-sample-ratio", &ratio.to_string()])
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        })
+    }
+
+    fn wstrace_binary(kind: Kind, binary: &Path, configure: impl FnOnce(&mut Command)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // With RUST_LOG=off there is no `listening` line to read the port
         // from: choose it here.
@@ -349,7 +392,7 @@ impl Server {
         };
         let mut command = pinned(0);
         command
-            .arg(env!("CARGO_BIN_EXE_wstrace"))
+            .arg(binary)
             .args([
                 "serve",
                 "--listen",
@@ -380,6 +423,7 @@ impl Server {
             child,
             addr,
             log_dir: Some(dir),
+            path: "/ws".to_owned(),
         }
     }
 
@@ -851,7 +895,7 @@ async fn raw_upgrade(server: &Server, i: usize) -> (TcpStream, Vec<u8>) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(source_ip(i), 0)).unwrap();
     let mut stream = socket.connect(server.addr).await.unwrap();
-    let buf = raw_ws::upgrade(&mut stream, "/ws", server.kind.name()).await;
+    let buf = raw_ws::upgrade(&mut stream, &server.path, server.kind.name()).await;
     (stream, buf)
 }
 
@@ -1112,23 +1156,42 @@ fn spans_received(output: &Path) -> u64 {
 }
 
 /// `WSTRACE_BENCH_ONLY=sweep`: CPU per message at saturation for several
-/// message sample ratios, next to axum-bare, to choose the default ratio.
+/// message sample ratios, next to axum-bare, to choose the default ratio;
+/// and a debug session (every message traced whatever the ratio). With
+/// `WSTRACE_BENCH_BASELINE=<another wstrace binary>`, that build at ratios
+/// 0 and 0.01 too, for a before/after in the same run.
 async fn sweep(plan: &Plan) -> String {
     let work = tempfile::tempdir().unwrap();
     let (mut collector, endpoint, _) = start_collector(work.path());
     let ratios = [0.0, 0.001, 0.01, 0.1, 1.0];
     let bare = Server::start(Kind::AxumBare, &endpoint, 0.0);
-    let servers: Vec<Server> = ratios
+    let mut rows: Vec<(String, Server)> = ratios
         .iter()
-        .map(|&r| Server::start(Kind::WstraceFull, &endpoint, r))
+        .map(|&r| (r.to_string(), Server::start(Kind::WstraceFull, &endpoint, r)))
         .collect();
+    rows.push((
+        "0, every session a debug session".to_owned(),
+        Server::wstrace_debug(&endpoint),
+    ));
+    if let Some(baseline) = std::env::var_os("WSTRACE_BENCH_BASELINE") {
+        let baseline = PathBuf::from(baseline);
+        for ratio in [0.0, 0.01] {
+            rows.push((
+                format!("{ratio}, baseline build"),
+                Server::wstrace_baseline(&baseline, &endpoint, ratio),
+            ));
+        }
+    }
     let mut bare_cpu = Vec::new();
-    let mut cpu = vec![Vec::new(); ratios.len()];
-    let mut log = vec![Vec::new(); ratios.len()];
-    for _ in 0..plan.rounds {
+    let mut cpu = vec![Vec::new(); rows.len()];
+    let mut log = vec![Vec::new(); rows.len()];
+    for round in 0..plan.rounds {
         let s = saturate(&bare, plan).await;
         bare_cpu.push(s.cpu.as_secs_f64() * 1e6 / s.messages.max(1) as f64);
-        for (i, server) in servers.iter().enumerate() {
+        // Rotated, as in the main run: no row always goes first.
+        for k in 0..rows.len() {
+            let i = (k + round) % rows.len();
+            let server = &rows[i].1;
             let before = server.log_bytes();
             let s = saturate(server, plan).await;
             cpu[i].push(s.cpu.as_secs_f64() * 1e6 / s.messages.max(1) as f64);
@@ -1146,11 +1209,11 @@ async fn sweep(plan: &Plan) -> String {
     );
     let _ = writeln!(report, "|---|---|---|---|");
     let _ = writeln!(report, "| axum-bare | {bare:.2} | 1.00 | - |");
-    for (i, ratio) in ratios.iter().enumerate() {
+    for (i, (label, _)) in rows.iter().enumerate() {
         let c = median(&cpu[i]);
         let _ = writeln!(
             report,
-            "| {ratio} | {c:.2} | {:.2} | {:.2} |",
+            "| {label} | {c:.2} | {:.2} | {:.2} |",
             c / bare,
             median(&log[i])
         );

@@ -1167,7 +1167,12 @@ async fn sweep(plan: &Plan) -> String {
     let bare = Server::start(Kind::AxumBare, &endpoint, 0.0);
     let mut rows: Vec<(String, Server)> = ratios
         .iter()
-        .map(|&r| (r.to_string(), Server::start(Kind::WstraceFull, &endpoint, r)))
+        .map(|&r| {
+            (
+                r.to_string(),
+                Server::start(Kind::WstraceFull, &endpoint, r),
+            )
+        })
         .collect();
     rows.push((
         "0, every session a debug session".to_owned(),

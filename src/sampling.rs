@@ -14,13 +14,10 @@
 //! mistake (a debug claim in every token, say) must not turn the logs into
 //! a copy of all traffic.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-
-use crate::sync::lock;
 
 /// The JWT claim that makes a session a debug session.
 pub const DEBUG_CLAIM: &str = "wstrace_debug";
@@ -126,24 +123,19 @@ pub struct DebugStatus {
     pub generation: u64,
 }
 
-/// Whether one session is a debug session. Read on every message (one
-/// relaxed load); changed rarely, under a lock.
+/// A session's debug grant: its place under the cap, why, and until when.
+/// The session keeps it behind a lock, and a flag beside it that every
+/// message reads (`session::stats`).
 #[derive(Debug, Default)]
-pub struct DebugSwitch {
-    on: AtomicBool,
-    grant: Mutex<Grant>,
-}
-
-#[derive(Debug, Default)]
-struct Grant {
+pub struct DebugGrant {
     slot: Option<DebugSlot>,
     reason: Option<DebugReason>,
     until: Option<SystemTime>,
     generation: u64,
 }
 
-impl Grant {
-    fn status(&self) -> DebugStatus {
+impl DebugGrant {
+    pub fn status(&self) -> DebugStatus {
         DebugStatus {
             on: self.slot.is_some(),
             reason: self.reason,
@@ -151,55 +143,40 @@ impl Grant {
             generation: self.generation,
         }
     }
-}
-
-impl DebugSwitch {
-    #[inline]
-    pub fn is_on(&self) -> bool {
-        self.on.load(Relaxed)
-    }
-
-    pub fn status(&self) -> DebugStatus {
-        lock(&self.grant).status()
-    }
 
     /// Turns debug mode on (or extends it), taking a slot under the cap if
     /// the session has none. `until: None` is for the whole session.
     pub fn turn_on(
-        &self,
+        &mut self,
         slots: &Arc<DebugSlots>,
         reason: DebugReason,
         until: Option<SystemTime>,
     ) -> Result<DebugStatus, DebugRefused> {
-        let mut grant = lock(&self.grant);
-        if grant.slot.is_some() && grant.until.is_none() {
+        if self.slot.is_some() && self.until.is_none() {
             // On for the whole session already: a timed grant would end it.
-            return Ok(grant.status());
+            return Ok(self.status());
         }
-        if grant.slot.is_none() {
-            grant.slot = Some(slots.try_take().ok_or(DebugRefused { max: slots.max() })?);
+        if self.slot.is_none() {
+            self.slot = Some(slots.try_take().ok_or(DebugRefused { max: slots.max() })?);
         }
-        grant.reason = Some(reason);
-        grant.until = until;
-        grant.generation += 1;
-        self.on.store(true, Relaxed);
-        Ok(grant.status())
+        self.reason = Some(reason);
+        self.until = until;
+        self.generation += 1;
+        Ok(self.status())
     }
 
     /// Turns debug mode off and gives its slot back. With `generation`,
     /// only if no change came after it (an expiry timer's check). Returns
     /// the status before, if it was on.
-    pub fn turn_off(&self, generation: Option<u64>) -> Option<DebugStatus> {
-        let mut grant = lock(&self.grant);
-        if grant.slot.is_none() || generation.is_some_and(|g| g != grant.generation) {
+    pub fn turn_off(&mut self, generation: Option<u64>) -> Option<DebugStatus> {
+        if self.slot.is_none() || generation.is_some_and(|g| g != self.generation) {
             return None;
         }
-        let before = grant.status();
-        grant.slot = None;
-        grant.reason = None;
-        grant.until = None;
-        grant.generation += 1;
-        self.on.store(false, Relaxed);
+        let before = self.status();
+        self.slot = None;
+        self.reason = None;
+        self.until = None;
+        self.generation += 1;
         Some(before)
     }
 }
@@ -243,9 +220,9 @@ mod tests {
     #[test]
     fn the_cap_holds_and_slots_come_back() {
         let slots = DebugSlots::new(2);
-        let a = DebugSwitch::default();
-        let b = DebugSwitch::default();
-        let c = DebugSwitch::default();
+        let mut a = DebugGrant::default();
+        let mut b = DebugGrant::default();
+        let mut c = DebugGrant::default();
         a.turn_on(&slots, DebugReason::Admin, None).unwrap();
         // Extending a session already on takes no second slot.
         a.turn_on(&slots, DebugReason::Admin, None).unwrap();
@@ -255,33 +232,33 @@ mod tests {
             c.turn_on(&slots, DebugReason::Claim, None),
             Err(DebugRefused { max: 2 })
         );
-        assert!(!c.is_on());
+        assert!(!c.status().on);
         assert!(a.turn_off(None).is_some());
-        assert!(!a.is_on());
+        assert!(!a.status().on);
         assert_eq!(slots.open(), 1);
         assert!(c.turn_on(&slots, DebugReason::Claim, None).is_ok());
         drop(c);
-        assert_eq!(slots.open(), 1, "a dropped switch gives its slot back");
+        assert_eq!(slots.open(), 1, "a dropped grant gives its slot back");
     }
 
     #[test]
     fn a_stale_expiry_does_not_end_a_later_grant() {
         let slots = DebugSlots::new(1);
-        let switch = DebugSwitch::default();
+        let mut switch = DebugGrant::default();
         let soon = Some(SystemTime::now() + std::time::Duration::from_secs(60));
         let first = switch.turn_on(&slots, DebugReason::Admin, soon).unwrap();
         let second = switch.turn_on(&slots, DebugReason::Admin, soon).unwrap();
         assert!(switch.turn_off(Some(first.generation)).is_none());
-        assert!(switch.is_on());
+        assert!(switch.status().on);
         assert!(switch.turn_off(Some(second.generation)).is_some());
-        assert!(!switch.is_on());
+        assert!(!switch.status().on);
         assert!(switch.turn_off(None).is_none(), "already off");
     }
 
     #[test]
     fn a_timed_grant_does_not_shorten_a_whole_session_one() {
         let slots = DebugSlots::new(1);
-        let switch = DebugSwitch::default();
+        let mut switch = DebugGrant::default();
         switch.turn_on(&slots, DebugReason::Claim, None).unwrap();
         let soon = Some(SystemTime::now());
         let status = switch.turn_on(&slots, DebugReason::Admin, soon).unwrap();

@@ -15,10 +15,10 @@
 use opentelemetry::trace::SpanId;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use uuid::Uuid;
+
+use super::stats::{RECORDER_WRITTEN, SessionStats};
 
 use crate::events::FlightRecorded;
 use crate::metrics::Metrics;
@@ -56,43 +56,39 @@ pub struct Entry {
 }
 
 #[derive(Debug)]
-struct Ring {
+pub(super) struct Ring {
     entries: VecDeque<Entry>,
     recorded: u64,
 }
 
-/// A session's recorder, shared by its reader and writer.
-#[derive(Debug)]
-pub struct FlightRecorder {
-    capacity: usize,
-    ring: Mutex<Option<Box<Ring>>>,
-    written: AtomicBool,
+/// A session's recorder, shared by its reader and writer (a view of its
+/// [`SessionStats`]).
+pub struct FlightRecorder<'a> {
+    stats: &'a SessionStats,
 }
 
-impl FlightRecorder {
-    /// `capacity` 0 turns the recorder off.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            ring: Mutex::new(None),
-            written: AtomicBool::new(false),
-        }
+impl<'a> FlightRecorder<'a> {
+    pub(super) fn of(stats: &'a SessionStats) -> Self {
+        Self { stats }
+    }
+
+    fn capacity(&self) -> usize {
+        usize::from(self.stats.recorder_capacity)
     }
 
     /// Records one message (the oldest goes when the ring is full), and
     /// returns its number (0 with no recorder).
     pub fn record(&self, mut entry: Entry) -> u64 {
-        if self.capacity == 0 {
+        let capacity = self.capacity();
+        if capacity == 0 {
             return 0;
         }
-        let mut ring = lock(&self.ring);
-        let ring = ring.get_or_insert_with(|| {
-            Box::new(Ring {
-                entries: VecDeque::with_capacity(self.capacity),
-                recorded: 0,
-            })
+        let mut ring = lock(&self.stats.extras().ring);
+        let ring = ring.get_or_insert_with(|| Ring {
+            entries: VecDeque::with_capacity(capacity),
+            recorded: 0,
         });
-        if ring.entries.len() == self.capacity {
+        if ring.entries.len() == capacity {
             ring.entries.pop_front();
         }
         ring.recorded += 1;
@@ -103,13 +99,13 @@ impl FlightRecorder {
 
     /// Adds the message id routing gave message `seq`, if it is still kept.
     pub fn identify(&self, seq: u64, message_id: &str) {
-        if seq == 0 {
+        let Some(extras) = self.stats.extras.get().filter(|_| seq != 0) else {
             return;
-        }
+        };
         let Ok(id) = Uuid::parse_str(message_id) else {
             return;
         };
-        if let Some(ring) = &mut *lock(&self.ring)
+        if let Some(ring) = &mut *lock(&extras.ring)
             && let Some(entry) = ring.entries.iter_mut().rev().find(|e| e.seq == seq)
         {
             entry.message_id = Some(id);
@@ -119,7 +115,10 @@ impl FlightRecorder {
     /// The messages recorded so far, oldest first, and how many earlier
     /// ones the ring no longer holds.
     pub fn snapshot(&self) -> (Vec<Entry>, u64) {
-        match &*lock(&self.ring) {
+        let Some(extras) = self.stats.extras.get() else {
+            return (Vec::new(), 0);
+        };
+        match &*lock(&extras.ring) {
             None => (Vec::new(), 0),
             Some(ring) => (
                 ring.entries.iter().copied().collect(),
@@ -133,11 +132,12 @@ impl FlightRecorder {
     /// A session that has not sent or received a message has nothing to
     /// write.
     pub fn write(&self, trigger: &str, metrics: &Metrics) {
-        if self.capacity == 0 || self.written.load(Relaxed) {
+        let tiers = &self.stats.tiers;
+        if self.capacity() == 0 || tiers.load(Relaxed) & RECORDER_WRITTEN != 0 {
             return;
         }
         let (entries, skipped) = self.snapshot();
-        if entries.is_empty() || self.written.swap(true, Relaxed) {
+        if entries.is_empty() || tiers.fetch_or(RECORDER_WRITTEN, Relaxed) & RECORDER_WRITTEN != 0 {
             return;
         }
         FlightRecorded {
@@ -198,7 +198,8 @@ mod tests {
 
     #[test]
     fn keeps_the_last_n_in_order() {
-        let recorder = FlightRecorder::new(4);
+        let stats = SessionStats::with_recorder(4);
+        let recorder = stats.flight();
         for size in 1..=10 {
             recorder.record(entry(Direction::In, size));
         }
@@ -215,18 +216,31 @@ mod tests {
 
     #[test]
     fn allocates_nothing_until_the_first_message() {
-        let recorder = FlightRecorder::new(32);
-        assert!(lock(&recorder.ring).is_none());
-        assert_eq!(recorder.snapshot(), (Vec::new(), 0));
-        recorder.record(entry(Direction::Out, 3));
-        assert!(lock(&recorder.ring).is_some());
+        let stats = SessionStats::with_recorder(32);
+        assert_eq!(stats.flight().snapshot(), (Vec::new(), 0));
+        assert!(stats.debug().status().reason.is_none());
+        assert!(stats.extras.get().is_none());
+        stats.flight().record(entry(Direction::Out, 3));
+        assert!(lock(&stats.extras.get().unwrap().ring).is_some());
     }
 
     #[test]
     fn off_at_capacity_zero() {
-        let recorder = FlightRecorder::new(0);
-        recorder.record(entry(Direction::In, 1));
-        assert!(lock(&recorder.ring).is_none());
+        let stats = SessionStats::with_recorder(0);
+        assert_eq!(stats.flight().record(entry(Direction::In, 1)), 0);
+        assert!(stats.extras.get().is_none());
+    }
+
+    #[test]
+    fn an_idle_session_pays_a_pointer_for_both_tiers() {
+        // Counters, a start time, one pointer and a few bytes: the size the
+        // stats had before debug sessions and the recorder (BENCHMARKS.md,
+        // issue 17).
+        assert!(
+            size_of::<SessionStats>() <= 104,
+            "{}",
+            size_of::<SessionStats>()
+        );
     }
 
     #[test]

@@ -126,7 +126,7 @@ impl Recipient for SessionHandle {
             bytes_in: stats.bytes_in.load(Relaxed),
             bytes_out: stats.bytes_out.load(Relaxed),
             errors: stats.errors.load(Relaxed),
-            debug: stats.debug.is_on(),
+            debug: stats.debug().is_on(),
         }
     }
 
@@ -159,7 +159,7 @@ impl Recipient for SessionHandle {
         let minutes = match change {
             DebugChange::On { minutes } => minutes,
             DebugChange::Off => {
-                self.stats.debug.turn_off(None);
+                self.stats.debug().turn_off(None);
                 span.in_scope(|| {
                     DebugSwitched {
                         on: false,
@@ -169,13 +169,13 @@ impl Recipient for SessionHandle {
                     }
                     .emit()
                 });
-                return Ok(self.stats.debug.status());
+                return Ok(self.stats.debug().status());
             }
         };
         let until = SystemTime::now() + Duration::from_secs(u64::from(minutes) * 60);
         let status = self
             .stats
-            .debug
+            .debug()
             .turn_on(slots, DebugReason::Admin, Some(until))?;
         self.span.set_attribute(DEBUG_ATTRIBUTE, true);
         span.in_scope(|| {
@@ -196,7 +196,7 @@ impl Recipient for SessionHandle {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(u64::from(minutes) * 60)).await;
                 if let Some(session) = session.upgrade()
-                    && session.stats.debug.turn_off(Some(generation)).is_some()
+                    && session.stats.debug().turn_off(Some(generation)).is_some()
                 {
                     session.span.in_scope(|| DebugExpired.emit());
                 }
@@ -254,13 +254,13 @@ mod tests {
         let minutes = |m: u64| tokio::time::sleep(Duration::from_secs(m * 60));
         assert!(on(&session).until.is_some());
         minutes(9).await;
-        assert!(session.stats.debug.is_on());
+        assert!(session.stats.debug().is_on());
         // Extended at 9 minutes: the first period's end no longer applies.
         on(&session);
         minutes(2).await;
-        assert!(session.stats.debug.is_on(), "a stale timer ended it");
+        assert!(session.stats.debug().is_on(), "a stale timer ended it");
         minutes(9).await;
-        assert!(!session.stats.debug.is_on());
+        assert!(!session.stats.debug().is_on());
         assert_eq!(slots.open(), 0, "its place under the cap is given back");
     }
 }

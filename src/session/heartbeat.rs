@@ -130,7 +130,7 @@ mod tests {
             Beat::Ping(_)
         ));
         assert_eq!(
-            stats.pings_sent.load(std::sync::atomic::Ordering::Relaxed),
+            u64::from(stats.pings_sent.load(std::sync::atomic::Ordering::Relaxed)),
             1
         );
         // The next ping is an interval after the late one.

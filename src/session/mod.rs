@@ -206,7 +206,7 @@ impl Session {
         let span = tracing::Span::current();
         let span_context = span.context().span().span_context().clone();
         let debug = info.debug.and_then(|reason| {
-            match stats.debug.turn_on(&state.debug_slots, reason, None) {
+            match stats.debug().turn_on(&state.debug_slots, reason, None) {
                 Ok(_) => {
                     span.set_attribute(DEBUG_ATTRIBUTE, true);
                     Some(reason)
@@ -395,7 +395,7 @@ async fn finish(
         // Once per session: a failure earlier (an error frame) has written
         // it already.
         stats
-            .flight
+            .flight()
             .write(&format!("close {}", decision.code), &state.metrics);
     }
     let summary = SessionSummary {
@@ -458,11 +458,11 @@ fn log_closed(
         messages_out: stats.messages_out.load(Relaxed),
         bytes_in: stats.bytes_in.load(Relaxed),
         bytes_out: stats.bytes_out.load(Relaxed),
-        pings_sent: stats.pings_sent.load(Relaxed),
+        pings_sent: u64::from(stats.pings_sent.load(Relaxed)),
         ping_rtt_last_ms: rtt_last,
         ping_rtt_mean_ms: rtt_mean,
         error_count: stats.errors.load(Relaxed),
-        warnings_suppressed: stats.warnings_suppressed.load(Relaxed),
+        warnings_suppressed: u64::from(stats.warnings_suppressed.load(Relaxed)),
     }
     .emit(&state.metrics);
     // Span attributes only: the line above already has them.

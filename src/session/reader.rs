@@ -51,7 +51,8 @@ pub struct Reader {
 #[derive(Debug, Clone, Copy)]
 pub struct Current {
     pub kind: FrameKind,
-    pub size: usize,
+    /// Saturated: the span of a 4 GiB message can say 4 GiB.
+    pub size: u32,
     /// Its number in the flight recorder.
     pub seq: u64,
 }
@@ -180,7 +181,7 @@ impl Reader {
         }
         // A debug session records every message (one relaxed load when it
         // is not one).
-        let debug = self.session.stats.debug.is_on();
+        let debug = self.session.stats.debug().is_on();
         let sampled = debug || self.sampler.sample();
         let (kind, frame) = match data {
             // Binary frames are echoed verbatim (documented in README).
@@ -204,8 +205,12 @@ impl Reader {
             span_id: None,
         };
         if !sampled {
-            let seq = self.session.stats.flight.record(entry);
-            self.current = Current { kind, size, seq };
+            let seq = self.session.stats.flight().record(entry);
+            self.current = Current {
+                kind,
+                size: entry.size,
+                seq,
+            };
             return match frame {
                 Ok(frame) => self.handle(frame, false).await,
                 Err(bytes) => self.reply(kind, Message::Binary(bytes), false).await,
@@ -216,8 +221,12 @@ impl Reader {
             span.set_attribute(DEBUG_ATTRIBUTE, true);
         }
         entry.span_id = Some(span.context().span().span_context().span_id());
-        let seq = self.session.stats.flight.record(entry);
-        self.current = Current { kind, size, seq };
+        let seq = self.session.stats.flight().record(entry);
+        self.current = Current {
+            kind,
+            size: entry.size,
+            seq,
+        };
         match frame {
             Ok(frame) => self.handle(frame, true).instrument(span).await,
             Err(bytes) => {
@@ -237,14 +246,14 @@ impl Reader {
         let span = if sampled {
             tracing::Span::current()
         } else {
-            receive_span(self.current.kind, self.current.size)
+            receive_span(self.current.kind, self.current.size as usize)
         };
         span.set_status(Status::error(trigger.to_owned()));
         span.in_scope(|| {
             line();
             self.session
                 .stats
-                .flight
+                .flight()
                 .write(trigger, &self.state.metrics);
         });
     }
@@ -303,7 +312,7 @@ impl Reader {
         if let ServerFrame::Error { code, .. } = &frame {
             self.session
                 .stats
-                .flight
+                .flight()
                 .write(code.as_str(), &self.state.metrics);
         }
         self.reply_frame(frame, sampled).await
@@ -358,7 +367,7 @@ impl Reader {
         let delivery = Delivery::new(from, channel, content, origin, sampled);
         self.session
             .stats
-            .flight
+            .flight()
             .identify(self.current.seq, &delivery.message_id);
         if sampled {
             tracing::Span::current().record("ws.message.id", delivery.message_id.as_str());
@@ -450,7 +459,7 @@ impl Reader {
         // Refused unread: the span says what is known, its size.
         self.current = Current {
             kind: FrameKind::Invalid,
-            size,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
             seq: 0,
         };
         self.message_failed(false, ErrorCode::RateLimited.as_str(), || {
@@ -512,7 +521,7 @@ impl Reader {
         self.current = Current {
             kind: FrameKind::Invalid,
             size: match error {
-                SessionError::MessageTooBig { size, .. } => size,
+                SessionError::MessageTooBig { size, .. } => u32::try_from(size).unwrap_or(u32::MAX),
                 _ => 0,
             },
             seq: 0,

@@ -1,30 +1,46 @@
 //! What a session counts and records while it runs.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use once_cell::race::OnceBox;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::flight::FlightRecorder;
-use crate::sampling::DebugSwitch;
+use super::flight::{FlightRecorder, Ring};
+use crate::sampling::{DebugGrant, DebugReason, DebugRefused, DebugSlots, DebugStatus};
+use crate::sync::lock;
+
+/// [`SessionStats::tiers`]: the session is a debug session.
+pub(super) const DEBUG_ON: u8 = 1;
+/// [`SessionStats::tiers`]: its flight recorder has been written.
+pub(super) const RECORDER_WRITTEN: u8 = 2;
 
 /// What a session's tasks share: counters (each written by one task,
 /// reader or writer or heartbeat, so relaxed atomics are enough), whether
-/// it is a debug session, and its flight recorder.
+/// it is a debug session ([`SessionStats::debug`]), and its flight recorder
+/// ([`SessionStats::flight`]).
+///
+/// An idle session pays for the last two with one pointer and a few bytes:
+/// their state is allocated by the first message or the first debug switch.
 #[derive(Debug)]
 pub struct SessionStats {
-    /// Debug session: every message gets spans and lines.
-    pub debug: DebugSwitch,
-    pub flight: FlightRecorder,
+    /// [`DEBUG_ON`] and [`RECORDER_WRITTEN`]: read on every message.
+    pub(super) tiers: AtomicU8,
+    /// Messages the flight recorder keeps.
+    pub(super) recorder_capacity: u16,
+    pub(super) extras: OnceBox<Extras>,
     started: Instant,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub errors: AtomicU64,
-    pub pings_sent: AtomicU64,
+    // Counts that fit 32 bits: the stats stay in one small allocation.
+    pub pings_sent: AtomicU32,
     /// Warning lines the session's budget left out.
-    pub warnings_suppressed: AtomicU64,
-    pongs_received: AtomicU64,
-    rtt_last_us: AtomicU64,
+    pub warnings_suppressed: AtomicU32,
+    pongs_received: AtomicU32,
+    /// Saturates at ~71 minutes, far past any ping timeout.
+    rtt_last_us: AtomicU32,
     rtt_total_us: AtomicU64,
     /// Microseconds after `started` at which the peer last sent anything.
     last_seen_us: AtomicU64,
@@ -38,18 +54,19 @@ impl SessionStats {
     /// With a flight recorder of `messages` entries (0: none).
     pub fn with_recorder(messages: usize) -> Self {
         Self {
-            debug: DebugSwitch::default(),
-            flight: FlightRecorder::new(messages),
+            tiers: AtomicU8::new(0),
+            recorder_capacity: u16::try_from(messages).unwrap_or(u16::MAX),
+            extras: OnceBox::new(),
             started: Instant::now(),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            pings_sent: AtomicU64::new(0),
-            warnings_suppressed: AtomicU64::new(0),
-            pongs_received: AtomicU64::new(0),
-            rtt_last_us: AtomicU64::new(0),
+            pings_sent: AtomicU32::new(0),
+            warnings_suppressed: AtomicU32::new(0),
+            pongs_received: AtomicU32::new(0),
+            rtt_last_us: AtomicU32::new(0),
             rtt_total_us: AtomicU64::new(0),
             last_seen_us: AtomicU64::new(0),
         }
@@ -103,19 +120,86 @@ impl SessionStats {
         let sent_us = u64::from_be_bytes(payload.try_into().ok()?);
         let rtt_us = self.micros_since_start().checked_sub(sent_us)?;
         self.pongs_received.fetch_add(1, Relaxed);
-        self.rtt_last_us.store(rtt_us, Relaxed);
+        self.rtt_last_us
+            .store(u32::try_from(rtt_us).unwrap_or(u32::MAX), Relaxed);
         self.rtt_total_us.fetch_add(rtt_us, Relaxed);
         Some(Duration::from_micros(rtt_us))
     }
 
     /// (last, mean) ping round trip in milliseconds, if any pong came back.
     pub fn ping_rtt_ms(&self) -> Option<(f64, f64)> {
-        let n = self.pongs_received.load(Relaxed);
+        let n = u64::from(self.pongs_received.load(Relaxed));
         (n > 0).then(|| {
             let last = self.rtt_last_us.load(Relaxed) as f64 / 1000.0;
             let mean = self.rtt_total_us.load(Relaxed) as f64 / n as f64 / 1000.0;
             (last, mean)
         })
+    }
+}
+
+/// What a session allocates when it first needs it.
+#[derive(Debug, Default)]
+pub(super) struct Extras {
+    pub(super) grant: Mutex<DebugGrant>,
+    pub(super) ring: Mutex<Option<Ring>>,
+}
+
+impl SessionStats {
+    pub(super) fn extras(&self) -> &Extras {
+        self.extras.get_or_init(Box::default)
+    }
+
+    /// Whether it is a debug session, and switching it.
+    pub fn debug(&self) -> DebugSwitch<'_> {
+        DebugSwitch { stats: self }
+    }
+
+    /// Its last messages, kept to be written at its first failure.
+    pub fn flight(&self) -> FlightRecorder<'_> {
+        FlightRecorder::of(self)
+    }
+}
+
+/// A session's debug mode: one relaxed load per message when off.
+pub struct DebugSwitch<'a> {
+    stats: &'a SessionStats,
+}
+
+impl DebugSwitch<'_> {
+    #[inline]
+    pub fn is_on(&self) -> bool {
+        self.stats.tiers.load(Relaxed) & DEBUG_ON != 0
+    }
+
+    pub fn status(&self) -> DebugStatus {
+        match self.stats.extras.get() {
+            Some(extras) => lock(&extras.grant).status(),
+            None => DebugGrant::default().status(),
+        }
+    }
+
+    /// On (or extended), under the server's cap; `until: None` is for the
+    /// whole session.
+    pub fn turn_on(
+        &self,
+        slots: &Arc<DebugSlots>,
+        reason: DebugReason,
+        until: Option<SystemTime>,
+    ) -> Result<DebugStatus, DebugRefused> {
+        let mut grant = lock(&self.stats.extras().grant);
+        let status = grant.turn_on(slots, reason, until)?;
+        self.stats.tiers.fetch_or(DEBUG_ON, Relaxed);
+        Ok(status)
+    }
+
+    /// Off, and its slot given back; with `generation`, only if no change
+    /// came after it. The status before, if it was on.
+    pub fn turn_off(&self, generation: Option<u64>) -> Option<DebugStatus> {
+        let extras = self.stats.extras.get()?;
+        let mut grant = lock(&extras.grant);
+        let before = grant.turn_off(generation)?;
+        self.stats.tiers.fetch_and(!DEBUG_ON, Relaxed);
+        Some(before)
     }
 }
 

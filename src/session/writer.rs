@@ -155,7 +155,7 @@ impl Writer {
     where
         K: Sink<Message, Error = axum::Error> + Unpin,
     {
-        let debug = self.stats.debug.is_on();
+        let debug = self.stats.debug().is_on();
         match item {
             Outbound::Frame {
                 kind,
@@ -185,7 +185,7 @@ impl Writer {
                     // stays unallocated until a real message.
                     if kind != FrameKind::Welcome {
                         self.stats
-                            .flight
+                            .flight()
                             .record(outbound_entry(kind, size, at_us, None, span_id));
                     }
                 }
@@ -198,7 +198,7 @@ impl Writer {
                 self.stats.message_out(size);
                 self.state.metrics.message_out(FrameKind::Message, size);
                 let id = uuid::Uuid::parse_str(&delivery.message_id).ok();
-                self.stats.flight.record(outbound_entry(
+                self.stats.flight().record(outbound_entry(
                     FrameKind::Message,
                     size,
                     at_us,

@@ -29,7 +29,9 @@ use crate::sync::lock;
 #[derive(Debug)]
 pub struct LineBudget {
     max: u32,
-    interval: Duration,
+    /// Milliseconds (a `Duration` is 16 bytes, and every session keeps a
+    /// budget).
+    interval_ms: u32,
     window_start: Instant,
     used: u32,
     suppressed: u64,
@@ -40,7 +42,7 @@ impl LineBudget {
     pub fn new(max: u32, interval: Duration) -> Self {
         Self {
             max,
-            interval,
+            interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
             window_start: Instant::now(),
             used: 0,
             suppressed: 0,
@@ -51,7 +53,7 @@ impl LineBudget {
     /// `Some(suppressed since the last written line)` when this line may be
     /// written, `None` when it is suppressed (and counted).
     pub fn admit(&mut self) -> Option<u64> {
-        if self.window_start.elapsed() >= self.interval {
+        if self.window_start.elapsed() >= Duration::from_millis(u64::from(self.interval_ms)) {
             self.window_start = Instant::now();
             self.used = 0;
         }

@@ -97,16 +97,21 @@ impl<'a> FlightRecorder<'a> {
         entry.seq
     }
 
-    /// Adds the message id routing gave message `seq`, if it is still kept.
-    pub fn identify(&self, seq: u64, message_id: &str) {
-        let Some(extras) = self.stats.extras.get().filter(|_| seq != 0) else {
+    /// Adds the message id routing gave to the message being handled: the
+    /// last inbound one (only the reader records those, one at a time).
+    pub fn identify_last_inbound(&self, message_id: &str) {
+        let Some(extras) = self.stats.extras.get() else {
             return;
         };
         let Ok(id) = Uuid::parse_str(message_id) else {
             return;
         };
         if let Some(ring) = &mut *lock(&extras.ring)
-            && let Some(entry) = ring.entries.iter_mut().rev().find(|e| e.seq == seq)
+            && let Some(entry) = ring
+                .entries
+                .iter_mut()
+                .rev()
+                .find(|e| e.direction == Direction::In)
         {
             entry.message_id = Some(id);
         }
@@ -203,15 +208,16 @@ mod tests {
         for size in 1..=10 {
             recorder.record(entry(Direction::In, size));
         }
-        recorder.identify(9, &Uuid::nil().to_string());
-        recorder.identify(2, &Uuid::nil().to_string());
+        recorder.record(entry(Direction::Out, 11));
+        recorder.identify_last_inbound(&Uuid::nil().to_string());
         let (entries, skipped) = recorder.snapshot();
-        assert_eq!(skipped, 6);
-        assert_eq!(entries[2].message_id, Some(Uuid::nil()));
+        assert_eq!(skipped, 7);
+        assert_eq!(entries[2].message_id, Some(Uuid::nil()), "the last inbound");
+        assert_eq!(entries[3].message_id, None);
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [7, 8, 9, 10]);
+        assert_eq!(seqs, [8, 9, 10, 11]);
         let sizes: Vec<u32> = entries.iter().map(|e| e.size).collect();
-        assert_eq!(sizes, [7, 8, 9, 10]);
+        assert_eq!(sizes, [8, 9, 10, 11]);
     }
 
     #[test]

@@ -53,8 +53,6 @@ pub struct Current {
     pub kind: FrameKind,
     /// Saturated: the span of a 4 GiB message can say 4 GiB.
     pub size: u32,
-    /// Its number in the flight recorder.
-    pub seq: u64,
 }
 
 impl Default for Current {
@@ -62,7 +60,6 @@ impl Default for Current {
         Self {
             kind: FrameKind::Invalid,
             size: 0,
-            seq: 0,
         }
     }
 }
@@ -205,11 +202,10 @@ impl Reader {
             span_id: None,
         };
         if !sampled {
-            let seq = self.session.stats.flight().record(entry);
+            self.session.stats.flight().record(entry);
             self.current = Current {
                 kind,
                 size: entry.size,
-                seq,
             };
             return match frame {
                 Ok(frame) => self.handle(frame, false).await,
@@ -221,11 +217,10 @@ impl Reader {
             span.set_attribute(DEBUG_ATTRIBUTE, true);
         }
         entry.span_id = Some(span.context().span().span_context().span_id());
-        let seq = self.session.stats.flight().record(entry);
+        self.session.stats.flight().record(entry);
         self.current = Current {
             kind,
             size: entry.size,
-            seq,
         };
         match frame {
             Ok(frame) => self.handle(frame, true).instrument(span).await,
@@ -368,7 +363,7 @@ impl Reader {
         self.session
             .stats
             .flight()
-            .identify(self.current.seq, &delivery.message_id);
+            .identify_last_inbound(&delivery.message_id);
         if sampled {
             tracing::Span::current().record("ws.message.id", delivery.message_id.as_str());
         }
@@ -460,7 +455,6 @@ impl Reader {
         self.current = Current {
             kind: FrameKind::Invalid,
             size: u32::try_from(size).unwrap_or(u32::MAX),
-            seq: 0,
         };
         self.message_failed(false, ErrorCode::RateLimited.as_str(), || {
             refused.emit(&self.state.metrics)
@@ -524,7 +518,6 @@ impl Reader {
                 SessionError::MessageTooBig { size, .. } => u32::try_from(size).unwrap_or(u32::MAX),
                 _ => 0,
             },
-            seq: 0,
         };
         let trigger = format!("close {}", error.close_code());
         self.message_failed(false, &trigger, || {

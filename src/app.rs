@@ -93,6 +93,14 @@ async fn run(
         message_sample_ratio: settings.message_sample_ratio,
     }
     .emit();
+    {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            // The JSON line above is for machines; a person at a terminal
+            // gets one sentence too (on stderr, never in the JSON stream).
+            eprintln!("{}", ready_line(addr, settings, config));
+        }
+    }
     server
         .run(async {
             let signal = crate::shutdown::signal().await;
@@ -102,6 +110,32 @@ async fn run(
         .map_err(ServeError::Serve)?;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// One human sentence: where the server listens, its explorer, its log
+/// files, and what is on.
+fn ready_line(
+    addr: std::net::SocketAddr,
+    settings: &ServerConfig,
+    config: &TelemetryConfig,
+) -> String {
+    let on_off = |on: bool| if on { "on" } else { "off" };
+    let logs = config
+        .log_dir
+        .as_ref()
+        .map_or("no log files".to_owned(), |dir| {
+            format!("logs in {}/{}.*.log", dir.display(), config.log_file_prefix)
+        });
+    let otlp = config.otlp.as_ref().map_or("off".to_owned(), |o| {
+        format!("to {}", o.endpoint_for_display)
+    });
+    format!(
+        "wstrace is listening on ws://{addr}/ws · explorer http://{addr}/ · {logs} · \
+         admin API {} · JWT auth {} · cluster {} · OTLP {otlp} · Ctrl-C stops it",
+        on_off(settings.admin_token.is_some()),
+        on_off(settings.jwt_secret.is_some()),
+        on_off(settings.cluster.is_some()),
+    )
 }
 
 /// Raises the soft open-file limit to the hard one: each session is a

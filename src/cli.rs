@@ -53,10 +53,33 @@ pub enum Command {
     Logs(crate::tools::logs::LogsArgs),
 }
 
+/// `--listen`: `8080`, `localhost:8080`, `0.0.0.0:8080` or `[::1]:8080`.
+fn listen_address(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let mut addrs = value
+        .to_socket_addrs()
+        .map_err(|e| format!("{value:?} is not HOST:PORT or PORT ({e})"))?
+        .collect::<Vec<_>>();
+    // `localhost` may resolve to ::1 first; the IPv4 address works for
+    // every client that says localhost.
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{value:?} resolves to no address"))
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "WSTRACE_LISTEN", default_value = "127.0.0.1:8080")]
+    /// Address to listen on: `HOST:PORT` (a name is resolved, e.g.
+    /// `localhost:8080`), or a bare `PORT` for 127.0.0.1.
+    #[arg(long, env = "WSTRACE_LISTEN", default_value = "127.0.0.1:8080", value_parser = listen_address)]
     pub listen: SocketAddr,
 
     /// Directory for the daily-rolling JSON log files.
@@ -409,6 +432,24 @@ mod tests {
         assert_eq!(limits.messages_per_second, defaults.messages_per_second);
         assert_eq!(limits.max_subscriptions, defaults.max_subscriptions);
         assert!(args.admin_token.is_none());
+    }
+
+    #[test]
+    fn listen_takes_a_port_a_name_or_an_address() {
+        let listen = |value: &str| {
+            let Command::Serve(args) = Cli::try_parse_from(["wstrace", "serve", "--listen", value])
+                .unwrap()
+                .command
+            else {
+                unreachable!()
+            };
+            args.listen.to_string()
+        };
+        assert_eq!(listen("8080"), "127.0.0.1:8080");
+        assert_eq!(listen("localhost:9000"), "127.0.0.1:9000");
+        assert_eq!(listen("0.0.0.0:80"), "0.0.0.0:80");
+        assert_eq!(listen("[::1]:8080"), "[::1]:8080");
+        assert!(Cli::try_parse_from(["wstrace", "serve", "--listen", "nowhere"]).is_err());
     }
 
     #[test]

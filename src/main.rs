@@ -3,7 +3,20 @@ use std::process::ExitCode;
 use wstrace::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            let _ = error.print();
+            // Help and version are answers; anything else is bad usage,
+            // with one exit code for every subcommand (sysexits' EX_USAGE),
+            // apart from "cannot connect" (2).
+            return match error.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(wstrace::tools::client::EXIT_USAGE),
+            };
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -30,10 +43,16 @@ fn main() -> ExitCode {
         }
         Command::Load(args) => runtime
             .block_on(wstrace::tools::load::run(args))
-            .map(|report| {
+            .map_err(Into::into)
+            .and_then(|report| {
                 print!("{}", wstrace::tools::load::render(&report));
-            })
-            .map_err(Into::into),
+                // The figures are printed either way; the exit code says
+                // whether the run went as asked.
+                match report.problems() {
+                    problems if problems.is_empty() => Ok(()),
+                    problems => Err(problems.join("; ").into()),
+                }
+            }),
         Command::Logs(args) => wstrace::tools::logs::run(args).map_err(Into::into),
     };
     match result {

@@ -226,6 +226,17 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// Sessions closed so far, by close code (`other` for unregistered
+    /// codes), whoever closed them.
+    pub fn closed_by_code(&self) -> BTreeMap<String, u64> {
+        let mut by_code = BTreeMap::new();
+        for ((code, _), n) in lock(&self.sessions_closed).iter() {
+            let code = code.map_or_else(|| "other".to_string(), |c| c.to_string());
+            *by_code.entry(code).or_default() += n;
+        }
+        by_code
+    }
+
     pub fn upgrade_rejected(&self, reason: &'static str) {
         *lock(&self.upgrades_rejected).entry(reason).or_default() += 1;
     }

@@ -177,6 +177,7 @@ impl ServerState {
             "instance_id": self.instance_id(),
             "sessions_active": hub.len(),
             "sessions_opened_total": metrics.sessions_opened.load(Relaxed),
+            "sessions_closed_by_code": metrics.closed_by_code(),
             "channels": gauges.channels,
             "subscriptions": gauges.subscriptions,
             "messages_in_active_sessions": messages_in,

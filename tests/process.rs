@@ -815,6 +815,17 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     assert!(html.contains(r#"class="flight-recording""#), "{html}");
     assert!(html.contains(r#"<tr class="flight-in">"#), "{html}");
     assert!(html.contains("subscribe"), "{html}");
+    // A session view: its summary (age, how it closed, its rate), copy
+    // buttons for its ids, and each line placed on a time axis.
+    assert!(html.contains(r#"class="session-summary""#), "{html}");
+    assert!(html.contains("lived "), "{html}");
+    assert!(html.contains("msg/s"), "{html}");
+    assert!(html.contains("copy session id"), "{html}");
+    assert!(html.contains("copy trace id"), "{html}");
+    assert!(html.contains(r#"class="bar""#), "{html}");
+    // The server's stats above it all.
+    assert!(html.contains("active sessions"), "{html}");
+    assert!(html.contains("closed by code"), "{html}");
     assert!(
         html.contains(&format!("Open trace {trace} in Grafana")),
         "{html}"

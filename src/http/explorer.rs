@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::error::HttpError;
 use crate::limits::{LOG_SEARCH_MAX_BYTES, LOG_SEARCH_MAX_LINES};
 use crate::state::ServerState;
-use crate::telemetry::logfile::{SearchLimits, search_for};
+use crate::telemetry::logfile::{SearchLimits, id_matches, search_for};
 
 const PAGE: &str = include_str!("explorer/index.html");
 const SCRIPT: &str = include_str!("explorer/app.js");
@@ -90,8 +90,11 @@ pub async fn logs(
         max_lines: LOG_SEARCH_MAX_LINES,
     };
     let found = tokio::task::spawn_blocking(move || {
-        let keep =
-            |v: &serde_json::Value| v["trace_id"] == q.as_str() || v["session_id"] == q.as_str();
+        // A short id (what the page and `wstrace logs` print) works too.
+        let names = |field: &str, v: &serde_json::Value| {
+            v[field].as_str().is_some_and(|have| id_matches(have, &q))
+        };
+        let keep = |v: &serde_json::Value| names("trace_id", v) || names("session_id", v);
         search_for(&[dir], &q, keep, limits)
     })
     .await

@@ -25,7 +25,7 @@ impl Filter {
     pub fn matches(&self, line: &Value) -> bool {
         let field_is = |name: &str, want: &Option<String>| {
             want.as_deref()
-                .is_none_or(|w| line[name].as_str() == Some(w))
+                .is_none_or(|w| line[name].as_str().is_some_and(|have| id_matches(have, w)))
         };
         field_is("trace_id", &self.trace_id)
             && field_is("session_id", &self.session_id)
@@ -39,6 +39,16 @@ impl Filter {
                     .is_some_and(|t| t >= since)
             })
     }
+}
+
+/// Shortest part of an id a search accepts in place of the whole id.
+pub const MIN_SHORT_ID: usize = 8;
+
+/// `want` names `have`: the whole id, or at least [`MIN_SHORT_ID`]
+/// characters from its start or its end (tools print session ids by their
+/// end, since a UUIDv7 starts with its time, and trace ids by their start).
+pub fn id_matches(have: &str, want: &str) -> bool {
+    have == want || (want.len() >= MIN_SHORT_ID && (have.starts_with(want) || have.ends_with(want)))
 }
 
 /// One line read from a log file.

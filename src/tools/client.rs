@@ -3,13 +3,17 @@
 //!
 //! Exit codes: 0 ok; 2 could not connect (or the upgrade was refused);
 //! 3 timed out before `--expect` frames arrived; 4 the server closed the
-//! session first; 64 bad usage.
+//! session first; 64 bad usage (a bad flag or URL); 130 interrupted
+//! (Ctrl-C, after sending a Close).
+//!
+//! The client ends its sessions with 1000 (Normal Closure): after `/quit`,
+//! at the end of input or of `--send`, and on Ctrl-C. When input is piped,
+//! it waits for the replies before closing.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -44,6 +48,11 @@ pub const EXIT_CONNECT: u8 = 2;
 pub const EXIT_TIMEOUT: u8 = 3;
 pub const EXIT_CLOSED: u8 = 4;
 pub const EXIT_USAGE: u8 = 64;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// With piped input: after the last line, how long the client waits for
+/// more frames before it closes (at most `--timeout` in all).
+const PIPED_QUIET: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -55,6 +64,8 @@ pub enum ClientError {
     Closed(String),
     #[error("{0}")]
     Usage(String),
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl ClientError {
@@ -64,6 +75,7 @@ impl ClientError {
             ClientError::Timeout { .. } => EXIT_TIMEOUT,
             ClientError::Closed(_) => EXIT_CLOSED,
             ClientError::Usage(_) => EXIT_USAGE,
+            ClientError::Interrupted => EXIT_INTERRUPTED,
         }
     }
 }
@@ -141,12 +153,43 @@ fn stamp() -> String {
         .to_owned()
 }
 
+/// The URL must be a WebSocket URL with a host: say so before trying.
+fn check_url(url: &str) -> Result<(), ClientError> {
+    let invalid = |why: &str| {
+        ClientError::Usage(format!(
+            "invalid URL {url:?}: {why} (for example ws://127.0.0.1:8080/ws)"
+        ))
+    };
+    let uri: tokio_tungstenite::tungstenite::http::Uri =
+        url.parse().map_err(|_| invalid("not a URL"))?;
+    match uri.scheme_str() {
+        Some("ws" | "wss") => {}
+        Some(other) => return Err(invalid(&format!("the scheme is {other}, not ws or wss"))),
+        None => return Err(invalid("it needs ws:// or wss://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    Ok(())
+}
+
+/// The Close the client ends a session with.
+fn normal_close(reason: &str) -> Message {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: reason.to_owned().into(),
+    }))
+}
+
 pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
+    check_url(&args.url)?;
     let mut request = args
         .url
         .as_str()
         .into_client_request()
-        .map_err(|e| ClientError::Usage(format!("bad URL: {e}")))?;
+        .map_err(|e| ClientError::Usage(format!("invalid URL {:?}: {e}", args.url)))?;
     let headers = request.headers_mut();
     if let Some(tp) = &args.traceparent {
         headers.insert(
@@ -217,14 +260,24 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
         _ => return Err(ClientError::Closed("no welcome frame".into())),
     }
 
+    use std::io::IsTerminal;
     let interactive = args.send.is_empty();
+    // Input from a pipe or file: its replies are waited for at its end.
+    let piped = interactive && !std::io::stdin().is_terminal();
+    let color = std::io::stdout().is_terminal();
     let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
     if interactive {
-        eprintln!("type /help for commands");
-        tokio::spawn(async move {
-            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            while let Ok(Some(line)) = stdin.next_line().await {
-                if lines_tx.send(line).await.is_err() {
+        if !piped {
+            eprintln!("type /help for commands");
+        }
+        // A plain thread, not the runtime's blocking pool: a read that is
+        // still waiting on the terminal must not keep the process alive
+        // once the session is over.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.blocking_send(line).is_err() {
                     break;
                 }
             }
@@ -238,15 +291,40 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
 
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut received = 0usize;
+    let mut sent = 0usize;
     let mut input_open = true;
+    // Piped input that has ended: close after a quiet spell, or once every
+    // frame sent has had an answer.
+    let mut quiet_until: Option<tokio::time::Instant> = None;
+    let mut drain_deadline = deadline;
+    let interrupted = tokio::signal::ctrl_c();
+    let mut interrupted = std::pin::pin!(interrupted);
     loop {
         if !interactive && received >= args.expect && !input_open {
             break;
         }
+        if piped && !input_open && received >= sent {
+            break;
+        }
         tokio::select! {
+            _ = &mut interrupted => {
+                let _ = tx.send(normal_close("interrupted")).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Some(Ok(_)) = rx.next().await {}
+                })
+                .await;
+                return Err(ClientError::Interrupted);
+            }
+            _ = tokio::time::sleep_until(quiet_until.unwrap_or(deadline)), if quiet_until.is_some() => break,
             line = lines.recv(), if input_open => {
                 let Some(line) = line else {
                     input_open = false;
+                    if piped {
+                        let now = tokio::time::Instant::now();
+                        drain_deadline = now + args.timeout;
+                        quiet_until = Some(now + PIPED_QUIET);
+                        continue;
+                    }
                     if interactive { break; }
                     continue;
                 };
@@ -267,14 +345,19 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
                 if tx.send(Message::Text(frame.to_string().into())).await.is_err() {
                     return Err(ClientError::Closed("send failed".into()));
                 }
+                sent += 1;
             }
             frame = rx.next() => match frame {
                 Some(Ok(Message::Text(text))) => {
                     received += 1;
+                    if let Some(quiet) = &mut quiet_until {
+                        *quiet = (tokio::time::Instant::now() + PIPED_QUIET).min(drain_deadline);
+                    }
                     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     let rtt = v["id"].as_str().and_then(|id| pings.remove(id));
                     match rtt {
                         Some(sent) if v["type"] == "pong" => println!("[{}] < {text}  rtt={:.3}ms", stamp(), sent.elapsed().as_secs_f64() * 1e3),
+                        _ if color && v["type"] == "error" => println!("[{}] < \x1b[31m{text}\x1b[0m", stamp()),
                         _ => println!("[{}] < {text}", stamp()),
                     }
                 }
@@ -296,7 +379,7 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
             }
         }
     }
-    let _ = tx.send(Message::Close(None)).await;
+    let _ = tx.send(normal_close("")).await;
     // Let the close handshake finish, briefly.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Some(Ok(_)) = rx.next().await {}

@@ -36,12 +36,13 @@ pub struct LoadArgs {
     pub url: String,
     #[arg(long, env = "WSTRACE_LOAD_SCENARIO", default_value = "throughput")]
     pub scenario: Scenario,
-    /// Connections (storm: how many to open in all).
+    /// Connections (storm: how many to open in all), at least 1.
     #[arg(
         long,
         short = 'c',
         env = "WSTRACE_LOAD_CONNECTIONS",
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = at_least_one
     )]
     pub connections: usize,
     /// throughput: messages per connection.
@@ -76,6 +77,20 @@ pub struct LoadArgs {
     pub json: Option<std::path::PathBuf>,
 }
 
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A run this large gets a warning first: it takes a while, and says so.
+const LARGE_RUN_CONNECTIONS: usize = 50_000;
+/// A connection that gets no reply for this long has stalled (its requests
+/// were refused, say): it stops instead of waiting for --max-duration.
+const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
     pub scenario: Option<Scenario>,
@@ -86,7 +101,37 @@ pub struct Report {
     pub msgs_per_s: f64,
     pub latency_us: Latency,
     pub close_codes: BTreeMap<u16, u64>,
+    /// `error` frames the server sent, by error code (`rate_limited`, …).
+    pub error_frames: BTreeMap<String, u64>,
+    /// Connections that stopped because nothing came back for 5 s.
+    pub stalled: u64,
     pub timed_out: bool,
+}
+
+impl Report {
+    /// What went wrong, if anything: the run then exits non-zero.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.connections.failed > 0 {
+            problems.push(format!(
+                "{} of {} connections failed",
+                self.connections.failed, self.connections.attempted
+            ));
+        }
+        let refused: u64 = self.error_frames.values().sum();
+        if refused > 0 {
+            problems.push(format!(
+                "the server refused {refused} message(s) with error frames"
+            ));
+        }
+        if self.stalled > 0 {
+            problems.push(format!("{} connection(s) stalled", self.stalled));
+        }
+        if self.timed_out {
+            problems.push("the run was stopped at --max-duration".into());
+        }
+        problems
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -118,7 +163,8 @@ pub enum LoadError {
     #[error("bad URL {0}: expected ws://host:port/path")]
     Url(String),
     #[error(
-        "{needed} file descriptors needed but the soft limit is {soft} (hard {hard}); raise it with `ulimit -n {hard}` or use fewer connections"
+        "{needed} file descriptors needed but the soft limit is {soft} (hard {hard}); {}",
+        if needed <= hard { format!("raise it with `ulimit -n {needed}`") } else { format!("that is over the hard limit: use at most {} connections", hard.saturating_sub(64)) }
     )]
     FdLimit { needed: u64, soft: u64, hard: u64 },
     #[error("cannot write the report: {0}")]
@@ -186,6 +232,13 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
         if needed > soft {
             return Err(LoadError::FdLimit { needed, soft, hard });
         }
+    }
+    if args.connections >= LARGE_RUN_CONNECTIONS {
+        eprintln!(
+            "wstrace load: {} connections is a large run; it stops at --max-duration ({})",
+            args.connections,
+            humantime::format_duration(args.max_duration)
+        );
     }
     let shared: Shared = Arc::new(Mutex::new(Tally {
         report: Report {
@@ -277,7 +330,13 @@ async fn open(args: &LoadArgs, addr: SocketAddr, i: usize) -> Result<Ws, String>
 }
 
 async fn close(mut ws: Ws, shared: &Shared) {
-    let _ = ws.close(None).await;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let normal = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = ws.close(Some(normal)).await;
     while let Some(Ok(message)) = ws.next().await {
         if let Message::Close(frame) = message {
             // No code in the frame is recorded as 1005, "no status received".
@@ -349,7 +408,11 @@ async fn connection(args: LoadArgs, addr: SocketAddr, i: usize, shared: Shared) 
                         tick
                     }
                     _ => {
-                        window.acquire().await.expect("never closed").forget();
+                        // Closed when the connection stalls: stop sending.
+                        let Ok(permit) = window.acquire().await else {
+                            break;
+                        };
+                        permit.forget();
                         Instant::now()
                     }
                 };
@@ -365,9 +428,15 @@ async fn connection(args: LoadArgs, addr: SocketAddr, i: usize, shared: Shared) 
         }
     };
     let stop = Arc::new(tokio::sync::Notify::new());
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let receiver = {
-        let (due, shared, window, stop) =
-            (due.clone(), shared.clone(), window.clone(), stop.clone());
+        let (due, shared, window, stop, refused) = (
+            due.clone(),
+            shared.clone(),
+            window.clone(),
+            stop.clone(),
+            refused.clone(),
+        );
         async move {
             loop {
                 let message = tokio::select! {
@@ -378,6 +447,15 @@ async fn connection(args: LoadArgs, addr: SocketAddr, i: usize, shared: Shared) 
                 match message {
                     Message::Text(text) => {
                         let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                        if v["type"] == "error" {
+                            // A refused request is never answered: count it,
+                            // and let the next one go.
+                            let code = v["code"].as_str().unwrap_or("unknown").to_owned();
+                            *lock(&shared).report.error_frames.entry(code).or_default() += 1;
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            window.add_permits(1);
+                            continue;
+                        }
                         let Some(id) = v["id"].as_str().and_then(|s| s.parse::<u64>().ok()) else {
                             continue;
                         };
@@ -400,11 +478,39 @@ async fn connection(args: LoadArgs, addr: SocketAddr, i: usize, shared: Shared) 
         }
     };
     let receiver = tokio::spawn(receiver);
-    let (tx, _) = sender.await;
-    // Wait (bounded) for the outstanding replies, then close.
+    // A sender waiting on replies that never come (its requests refused,
+    // the server stuck) stops after STALL_TIMEOUT without progress.
+    let progress = |shared: &Shared| {
+        let t = lock(shared);
+        t.report.messages.received + t.report.error_frames.values().sum::<u64>()
+    };
+    let mut sender = std::pin::pin!(sender);
+    let mut last = (progress(&shared), Instant::now());
+    let mut stalled = false;
+    let tx = loop {
+        tokio::select! {
+            (tx, _) = &mut sender => break tx,
+            () = tokio::time::sleep(Duration::from_millis(250)), if !stalled => {
+                let now = progress(&shared);
+                if now != last.0 {
+                    last = (now, Instant::now());
+                } else if last.1.elapsed() >= STALL_TIMEOUT {
+                    lock(&shared).report.stalled += 1;
+                    // The sender stops at its next wait for room.
+                    stalled = true;
+                    window.close();
+                }
+            }
+        }
+    };
+    // Wait (bounded) for the outstanding replies, then close. Refused
+    // requests stay in `due`: they will not be answered.
     let drain_until = Instant::now() + Duration::from_secs(5);
-    while !due.lock().unwrap().is_empty() && Instant::now() < drain_until && !receiver.is_finished()
-    {
+    let unanswered = || {
+        (due.lock().unwrap().len() as u64)
+            .saturating_sub(refused.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    while !stalled && unanswered() > 0 && Instant::now() < drain_until && !receiver.is_finished() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.notify_one();
@@ -488,10 +594,14 @@ pub fn render(report: &Report) -> String {
         "messages      sent {}  received {}  ({:.0} msgs/s over {:.2} s)\n",
         report.messages.sent, report.messages.received, report.msgs_per_s, report.duration_s
     ));
-    out.push_str(&format!(
-        "latency (µs)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})\n",
-        l.p50, l.p90, l.p99, l.p999, l.max, l.count
-    ));
+    if l.count == 0 {
+        out.push_str("latency (µs)  -  (n=0)\n");
+    } else {
+        out.push_str(&format!(
+            "latency (µs)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})\n",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.count
+        ));
+    }
     let codes: Vec<String> = report
         .close_codes
         .iter()
@@ -505,6 +615,21 @@ pub fn render(report: &Report) -> String {
             codes.join(" ")
         }
     ));
+    if !report.error_frames.is_empty() {
+        let errors: Vec<String> = report
+            .error_frames
+            .iter()
+            .map(|(code, n)| format!("{code}×{n}"))
+            .collect();
+        out.push_str(&format!("error frames  {}\n", errors.join(" ")));
+    }
+    if report.stalled > 0 {
+        out.push_str(&format!(
+            "stalled       {} connection(s): no reply for {} s\n",
+            report.stalled,
+            STALL_TIMEOUT.as_secs()
+        ));
+    }
     if report.timed_out {
         out.push_str("(stopped at --max-duration)\n");
     }

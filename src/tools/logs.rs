@@ -1,8 +1,8 @@
 //! `wstrace logs`: search and tail the local JSON log files.
 //!
-//! Reads every `*.log` file of the log directory (or the paths given), in
-//! name order, which for the daily-rolling `wstrace.YYYY-MM-DD.log` files
-//! is time order, and keeps the lines that match. A line that is not JSON is
+//! Reads every `*.log` file of the log directory (or the paths given: one
+//! directory per instance, say), keeps the lines that match, and prints
+//! them merged in time order. A line that is not JSON is
 //! reported as corrupt, never fatal. `--follow` keeps reading as lines are
 //! appended, and picks up new files when the log rotates.
 
@@ -18,18 +18,20 @@ pub use crate::telemetry::logfile::{Filter, LogLine, Tail, log_files, search};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogsArgs {
-    /// Only lines of this trace.
+    /// Only lines of this trace: its id, or the short id the output shows
+    /// (any 8 or more characters from its start or end).
     #[arg(long = "trace", env = "WSTRACE_LOGS_TRACE")]
     pub trace_id: Option<String>,
-    /// Only lines of this session.
+    /// Only lines of this session: its id, or a short id as above.
     #[arg(long = "session", env = "WSTRACE_LOGS_SESSION")]
     pub session_id: Option<String>,
     /// Only lines at this level or above (trace, debug, info, warn, error).
     #[arg(long, env = "WSTRACE_LOGS_LEVEL")]
     pub level: Option<LevelName>,
-    /// Only lines newer than this (e.g. 15m, 2h).
-    #[arg(long, env = "WSTRACE_LOGS_SINCE", value_parser = humantime::parse_duration)]
-    pub since: Option<Duration>,
+    /// Only lines from this time on: a duration back from now (15m, 2h) or
+    /// an RFC 3339 time (2026-11-23T14:00:00Z).
+    #[arg(long, env = "WSTRACE_LOGS_SINCE", value_parser = since)]
+    pub since: Option<SystemTime>,
     /// Keep reading as lines are written (and files rotate).
     #[arg(long, short = 'f', env = "WSTRACE_LOGS_FOLLOW")]
     pub follow: bool,
@@ -75,13 +77,22 @@ pub enum ColorChoice {
     Never,
 }
 
+/// `--since`: how long ago, or when.
+fn since(value: &str) -> Result<SystemTime, String> {
+    if let Ok(ago) = humantime::parse_duration(value) {
+        return Ok(SystemTime::now() - ago);
+    }
+    humantime::parse_rfc3339_weak(value.trim_end_matches('Z'))
+        .map_err(|_| format!("{value:?} is neither a duration (15m, 2h) nor an RFC 3339 time"))
+}
+
 /// What `args` asks of a line.
 pub fn filter_from_args(args: &LogsArgs) -> Filter {
     Filter {
         trace_id: args.trace_id.clone(),
         session_id: args.session_id.clone(),
         min_level: args.level.map(LevelName::bunyan),
-        since: args.since.map(|d| SystemTime::now() - d),
+        since: args.since,
     }
 }
 
@@ -115,83 +126,166 @@ pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
-/// One readable line: time, level, short session, message, fields. Every
-/// piece of the line passes through [`terminal_safe`].
-pub fn human(line: &LogLine, color: bool) -> String {
-    let paint = |code: &str, text: &str| {
-        if color {
+/// Fields shown first, in this order, when a line has them: what a reader
+/// of a `session closed` or an error line looks for.
+const FIELDS_FIRST: &[&str] = &[
+    "close_code",
+    "close_reason",
+    "closed_by",
+    "peer_close_code",
+    "error.code",
+    "error.message",
+    "code",
+    "trigger",
+    "channel",
+    "debug_reason",
+    "requested_by",
+    "duration_ms",
+];
+
+/// A session's fields that are the same on each of its lines (they come
+/// from its span): shown on `session opened`, left out after it.
+const SESSION_CONSTANTS: &[&str] = &["net.peer.ip", "net.peer.port", "user.id"];
+
+/// A value as a human reads it: bare when it is one plain word, quoted
+/// (JSON-escaped) when it is empty or has spaces, quotes or `=` in it.
+fn field_value(value: &Value) -> String {
+    match value {
+        Value::String(s)
+            if s.is_empty()
+                || s.chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '"' | '=' | '\\')) =>
+        {
+            serde_json::to_string(s).unwrap_or_default()
+        }
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Turns lines into readable text. Remembers which sessions' `session
+/// opened` it has shown, so that their constant fields are not repeated on
+/// every later line.
+#[derive(Debug, Default)]
+pub struct Human {
+    color: bool,
+    opened: std::collections::HashSet<String>,
+}
+
+impl Human {
+    pub fn new(color: bool) -> Self {
+        Self {
+            color,
+            opened: Default::default(),
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
             format!("\x1b[{code}m{text}\x1b[0m")
         } else {
             text.to_owned()
         }
-    };
-    match line {
-        LogLine::Corrupt { file, line, raw } => {
-            let preview: String = raw.chars().take(200).collect();
-            let file = file.display().to_string();
-            paint(
-                "35",
-                &format!(
-                    "CORRUPT {}:{line}: {}",
-                    terminal_safe(&file),
-                    terminal_safe(&preview)
-                ),
-            )
-        }
-        LogLine::Event { value, .. } => {
-            let time = value["time"].as_str().unwrap_or("");
-            let time = time.get(11..23).unwrap_or(time);
-            let level = value["level"].as_u64().unwrap_or(0);
-            let (name, code) = match level {
-                0..=10 => ("TRACE", "90"),
-                11..=20 => ("DEBUG", "36"),
-                21..=30 => ("INFO ", "32"),
-                31..=40 => ("WARN ", "33"),
-                _ => ("ERROR", "31"),
-            };
-            let session = value["session_id"]
-                .as_str()
-                .map(|s| s.get(s.len().saturating_sub(8)..).unwrap_or(s).to_owned())
-                .unwrap_or_else(|| "-".repeat(8));
-            let mut fields = String::new();
-            let recording = value[FlightRecorded::FIELD].as_array();
-            if let Some(map) = value.as_object() {
-                for (key, v) in map
-                    .iter()
-                    .filter(|(k, _)| !shown(k))
-                    .filter(|(k, _)| !(recording.is_some() && *k == FlightRecorded::FIELD))
-                {
-                    let v = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    fields.push_str(&format!(
-                        " {}={}",
-                        paint("2", &terminal_safe(key)),
-                        terminal_safe(&v)
-                    ));
-                }
-            }
-            // Lines from several instances read together say whose they are.
-            let instance = value["instance_id"]
-                .as_str()
-                .map(|i| format!("{} ", paint("35", &format!("@{}", terminal_safe(i)))))
-                .unwrap_or_default();
-            let mut text = format!(
-                "{} {} {} {instance}{}{}",
-                paint("2", &terminal_safe(time)),
-                paint(code, name),
-                paint("34", &terminal_safe(&session)),
-                terminal_safe(value["msg"].as_str().unwrap_or("")),
-                fields
-            );
-            for entry in recording.into_iter().flatten() {
-                text.push('\n');
-                text.push_str(&flight_entry(entry));
-            }
-            text
-        }
     }
+
+    /// One readable line: date and time (UTC), level, short session id (its
+    /// last 8 characters), short trace id (its first 8), message, fields.
+    /// Every piece of it passes through [`terminal_safe`].
+    pub fn line(&mut self, line: &LogLine) -> String {
+        let value = match line {
+            LogLine::Corrupt { file, line, raw } => {
+                let preview: String = raw.chars().take(200).collect();
+                let file = file.display().to_string();
+                return self.paint(
+                    "35",
+                    &format!(
+                        "CORRUPT {}:{line}: {}",
+                        terminal_safe(&file),
+                        terminal_safe(&preview)
+                    ),
+                );
+            }
+            LogLine::Event { value, .. } => value,
+        };
+        // `2026-11-23T14:43:39.458625Z` → `2026-11-23T14:43:39.458Z`.
+        let time = value["time"].as_str().unwrap_or("");
+        let time = match (time.get(..23), time.ends_with('Z')) {
+            (Some(ms), true) => format!("{ms}Z"),
+            _ => time.to_owned(),
+        };
+        let level = value["level"].as_u64().unwrap_or(0);
+        let (name, code) = match level {
+            0..=10 => ("TRACE", "90"),
+            11..=20 => ("DEBUG", "36"),
+            21..=30 => ("INFO ", "32"),
+            31..=40 => ("WARN ", "33"),
+            _ => ("ERROR", "31"),
+        };
+        let session_id = value["session_id"].as_str();
+        let session = session_id
+            .map(|s| s.get(s.len().saturating_sub(8)..).unwrap_or(s).to_owned())
+            .unwrap_or_else(|| "-".repeat(8));
+        let trace = value["trace_id"]
+            .as_str()
+            .map(|t| t.get(..8).unwrap_or(t).to_owned())
+            .unwrap_or_else(|| "-".repeat(8));
+        let msg = value["msg"].as_str().unwrap_or("");
+        // After its `session opened`, a session's constant fields are known.
+        let skip_constants = match session_id {
+            Some(id) if msg == crate::events::SessionOpened::MESSAGE => {
+                self.opened.insert(id.to_owned());
+                false
+            }
+            Some(id) => self.opened.contains(id),
+            None => false,
+        };
+        let recording = value[FlightRecorded::FIELD].as_array();
+        let mut keys: Vec<&String> = value
+            .as_object()
+            .map(|map| map.keys().collect())
+            .unwrap_or_default();
+        keys.retain(|k| !shown(k));
+        keys.retain(|k| !(recording.is_some() && *k == FlightRecorded::FIELD));
+        keys.retain(|k| !(skip_constants && SESSION_CONSTANTS.contains(&k.as_str())));
+        keys.sort_by_key(|k| {
+            FIELDS_FIRST
+                .iter()
+                .position(|f| f == k)
+                .unwrap_or(FIELDS_FIRST.len())
+        });
+        let mut fields = String::new();
+        for key in keys {
+            fields.push_str(&format!(
+                " {}={}",
+                self.paint("2", &terminal_safe(key)),
+                terminal_safe(&field_value(&value[key.as_str()]))
+            ));
+        }
+        // Lines from several instances read together say whose they are.
+        let instance = value["instance_id"]
+            .as_str()
+            .map(|i| format!("{} ", self.paint("35", &format!("@{}", terminal_safe(i)))))
+            .unwrap_or_default();
+        let mut text = format!(
+            "{} {} {} {} {instance}{}{}",
+            self.paint("2", &terminal_safe(&time)),
+            self.paint(code, name),
+            self.paint("34", &terminal_safe(&session)),
+            self.paint("2", &terminal_safe(&trace)),
+            terminal_safe(msg),
+            fields
+        );
+        for entry in recording.into_iter().flatten() {
+            text.push('\n');
+            text.push_str(&flight_entry(entry));
+        }
+        text
+    }
+}
+
+/// One line on its own, without the memory of [`Human`].
+pub fn human(line: &LogLine, color: bool) -> String {
+    Human::new(color).line(line)
 }
 
 /// One message of a flight recording, on its own indented line:
@@ -260,21 +354,59 @@ pub fn trace_view(lines: &[Value], color: bool) -> Vec<String> {
         } else {
             header
         });
+        let mut human = Human::new(color);
         for line in lines {
-            out.push(human(
-                &LogLine::Event {
-                    raw: String::new(),
-                    value: (*line).clone(),
-                },
-                color,
-            ));
+            out.push(human.line(&LogLine::Event {
+                raw: String::new(),
+                value: (*line).clone(),
+            }));
         }
     }
     out
 }
 
+/// Why `wstrace logs` could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LogsError {
+    #[error(
+        "no log files in {0}: start the server here (it writes ./logs), or give the log directory (--log-dir DIR or a PATH)"
+    )]
+    NoFiles(String),
+    #[error("{what} {short:?} matches {count} {what}s ({examples}…): give more characters")]
+    Ambiguous {
+        what: &'static str,
+        short: String,
+        count: usize,
+        examples: String,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A short id (as the human output and the explorer print them) must name
+/// one session or trace: the full ids it matched, if more than one.
+fn ambiguous(lines: &[Value], field: &str, wanted: Option<&str>) -> Result<(), LogsError> {
+    let Some(short) = wanted else { return Ok(()) };
+    let mut ids: Vec<&str> = lines.iter().filter_map(|l| l[field].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() <= 1 {
+        return Ok(());
+    }
+    Err(LogsError::Ambiguous {
+        what: if field == "trace_id" {
+            "trace"
+        } else {
+            "session"
+        },
+        short: short.to_owned(),
+        count: ids.len(),
+        examples: ids[..2].join(", "),
+    })
+}
+
 /// `wstrace logs`.
-pub fn run(args: LogsArgs) -> std::io::Result<()> {
+pub fn run(args: LogsArgs) -> Result<(), LogsError> {
     use std::io::IsTerminal;
     let paths = if args.paths.is_empty() {
         vec![args.log_dir.clone()]
@@ -286,23 +418,58 @@ pub fn run(args: LogsArgs) -> std::io::Result<()> {
         ColorChoice::Never => false,
         ColorChoice::Auto => std::io::stdout().is_terminal(),
     };
+    let files = log_files(&paths).unwrap_or_default();
+    if files.is_empty() {
+        let named: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(LogsError::NoFiles(named.join(", ")));
+    }
     let filter = filter_from_args(&args);
     let stdout = std::io::stdout();
-    if args.trace_id.is_some() && !args.json && !args.follow {
-        // A trace: its sessions one after another, each marked.
+    if !args.follow {
+        // Everything that matches, from every file (one directory per
+        // instance, say), merged in time order.
         let (mut events, mut corrupt) = (Vec::new(), Vec::new());
-        Tail::default().read_new(&log_files(&paths)?, |line| match line {
-            LogLine::Event { value, .. } if filter.matches(&value) => events.push(value),
+        Tail::default().read_new(&files, |line| match line {
+            LogLine::Event { value, raw } if filter.matches(&value) => events.push((value, raw)),
             LogLine::Event { .. } => {}
-            other => corrupt.push(human(&other, color)),
+            other => corrupt.push(other),
         })?;
+        // Stable: lines of one instance with the same timestamp keep their
+        // order.
+        events.sort_by(|a, b| a.0["time"].as_str().cmp(&b.0["time"].as_str()));
+        let values: Vec<Value> = events.iter().map(|(v, _)| v.clone()).collect();
+        ambiguous(&values, "session_id", filter.session_id.as_deref())?;
+        ambiguous(&values, "trace_id", filter.trace_id.as_deref())?;
         let mut out = stdout.lock();
-        for line in trace_view(&events, color).into_iter().chain(corrupt) {
+        if args.json {
+            for (_, raw) in &events {
+                writeln!(out, "{raw}")?;
+            }
+            for line in &corrupt {
+                eprintln!("{}", human(line, false));
+            }
+            return Ok(());
+        }
+        let text: Vec<String> = if args.trace_id.is_some() {
+            // A trace: its sessions one after another, each marked.
+            trace_view(&values, color)
+        } else {
+            let mut human = Human::new(color);
+            events
+                .into_iter()
+                .map(|(value, raw)| human.line(&LogLine::Event { value, raw }))
+                .collect()
+        };
+        for line in text
+            .into_iter()
+            .chain(corrupt.iter().map(|c| human(c, color)))
+        {
             writeln!(out, "{line}")?;
         }
         return Ok(());
     }
     let mut tail = Tail::default();
+    let mut printer = Human::new(color);
     let mut print = |line: LogLine| {
         let mut out = stdout.lock();
         let _ = match (&line, args.json) {
@@ -312,14 +479,11 @@ pub fn run(args: LogsArgs) -> std::io::Result<()> {
                 eprintln!("{}", human(&line, false));
                 Ok(())
             }
-            (_, false) => writeln!(out, "{}", human(&line, color)),
+            (_, false) => writeln!(out, "{}", printer.line(&line)),
         };
     };
     loop {
         tail.read_new(&log_files(&paths)?, &mut print)?;
-        if !args.follow {
-            return Ok(());
-        }
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -468,7 +632,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].contains("flight recorder "), "{text}");
-        assert!(lines[0].contains(" trigger=close 1009"), "{text}");
+        assert!(
+            lines[0].contains(r#"flight recorder trigger="close 1009" flight.messages=2"#),
+            "the trigger first, quoted: {text}"
+        );
         assert!(!lines[0].contains("flight_recorder"), "{text}");
         assert_eq!(
             lines[1],
@@ -489,17 +656,85 @@ mod tests {
         };
         assert_eq!(
             human(&line, false),
-            "14:43:39.458 INFO  598ce9d41c session closed close_code=1000"
-                .replace("598ce9d41c", "8ce9d41c")
+            "2026-11-23T14:43:39.458Z INFO  8ce9d41c -------- session closed close_code=1000"
         );
         assert!(human(&line, true).contains("\x1b[32mINFO \x1b[0m"));
         let LogLine::Event { mut value, raw } = line else {
             unreachable!()
         };
         value["instance_id"] = json!("wstrace-2");
+        value["trace_id"] = json!("4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             human(&LogLine::Event { value, raw }, false),
-            "14:43:39.458 INFO  8ce9d41c @wstrace-2 session closed close_code=1000"
+            "2026-11-23T14:43:39.458Z INFO  8ce9d41c 4bf92f35 @wstrace-2 session closed close_code=1000"
         );
+    }
+
+    #[test]
+    fn fields_that_matter_come_first_values_are_quoted_and_constants_shown_once() {
+        let session = "01a208dc-d33f-715b-ba73-6c598ce9d41c";
+        let event = |value: Value| LogLine::Event {
+            raw: String::new(),
+            value,
+        };
+        let mut printer = Human::new(false);
+        let opened = printer.line(&event(json!({
+            "msg": "session opened", "level": 30, "time": "2026-11-23T14:43:39.000000Z",
+            "session_id": session, "net.peer.ip": "127.0.0.1", "net.peer.port": 5000,
+            "user_agent.original": "",
+        })));
+        assert!(opened.contains("net.peer.ip=127.0.0.1"), "{opened}");
+        assert!(
+            opened.contains(r#"user_agent.original="""#),
+            "empty is quoted: {opened}"
+        );
+        let closed = printer.line(&event(json!({
+            "msg": "session closed", "level": 30, "time": "2026-11-23T14:43:40.000000Z",
+            "session_id": session, "net.peer.ip": "127.0.0.1", "net.peer.port": 5000,
+            "bytes_in": 10, "closed_by": "client", "close_code": 1000,
+            "close_reason": "see you later",
+        })));
+        assert!(
+            closed.ends_with(
+                r#"session closed close_code=1000 close_reason="see you later" closed_by=client bytes_in=10"#
+            ),
+            "{closed}"
+        );
+        // Another session's lines still show their own.
+        let other = printer.line(&event(json!({
+            "msg": "session closed", "level": 30, "time": "2026-11-23T14:43:40.000000Z",
+            "session_id": "01a208dc-d33f-715b-ba73-000000000000", "net.peer.ip": "10.0.0.9",
+        })));
+        assert!(other.contains("net.peer.ip=10.0.0.9"), "{other}");
+    }
+
+    #[test]
+    fn short_ids_find_lines_by_their_start_or_end() {
+        use crate::telemetry::logfile::id_matches;
+        let id = "01a208dc-d33f-715b-ba73-6c598ce9d41c";
+        assert!(id_matches(id, id));
+        assert!(id_matches(id, "8ce9d41c"), "the end, as printed");
+        assert!(id_matches(id, "01a208dc-d33f"), "the start");
+        assert!(!id_matches(id, "d41c"), "too short to trust");
+        assert!(!id_matches(id, "d33f-715b"), "the middle is not a short id");
+        let lines = [
+            json!({"session_id": id}),
+            json!({"session_id": "01a208dc-0000-7000-8000-000000000000"}),
+        ];
+        let err = ambiguous(&lines, "session_id", Some("01a208dc")).unwrap_err();
+        assert!(err.to_string().contains("give more characters"), "{err}");
+        assert!(ambiguous(&lines[..1], "session_id", Some("8ce9d41c")).is_ok());
+    }
+
+    #[test]
+    fn since_takes_a_duration_or_a_time() {
+        let ago = since("15m").unwrap();
+        assert!(SystemTime::now().duration_since(ago).unwrap() >= Duration::from_secs(899));
+        let at = since("2026-11-23T14:00:00Z").unwrap();
+        assert_eq!(
+            humantime::format_rfc3339_seconds(at).to_string(),
+            "2026-11-23T14:00:00Z"
+        );
+        assert!(since("yesterday-ish").is_err());
     }
 }

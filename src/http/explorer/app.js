@@ -13,8 +13,37 @@ function el(tag, attrs = {}, text = "") {
 async function api(path) {
   const response = await fetch(path, { headers: { "Authorization": "Bearer " + token() } });
   const body = await response.json().catch(() => ({}));
+  if (response.status === 401) throw new Error("the admin token is not right: enter the server's admin token above");
   if (!response.ok) throw new Error((body.error && body.error.message) || ("HTTP " + response.status));
   return body;
+}
+// A status line: plain, or red for an error; a later success clears the red.
+function setStatus(node, text, isError = false) {
+  node.textContent = text;
+  node.className = isError ? "note error" : "note";
+}
+function copyButton(text, label) {
+  const button = el("button", { type: "button", class: "copy", title: "copy " + text }, label);
+  button.addEventListener("click", (e) => {
+    e.stopPropagation();
+    if (navigator.clipboard) navigator.clipboard.writeText(text).then(() => { button.textContent = "copied"; }, () => {});
+  });
+  return button;
+}
+let selectedSession = null;
+async function loadStats() {
+  const bar = document.getElementById("stats");
+  if (!config.admin_api || !token()) { bar.replaceChildren(); return; }
+  try {
+    const data = await api("/api/stats");
+    const own = data.instance || data;
+    const codes = Object.entries(own.sessions_closed_by_code || {}).map(([c, n]) => `${c}×${n}`).join(" ") || "-";
+    bar.replaceChildren(
+      el("span", { class: "stat" }, `active sessions ${own.sessions_active}`),
+      el("span", { class: "stat" }, `opened ${own.sessions_opened_total}`),
+      el("span", { class: "stat", "data-close-codes": "" }, `closed by code ${codes}`),
+      el("span", { class: "stat" }, `up ${own.uptime_s} s`));
+  } catch (e) { bar.replaceChildren(el("span", { class: "note error" }, "Cannot read stats: " + e.message)); }
 }
 function grafanaLink(traceId) {
   if (!config.grafana_url) return null;
@@ -29,25 +58,31 @@ function grafanaLink(traceId) {
 async function loadSessions() {
   const status = document.getElementById("sessions-status");
   const body = document.getElementById("sessions");
-  if (!config.admin_api) { status.textContent = "The admin API is off (set WSTRACE_ADMIN_TOKEN on the server)."; return; }
-  if (!token()) { status.textContent = "Enter the admin token to list sessions."; return; }
+  if (!config.admin_api) { setStatus(status, "The admin API is off (start the server with WSTRACE_ADMIN_TOKEN set)."); return; }
+  if (!token()) { setStatus(status, "Enter the admin token to list sessions."); return; }
   try {
     const data = await api("/api/sessions");
     body.replaceChildren();
     const scope = data.scope === "cluster" ? ", whole cluster" : "";
     document.getElementById("session-count").textContent = `(${data.count}${scope})`;
     for (const s of data.sessions) {
-      const row = el("tr", { class: "session", "data-session": s.session_id, title: "trace " + s.trace_id });
+      const row = el("tr", { class: "session" + (s.session_id === selectedSession ? " selected" : "") + (s.debug ? " debug" : ""),
+                             "data-session": s.session_id, title: "trace " + s.trace_id });
       row.append(el("td", { class: "mono" }, s.session_id.slice(-12)), el("td", { class: "mono" }, s.instance_id || "-"),
                  el("td", {}, s.user || "-"),
                  el("td", { class: "mono" }, s.peer), el("td", {}, `${s.messages_in}/${s.messages_out}`),
-                 el("td", {}, (s.channels || []).join(", ") || "-"));
-      row.addEventListener("click", () => { document.getElementById("query").value = s.trace_id; search(s.trace_id); });
+                 el("td", { class: "channels" }, (s.channels || []).join(", ") || "-"));
+      row.addEventListener("click", () => {
+        selectedSession = s.session_id;
+        for (const r of body.querySelectorAll("tr.selected")) r.classList.remove("selected");
+        row.classList.add("selected");
+        document.getElementById("query").value = s.trace_id; search(s.trace_id);
+      });
       body.append(row);
     }
-    status.textContent = data.count ? "Click a session to see its timeline." : "No live sessions.";
-    if (data.cluster_error) status.textContent += " This instance only: " + data.cluster_error;
-  } catch (e) { status.textContent = "Cannot list sessions: " + e.message; status.className = "note error"; }
+    setStatus(status, (data.count ? "Click a session to see its timeline." : "No live sessions.")
+      + (data.cluster_error ? " This instance only: " + data.cluster_error : ""));
+  } catch (e) { setStatus(status, "Cannot list sessions: " + e.message, true); }
 }
 async function search(query) {
   query = query.trim();
@@ -56,8 +91,8 @@ async function search(query) {
   const links = document.getElementById("links");
   body.replaceChildren(); links.replaceChildren();
   if (!query) return;
-  if (!token()) { status.textContent = "Enter the admin token to search logs."; return; }
-  status.textContent = "Searching…";
+  if (!token()) { setStatus(status, "Enter the admin token to search logs."); return; }
+  setStatus(status, "Searching…");
   try {
     const data = await api("/api/logs?q=" + encodeURIComponent(query));
     // One trace may hold several sessions: a client may continue any
@@ -77,14 +112,25 @@ async function search(query) {
         ? `session ${session}` + (continued ? ` · continued the caller's trace (traceparent from ${origin}): not necessarily the same client as the other sessions of this trace` : origin ? " · started this trace" : "")
         : "server lines (no session)";
       const header = el("tr", { class: "session-group" + (continued ? " continued" : ""), "data-session-group": session });
-      header.append(el("td", { colspan: "5" }, title));
+      const cell = el("td", { colspan: "5" }, title);
+      if (session) cell.append(" ", copyButton(session, "copy session id"));
+      const traceId = lines.find(l => l.trace_id) && lines.find(l => l.trace_id).trace_id;
+      if (traceId) cell.append(" ", copyButton(traceId, "copy trace id"));
+      header.append(cell);
       body.append(header);
+      if (session) body.append(summaryRow(lines));
+      const t0 = Date.parse(lines[0].time);
+      const span = Math.max(1, Date.parse(lines[lines.length - 1].time) - t0);
       for (const line of lines) {
         const recording = Array.isArray(line.flight_recorder) ? line.flight_recorder : null;
         const fields = Object.entries(line).filter(([k]) => !HIDDEN.has(k) && !(recording && k === "flight_recorder"))
           .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
-        const row = el("tr", { "data-msg": line.msg || "" });
-        row.append(el("td", { class: "mono" }, (line.time || "").slice(11, 23)),
+        const row = el("tr", { "data-msg": line.msg || "", class: "lane-" + lane(line) });
+        const offset = Date.parse(line.time) - t0;
+        const when = el("td", { class: "mono when", title: line.time || "" });
+        when.append(el("div", {}, "+" + (offset / 1000).toFixed(3) + " s"),
+                    el("div", { class: "bar", style: `margin-left:${(100 * offset / span).toFixed(1)}%` }));
+        row.append(when,
                    el("td", { class: "lvl-" + line.level }, LEVELS[line.level] || String(line.level)),
                    el("td", { class: "mono" }, (line.target || "").replace("wstrace::", "")),
                    el("td", {}, line.msg || ""), el("td", { class: "fields mono" }, fields));
@@ -98,10 +144,40 @@ async function search(query) {
       links.append(href ? el("a", { href, target: "_blank", rel: "noopener" }, `Open trace ${t} in Grafana`) : el("span", { class: "mono" }, "trace " + t));
       links.append(" ");
     }
-    status.textContent = `${data.lines.length} line(s)` + (data.corrupt ? `, ${data.corrupt} corrupt line(s) skipped` : "")
+    setStatus(status, `${data.lines.length} line(s)` + (data.corrupt ? `, ${data.corrupt} corrupt line(s) skipped` : "")
       + (data.truncated ? " (first lines only)" : "")
-      + (data.scan_capped ? " (the search stopped before the oldest files)" : "");
-  } catch (e) { status.textContent = "Search failed: " + e.message; status.className = "note error"; }
+      + (data.scan_capped ? " (the search stopped before the oldest files)" : "")
+      + (data.lines.length ? "" : ": no line has that trace or session id (a short id needs 8 or more characters)"));
+  } catch (e) { setStatus(status, "Search failed: " + e.message, true); }
+}
+// Which part of the session wrote a line: its task, or a message's span.
+function lane(line) {
+  if (line["ws.message.type"] !== undefined) return "message";
+  const target = (line.target || "").replace("wstrace::", "");
+  if (target.endsWith("reader")) return "reader";
+  if (target.endsWith("writer")) return "writer";
+  if (target.endsWith("heartbeat")) return "heartbeat";
+  return "session";
+}
+// One line over a session's story: its age, how it ended, its rate.
+function summaryRow(lines) {
+  const first = Date.parse(lines[0].time), last = Date.parse(lines[lines.length - 1].time);
+  const closed = lines.find(l => l.msg === "session closed");
+  const opened = lines.find(l => l.msg === "session opened");
+  const parts = [];
+  if (closed) {
+    const seconds = Math.max(0.001, (closed.duration_ms || (last - first)) / 1000);
+    parts.push(`lived ${seconds.toFixed(3)} s`,
+               `closed ${closed.close_code}${closed.close_reason ? " (" + closed.close_reason + ")" : ""} by ${closed.closed_by}`,
+               `${closed.messages_in} in / ${closed.messages_out} out`,
+               `${((closed.messages_in + closed.messages_out) / seconds).toFixed(1)} msg/s`);
+  } else {
+    parts.push(`open for ${((Date.now() - first) / 1000).toFixed(0)} s`, `idle ${((Date.now() - last) / 1000).toFixed(0)} s since its last line`);
+  }
+  if (opened && opened.debug) parts.push(`debug session (${opened.debug_reason})`);
+  const row = el("tr", { class: "session-summary" });
+  row.append(el("td", { colspan: "5", class: "note" }, parts.join(" · ")));
+  return row;
 }
 // The messages a failing session recorded before it failed (shape only,
 // never content), as a small table under its "flight recorder" line.
@@ -134,12 +210,12 @@ async function init() {
   document.getElementById("token").value = token();
   document.getElementById("save-token").addEventListener("click", () => {
     sessionStorage.setItem("wstrace-admin-token", document.getElementById("token").value);
-    loadSessions();
+    loadSessions(); loadStats();
   });
   document.getElementById("search").addEventListener("submit", (e) => { e.preventDefault(); search(document.getElementById("query").value); });
   config = await (await fetch("/explorer/config.json")).json();
-  await loadSessions();
-  setInterval(loadSessions, 5000);
+  await Promise.all([loadSessions(), loadStats()]);
+  setInterval(() => { loadSessions(); loadStats(); }, 5000);
   if (hash.get("q")) { document.getElementById("query").value = hash.get("q"); await search(hash.get("q")); }
 }
 init();

@@ -1,0 +1,265 @@
+//! The tools as a user meets them: the real `wstrace` binary driven as a
+//! child process against a real server. How the client ends a session (and
+//! its exit codes), what the load generator reports when the server
+//! refuses its messages, and how `wstrace logs` answers short ids, several
+//! directories and missing files.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::io::{BufRead, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN_TOKEN: &str = "tools-admin-token-0c5e";
+
+fn wstrace(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn closed_lines(server: Wstrace) -> Vec<Value> {
+    server.sigterm();
+    let (_, _, log_dir) = server.wait();
+    read_log_lines(log_dir.path())
+        .into_iter()
+        .filter(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
+        .collect()
+}
+
+#[test]
+fn the_client_closes_with_1000_waits_for_piped_replies_and_says_what_is_wrong() {
+    let server = Wstrace::start(&[]);
+    let url = server.url();
+    // Piped input: every reply arrives before the client closes.
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(["client", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    piped
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hi\n/ping\n/sub lobby\n")
+        .unwrap();
+    let output = piped.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    for reply in [
+        r#""type":"echo""#,
+        r#""type":"pong""#,
+        r#""type":"subscribed""#,
+    ] {
+        assert!(stdout.contains(reply), "{reply} missing: {stdout}");
+    }
+    // --send, then the end of its lines.
+    let sent = wstrace(&["client", &url, "--send", "x", "--expect", "1"]);
+    assert_eq!(sent.status.code(), Some(0));
+
+    // Bad usage exits 64, with what was wrong; a refused port exits 2.
+    for (args, says) in [
+        (vec!["client"], "URL"),
+        (vec!["client", &url, "--no-such-flag"], "--no-such-flag"),
+        (vec!["client", "localhost:8080"], "invalid URL"),
+        (vec!["client", "http://127.0.0.1:8080/ws"], "invalid URL"),
+        (vec!["load", &url, "-c", "0"], "at least 1"),
+    ] {
+        let output = wstrace(&args);
+        assert_eq!(output.status.code(), Some(64), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let dead = format!("ws://127.0.0.1:{}/ws", free_port());
+    assert_eq!(
+        wstrace(&["client", &dead, "--send", "x"]).status.code(),
+        Some(2)
+    );
+
+    let closed = closed_lines(server);
+    assert_eq!(closed.len(), 2, "{closed:#?}");
+    for line in closed {
+        assert_eq!(
+            line["close_code"], 1000,
+            "the client closes normally: {line}"
+        );
+        assert_eq!(line["closed_by"], "client");
+    }
+}
+
+#[test]
+fn the_client_exits_at_once_when_the_server_closes_the_session() {
+    let server = Wstrace::start(&[("WSTRACE_ADMIN_TOKEN", ADMIN_TOKEN)]);
+    // An interactive client whose input stays open: nothing to read, ever.
+    let mut client = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(["client", &server.url()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let session = word_after(&first, "session_id=").to_owned();
+    let addr = server.addr.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let kicked = runtime.block_on(http(
+        addr,
+        "DELETE",
+        &format!("/api/sessions/{session}?code=4000&reason=bye"),
+        &[("authorization", &auth)],
+        None,
+    ));
+    assert_eq!(kicked.status, 200, "{}", kicked.body);
+    let started = Instant::now();
+    let status = wait_for(Duration::from_secs(10), "the client to exit", || {
+        client.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(4), "the server closed the session");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "it hung on stdin"
+    );
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
+    assert!(rest.contains("closed by server: 4000 bye"), "{rest}");
+    drop(client.stdin.take());
+}
+
+#[test]
+fn load_reports_refused_messages_stops_without_progress_and_exits_non_zero() {
+    let server = Wstrace::start(&[
+        ("WSTRACE_MESSAGES_PER_SECOND", "5"),
+        ("WSTRACE_MESSAGE_BURST", "20"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let started = Instant::now();
+    let output = wstrace(&[
+        "load",
+        &server.url(),
+        "-c",
+        "2",
+        "-m",
+        "600",
+        "--max-duration",
+        "60s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        elapsed < Duration::from_secs(45),
+        "stopped long before --max-duration: {elapsed:?}"
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stdout.contains("error frames  rate_limited×"), "{stdout}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        report["error_frames"]["rate_limited"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert_eq!(report["timed_out"], false, "{report}");
+
+    // A refused port: the reason, no made-up latency, and a failure.
+    let dead = format!("ws://127.0.0.1:{}/ws", free_port());
+    let output = wstrace(&["load", &dead, "-c", "2", "-m", "1"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("latency (µs)  -  (n=0)"), "{stdout}");
+    assert!(
+        stdout.contains("failed: connect: connection refused: 2"),
+        "{stdout}"
+    );
+
+    // The tool closes its sessions normally, whatever the server did.
+    for line in closed_lines(server) {
+        assert!(
+            [1000, 1008].contains(&line["close_code"].as_u64().unwrap()),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn logs_answers_short_ids_merges_instances_and_says_when_there_is_nothing() {
+    let a = Wstrace::start(&[("WSTRACE_INSTANCE_ID", "inst-a")]);
+    let b = Wstrace::start(&[("WSTRACE_INSTANCE_ID", "inst-b")]);
+    for server in [&a, &b, &a] {
+        let output = wstrace(&["client", &server.url(), "--send", "hi", "--expect", "1"]);
+        assert_eq!(output.status.code(), Some(0));
+    }
+    let dirs: Vec<_> = [a, b]
+        .into_iter()
+        .map(|server| {
+            server.sigterm();
+            server.wait().2
+        })
+        .collect();
+    let (dir_a, dir_b) = (
+        dirs[0].path().to_str().unwrap(),
+        dirs[1].path().to_str().unwrap(),
+    );
+
+    // Two directories: one stream, in time order, both instances in it.
+    let merged = wstrace(&["logs", "--json", dir_a, dir_b]);
+    assert_eq!(merged.status.code(), Some(0));
+    let lines: Vec<Value> = String::from_utf8(merged.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let times: Vec<&str> = lines.iter().map(|l| l["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "merged by time");
+    let opened: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["msg"] == wstrace::events::SessionOpened::MESSAGE)
+        .collect();
+    assert_eq!(opened.len(), 3);
+    let instances: Vec<&str> = opened
+        .iter()
+        .map(|l| l["instance_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(instances, ["inst-a", "inst-b", "inst-a"]);
+
+    // The short id the human output prints finds the session.
+    let session = opened[1]["session_id"].as_str().unwrap();
+    let short = &session[session.len() - 8..];
+    let human = wstrace(&["logs", "--color", "never", "--session", short, dir_a, dir_b]);
+    assert_eq!(human.status.code(), Some(0));
+    let human = String::from_utf8(human.stdout).unwrap();
+    assert!(human.lines().count() >= 2, "{human}");
+    assert!(
+        human.lines().all(|l| l.contains(&format!(" {short} "))),
+        "{human}"
+    );
+    assert!(human.contains("@inst-b"), "{human}");
+    // ...and a start shared by every session is refused as ambiguous.
+    let prefix = &session[..8];
+    let ambiguous = wstrace(&["logs", "--session", prefix, dir_a, dir_b]);
+    assert_eq!(ambiguous.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ambiguous.stderr).contains("give more characters"));
+
+    // --since takes an RFC 3339 time.
+    let late = wstrace(&["logs", "--json", "--since", "2999-01-01T00:00:00Z", dir_a]);
+    assert_eq!(late.status.code(), Some(0));
+    assert!(late.stdout.is_empty());
+
+    // No log files: an error that says where it looked.
+    let empty = tempfile::tempdir().unwrap();
+    let nothing = wstrace(&["logs", "--log-dir", empty.path().to_str().unwrap()]);
+    assert_eq!(nothing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&nothing.stderr);
+    assert!(stderr.contains("no log files in"), "{stderr}");
+}

@@ -173,3 +173,29 @@ fn raise_open_file_limit(max_connections: usize) {
         .emit();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_line_says_where_and_what_is_on() {
+        let config = TelemetryConfig::from_env(Some("logs".into()), true);
+        let settings = ServerConfig {
+            admin_token: Some(crate::auth::Secret::new("t")),
+            ..ServerConfig::default()
+        };
+        let line = ready_line("127.0.0.1:8080".parse().unwrap(), &settings, &config);
+        for part in [
+            "listening on ws://127.0.0.1:8080/ws",
+            "explorer http://127.0.0.1:8080/",
+            "logs in logs/",
+            "admin API on",
+            "JWT auth off",
+            "cluster off",
+        ] {
+            assert!(line.contains(part), "{part:?} in {line}");
+        }
+        assert!(!line.contains('\n'), "one line: {line}");
+    }
+}

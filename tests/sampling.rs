@@ -36,6 +36,20 @@ fn lines_with<'a>(lines: &'a [Value], session: &str, msg: &str) -> Vec<&'a Value
 
 // ------------------------------------------------------- flight recorder
 
+/// The server's lines once these sessions have written `session closed`
+/// and the server has stopped.
+async fn lines_once_closed(server: &mut TestServer, sessions: &[&str]) -> Vec<Value> {
+    for session in sessions {
+        server
+            .wait_for_line("session closed", |l| {
+                l["msg"] == SessionClosed::MESSAGE && l["session_id"] == *session
+            })
+            .await;
+    }
+    server.stop().await;
+    server.log_lines()
+}
+
 /// Sends `count` echo messages of growing size, reading each reply; returns
 /// the sizes of (request, reply) as they were on the wire.
 async fn echo_many(client: &mut Client, count: usize) -> Vec<(usize, usize)> {
@@ -79,16 +93,7 @@ async fn a_1009_writes_the_last_32_messages_and_a_normal_close_writes_none() {
     let (code, _) = next_close(&mut failing).await;
     assert_eq!(code, 1009);
     close_politely(&mut fine).await;
-    for session in [&failing_id, &fine_id] {
-        server
-            .wait_for_line("session closed", |l| {
-                l["msg"] == SessionClosed::MESSAGE && l["session_id"] == session.as_str()
-            })
-            .await;
-    }
-    server.stop().await;
-
-    let lines = server.log_lines();
+    let lines = lines_once_closed(&mut server, &[&failing_id, &fine_id]).await;
     assert!(lines_with(&lines, &fine_id, FlightRecorded::MESSAGE).is_empty());
     let recorded = lines_with(&lines, &failing_id, FlightRecorded::MESSAGE);
     assert_eq!(recorded.len(), 1, "written once: {recorded:#?}");
@@ -160,13 +165,7 @@ async fn an_error_frame_writes_the_recorder_once_in_the_failing_messages_span() 
         assert_eq!(next_json(&mut client).await["code"], "no_such_recipient");
     }
     close_politely(&mut client).await;
-    server
-        .wait_for_line("session closed", |l| {
-            l["msg"] == SessionClosed::MESSAGE && l["session_id"] == session.as_str()
-        })
-        .await;
-    server.stop().await;
-    let lines = server.log_lines();
+    let lines = lines_once_closed(&mut server, &[&session]).await;
     let recorded = lines_with(&lines, &session, FlightRecorded::MESSAGE);
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0]["trigger"], "no_such_recipient");

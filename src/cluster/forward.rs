@@ -233,9 +233,6 @@ pub async fn forward_debug(
     requested_by: &str,
     origin: &SpanContext,
 ) -> Result<Option<String>, ClusterError> {
-    let Some(view) = cluster.lookup(session_id).await? else {
-        return Ok(None);
-    };
     let action = Action::Debug {
         session_id,
         minutes: match change {
@@ -244,9 +241,7 @@ pub async fn forward_debug(
         },
         requested_by: requested_by.to_string(),
     };
-    let channel = Cluster::instance_channel(&view.instance_id);
-    let receivers = send(cluster, &channel, action, true, origin).await?;
-    Ok((receivers > 0).then_some(view.instance_id))
+    to_the_sessions_instance(cluster, session_id, action, origin).await
 }
 
 /// Closes a session that lives on another instance. `Ok(Some(instance))`
@@ -259,13 +254,24 @@ pub async fn kick(
     reason: &str,
     origin: &SpanContext,
 ) -> Result<Option<String>, ClusterError> {
-    let Some(view) = cluster.lookup(session_id).await? else {
-        return Ok(None);
-    };
     let action = Action::Kick {
         session_id,
         code,
         reason: reason.to_string(),
+    };
+    to_the_sessions_instance(cluster, session_id, action, origin).await
+}
+
+/// Sends `action` to the instance the registry says holds the session:
+/// that instance's id when one heard it, `None` when no instance holds it.
+async fn to_the_sessions_instance(
+    cluster: &Cluster,
+    session_id: Uuid,
+    action: Action,
+    origin: &SpanContext,
+) -> Result<Option<String>, ClusterError> {
+    let Some(view) = cluster.lookup(session_id).await? else {
+        return Ok(None);
     };
     let channel = Cluster::instance_channel(&view.instance_id);
     let receivers = send(cluster, &channel, action, true, origin).await?;

@@ -33,7 +33,10 @@ fn main() -> ExitCode {
             .block_on(wstrace::tools::doctor::run(args))
             .map_err(Into::into),
         Command::Client(args) => {
-            return match runtime.block_on(wstrace::tools::client::run(args)) {
+            let result = runtime.block_on(wstrace::tools::client::run(args));
+            // The line editor may still hold the terminal in raw mode.
+            wstrace::tools::client::restore_terminal();
+            return match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("wstrace client: {error}");

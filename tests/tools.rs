@@ -263,3 +263,80 @@ fn logs_answers_short_ids_merges_instances_and_says_when_there_is_nothing() {
     let stderr = String::from_utf8_lossy(&nothing.stderr);
     assert!(stderr.contains("no log files in"), "{stderr}");
 }
+
+/// Types `text` into a terminal one key at a time, as a person does.
+fn type_keys(keys: &mut impl Write, text: &str) {
+    for key in text.bytes() {
+        keys.write_all(&[key]).unwrap();
+        keys.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn in_a_terminal_the_client_has_a_prompt_and_prints_frames_above_it() {
+    // `script` (util-linux) gives the client a real pseudo-terminal.
+    let Some(script) = which("script") else {
+        assert!(
+            std::env::var_os("WSTRACE_REQUIRE_TOOLS").is_none(),
+            "`script` (util-linux) is not installed"
+        );
+        return eprintln!("skipped: no `script`");
+    };
+    let server = Wstrace::start(&[]);
+    // The shell says when the client has exited: `script` itself waits
+    // for its input to end.
+    let command = format!(
+        "{} client {}; echo CLIENT-EXIT=$?",
+        env!("CARGO_BIN_EXE_wstrace"),
+        server.url()
+    );
+    let mut terminal = Command::new(script)
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut keys = terminal.stdin.take().unwrap();
+    let mut screen_pipe = terminal.stdout.take().unwrap();
+    let (screen_tx, screen_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut screen_pipe, &mut chunk) {
+            let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+            if n == 0 || screen_tx.send(text).is_err() {
+                break;
+            }
+        }
+    });
+    let mut screen = String::new();
+    // Reads the screen until `what` shows after byte `from`; returns where.
+    let wait_for_screen = |what: &str, from: usize, screen: &mut String| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(at) = screen[from..].find(what) {
+                return from + at;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match screen_rx.recv_timeout(left) {
+                Ok(text) => screen.push_str(&text),
+                Err(_) => panic!("{what:?} never appeared: {screen:?}"),
+            }
+        }
+    };
+    wait_for_screen("> ", 0, &mut screen);
+    type_keys(&mut keys, "hello there\r");
+    let echo = r#"{"type":"echo","content":"hello there"}"#;
+    let at = wait_for_screen(echo, 0, &mut screen);
+    // The frame is printed above a fresh prompt, not into the typed line.
+    wait_for_screen("> ", at, &mut screen);
+    type_keys(&mut keys, "/quit\r");
+    // It exits on /quit, with its terminal still open.
+    wait_for_screen("CLIENT-EXIT=0", at, &mut screen);
+    drop(keys);
+    let _ = terminal.wait();
+    let closed = closed_lines(server);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0]["close_code"], 1000);
+}

@@ -153,6 +153,115 @@ fn stamp() -> String {
         .to_owned()
 }
 
+/// What the input side hands the session loop.
+enum Typed {
+    Line(String),
+    /// Ctrl-C at the prompt (the line editor reads it as a key).
+    Interrupted,
+}
+
+/// Where received frames are printed: stdout, or above the line editor's
+/// prompt so they never break into a half-typed line.
+enum Output {
+    Stdout,
+    AbovePrompt(Box<dyn rustyline::ExternalPrinter + Send>),
+}
+
+impl Output {
+    fn line(&mut self, text: String) {
+        match self {
+            Output::Stdout => println!("{text}"),
+            Output::AbovePrompt(printer) => {
+                if let Err(text) = printer.print(text.clone()).map_err(|_| text) {
+                    println!("{text}");
+                }
+            }
+        }
+    }
+}
+
+/// Lines from a pipe or a file, on a plain thread rather than the runtime's
+/// blocking pool: a read still waiting on its input must not keep the
+/// process alive once the session is over.
+fn read_plain_lines(lines: tokio::sync::mpsc::Sender<Typed>) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if lines.blocking_send(Typed::Line(line)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// The terminal's line editor: a `> ` prompt with history (up and down
+/// arrows), on its own thread, with received frames printed above it.
+///
+/// Known limit (rustyline issues 629 and 976): when several keys arrive in
+/// one read, as when a line with its Enter is pasted, the line is handed
+/// over only at the next key. Typed keys arrive one at a time.
+///
+/// The terminal's settings are saved first and put back when the client
+/// exits (`restore_terminal`): the session can end while the editor holds
+/// the terminal in raw mode.
+struct LineEditor;
+
+impl LineEditor {
+    fn start(
+        lines: tokio::sync::mpsc::Sender<Typed>,
+    ) -> Option<Box<dyn rustyline::ExternalPrinter + Send>> {
+        use rustyline::error::ReadlineError;
+        save_terminal();
+        let mut editor = rustyline::DefaultEditor::new().ok()?;
+        let printer = editor.create_external_printer().ok()?;
+        std::thread::spawn(move || {
+            loop {
+                let typed = match editor.readline("> ") {
+                    Ok(line) => {
+                        let _ = editor.add_history_entry(line.as_str());
+                        Typed::Line(line)
+                    }
+                    Err(ReadlineError::Interrupted) => Typed::Interrupted,
+                    // Ctrl-D, or the terminal went away.
+                    Err(_) => break,
+                };
+                let stop = matches!(typed, Typed::Interrupted);
+                if lines.blocking_send(typed).is_err() || stop {
+                    break;
+                }
+            }
+        });
+        Some(Box::new(printer))
+    }
+}
+
+static SAVED_TERMINAL: std::sync::Mutex<Option<libc::termios>> = std::sync::Mutex::new(None);
+
+fn save_terminal() {
+    // SAFETY: tcgetattr only writes the struct it is given.
+    unsafe {
+        let mut settings: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(libc::STDIN_FILENO, &mut settings) == 0 {
+            *SAVED_TERMINAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(settings);
+        }
+    }
+}
+
+/// Puts the terminal back as it was before the line editor, if it ran.
+pub fn restore_terminal() {
+    if let Some(settings) = SAVED_TERMINAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        // SAFETY: tcsetattr only reads the struct it is given.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &settings);
+        }
+    }
+}
+
 /// The URL must be a WebSocket URL with a host: say so before trying.
 fn check_url(url: &str) -> Result<(), ClientError> {
     let invalid = |why: &str| {
@@ -265,26 +374,19 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
     // Input from a pipe or file: its replies are waited for at its end.
     let piped = interactive && !std::io::stdin().is_terminal();
     let color = std::io::stdout().is_terminal();
-    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
-    if interactive {
-        if !piped {
-            eprintln!("type /help for commands");
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<Typed>(16);
+    let mut out = Output::Stdout;
+    if interactive && !piped {
+        eprintln!("type /help for commands");
+        match LineEditor::start(lines_tx.clone()) {
+            Some(printer) => out = Output::AbovePrompt(printer),
+            None => read_plain_lines(lines_tx),
         }
-        // A plain thread, not the runtime's blocking pool: a read that is
-        // still waiting on the terminal must not keep the process alive
-        // once the session is over.
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.blocking_send(line).is_err() {
-                    break;
-                }
-            }
-        });
+    } else if interactive {
+        read_plain_lines(lines_tx);
     } else {
         for line in args.send.clone() {
-            let _ = lines_tx.send(line).await;
+            let _ = lines_tx.send(Typed::Line(line)).await;
         }
         drop(lines_tx);
     }
@@ -317,7 +419,11 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
             }
             _ = tokio::time::sleep_until(quiet_until.unwrap_or(deadline)), if quiet_until.is_some() => break,
             line = lines.recv(), if input_open => {
-                let Some(line) = line else {
+                if let Some(Typed::Interrupted) = line {
+                    let _ = tx.send(normal_close("interrupted")).await;
+                    return Err(ClientError::Interrupted);
+                }
+                let Some(Typed::Line(line)) = line else {
                     input_open = false;
                     if piped {
                         let now = tokio::time::Instant::now();
@@ -330,7 +436,7 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
                 };
                 let frame = match parse_input(&line) {
                     Ok(Input::Quit) => break,
-                    Ok(Input::Help) => { println!("{HELP}"); continue; }
+                    Ok(Input::Help) => { out.line(HELP.to_owned()); continue; }
                     Ok(Input::Ping) => {
                         next_ping += 1;
                         let id = format!("p{next_ping}");
@@ -339,7 +445,7 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
                             .unwrap_or(Value::Null)
                     }
                     Ok(Input::Frame(frame)) => frame,
-                    Err(message) if interactive => { eprintln!("{message}"); continue; }
+                    Err(message) if interactive => { out.line(message); continue; }
                     Err(message) => return Err(ClientError::Usage(message)),
                 };
                 if tx.send(Message::Text(frame.to_string().into())).await.is_err() {
@@ -355,19 +461,19 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
                     }
                     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     let rtt = v["id"].as_str().and_then(|id| pings.remove(id));
-                    match rtt {
-                        Some(sent) if v["type"] == "pong" => println!("[{}] < {text}  rtt={:.3}ms", stamp(), sent.elapsed().as_secs_f64() * 1e3),
-                        _ if color && v["type"] == "error" => println!("[{}] < \x1b[31m{text}\x1b[0m", stamp()),
-                        _ => println!("[{}] < {text}", stamp()),
-                    }
+                    out.line(match rtt {
+                        Some(sent) if v["type"] == "pong" => format!("[{}] < {text}  rtt={:.3}ms", stamp(), sent.elapsed().as_secs_f64() * 1e3),
+                        _ if color && v["type"] == "error" => format!("[{}] < \x1b[31m{text}\x1b[0m", stamp()),
+                        _ => format!("[{}] < {text}", stamp()),
+                    });
                 }
                 Some(Ok(Message::Binary(bytes))) => {
                     received += 1;
-                    println!("[{}] < binary {} bytes", stamp(), bytes.len());
+                    out.line(format!("[{}] < binary {} bytes", stamp(), bytes.len()));
                 }
                 Some(Ok(Message::Close(frame))) => {
                     let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                    println!("[{}] closed by server: {why}", stamp());
+                    out.line(format!("[{}] closed by server: {why}", stamp()));
                     return Err(ClientError::Closed(why));
                 }
                 Some(Ok(_)) => {}

@@ -59,9 +59,11 @@ fn the_client_closes_with_1000_waits_for_piped_replies_and_says_what_is_wrong() 
     ] {
         assert!(stdout.contains(reply), "{reply} missing: {stdout}");
     }
-    // --send, then the end of its lines.
+    // --send, then the end of its lines; and /quit.
     let sent = wstrace(&["client", &url, "--send", "x", "--expect", "1"]);
     assert_eq!(sent.status.code(), Some(0));
+    let quit = wstrace(&["client", &url, "--send", "/quit"]);
+    assert_eq!(quit.status.code(), Some(0));
 
     // Bad usage exits 64, with what was wrong; a refused port exits 2.
     for (args, says) in [
@@ -83,7 +85,7 @@ fn the_client_closes_with_1000_waits_for_piped_replies_and_says_what_is_wrong() 
     );
 
     let closed = closed_lines(server);
-    assert_eq!(closed.len(), 2, "{closed:#?}");
+    assert_eq!(closed.len(), 3, "{closed:#?}");
     for line in closed {
         assert_eq!(
             line["close_code"], 1000,
@@ -331,9 +333,10 @@ fn in_a_terminal_the_client_has_a_prompt_and_prints_frames_above_it() {
     let at = wait_for_screen(echo, 0, &mut screen);
     // The frame is printed above a fresh prompt, not into the typed line.
     wait_for_screen("> ", at, &mut screen);
-    type_keys(&mut keys, "/quit\r");
-    // It exits on /quit, with its terminal still open.
-    wait_for_screen("CLIENT-EXIT=0", at, &mut screen);
+    // Ctrl-C at the prompt: a Close first, then exit 130, with its
+    // terminal still open.
+    type_keys(&mut keys, "\x03");
+    wait_for_screen("CLIENT-EXIT=130", at, &mut screen);
     drop(keys);
     let _ = terminal.wait();
     let closed = closed_lines(server);

@@ -212,6 +212,7 @@ fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
                     .collect(),
             };
             let delivery = Arc::new(Delivery {
+                id: uuid::Uuid::parse_str(&message_id).ok(),
                 message_id,
                 frame: frame.into(),
                 channel,

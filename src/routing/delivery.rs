@@ -22,6 +22,9 @@ pub enum Sender<'a> {
 #[derive(Debug)]
 pub struct Delivery {
     pub message_id: String,
+    /// `message_id` as a UUID, parsed once for every receiver's flight
+    /// recorder (`None` if another instance sent one that is not).
+    pub id: Option<Uuid>,
     pub frame: Utf8Bytes,
     pub channel: Option<String>,
     pub from_session: Option<Uuid>,
@@ -42,7 +45,8 @@ impl Delivery {
         origin: SpanContext,
         sampled: bool,
     ) -> Arc<Self> {
-        let message_id = Uuid::now_v7().to_string();
+        let id = Uuid::now_v7();
+        let message_id = id.to_string();
         let (from_session, from_user, sampled) = match from {
             Sender::Session { id, user } => (Some(id), user.map(str::to_owned), sampled),
             Sender::Admin => (None, None, true),
@@ -58,6 +62,7 @@ impl Delivery {
         };
         Arc::new(Self {
             message_id,
+            id: Some(id),
             frame: frame.to_json().into(),
             channel,
             from_session,

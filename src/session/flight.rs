@@ -55,6 +55,22 @@ pub struct Entry {
     pub span_id: Option<SpanId>,
 }
 
+impl Entry {
+    /// A message of `size` bytes (saturated at 4 GiB), with no ids yet;
+    /// its `seq` is given when it is recorded.
+    pub fn new(direction: Direction, kind: FrameKind, size: usize, at_us: u64) -> Self {
+        Self {
+            seq: 0,
+            direction,
+            kind,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+            at_us,
+            message_id: None,
+            span_id: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Ring {
     entries: VecDeque<Entry>,
@@ -76,12 +92,12 @@ impl<'a> FlightRecorder<'a> {
         usize::from(self.stats.recorder_capacity)
     }
 
-    /// Records one message (the oldest goes when the ring is full), and
-    /// returns its number (0 with no recorder).
-    pub fn record(&self, mut entry: Entry) -> u64 {
+    /// Records one message, numbered in order; the oldest goes when the
+    /// ring is full.
+    pub fn record(&self, mut entry: Entry) {
         let capacity = self.capacity();
         if capacity == 0 {
-            return 0;
+            return;
         }
         let mut ring = lock(&self.stats.extras().ring);
         let ring = ring.get_or_insert_with(|| Ring {
@@ -94,16 +110,12 @@ impl<'a> FlightRecorder<'a> {
         ring.recorded += 1;
         entry.seq = ring.recorded;
         ring.entries.push_back(entry);
-        entry.seq
     }
 
     /// Adds the message id routing gave to the message being handled: the
     /// last inbound one (only the reader records those, one at a time).
-    pub fn identify_last_inbound(&self, message_id: &str) {
+    pub fn identify_last_inbound(&self, id: Uuid) {
         let Some(extras) = self.stats.extras.get() else {
-            return;
-        };
-        let Ok(id) = Uuid::parse_str(message_id) else {
             return;
         };
         if let Some(ring) = &mut *lock(&extras.ring)
@@ -189,16 +201,8 @@ fn to_json(entries: &[Entry]) -> String {
 mod tests {
     use super::*;
 
-    fn entry(direction: Direction, size: u32) -> Entry {
-        Entry {
-            seq: 0,
-            direction,
-            kind: FrameKind::Echo,
-            size,
-            at_us: 1_234_567,
-            message_id: None,
-            span_id: None,
-        }
+    fn entry(direction: Direction, size: usize) -> Entry {
+        Entry::new(direction, FrameKind::Echo, size, 1_234_567)
     }
 
     #[test]
@@ -209,7 +213,7 @@ mod tests {
             recorder.record(entry(Direction::In, size));
         }
         recorder.record(entry(Direction::Out, 11));
-        recorder.identify_last_inbound(&Uuid::nil().to_string());
+        recorder.identify_last_inbound(Uuid::nil());
         let (entries, skipped) = recorder.snapshot();
         assert_eq!(skipped, 7);
         assert_eq!(entries[2].message_id, Some(Uuid::nil()), "the last inbound");
@@ -233,8 +237,9 @@ mod tests {
     #[test]
     fn off_at_capacity_zero() {
         let stats = SessionStats::with_recorder(0);
-        assert_eq!(stats.flight().record(entry(Direction::In, 1)), 0);
+        stats.flight().record(entry(Direction::In, 1));
         assert!(stats.extras.get().is_none());
+        assert_eq!(stats.flight().snapshot(), (Vec::new(), 0));
     }
 
     #[test]

@@ -172,7 +172,8 @@ impl Recipient for SessionHandle {
                 return Ok(self.stats.debug().status());
             }
         };
-        let until = SystemTime::now() + Duration::from_secs(u64::from(minutes) * 60);
+        let period = Duration::from_secs(u64::from(minutes) * 60);
+        let until = SystemTime::now() + period;
         let status = self
             .stats
             .debug()
@@ -194,7 +195,7 @@ impl Recipient for SessionHandle {
             let session = Arc::downgrade(&self);
             let generation = status.generation;
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(minutes) * 60)).await;
+                tokio::time::sleep(period).await;
                 if let Some(session) = session.upgrade()
                     && session.stats.debug().turn_off(Some(generation)).is_some()
                 {

@@ -55,12 +55,18 @@ pub struct Current {
     pub size: u32,
 }
 
+impl Current {
+    fn new(kind: FrameKind, size: usize) -> Self {
+        Self {
+            kind,
+            size: u32::try_from(size).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 impl Default for Current {
     fn default() -> Self {
-        Self {
-            kind: FrameKind::Invalid,
-            size: 0,
-        }
+        Self::new(FrameKind::Invalid, 0)
     }
 }
 
@@ -192,35 +198,21 @@ impl Reader {
             }
         };
         self.state.metrics.message_in(kind, size);
-        let mut entry = Entry {
-            seq: 0,
-            direction: Direction::In,
-            kind,
-            size: u32::try_from(size).unwrap_or(u32::MAX),
-            at_us,
-            message_id: None,
-            span_id: None,
-        };
-        if !sampled {
-            self.session.stats.flight().record(entry);
-            self.current = Current {
-                kind,
-                size: entry.size,
-            };
+        let mut entry = Entry::new(Direction::In, kind, size, at_us);
+        let span = sampled.then(|| receive_span(kind, size));
+        if let Some(span) = &span {
+            if debug {
+                span.set_attribute(DEBUG_ATTRIBUTE, true);
+            }
+            entry.span_id = Some(span.context().span().span_context().span_id());
+        }
+        self.session.stats.flight().record(entry);
+        self.current = Current::new(kind, size);
+        let Some(span) = span else {
             return match frame {
                 Ok(frame) => self.handle(frame, false).await,
                 Err(bytes) => self.reply(kind, Message::Binary(bytes), false).await,
             };
-        }
-        let span = receive_span(kind, size);
-        if debug {
-            span.set_attribute(DEBUG_ATTRIBUTE, true);
-        }
-        entry.span_id = Some(span.context().span().span_context().span_id());
-        self.session.stats.flight().record(entry);
-        self.current = Current {
-            kind,
-            size: entry.size,
         };
         match frame {
             Ok(frame) => self.handle(frame, true).instrument(span).await,
@@ -360,10 +352,9 @@ impl Reader {
             user: self.session.user.as_deref(),
         };
         let delivery = Delivery::new(from, channel, content, origin, sampled);
-        self.session
-            .stats
-            .flight()
-            .identify_last_inbound(&delivery.message_id);
+        if let Some(id) = delivery.id {
+            self.session.stats.flight().identify_last_inbound(id);
+        }
         if sampled {
             tracing::Span::current().record("ws.message.id", delivery.message_id.as_str());
         }
@@ -452,10 +443,7 @@ impl Reader {
             return Ok(());
         }
         // Refused unread: the span says what is known, its size.
-        self.current = Current {
-            kind: FrameKind::Invalid,
-            size: u32::try_from(size).unwrap_or(u32::MAX),
-        };
+        self.current = Current::new(FrameKind::Invalid, size);
         self.message_failed(false, ErrorCode::RateLimited.as_str(), || {
             refused.emit(&self.state.metrics)
         });
@@ -512,13 +500,11 @@ impl Reader {
         }
         self.session.stats.error();
         // The frame that failed is the failing message: it gets its span.
-        self.current = Current {
-            kind: FrameKind::Invalid,
-            size: match error {
-                SessionError::MessageTooBig { size, .. } => u32::try_from(size).unwrap_or(u32::MAX),
-                _ => 0,
-            },
+        let size = match error {
+            SessionError::MessageTooBig { size, .. } => size,
+            _ => 0,
         };
+        self.current = Current::new(FrameKind::Invalid, size);
         let trigger = format!("close {}", error.close_code());
         self.message_failed(false, &trigger, || {
             SessionReadFailed {

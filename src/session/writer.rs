@@ -184,9 +184,9 @@ impl Writer {
                     // The welcome is in `session opened`; the recorder
                     // stays unallocated until a real message.
                     if kind != FrameKind::Welcome {
-                        self.stats
-                            .flight()
-                            .record(outbound_entry(kind, size, at_us, None, span_id));
+                        let mut entry = Entry::new(Direction::Out, kind, size, at_us);
+                        entry.span_id = span_id;
+                        self.stats.flight().record(entry);
                     }
                 }
             }
@@ -197,35 +197,13 @@ impl Writer {
                 sink.feed(Message::Text(delivery.frame.clone())).await?;
                 self.stats.message_out(size);
                 self.state.metrics.message_out(FrameKind::Message, size);
-                let id = uuid::Uuid::parse_str(&delivery.message_id).ok();
-                self.stats.flight().record(outbound_entry(
-                    FrameKind::Message,
-                    size,
-                    at_us,
-                    id,
-                    span_id,
-                ));
+                let mut entry = Entry::new(Direction::Out, FrameKind::Message, size, at_us);
+                entry.message_id = delivery.id;
+                entry.span_id = span_id;
+                self.stats.flight().record(entry);
             }
         }
         Ok(())
-    }
-}
-
-fn outbound_entry(
-    kind: FrameKind,
-    size: usize,
-    at_us: u64,
-    message_id: Option<uuid::Uuid>,
-    span_id: Option<SpanId>,
-) -> Entry {
-    Entry {
-        seq: 0,
-        direction: Direction::Out,
-        kind,
-        size: u32::try_from(size).unwrap_or(u32::MAX),
-        at_us,
-        message_id,
-        span_id,
     }
 }
 

@@ -1199,6 +1199,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_flight_recording_is_written_as_json() {
+        // The bunyan layer writes the fields it lists as JSON, not strings.
+        assert!(crate::telemetry::JSON_VALUED_FIELDS.contains(&FlightRecorded::FIELD));
+    }
+
+    #[test]
     fn a_line_budget_writes_its_share_and_counts_the_rest() {
         let mut budget = LineBudget::new(3, Duration::from_millis(50));
         let first: Vec<_> = (0..10).map(|_| budget.admit()).collect();

@@ -30,6 +30,9 @@ pub const DEFAULT_FLIGHT_RECORDER_MESSAGES: usize = 32;
 pub const DEFAULT_MAX_DEBUG_SESSIONS: usize = 20;
 /// Longest debug period an operator may set on a session (24 hours).
 pub const MAX_DEBUG_MINUTES: u32 = 24 * 60;
+/// Longest `requested_by` of a debug switch, in characters: it goes into
+/// log lines and cluster envelopes.
+pub const MAX_REQUESTED_BY_CHARS: usize = 128;
 /// Messages a session may send per second (token bucket refill rate);
 /// 0 disables the limit.
 pub const DEFAULT_MESSAGES_PER_SECOND: u32 = 100;

@@ -179,7 +179,7 @@ impl Action {
                 if minutes.is_some_and(|m| !(1..=crate::limits::MAX_DEBUG_MINUTES).contains(&m)) {
                     return Err(EnvelopeError::Invalid("debug minutes out of range"));
                 }
-                if requested_by.chars().count() > 128 {
+                if requested_by.chars().count() > crate::limits::MAX_REQUESTED_BY_CHARS {
                     return Err(EnvelopeError::Invalid(
                         "debug requested_by over 128 characters",
                     ));

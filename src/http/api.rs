@@ -26,7 +26,7 @@ use crate::auth::secret_matches;
 use crate::cluster::forward::{forward_debug, kick};
 use crate::error::{HttpError, close_code};
 use crate::events::{AdminCleanup, AdminClosedSession, AdminTokenRefused};
-use crate::limits::MAX_DEBUG_MINUTES;
+use crate::limits::{MAX_DEBUG_MINUTES, MAX_REQUESTED_BY_CHARS};
 use crate::protocol;
 use crate::routing::{Audience, Delivery, Routed, Sender, SessionView};
 use crate::sampling::DebugChange;
@@ -180,9 +180,6 @@ struct DebugRequest {
     /// address).
     requested_by: Option<String>,
 }
-
-/// Longest `requested_by` kept (it goes into log lines and envelopes).
-const MAX_REQUESTED_BY_CHARS: usize = 128;
 
 fn requested_by(given: Option<String>, peer: SocketAddr) -> String {
     match given.filter(|s| !s.trim().is_empty()) {

@@ -284,12 +284,7 @@ fn check_url(url: &str) -> Result<(), ClientError> {
 
 /// The Close the client ends a session with.
 fn normal_close(reason: &str) -> Message {
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::Normal,
-        reason: reason.to_owned().into(),
-    }))
+    Message::Close(Some(super::normal_close(reason)))
 }
 
 pub async fn run(args: ClientArgs) -> Result<(), ClientError> {

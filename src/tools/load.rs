@@ -330,13 +330,7 @@ async fn open(args: &LoadArgs, addr: SocketAddr, i: usize) -> Result<Ws, String>
 }
 
 async fn close(mut ws: Ws, shared: &Shared) {
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-    let normal = CloseFrame {
-        code: CloseCode::Normal,
-        reason: "".into(),
-    };
-    let _ = ws.close(Some(normal)).await;
+    let _ = ws.close(Some(super::normal_close(""))).await;
     while let Some(Ok(message)) = ws.next().await {
         if let Message::Close(frame) = message {
             // No code in the frame is recorded as 1005, "no status received".

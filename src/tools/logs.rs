@@ -385,9 +385,13 @@ pub enum LogsError {
 
 /// A short id (as the human output and the explorer print them) must name
 /// one session or trace: the full ids it matched, if more than one.
-fn ambiguous(lines: &[Value], field: &str, wanted: Option<&str>) -> Result<(), LogsError> {
+fn ambiguous<'a>(
+    lines: impl Iterator<Item = &'a Value>,
+    field: &str,
+    wanted: Option<&str>,
+) -> Result<(), LogsError> {
     let Some(short) = wanted else { return Ok(()) };
-    let mut ids: Vec<&str> = lines.iter().filter_map(|l| l[field].as_str()).collect();
+    let mut ids: Vec<&str> = lines.filter_map(|l| l[field].as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
     if ids.len() <= 1 {
@@ -437,9 +441,9 @@ pub fn run(args: LogsArgs) -> Result<(), LogsError> {
         // Stable: lines of one instance with the same timestamp keep their
         // order.
         events.sort_by(|a, b| a.0["time"].as_str().cmp(&b.0["time"].as_str()));
-        let values: Vec<Value> = events.iter().map(|(v, _)| v.clone()).collect();
-        ambiguous(&values, "session_id", filter.session_id.as_deref())?;
-        ambiguous(&values, "trace_id", filter.trace_id.as_deref())?;
+        let values = || events.iter().map(|(value, _)| value);
+        ambiguous(values(), "session_id", filter.session_id.as_deref())?;
+        ambiguous(values(), "trace_id", filter.trace_id.as_deref())?;
         let mut out = stdout.lock();
         if args.json {
             for (_, raw) in &events {
@@ -452,6 +456,7 @@ pub fn run(args: LogsArgs) -> Result<(), LogsError> {
         }
         let text: Vec<String> = if args.trace_id.is_some() {
             // A trace: its sessions one after another, each marked.
+            let values: Vec<Value> = events.into_iter().map(|(value, _)| value).collect();
             trace_view(&values, color)
         } else {
             let mut human = Human::new(color);
@@ -721,9 +726,9 @@ mod tests {
             json!({"session_id": id}),
             json!({"session_id": "01a208dc-0000-7000-8000-000000000000"}),
         ];
-        let err = ambiguous(&lines, "session_id", Some("01a208dc")).unwrap_err();
+        let err = ambiguous(lines.iter(), "session_id", Some("01a208dc")).unwrap_err();
         assert!(err.to_string().contains("give more characters"), "{err}");
-        assert!(ambiguous(&lines[..1], "session_id", Some("8ce9d41c")).is_ok());
+        assert!(ambiguous(lines[..1].iter(), "session_id", Some("8ce9d41c")).is_ok());
     }
 
     #[test]

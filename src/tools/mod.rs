@@ -16,3 +16,13 @@ pub mod doctor;
 pub mod http_client;
 pub mod load;
 pub mod logs;
+
+/// The Close the tools end their sessions with: 1000, Normal Closure, so
+/// the server counts them as normal closes.
+pub fn normal_close(reason: &str) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: CloseCode::Normal,
+        reason: reason.to_owned().into(),
+    }
+}

@@ -274,6 +274,16 @@ impl Kind {
     }
 }
 
+/// wstrace's traced configuration: the message sample ratio, spans over
+/// OTLP/gRPC to the collector, and room for the idle-memory sessions.
+fn traced<'c>(command: &'c mut Command, otlp_endpoint: &str, ratio: f64) -> &'c mut Command {
+    command
+        .args(["--max-connections", "20000"])
+        .args(["--message-sample-ratio", &ratio.to_string()])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+}
+
 struct Server {
     kind: Kind,
     child: Child,
@@ -303,11 +313,7 @@ impl Server {
                     0.0
                 };
                 return Self::wstrace(kind, |command| {
-                    command
-                        .args(["--max-connections", "20000"])
-                        .args(["--message-sample-ratio", &ratio.to_string()])
-                        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
-                        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+                    traced(command, otlp_endpoint, ratio);
                 });
             }
         };
@@ -351,13 +357,9 @@ impl Server {
     fn wstrace_debug(otlp_endpoint: &str) -> Self {
         const SECRET: &str = "bench-jwt-secret";
         let mut server = Self::wstrace(Kind::WstraceFull, |command| {
-            command
-                .args(["--max-connections", "20000"])
-                .args(["--message-sample-ratio", "0"])
+            traced(command, otlp_endpoint, 0.0)
                 .args(["--max-debug-sessions", "20000"])
-                .env("WSTRACE_JWT_SECRET", SECRET)
-                .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
-                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+                .env("WSTRACE_JWT_SECRET", SECRET);
         });
         let token = wstrace::auth::JwtVerifier::new(wstrace::auth::Secret::new(SECRET))
             .sign(&serde_json::json!({"sub": "bench", "wstrace_debug": true}));
@@ -370,11 +372,7 @@ impl Server {
     /// with the code after it.
     fn wstrace_baseline(binary: &Path, otlp_endpoint: &str, ratio: f64) -> Self {
         Self::wstrace_binary(Kind::WstraceFull, binary, |command| {
-            command
-                .args(["--max-connections", "20000"])
-                .args(["--message-sample-ratio", &ratio.to_string()])
-                .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
-                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+            traced(command, otlp_endpoint, ratio);
         })
     }
 

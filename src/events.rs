@@ -733,14 +733,21 @@ impl SessionTaskAborted {
 
 // ---------------------------------------------------------------- reader
 
-/// A sampled inbound message (inside its `ws.receive` span).
+/// A sampled inbound message, handled: written as its `ws.receive` span
+/// ends, after any line its handling wrote, with the span's duration.
 #[derive(Debug)]
-pub struct MessageReceived;
+pub struct MessageHandled {
+    pub duration_us: u64,
+}
 
-impl MessageReceived {
-    pub const MESSAGE: &'static str = "message received";
+impl MessageHandled {
+    pub const MESSAGE: &'static str = "message handled";
     pub fn emit(self) {
-        tracing::info!(target: READER, message = Self::MESSAGE);
+        tracing::info!(
+            target: READER,
+            message = Self::MESSAGE,
+            duration_us = self.duration_us
+        );
     }
 }
 

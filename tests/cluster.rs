@@ -445,7 +445,7 @@ async fn the_debug_switch_reaches_a_session_on_another_instance() {
     });
     // Only the three messages sent while it was on were recorded.
     assert_eq!(
-        lines_of_b(wstrace::events::MessageReceived::MESSAGE).len(),
+        lines_of_b(wstrace::events::MessageHandled::MESSAGE).len(),
         3
     );
     // An unknown session is a 404 on every instance.

@@ -162,6 +162,39 @@ async fn publish_reaches_every_subscriber_and_no_one_else() {
     let published = with_msg(&lines, wstrace::events::MessagePublished::MESSAGE);
     assert_eq!(published[0]["delivered"], 2);
     assert_eq!(published[0]["span_id"], origin_span);
+    // The publish's span ends with one `message handled` line: after the
+    // lines its handling wrote, in the same span, with its duration.
+    let a_lines = lines_of_session(&lines, &a.session_id);
+    let in_span: Vec<&str> = a_lines
+        .iter()
+        .filter(|l| l["span_id"] == origin_span)
+        .map(|l| l["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        in_span,
+        [
+            wstrace::events::MessagePublished::MESSAGE,
+            wstrace::events::MessageHandled::MESSAGE
+        ]
+    );
+    // One per message A sent (subscribe, publish), each in its own span.
+    let handled: Vec<_> = a_lines
+        .iter()
+        .filter(|l| l["msg"] == wstrace::events::MessageHandled::MESSAGE)
+        .collect();
+    let types: Vec<_> = handled.iter().map(|l| &l["ws.message.type"]).collect();
+    assert_eq!(types, ["subscribe", "publish"], "{handled:?}");
+    assert_ne!(handled[0]["span_id"], handled[1]["span_id"]);
+    // A message's span lies within its session's.
+    let closed = a_lines
+        .iter()
+        .find(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
+        .unwrap();
+    let session_us = 1000 * (closed["duration_ms"].as_u64().unwrap() + 1);
+    for line in &handled {
+        let duration = line["duration_us"].as_u64().expect("duration_us");
+        assert!(duration <= session_us, "{line} {closed}");
+    }
 }
 
 #[tokio::test]

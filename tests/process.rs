@@ -762,6 +762,8 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     let server = Wstrace::start(&[
         ("WSTRACE_ADMIN_TOKEN", ADMIN_TOKEN),
         ("WSTRACE_GRAFANA_URL", "http://grafana.example:3000"),
+        // Every message has its span, for the waterfall's message bars.
+        ("WSTRACE_MESSAGE_SAMPLE_RATIO", "1"),
     ]);
     let url = server.url();
     let trace = "22223333444455556666777788889999";
@@ -798,6 +800,7 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     )
     .unwrap();
     let live_session = word_after(&first, "session_id=").to_owned();
+    let live_trace = word_after(&first, "trace_id=").to_owned();
     let page = format!("http://{}/#token={ADMIN_TOKEN}&q={trace}", server.addr);
     let dom = chromium(&["--dump-dom", &page]).expect("chromium");
     let html = String::from_utf8_lossy(&dom.stdout);
@@ -822,7 +825,18 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     assert!(html.contains("msg/s"), "{html}");
     assert!(html.contains("copy session id"), "{html}");
     assert!(html.contains("copy trace id"), "{html}");
-    assert!(html.contains(r#"class="bar""#), "{html}");
+    // The waterfall: a lane per task, the session's span as a bar, each
+    // sampled message's `ws.receive` span as a bar with its duration, and
+    // each line as a mark on its lane.
+    assert!(html.contains("data-waterfall"), "{html}");
+    for lane in ["session", "reader", "writer", "heartbeat", "message"] {
+        assert!(html.contains(&format!(r#"data-lane="{lane}""#)), "{html}");
+    }
+    assert!(html.contains(r#"class="wf-bar span-session""#), "{html}");
+    let message_bars = html.matches(r#"class="wf-bar span-message""#).count();
+    assert_eq!(message_bars, 2, "one per message sent: {html}");
+    assert!(html.contains(r#"title="ws.receive subscribe "#), "{html}");
+    assert!(html.contains(r#"class="wf-mark lvl-40""#), "{html}");
     // The server's stats above it all.
     assert!(html.contains("active sessions"), "{html}");
     assert!(html.contains("closed by code"), "{html}");
@@ -843,6 +857,16 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
         );
         assert!(!lower.contains("refused to"), "CSP violation: {line}");
     }
+    // A live session's view: its age so far, and its span still open.
+    let live_page = format!("http://{}/#token={ADMIN_TOKEN}&q={live_trace}", server.addr);
+    let live_dom = chromium(&["--dump-dom", &live_page]).expect("chromium");
+    let live_html = String::from_utf8_lossy(&live_dom.stdout);
+    assert!(live_html.contains("open for "), "{live_html}");
+    assert!(live_html.contains("since its last line"), "{live_html}");
+    assert!(
+        live_html.contains(r#"class="wf-bar span-session live""#),
+        "{live_html}"
+    );
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("explorer.png");
     let _ = std::fs::remove_file(&shot);
     chromium(&[&format!("--screenshot={}", shot.display()), &page]).unwrap();
@@ -935,7 +959,7 @@ async fn log_search_streams_the_files_in_bounded_memory() {
         let path = server.log_dir.path().join("wstrace.2026-01-01.log");
         let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
         let noise = format!(
-            r#"{{"v":0,"name":"wstrace","msg":"message received","level":30,"trace_id":"{}","session_id":"01a208dc-d33f-715b-ba73-6c598ce9d41c","pad":"{}"}}"#,
+            r#"{{"v":0,"name":"wstrace","msg":"message handled","level":30,"trace_id":"{}","session_id":"01a208dc-d33f-715b-ba73-6c598ce9d41c","pad":"{}"}}"#,
             "0".repeat(32),
             "x".repeat(300)
         );

@@ -356,7 +356,7 @@ async fn log_rotation_while_sessions_are_live_loses_and_repeats_nothing() {
     for (session, sent) in expected {
         let received = lines_of_session(&lines, &session)
             .into_iter()
-            .filter(|l| l["msg"] == wstrace::events::MessageReceived::MESSAGE)
+            .filter(|l| l["msg"] == wstrace::events::MessageHandled::MESSAGE)
             .count();
         assert_eq!(
             received, sent,

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wstrace::auth::{JwtVerifier, Secret};
 use wstrace::events::{
-    DebugSessionRefused, DebugSwitched, FlightRecorded, MessageReceived, SessionClosed,
+    DebugSessionRefused, DebugSwitched, FlightRecorded, MessageHandled, SessionClosed,
     SessionOpened,
 };
 
@@ -364,7 +364,7 @@ async fn debug_sessions_trace_every_message_and_ordinary_ones_none() {
     assert_eq!(counts.get("ws.receive"), None, "{counts:?}");
     assert_eq!(counts.get("ws.send"), None, "{counts:?}");
 
-    // And a `message received` line for each message.
+    // And a `message handled` line for each message, in its span, with its duration.
     for (session, n) in [
         (&claim_id, N),
         (&listed_id, N),
@@ -372,7 +372,7 @@ async fn debug_sessions_trace_every_message_and_ordinary_ones_none() {
         (&toggled_id, 3),
         (&ordinary_id, 0),
     ] {
-        let received = lines_with(&lines, session, MessageReceived::MESSAGE);
+        let received = lines_with(&lines, session, MessageHandled::MESSAGE);
         assert_eq!(received.len(), n, "{session}");
     }
     // Each says why in `session opened`.
@@ -410,7 +410,7 @@ async fn tracestate_debug_is_ignored_unless_allowed() {
     echoes(&mut asked, 3).await;
     close_politely(&mut asked).await;
     let lines = stop(server).await;
-    assert!(lines_with(&lines, &asked_id, MessageReceived::MESSAGE).is_empty());
+    assert!(lines_with(&lines, &asked_id, MessageHandled::MESSAGE).is_empty());
     let opened = lines_with(&lines, &asked_id, SessionOpened::MESSAGE)[0];
     assert!(opened.get("debug").is_none(), "{opened}");
     // The caller's trace is still continued: only the debug request is not.
@@ -490,11 +490,11 @@ async fn the_debug_session_cap_refuses_clearly_and_changes_nothing_else() {
     assert_eq!(metrics["wstrace_debug_sessions_refused_total"], 2.0);
     let lines = stop(server).await;
     assert_eq!(
-        lines_with(&lines, &first_id, MessageReceived::MESSAGE).len(),
+        lines_with(&lines, &first_id, MessageHandled::MESSAGE).len(),
         2
     );
-    assert!(lines_with(&lines, &second_id, MessageReceived::MESSAGE).is_empty());
-    assert!(lines_with(&lines, &third_id, MessageReceived::MESSAGE).is_empty());
+    assert!(lines_with(&lines, &second_id, MessageHandled::MESSAGE).is_empty());
+    assert!(lines_with(&lines, &third_id, MessageHandled::MESSAGE).is_empty());
     let refusal = lines_with(&lines, &third_id, DebugSessionRefused::MESSAGE);
     assert_eq!(refusal.len(), 1);
     assert_eq!(refusal[0]["max_debug_sessions"], 1);

@@ -19,7 +19,7 @@ use super::outbound::{MessageSampler, Outbound, OutboundQueue};
 use super::rate::{RateDecision, RateLimiter};
 use crate::error::{SessionError, close_code};
 use crate::events::{
-    ClientFrameRejected, FrameRefused, HandlerPanicked, LineBudget, MessageReceived, RateAbuse,
+    ClientFrameRejected, FrameRefused, HandlerPanicked, LineBudget, MessageHandled, RateAbuse,
     RateLimited, SessionReadFailed,
 };
 use crate::protocol::{self, ClientFrame, DecodeError, ErrorCode, FrameKind, ServerFrame};
@@ -214,15 +214,23 @@ impl Reader {
                 Err(bytes) => self.reply(kind, Message::Binary(bytes), false).await,
             };
         };
-        match frame {
-            Ok(frame) => self.handle(frame, true).instrument(span).await,
-            Err(bytes) => {
-                span.in_scope(|| MessageReceived.emit());
-                self.reply(kind, Message::Binary(bytes), true)
-                    .instrument(span)
-                    .await
+        // One line per sampled message, written when its span ends and
+        // carrying its duration since the frame was read (the way an HTTP
+        // access log line does): the explorer draws the span's bar from it.
+        async move {
+            let handled = match frame {
+                Ok(frame) => self.handle(frame, true).await,
+                Err(bytes) => self.reply(kind, Message::Binary(bytes), true).await,
+            };
+            let stats = &self.session.stats;
+            MessageHandled {
+                duration_us: stats.micros_since_start().saturating_sub(at_us),
             }
+            .emit();
+            handled
         }
+        .instrument(span)
+        .await
     }
 
     /// The current message failed: it gets its `ws.receive` span (status
@@ -269,9 +277,6 @@ impl Reader {
                 return self.reply_frame(error.to_frame(), true).await;
             }
         };
-        if sampled {
-            MessageReceived.emit();
-        }
         commands::dispatch(self, frame, sampled).await
     }
 

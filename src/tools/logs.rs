@@ -140,7 +140,9 @@ const FIELDS_FIRST: &[&str] = &[
     "channel",
     "debug_reason",
     "requested_by",
+    "ws.message.type",
     "duration_ms",
+    "duration_us",
 ];
 
 /// A session's fields that are the same on each of its lines (they come

@@ -119,18 +119,16 @@ async function search(query) {
       header.append(cell);
       body.append(header);
       if (session) body.append(summaryRow(lines));
-      const t0 = Date.parse(lines[0].time);
-      const span = Math.max(1, Date.parse(lines[lines.length - 1].time) - t0);
+      const spans = session ? sessionSpans(lines) : null;
+      if (spans) body.append(waterfallRow(spans));
+      const t0 = spans ? spans.t0 : micros(lines[0].time);
       for (const line of lines) {
         const recording = Array.isArray(line.flight_recorder) ? line.flight_recorder : null;
         const fields = Object.entries(line).filter(([k]) => !HIDDEN.has(k) && !(recording && k === "flight_recorder"))
           .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
-        const row = el("tr", { "data-msg": line.msg || "", class: "lane-" + lane(line) });
-        const offset = Date.parse(line.time) - t0;
-        const when = el("td", { class: "mono when", title: line.time || "" });
-        when.append(el("div", {}, "+" + (offset / 1000).toFixed(3) + " s"),
-                    el("div", { class: "bar", style: `margin-left:${(100 * offset / span).toFixed(1)}%` }));
-        row.append(when,
+        const laneName = spans ? spans.laneOf(line) : lane(line);
+        const row = el("tr", { "data-msg": line.msg || "", class: "lane-" + laneName, id: lineId(line) });
+        row.append(el("td", { class: "mono when", title: line.time || "" }, "+" + duration(micros(line.time) - t0)),
                    el("td", { class: "lvl-" + line.level }, LEVELS[line.level] || String(line.level)),
                    el("td", { class: "mono" }, (line.target || "").replace("wstrace::", "")),
                    el("td", {}, line.msg || ""), el("td", { class: "fields mono" }, fields));
@@ -159,20 +157,124 @@ function lane(line) {
   if (target.endsWith("heartbeat")) return "heartbeat";
   return "session";
 }
+// A bunyan time in microseconds since the epoch (Date.parse keeps only
+// milliseconds, and a whole session can last two of them).
+function micros(time) {
+  const m = /^(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?Z$/.exec(time || "");
+  if (!m) return Date.parse(time) * 1000;
+  return Date.parse(m[1] + "Z") * 1000 + Number(((m[2] || "") + "000000").slice(0, 6));
+}
+function duration(us) {
+  if (us < 1000) return `${Math.round(us)} µs`;
+  if (us < 1e6) return `${(us / 1000).toFixed(3)} ms`;
+  return `${(us / 1e6).toFixed(3)} s`;
+}
+// Row ids for the lines on the page, kept off the lines themselves (their
+// fields are shown as they are).
+const lineIds = new WeakMap();
+let linesShown = 0;
+function lineId(line) {
+  if (!lineIds.has(line)) lineIds.set(line, "line-" + (++linesShown));
+  return lineIds.get(line);
+}
+// The session's spans as its lines tell them. `ws.session` runs from
+// `session opened` to `session closed` (or to now while it is open); a
+// sampled message's `ws.receive` span ends at its `message handled` line,
+// which carries its duration. Every other line is a point on the lane of
+// the task (or message span) that wrote it.
+function sessionSpans(lines) {
+  const opened = lines.find(l => l.msg === "session opened");
+  const closed = lines.find(l => l.msg === "session closed");
+  const sessionSpan = (opened || closed || {}).span_id;
+  const messages = [];
+  const messageSpans = new Set();
+  for (const l of lines) {
+    if (l.msg !== "message handled" || typeof l.duration_us !== "number") continue;
+    const end = micros(l.time);
+    messages.push({ start: end - l.duration_us, end, line: l });
+    messageSpans.add(l.span_id);
+  }
+  const laneOf = (l) => (l.span_id && l.span_id !== sessionSpan && (messageSpans.has(l.span_id) || l["ws.message.type"] !== undefined))
+    ? "message" : lane(l);
+  const first = micros(lines[0].time);
+  const t0 = Math.min(opened ? micros(opened.time) : first, ...messages.map(m => m.start));
+  const live = !closed;
+  const last = micros(lines[lines.length - 1].time);
+  const end = live ? Math.max(last, Date.now() * 1000) : micros(closed.time);
+  return { t0, end: Math.max(end, t0 + 1), live, laneOf, messages,
+           session: { start: opened ? micros(opened.time) : first, end }, lines };
+}
+// Scrolls to a line's row and marks it.
+function showLine(id) {
+  const row = document.getElementById(id);
+  if (!row) return;
+  for (const r of document.querySelectorAll("tr.picked")) r.classList.remove("picked");
+  row.classList.add("picked");
+  row.scrollIntoView({ block: "center" });
+}
+const LANES = [["session", "ws.session"], ["reader", "reader"], ["writer", "writer"],
+               ["heartbeat", "heartbeat"], ["message", "message spans"]];
+// A waterfall over the session's life: one lane per task, the session's
+// and the sampled messages' spans as bars, every line as a mark that
+// leads to its row below.
+function waterfallRow(spans) {
+  const total = spans.end - spans.t0;
+  const at = (us) => (100 * (us - spans.t0) / total);
+  const chart = el("div", { class: "waterfall", "data-waterfall": "" });
+  const axis = el("div", { class: "wf-lane wf-axis" });
+  const ticks = el("div", { class: "wf-track" });
+  for (const f of [0, 0.25, 0.5, 0.75, 1]) {
+    ticks.append(el("span", { class: "wf-tick", style: `left:${(100 * f).toFixed(2)}%` }, duration(total * f)));
+  }
+  axis.append(el("div", { class: "wf-name" }, spans.live ? "open, so far" : ""), ticks);
+  chart.append(axis);
+  const tracks = {};
+  for (const [key, name] of LANES) {
+    const row = el("div", { class: "wf-lane lane-" + key, "data-lane": key });
+    const track = el("div", { class: "wf-track" });
+    row.append(el("div", { class: "wf-name mono" }, name), track);
+    chart.append(row);
+    tracks[key] = track;
+  }
+  const bar = (track, start, end, kind, title) => {
+    const width = Math.max(at(end) - at(start), 0);
+    track.append(el("div", { class: "wf-bar " + kind, title,
+                             style: `left:${at(start).toFixed(3)}%;width:max(${width.toFixed(3)}%, 2px)` }));
+  };
+  bar(tracks.session, spans.session.start, spans.session.end, "span-session" + (spans.live ? " live" : ""),
+      `ws.session · ${duration(spans.session.end - spans.session.start)}${spans.live ? " so far" : ""}`);
+  for (const m of spans.messages) {
+    bar(tracks.message, m.start, m.end, "span-message",
+        `ws.receive ${m.line["ws.message.type"] || ""} ${m.line["ws.message.size"] ?? "?"} B · ${duration(m.line.duration_us)}`
+        + ` · at +${duration(m.start - spans.t0)}`);
+  }
+  for (const l of spans.lines) {
+    const mark = el("button", { type: "button", class: "wf-mark lvl-" + l.level,
+                                style: `left:${at(micros(l.time)).toFixed(3)}%`,
+                                title: `+${duration(micros(l.time) - spans.t0)} ${l.msg || ""}` });
+    mark.addEventListener("click", () => showLine(lineId(l)));
+    tracks[spans.laneOf(l)].append(mark);
+  }
+  const cell = el("td", { colspan: "5" });
+  cell.append(chart);
+  const row = el("tr", { class: "waterfall-row" });
+  row.append(cell);
+  return row;
+}
 // One line over a session's story: its age, how it ended, its rate.
 function summaryRow(lines) {
-  const first = Date.parse(lines[0].time), last = Date.parse(lines[lines.length - 1].time);
+  const first = micros(lines[0].time), last = micros(lines[lines.length - 1].time);
   const closed = lines.find(l => l.msg === "session closed");
   const opened = lines.find(l => l.msg === "session opened");
   const parts = [];
   if (closed) {
-    const seconds = Math.max(0.001, (closed.duration_ms || (last - first)) / 1000);
-    parts.push(`lived ${seconds.toFixed(3)} s`,
+    const seconds = Math.max(1e-6, (last - first) / 1e6, (closed.duration_ms || 0) / 1000);
+    parts.push(`lived ${duration(seconds * 1e6)}`,
                `closed ${closed.close_code}${closed.close_reason ? " (" + closed.close_reason + ")" : ""} by ${closed.closed_by}`,
                `${closed.messages_in} in / ${closed.messages_out} out`,
                `${((closed.messages_in + closed.messages_out) / seconds).toFixed(1)} msg/s`);
   } else {
-    parts.push(`open for ${((Date.now() - first) / 1000).toFixed(0)} s`, `idle ${((Date.now() - last) / 1000).toFixed(0)} s since its last line`);
+    parts.push(`open for ${duration(Date.now() * 1000 - first)}`, `idle ${duration(Math.max(0, Date.now() * 1000 - last))} since its last line`);
   }
   if (opened && opened.debug) parts.push(`debug session (${opened.debug_reason})`);
   const row = el("tr", { class: "session-summary" });

@@ -4,11 +4,12 @@
 //!
 //! ```text
 //! Registry
-//!   ├─ EnvFilter            RUST_LOG-style filtering (default: info)
+//!   ├─ GlobalFilter         RUST_LOG-style filtering (default: info);
+//!   │                       EnvFilter only when a directive needs it
 //!   ├─ SpanFieldsLayer      keeps span fields as JSON; children inherit
 //!   │                       session_id
 //!   ├─ OpenTelemetryLayer   gives every span a W3C trace/span id; exports
-//!   │                       over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
+//!   │   (in OtelSpans)      over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
 //!   └─ BunyanJsonLayer      one bunyan JSON line per event, with trace_id,
 //!                           span_id and the span fields, to stdout and to a
 //!                           daily-rolling file
@@ -22,9 +23,10 @@
 
 mod bunyan;
 mod counters;
-mod end_at_close;
+mod filter;
 pub mod line_writer;
 pub mod logfile;
+mod otel_spans;
 mod span_fields;
 
 pub use bunyan::{BunyanJsonLayer, JSON_VALUED_FIELDS, RESERVED as BUNYAN_FIELDS, bunyan_level};
@@ -42,19 +44,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tracing::Subscriber;
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Layer as _, SubscriberExt};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::limits::{LOG_QUEUE_BYTES, SPAN_QUEUE_SPANS};
-use end_at_close::EndAtClose;
+use filter::GlobalFilter;
 use line_writer::{LineCounts, LineWriter, LineWriterGuard, line_writer};
+use otel_spans::OtelSpans;
 
 const DEFAULT_SERVICE_NAME: &str = "wstrace";
 /// Our own default directives; `RUST_LOG` replaces them entirely.
-const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,tower=warn,tonic=warn,reqwest=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn";
+pub(crate) const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,tower=warn,tonic=warn,reqwest=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn";
 
 /// Where log lines go and where spans are exported.
 #[derive(Debug, Clone)]
@@ -311,12 +312,10 @@ pub fn get_subscriber(
     ),
     TelemetryError,
 > {
-    let filter = EnvFilter::builder()
-        .parse(&config.filter)
-        .map_err(|source| TelemetryError::Filter {
-            filter: config.filter.clone(),
-            source,
-        })?;
+    let filter = GlobalFilter::parse(&config.filter).map_err(|source| TelemetryError::Filter {
+        filter: config.filter.clone(),
+        source,
+    })?;
 
     let counters = Arc::new(TelemetryCounters::default());
     let mut outputs = Vec::new();
@@ -388,23 +387,20 @@ pub fn get_subscriber(
     let tracer = provider.tracer(DEFAULT_SERVICE_NAME);
 
     let subscriber = tracing_subscriber::registry()
-        .with(filter)
+        .with(filter.into_layer())
         .with(SpanFieldsLayer)
-        .with(
-            EndAtClose(
-                tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    .with_tracked_inactivity(false)
-                    // Nothing here reads `opentelemetry::Context::current()`:
-                    // parents come from the tracing span tree. Activating the
-                    // context costs a lock and a thread-local push on every
-                    // poll of every session's tasks.
-                    .with_context_activation(false)
-                    .with_threads(false)
-                    .with_location(false),
-            )
-            .with_filter(filter_fn(span_or_warning)),
-        )
+        .with(OtelSpans(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                // Nothing here reads `opentelemetry::Context::current()`:
+                // parents come from the tracing span tree. Activating the
+                // context costs a lock and a thread-local push on every
+                // poll of every session's tasks.
+                .with_context_activation(false)
+                .with_threads(false)
+                .with_location(false),
+        ))
         .with(BunyanJsonLayer::new(
             config.service_name.clone(),
             config.instance_id.clone(),
@@ -421,15 +417,6 @@ pub fn get_subscriber(
             counters,
         },
     ))
-}
-
-/// What the OpenTelemetry layer sees: every span, and the events that
-/// become span events in the trace backend (warnings and errors). An info
-/// line would be kept in its span's memory until the span ends (the
-/// `session opened` line for a session's whole life) only to repeat what
-/// the logs, one click away by trace id, already hold.
-fn span_or_warning(metadata: &tracing::Metadata<'_>) -> bool {
-    metadata.is_span() || *metadata.level() <= tracing::Level::WARN
 }
 
 /// Installs the subscriber for the whole process.
@@ -498,7 +485,7 @@ mod tests {
     }
 
     #[test]
-    fn default_filter_parses() {
-        EnvFilter::builder().parse(DEFAULT_FILTER).unwrap();
+    fn default_filter_parses_and_keeps_nothing_per_span() {
+        assert!(GlobalFilter::parse(DEFAULT_FILTER).unwrap().is_static());
     }
 }

@@ -1,13 +1,22 @@
-//! The OpenTelemetry layer, minus its work on every poll.
+//! The OpenTelemetry layer, minus its work on every poll and on every
+//! info line.
 //!
-//! `tracing-opentelemetry` stamps a span's end time on every exit (a
-//! write lock on the span's extensions, a mutex and a clock read), so that a
-//! span closed long after its last exit still ends at that exit. A
-//! session's span is entered and exited on every poll of its two tasks,
-//! which is several times per message, and its end time is only read once,
-//! when it closes. Our spans close where their work ends (a message span
-//! when the message is handled, the session span when its tasks finish), so
-//! ending each one at close gives the same trace without the per-poll cost.
+//! - `tracing-opentelemetry` stamps a span's end time on every exit (a
+//!   write lock on the span's extensions, a mutex and a clock read), so
+//!   that a span closed long after its last exit still ends at that exit.
+//!   A session's span is entered and exited on every poll of its two tasks,
+//!   which is several times per message, and its end time is only read
+//!   once, when it closes. Our spans close where their work ends (a message
+//!   span when the message is handled, the session span when its tasks
+//!   finish), so ending each one at close gives the same trace without the
+//!   per-poll cost.
+//! - Only warnings and errors become span events: an info line would be
+//!   kept in its span's memory until the span ends (the `session opened`
+//!   line for a session's whole life) only to repeat what the logs, one
+//!   click away by trace id, already hold. This is checked here, in the one
+//!   callback that needs it, rather than by a per-layer filter, which looks
+//!   the span up in the registry on every enter and exit to ask whether
+//!   this layer sees it (it sees every span).
 
 use std::any::TypeId;
 use tracing::span::{Attributes, Id, Record};
@@ -15,10 +24,16 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Forwards everything to the wrapped layer except `on_enter`/`on_exit`.
-pub struct EndAtClose<L>(pub L);
+/// Forwards everything to the wrapped layer except `on_enter`/`on_exit`,
+/// and only the events that [`becomes_span_event`].
+pub struct OtelSpans<L>(pub L);
 
-impl<S, L> Layer<S> for EndAtClose<L>
+/// Warnings and errors: what the trace backend shows on a span.
+pub fn becomes_span_event(metadata: &Metadata<'_>) -> bool {
+    *metadata.level() <= tracing::Level::WARN
+}
+
+impl<S, L> Layer<S> for OtelSpans<L>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     L: Layer<S>,
@@ -54,7 +69,9 @@ where
         self.0.event_enabled(event, ctx)
     }
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        self.0.on_event(event, ctx)
+        if becomes_span_event(event.metadata()) {
+            self.0.on_event(event, ctx)
+        }
     }
     fn on_close(&self, id: Id, ctx: Context<'_, S>) {
         self.0.on_close(id, ctx)

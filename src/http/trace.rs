@@ -24,6 +24,9 @@ const MAX_USER_AGENT_CHARS: usize = 256;
 #[derive(Clone)]
 pub struct RequestTrace {
     pub span: tracing::Span,
+    /// The span's OpenTelemetry context, taken once: each `context()` call
+    /// looks the span up and builds a new `Context`.
+    pub context: opentelemetry::Context,
     pub trace_id: String,
     pub user_agent: String,
     /// `header`, `query`, or `new` when the request started a new trace.
@@ -77,7 +80,8 @@ pub async fn trace_http(
         // Cannot fail: the span was created just above and not yet entered.
         let _ = span.set_parent(parent.clone());
     }
-    let span_context = span.context().span().span_context().clone();
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
     if let IncomingTrace::Rejected(rejected) = &incoming {
         span.in_scope(|| {
             TraceparentIgnored {
@@ -95,6 +99,7 @@ pub async fn trace_http(
     };
     request.extensions_mut().insert(RequestTrace {
         span: span.clone(),
+        context,
         trace_id: trace_id.clone(),
         user_agent,
         origin,

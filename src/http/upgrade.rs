@@ -119,7 +119,7 @@ async fn upgrade_session(
         mode,
         debug,
     };
-    let session_span = info.span(&trace.span);
+    let session_span = info.span(&trace.context);
     let upgrade = upgrade
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)

@@ -109,7 +109,7 @@ impl SessionInfo {
     ///
     /// In the trace it is a child of the upgrade's HTTP span; in `tracing`
     /// it is a root, so its log lines do not repeat every HTTP attribute.
-    pub fn span(&self, upgrade: &tracing::Span) -> tracing::Span {
+    pub fn span(&self, upgrade: &opentelemetry::Context) -> tracing::Span {
         let span = tracing::info_span!(
             parent: None,
             "ws.session",
@@ -119,7 +119,7 @@ impl SessionInfo {
             user.id = self.user.as_deref(),
         );
         // Cannot fail: the span was just created and not yet entered.
-        let _ = span.set_parent(upgrade.context());
+        let _ = span.set_parent(upgrade.clone());
         span
     }
 }

@@ -7,6 +7,7 @@ use opentelemetry::trace::{SpanId, TraceContextExt};
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -252,18 +253,60 @@ where
 }
 
 /// A write's outcome: done, failed, or timed out.
-type Written = Result<Result<(), axum::Error>, tokio::time::error::Elapsed>;
+type Written = Result<Result<(), axum::Error>, TimedOut>;
+
+/// The write did not finish within the write timeout.
+#[derive(Debug)]
+pub(super) struct TimedOut;
+
+pin_project_lite::pin_project! {
+    /// A write bounded by `limit`. Most writes finish when first polled
+    /// (the socket has room), so the timer is made only when one has to
+    /// wait: no clock read, no timer and no runtime handle per write.
+    pub(super) struct Within<F> {
+        #[pin]
+        write: F,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        limit: std::time::Duration,
+    }
+}
+
+impl<F> Future for Within<F>
+where
+    F: Future<Output = Result<(), axum::Error>>,
+{
+    type Output = Written;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Written> {
+        let mut this = self.project();
+        if let Poll::Ready(done) = this.write.poll(cx) {
+            return Poll::Ready(Ok(done));
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep(*this.limit)));
+        }
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(TimedOut)),
+            _ => Poll::Pending,
+        }
+    }
+}
 
 /// `write`, bounded by `limit`, on the heap: the timer and the write exist
 /// only while writing, so the writer, parked for the whole session, stays
 /// small. Built in a statement of its own, apart from the `.await`: a
 /// temporary in the awaiting statement would take room in the writer's
 /// future for the session's whole life (BENCHMARKS.md, idle memory).
-fn within<F>(limit: std::time::Duration, write: F) -> Pin<Box<tokio::time::Timeout<F>>>
+fn within<F>(limit: std::time::Duration, write: F) -> Pin<Box<Within<F>>>
 where
     F: Future<Output = Result<(), axum::Error>>,
 {
-    Box::pin(tokio::time::timeout(limit, write))
+    Box::pin(Within {
+        write,
+        timer: None,
+        limit,
+    })
 }
 
 /// Size of a data frame; control frames are not messages.
@@ -308,6 +351,31 @@ mod tests {
     /// last queue senders, on another thread while the writer is polling:
     /// the Close frame must go out however the two interleave (it once did
     /// not, and the client saw the connection end without a close code).
+    #[test]
+    fn a_write_that_finishes_at_once_makes_no_timer() {
+        // Outside any runtime: making a timer here would panic.
+        let done = within(std::time::Duration::from_secs(1), async { Ok(()) });
+        assert!(matches!(
+            futures_util::FutureExt::now_or_never(done),
+            Some(Ok(Ok(())))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_waits_times_out_at_the_limit() {
+        let limit = std::time::Duration::from_millis(300);
+        let started = tokio::time::Instant::now();
+        let written = within(limit, std::future::pending()).await;
+        assert!(matches!(written, Err(TimedOut)));
+        assert_eq!(started.elapsed(), limit);
+        // One that finishes while waiting is done, not timed out.
+        let late = within(limit, async {
+            tokio::time::sleep(limit / 2).await;
+            Ok(())
+        });
+        assert!(matches!(late.await, Ok(Ok(()))));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_close_decided_as_the_queue_closes_is_still_sent() {
         let state = ServerState::new(ServerConfig::default());

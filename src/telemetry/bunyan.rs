@@ -151,6 +151,20 @@ struct EventFields {
     fields: Entries,
 }
 
+impl EventFields {
+    const fn new() -> Self {
+        Self {
+            message: String::new(),
+            fields: Entries::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.message.clear();
+        self.fields.clear();
+    }
+}
+
 impl Visit for EventFields {
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.fields.record_i64(field, value);
@@ -199,7 +213,9 @@ where
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let mut fields = EventFields::default();
+        // This thread's field buffers from the last line, emptied.
+        let mut fields = FIELDS.try_with(|f| f.take()).unwrap_or_default();
+        fields.clear();
         event.record(&mut fields);
         let span = ctx.event_span(event);
         let ids = span
@@ -251,11 +267,15 @@ where
             // Not kept when the thread is exiting (its slot is gone).
             let _ = LINE.try_with(|kept| kept.set(line));
         }
+        if fields.fields.worth_keeping() && fields.message.capacity() <= KEPT_LINE_CAPACITY {
+            let _ = FIELDS.try_with(|kept| kept.set(fields));
+        }
     }
 }
 
 thread_local! {
     static LINE: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static FIELDS: std::cell::Cell<EventFields> = const { std::cell::Cell::new(EventFields::new()) };
 }
 
 /// A line buffer larger than this (after a huge line) is not kept.

@@ -88,7 +88,47 @@ pub(super) struct Entries {
     spans: Vec<(&'static str, usize, usize)>,
 }
 
+/// A scratch buffer larger than this (after a huge field) is not kept.
+const KEPT_SCRATCH_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Entries reused by every span created on this thread: its text and
+    /// index grow once, not (in several steps) for every span.
+    static SCRATCH: std::cell::Cell<Entries> = const { std::cell::Cell::new(Entries::new()) };
+}
+
 impl Entries {
+    pub(super) const fn new() -> Self {
+        Self {
+            text: String::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Empties the entries, keeping their memory.
+    pub(super) fn clear(&mut self) {
+        self.text.clear();
+        self.spans.clear();
+    }
+
+    /// Whether these entries are small enough to keep for reuse.
+    pub(super) fn worth_keeping(&self) -> bool {
+        self.text.capacity() <= KEPT_SCRATCH_BYTES
+    }
+
+    /// Runs `f` with this thread's scratch entries, empty. (A span created
+    /// while `f` runs, if any, gets new ones.)
+    fn with_scratch<R>(f: impl FnOnce(&mut Entries) -> R) -> R {
+        let mut entries = SCRATCH.try_with(std::cell::Cell::take).unwrap_or_default();
+        entries.clear();
+        let result = f(&mut entries);
+        if entries.worth_keeping() {
+            // Not kept when the thread is exiting (its slot is gone).
+            let _ = SCRATCH.try_with(|kept| kept.set(entries));
+        }
+        result
+    }
+
     /// The entries, `,"key":value` each, in the order they were written.
     pub(super) fn text(&self) -> &str {
         &self.text
@@ -128,7 +168,7 @@ impl Entries {
 
     /// Merges these entries into `base` (sorted), replacing entries with
     /// the same key.
-    fn merge_into(mut self, base: &str) -> String {
+    fn merge_into(&mut self, base: &str) -> String {
         // Of two values for one key, the one written last wins: reversed,
         // a stable sort puts it first among its equals, and `dedup` keeps
         // the first.
@@ -229,30 +269,31 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut own = Entries::default();
-        attrs.record(&mut own);
-        let parent = span.parent();
-        let parent_extensions = parent.as_ref().map(|p| p.extensions());
-        let inherited = parent_extensions
-            .as_ref()
-            .and_then(|e| e.get::<SpanFields>())
-            .map_or("", |f| f.json.as_str());
-        let json = own.merge_into(inherited);
-        drop(parent_extensions);
+        let json = Entries::with_scratch(|own| {
+            attrs.record(own);
+            let parent = span.parent();
+            let parent_extensions = parent.as_ref().map(|p| p.extensions());
+            let inherited = parent_extensions
+                .as_ref()
+                .and_then(|e| e.get::<SpanFields>())
+                .map_or("", |f| f.json.as_str());
+            own.merge_into(inherited)
+        });
         span.extensions_mut().insert(SpanFields { json, ids: None });
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut own = Entries::default();
-        values.record(&mut own);
-        if own.spans.is_empty() {
-            return;
-        }
-        // Inserted by `on_new_span`.
-        if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>() {
-            fields.json = own.merge_into(&fields.json);
-        }
+        Entries::with_scratch(|own| {
+            values.record(own);
+            if own.spans.is_empty() {
+                return;
+            }
+            // Inserted by `on_new_span`.
+            if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>() {
+                fields.json = own.merge_into(&fields.json);
+            }
+        });
     }
 }
 

@@ -29,7 +29,7 @@ use tracing_subscriber::registry::LookupSpan;
 pub struct OtelSpans<L>(pub L);
 
 /// Warnings and errors: what the trace backend shows on a span.
-pub fn becomes_span_event(metadata: &Metadata<'_>) -> bool {
+fn becomes_span_event(metadata: &Metadata<'_>) -> bool {
     *metadata.level() <= tracing::Level::WARN
 }
 
@@ -87,5 +87,58 @@ where
         // SAFETY: forwarded unchanged to the wrapped layer, which upholds
         // the contract for its own types.
         unsafe { self.0.downcast_raw(id) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// What the wrapped layer is shown: each callback by name.
+    #[derive(Clone, Default)]
+    struct Shown(Arc<Mutex<Vec<String>>>);
+
+    impl<S: Subscriber> Layer<S> for Shown {
+        fn on_new_span(&self, attrs: &Attributes<'_>, _: &Id, _: Context<'_, S>) {
+            self.push(format!("new {}", attrs.metadata().name()));
+        }
+        fn on_enter(&self, _: &Id, _: Context<'_, S>) {
+            self.push("enter".into());
+        }
+        fn on_exit(&self, _: &Id, _: Context<'_, S>) {
+            self.push("exit".into());
+        }
+        fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+            self.push(format!("event {}", event.metadata().level()));
+        }
+        fn on_close(&self, _: Id, _: Context<'_, S>) {
+            self.push("close".into());
+        }
+    }
+
+    impl Shown {
+        fn push(&self, what: String) {
+            self.0.lock().unwrap().push(what);
+        }
+    }
+
+    #[test]
+    fn spans_pass_whole_but_enters_exits_and_info_lines_do_not() {
+        let shown = Shown::default();
+        let subscriber = tracing_subscriber::registry().with(OtelSpans(shown.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("ws.session");
+            span.in_scope(|| {
+                tracing::info!("session opened");
+                tracing::warn!("request refused");
+                tracing::error!("handler panicked");
+            });
+        });
+        assert_eq!(
+            *shown.0.lock().unwrap(),
+            ["new ws.session", "event WARN", "event ERROR", "close"]
+        );
     }
 }

@@ -14,7 +14,8 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{ParseError, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
-/// One of the two, chosen by [`GlobalFilter::parse`].
+/// `Targets` or `EnvFilter`, whichever the directives need (see
+/// [`GlobalFilter::parse`]).
 pub struct GlobalFilter {
     targets: Option<Targets>,
     env: Option<EnvFilter>,

@@ -74,16 +74,8 @@ async fn echo_many(client: &mut Client, count: usize) -> Vec<(usize, usize)> {
 #[tokio::test]
 async fn a_1009_writes_the_last_32_messages_and_a_normal_close_writes_none() {
     let mut server = TestServer::start().await;
-    let (mut failing, _) = server.connect().await;
-    let failing_id = next_json(&mut failing).await["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (mut fine, _) = server.connect().await;
-    let fine_id = next_json(&mut fine).await["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut failing, failing_id) = server.open_session().await;
+    let (mut fine, fine_id) = server.open_session().await;
 
     let sizes = echo_many(&mut failing, 50).await;
     echo_many(&mut fine, 50).await;
@@ -150,11 +142,7 @@ async fn a_1009_writes_the_last_32_messages_and_a_normal_close_writes_none() {
 #[tokio::test]
 async fn an_error_frame_writes_the_recorder_once_in_the_failing_messages_span() {
     let mut server = TestServer::start().await;
-    let (mut client, _) = server.connect().await;
-    let session = next_json(&mut client).await["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut client, session) = server.open_session().await;
     echo_many(&mut client, 3).await;
     for _ in 0..2 {
         send_json(

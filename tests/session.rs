@@ -323,11 +323,7 @@ async fn idle_session_is_closed_and_recorded() {
         ..test_limits()
     })
     .await;
-    let (mut client, _) = server.connect().await;
-    let session_id = next_json(&mut client).await["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mut client, session_id) = server.open_session().await;
     // Do not read: pings go unanswered, and the client looks dead.
     tokio::time::sleep(Duration::from_millis(900)).await;
     let (code, reason) = next_close(&mut client).await;

@@ -25,6 +25,11 @@ use crate::metrics::Metrics;
 use crate::protocol::FrameKind;
 use crate::sync::lock;
 
+/// The trigger a failing close writes the recorder with.
+pub fn close_trigger(code: u16) -> String {
+    format!("close {code}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     In,

@@ -67,6 +67,14 @@ impl SessionHandle {
             outbound,
         }
     }
+
+    /// A `ws.admin` span in the session's trace, linked to the admin
+    /// request (made here or on another instance).
+    fn admin_span(&self, action: &'static str, origin: &SpanContext) -> tracing::Span {
+        let span = tracing::info_span!(parent: &self.span, "ws.admin", admin.action = action);
+        span.add_link(origin.clone());
+        span
+    }
 }
 
 impl Recipient for SessionHandle {
@@ -134,10 +142,8 @@ impl Recipient for SessionHandle {
         self.stats.last_seen().elapsed()
     }
 
-    /// A `ws.admin` span in the session's trace, linked to the request.
     fn admin_touched(&self, action: &'static str, origin: &SpanContext) {
-        let span = tracing::info_span!(parent: &self.span, "ws.admin", admin.action = action);
-        span.add_link(origin.clone());
+        let span = self.admin_span(action, origin);
         span.in_scope(|| {
             AdminTouchedSession {
                 action,
@@ -154,8 +160,7 @@ impl Recipient for SessionHandle {
         origin: &SpanContext,
         slots: &Arc<DebugSlots>,
     ) -> Result<DebugStatus, DebugRefused> {
-        let span = tracing::info_span!(parent: &self.span, "ws.admin", admin.action = "debug");
-        span.add_link(origin.clone());
+        let span = self.admin_span("debug", origin);
         let minutes = match change {
             DebugChange::On { minutes } => minutes,
             DebugChange::Off => {

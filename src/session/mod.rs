@@ -63,6 +63,15 @@ use stats::SessionStats;
 /// The span attribute of a debug session and of the messages it records.
 pub const DEBUG_ATTRIBUTE: &str = "wstrace.debug";
 
+/// A message span's id, for the flight recorder, once the span is marked
+/// as a debug session's when it is one.
+fn message_span_id(span: &tracing::Span, debug: bool) -> opentelemetry::trace::SpanId {
+    if debug {
+        span.set_attribute(DEBUG_ATTRIBUTE, true);
+    }
+    span.context().span().span_context().span_id()
+}
+
 /// What a session knows about itself when it starts.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
@@ -396,7 +405,7 @@ async fn finish(
         // it already.
         stats
             .flight()
-            .write(&format!("close {}", decision.code), &state.metrics);
+            .write(&flight::close_trigger(decision.code), &state.metrics);
     }
     let summary = SessionSummary {
         clean: peer_close.get().is_some(),

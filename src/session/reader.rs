@@ -10,11 +10,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::DEBUG_ATTRIBUTE;
 use super::close::{CloseDecision, ClosedBy, PeerClose};
 use super::commands;
-use super::flight::{Direction, Entry};
+use super::flight::{Direction, Entry, close_trigger};
 use super::handle::SessionHandle;
+use super::message_span_id;
 use super::outbound::{MessageSampler, Outbound, OutboundQueue};
 use super::rate::{RateDecision, RateLimiter};
 use crate::error::{SessionError, close_code};
@@ -200,12 +200,7 @@ impl Reader {
         self.state.metrics.message_in(kind, size);
         let mut entry = Entry::new(Direction::In, kind, size, at_us);
         let span = sampled.then(|| receive_span(kind, size));
-        if let Some(span) = &span {
-            if debug {
-                span.set_attribute(DEBUG_ATTRIBUTE, true);
-            }
-            entry.span_id = Some(span.context().span().span_context().span_id());
-        }
+        entry.span_id = span.as_ref().map(|span| message_span_id(span, debug));
         self.session.stats.flight().record(entry);
         self.current = Current::new(kind, size);
         let Some(span) = span else {
@@ -510,7 +505,7 @@ impl Reader {
             _ => 0,
         };
         self.current = Current::new(FrameKind::Invalid, size);
-        let trigger = format!("close {}", error.close_code());
+        let trigger = close_trigger(error.close_code());
         self.message_failed(false, &trigger, || {
             SessionReadFailed {
                 error: &error,

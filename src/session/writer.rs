@@ -3,7 +3,7 @@
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt};
-use opentelemetry::trace::{SpanId, TraceContextExt};
+use opentelemetry::trace::SpanId;
 use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,10 +12,10 @@ use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::DEBUG_ATTRIBUTE;
 use super::close::{CloseDecision, CloseSignal, ClosedBy, Waiter};
 use super::flight::{Direction, Entry};
 use super::heartbeat::{Beat, Heartbeat};
+use super::message_span_id;
 use super::outbound::{Outbound, OutboundReceiver};
 use super::stats::SessionStats;
 use crate::error::close_code;
@@ -171,10 +171,7 @@ impl Writer {
                         ws.message.type = kind.as_str(),
                         ws.message.size = size,
                     );
-                    if debug {
-                        span.set_attribute(DEBUG_ATTRIBUTE, true);
-                    }
-                    span_id = Some(span.context().span().span_context().span_id());
+                    span_id = Some(message_span_id(&span, debug));
                     sink.feed(message).instrument(span).await?;
                 } else {
                     sink.feed(message).await?;
@@ -218,9 +215,6 @@ fn record_delivery(delivery: &Delivery, size: usize, debug: bool) -> SpanId {
         ws.message.size = size,
         ws.message.id = %delivery.message_id,
     );
-    if debug {
-        span.set_attribute(DEBUG_ATTRIBUTE, true);
-    }
     span.add_link(delivery.origin.clone());
     span.in_scope(|| {
         MessageDelivered {
@@ -231,7 +225,7 @@ fn record_delivery(delivery: &Delivery, size: usize, debug: bool) -> SpanId {
         }
         .emit();
     });
-    span.context().span().span_context().span_id()
+    message_span_id(&span, debug)
 }
 
 async fn send_close<K>(sink: &mut K, decision: &CloseDecision)
@@ -257,13 +251,13 @@ type Written = Result<Result<(), axum::Error>, TimedOut>;
 
 /// The write did not finish within the write timeout.
 #[derive(Debug)]
-pub(super) struct TimedOut;
+struct TimedOut;
 
 pin_project_lite::pin_project! {
     /// A write bounded by `limit`. Most writes finish when first polled
     /// (the socket has room), so the timer is made only when one has to
     /// wait: no clock read, no timer and no runtime handle per write.
-    pub(super) struct Within<F> {
+    struct Within<F> {
         #[pin]
         write: F,
         #[pin]

@@ -125,6 +125,14 @@ impl TestServer {
         self.connect_with(&self.url("/ws"), &[]).await
     }
 
+    /// A session with its welcome read: the client and its session id.
+    pub async fn open_session(&self) -> (Client, String) {
+        let (mut client, _) = self.connect().await;
+        let welcome = next_json(&mut client).await;
+        let session_id = welcome["session_id"].as_str().unwrap().to_owned();
+        (client, session_id)
+    }
+
     pub async fn connect_with(
         &self,
         url: &str,

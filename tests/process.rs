@@ -107,15 +107,30 @@ fn traced_client(url: &str, trace: &str) {
 }
 
 #[test]
-fn collector_down_then_up_then_killed_never_stops_the_server() {
-    // The collector's port, with nothing on it yet.
-    let http_port = free_port();
+fn collector_down_then_up_then_killed_never_stops_the_server_over_http() {
+    collector_down_then_up_then_killed("http/protobuf");
+}
+
+/// The gRPC exporter is wstrace's own (telemetry/otlp): the same outcomes.
+#[test]
+fn collector_down_then_up_then_killed_never_stops_the_server_over_grpc() {
+    collector_down_then_up_then_killed("grpc");
+}
+
+fn collector_down_then_up_then_killed(protocol: &str) {
+    // The collector's ports, with nothing on them yet.
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let port = if protocol == "grpc" {
+        grpc_port
+    } else {
+        http_port
+    };
     let server = Wstrace::start(&[
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-            &format!("http://127.0.0.1:{http_port}"),
+            &format!("http://127.0.0.1:{port}"),
         ),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("WSTRACE_TELEMETRY_REPORT_INTERVAL", "300ms"),
@@ -129,7 +144,7 @@ fn collector_down_then_up_then_killed_never_stops_the_server() {
         scrape(&server.addr)["wstrace_spans_dropped_total"] > 0.0
     });
     // 2. The collector comes up on that port: export resumes.
-    let collector = Collector::start_on(http_port);
+    let collector = Collector::start_on(grpc_port, http_port);
     let resumed = "b0000000000000000000000000000001";
     eventually("export resumed", Duration::from_secs(30), || {
         traced_client(&url, resumed);

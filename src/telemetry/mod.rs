@@ -27,6 +27,7 @@ mod filter;
 pub mod line_writer;
 pub mod logfile;
 mod otel_spans;
+mod otlp;
 mod span_fields;
 
 pub use bunyan::{BunyanJsonLayer, JSON_VALUED_FIELDS, RESERVED as BUNYAN_FIELDS, bunyan_level};
@@ -200,6 +201,8 @@ pub enum TelemetryError {
     },
     #[error("cannot build the OTLP span exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot build the OTLP span exporter: {0}")]
+    GrpcExporter(#[from] otlp::ExporterConfigError),
     #[error("cannot start a log writer thread: {0}")]
     LogThread(io::Error),
     #[error("a global tracing subscriber is already installed")]
@@ -362,17 +365,27 @@ pub fn get_subscriber(
     let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
     match &config.otlp {
         Some(_) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder().build()?;
-            let exporter = CountingExporter::new(exporter, counters.clone());
             let max_in_flight = env_nonempty("OTEL_BSP_MAX_QUEUE_SIZE")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(SPAN_QUEUE_SPANS);
             let batch = BatchConfigBuilder::default()
                 .with_max_queue_size(max_in_flight)
                 .build();
-            let processor = BatchSpanProcessor::builder(exporter)
-                .with_batch_config(batch)
-                .build();
+            let env = |name: &str| std::env::var(name).ok();
+            let processor = match otlp::Protocol::from_env(&env) {
+                otlp::Protocol::Grpc => {
+                    let exporter = otlp::GrpcSpanExporter::new(otlp::GrpcConfig::from_env(&env))?;
+                    BatchSpanProcessor::builder(CountingExporter::new(exporter, counters.clone()))
+                        .with_batch_config(batch)
+                        .build()
+                }
+                otlp::Protocol::HttpProtobuf => {
+                    let exporter = opentelemetry_otlp::SpanExporter::builder().build()?;
+                    BatchSpanProcessor::builder(CountingExporter::new(exporter, counters.clone()))
+                        .with_batch_config(batch)
+                        .build()
+                }
+            };
             provider = provider.with_span_processor(CountingProcessor::new(
                 processor,
                 counters.clone(),

@@ -191,14 +191,14 @@ pub struct Collector {
 
 impl Collector {
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        Self::start_on(free_port(), free_port())
     }
 
-    /// A collector whose OTLP/HTTP receiver is on `http`.
-    pub fn start_on(http: u16) -> Self {
+    /// A collector whose OTLP/gRPC receiver is on `grpc` and OTLP/HTTP
+    /// receiver on `http`.
+    pub fn start_on(grpc: u16, http: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let output = dir.path().join("rotel.out");
-        let grpc = free_port();
         let child = Command::new(rotel_agent())
             .args(["start", "--exporter", "blackhole"])
             .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"])

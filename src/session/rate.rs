@@ -1,6 +1,8 @@
 //! Per-session message rate limit: a token bucket.
-
-use std::time::Instant;
+//!
+//! Time is the session's own clock (microseconds since it opened), which
+//! the reader has already read for the frame: checking the limit costs no
+//! clock read of its own.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateDecision {
@@ -19,7 +21,8 @@ pub struct RateLimiter {
     per_second: f64,
     burst: f64,
     tokens: f64,
-    last: Instant,
+    /// Microseconds after the session opened, at the last check.
+    last_us: u64,
     refused_in_a_row: u64,
 }
 
@@ -31,22 +34,19 @@ impl RateLimiter {
             per_second: f64::from(per_second),
             burst,
             tokens: burst,
-            last: Instant::now(),
+            last_us: 0,
             refused_in_a_row: 0,
         }
     }
 
-    pub fn check(&mut self) -> RateDecision {
-        self.check_at(Instant::now())
-    }
-
-    pub fn check_at(&mut self, now: Instant) -> RateDecision {
+    /// A message read `now_us` microseconds after the session opened.
+    pub fn check(&mut self, now_us: u64) -> RateDecision {
         if self.per_second == 0.0 {
             return RateDecision::Allow;
         }
-        let elapsed = now.saturating_duration_since(self.last);
-        self.last = now;
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.per_second).min(self.burst);
+        let elapsed_us = now_us.saturating_sub(self.last_us);
+        self.last_us = self.last_us.max(now_us);
+        self.tokens = (self.tokens + elapsed_us as f64 * self.per_second / 1e6).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             self.refused_in_a_row = 0;
@@ -66,44 +66,41 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn burst_then_refuse_then_abuse() {
-        let start = Instant::now();
+        let start = 7_000;
         let mut limiter = RateLimiter::new(10, 5);
         for _ in 0..5 {
-            assert_eq!(limiter.check_at(start), RateDecision::Allow);
+            assert_eq!(limiter.check(start), RateDecision::Allow);
         }
-        assert_eq!(
-            limiter.check_at(start),
-            RateDecision::Refuse { first: true }
-        );
+        assert_eq!(limiter.check(start), RateDecision::Refuse { first: true });
         for _ in 0..4 {
-            assert_eq!(
-                limiter.check_at(start),
-                RateDecision::Refuse { first: false }
-            );
+            assert_eq!(limiter.check(start), RateDecision::Refuse { first: false });
         }
-        assert_eq!(limiter.check_at(start), RateDecision::Abuse);
+        assert_eq!(limiter.check(start), RateDecision::Abuse);
     }
 
     #[test]
     fn tokens_refill_over_time() {
-        let start = Instant::now();
+        let start = 7_000;
         let mut limiter = RateLimiter::new(10, 1);
-        assert_eq!(limiter.check_at(start), RateDecision::Allow);
-        assert_eq!(
-            limiter.check_at(start),
-            RateDecision::Refuse { first: true }
-        );
-        let later = start + Duration::from_millis(150);
-        assert_eq!(limiter.check_at(later), RateDecision::Allow);
+        assert_eq!(limiter.check(start), RateDecision::Allow);
+        assert_eq!(limiter.check(start), RateDecision::Refuse { first: true });
+        assert_eq!(limiter.check(start + 150_000), RateDecision::Allow);
+    }
+
+    #[test]
+    fn a_time_earlier_than_the_last_refills_nothing() {
+        let mut limiter = RateLimiter::new(10, 1);
+        assert_eq!(limiter.check(500_000), RateDecision::Allow);
+        assert_eq!(limiter.check(400_000), RateDecision::Refuse { first: true });
+        assert_eq!(limiter.check(600_000), RateDecision::Allow);
     }
 
     #[test]
     fn zero_rate_means_unlimited() {
         let mut limiter = RateLimiter::new(0, 1);
-        assert!((0..10_000).all(|_| limiter.check() == RateDecision::Allow));
+        assert!((0..10_000).all(|i| limiter.check(i) == RateDecision::Allow));
     }
 }

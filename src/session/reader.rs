@@ -174,7 +174,7 @@ impl Reader {
     async fn on_data(&mut self, data: Data<'_>, at_us: u64) -> Result<(), Gone> {
         let size = data.len();
         self.session.stats.message_in(size);
-        match self.rate.check() {
+        match self.rate.check(at_us) {
             RateDecision::Allow => {}
             RateDecision::Refuse { first } => return self.refuse(size, first).await,
             RateDecision::Abuse => {

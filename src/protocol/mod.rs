@@ -9,6 +9,8 @@
 //! valid client frame becomes a [`DecodeError`] that the session answers with
 //! an `error` frame.
 
+mod one_pass;
+
 use serde::{Deserialize, Serialize};
 
 /// Declares [`FrameKind`] from one table: each kind's wire name and, for
@@ -264,10 +266,15 @@ fn known_types() -> String {
         .join(", ")
 }
 
-/// Decodes one text frame. The fast path is a single serde pass; only a
-/// failing frame is parsed a second time to say precisely what is wrong.
+/// Decodes one text frame. The fast path is one pass with no buffering
+/// ([`one_pass`]); a frame it does not take goes through serde's derived
+/// deserializer, and only a failing frame is parsed a third time to say
+/// precisely what is wrong.
 pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {
-    serde_json::from_str::<ClientFrame>(text).map_err(|_| classify(text))
+    match one_pass::decode(text) {
+        Some(frame) => Ok(frame),
+        None => serde_json::from_str::<ClientFrame>(text).map_err(|_| classify(text)),
+    }
 }
 
 fn classify(text: &str) -> DecodeError {

@@ -24,8 +24,8 @@
 //!   logs to files, spans exported over OTLP to rotel.
 //!
 //! Every measurement runs for every server in the same round, rounds are
-//! interleaved (the order rotates; the session lifecycle is measured twice
-//! per round), and results are medians over rounds,
+//! interleaved (the order rotates; the session lifecycle is measured four
+//! times per round), and results are medians over rounds,
 //! reported as ratios to `axum-bare` and `tt-plain`. Nothing here asserts a
 //! timing; a run fails only if a log line or span was dropped.
 
@@ -1277,9 +1277,11 @@ async fn run(plan: Plan) -> String {
             rows[i].p99_us.push(percentile(&samples, 99.0) as f64);
             rows[i].p999_us.push(percentile(&samples, 99.9) as f64);
         }
-        // Twice per round: a storm takes about a second, and this
-        // machine's noise over one second is as large as the differences.
-        for _ in 0..2 {
+        // Four times per round: a storm takes about a second, and this
+        // machine's noise over one second (the kernel's share of a
+        // server's CPU time jumps by half in some) is as large as the
+        // differences; the median of twelve leaves those out.
+        for _ in 0..4 {
             for &i in &order {
                 let (per_s, cpu) = upgrades(&servers[i], &plan).await;
                 rows[i].upgrades_per_s.push(per_s);

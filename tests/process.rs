@@ -369,6 +369,39 @@ fn unusable_log_dir_is_a_clear_startup_error() {
     assert!(stderr.contains("cannot create log directory"), "{stderr}");
 }
 
+#[test]
+fn an_otlp_setting_this_build_cannot_honour_is_a_clear_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for (setting, value, says) in [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://tempo:4317",
+            "this build has no TLS",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "gzip",
+            "does not compress",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-dir"])
+            .arg(dir.path())
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env(setting, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{setting}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            stderr.contains("cannot build the OTLP span exporter"),
+            "{stderr}"
+        );
+        assert!(stderr.contains(says), "{stderr}");
+    }
+}
+
 /// Runs the doctor against `url`, with Loki, Tempo and Grafana all at an
 /// address nothing listens on.
 fn doctor(url: &str, dead: &str) -> (Option<i32>, String, String) {

@@ -374,7 +374,7 @@ pub fn get_subscriber(
             let env = |name: &str| std::env::var(name).ok();
             let processor = match otlp::Protocol::from_env(&env) {
                 otlp::Protocol::Grpc => {
-                    let exporter = otlp::GrpcSpanExporter::new(otlp::GrpcConfig::from_env(&env))?;
+                    let exporter = otlp::GrpcSpanExporter::new(otlp::GrpcConfig::from_env(&env)?)?;
                     BatchSpanProcessor::builder(CountingExporter::new(exporter, counters.clone()))
                         .with_batch_config(batch)
                         .build()

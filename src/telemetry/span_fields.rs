@@ -66,7 +66,14 @@ fn entries(json: &str) -> impl Iterator<Item = (&str, &str)> {
         if rest.is_empty() {
             return None;
         }
-        let end = rest[1..].find(",\"").map_or(rest.len(), |i| i + 1);
+        // A byte scan, not `str::find(",\"")`: a two-byte pattern sets up
+        // a Two-Way searcher on every call, which cost more than the scan
+        // on entries this short (a profile of sampled messages had it at
+        // 3% of the server's time).
+        let bytes = rest.as_bytes();
+        let end = (1..bytes.len().saturating_sub(1))
+            .find(|&i| bytes[i] == b',' && bytes[i + 1] == b'"')
+            .unwrap_or(rest.len());
         let (entry, tail) = rest.split_at(end);
         rest = tail;
         Some((key_of(entry), entry))

@@ -76,6 +76,10 @@ pub enum ExporterConfigError {
         "OTLP endpoint {endpoint:?} uses https, and this build has no TLS: use http:// (a collector on the same host or network) or a collector that terminates TLS"
     )]
     Tls { endpoint: String },
+    #[error(
+        "{variable}={value:?}: this build does not compress OTLP/gRPC requests; unset it or set it to none"
+    )]
+    Compression { variable: String, value: String },
 }
 
 impl GrpcConfig {
@@ -84,8 +88,23 @@ impl GrpcConfig {
     /// as given (gRPC has no path to add), a scheme added by
     /// `OTEL_EXPORTER_OTLP_INSECURE` when it has none, timeouts in
     /// milliseconds, headers as `key=value` pairs, percent-decoded.
-    pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Self {
+    pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Self, ExporterConfigError> {
         let first = |names: [&str; 2]| names.into_iter().find_map(|name| non_empty(env(name)));
+        // Refused rather than ignored: whoever set it expects smaller
+        // requests than they would get.
+        for variable in [
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        ] {
+            if let Some(value) = non_empty(env(variable))
+                && !value.trim().eq_ignore_ascii_case("none")
+            {
+                return Err(ExporterConfigError::Compression {
+                    variable: variable.to_string(),
+                    value,
+                });
+            }
+        }
         let endpoint = first([
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -118,11 +137,11 @@ impl GrpcConfig {
                 }
             }
         }
-        Self {
+        Ok(Self {
             endpoint: with_scheme(endpoint, insecure),
             timeout,
             headers,
-        }
+        })
     }
 }
 
@@ -404,7 +423,7 @@ mod tests {
 
     #[test]
     fn grpc_config_reads_the_standard_variables() {
-        let config = GrpcConfig::from_env(&env(&[]));
+        let config = GrpcConfig::from_env(&env(&[])).unwrap();
         assert_eq!(config.endpoint, "http://localhost:4317");
         assert_eq!(config.timeout, Duration::from_secs(10));
         assert!(config.headers.is_empty());
@@ -417,7 +436,9 @@ mod tests {
                 "x-scope-orgid=team%20a, api-key=one,=skipped,empty=",
             ),
             ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "api-key=two"),
-        ]));
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+        ]))
+        .unwrap();
         assert_eq!(config.endpoint, "http://tempo:4317");
         assert_eq!(config.timeout, Duration::from_millis(2500));
         assert_eq!(config.headers.get("x-scope-orgid").unwrap(), "team a");
@@ -434,11 +455,13 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
             ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "not a number"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "700"),
-        ]));
+        ]))
+        .unwrap();
         assert_eq!(config.endpoint, "http://collector:4317");
         assert_eq!(config.timeout, Duration::from_millis(700));
         let config =
-            GrpcConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]));
+            GrpcConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]))
+                .unwrap();
         assert_eq!(config.endpoint, "https://collector:4317");
     }
 
@@ -447,7 +470,8 @@ mod tests {
         let config = GrpcConfig::from_env(&env(&[(
             "OTEL_EXPORTER_OTLP_HEADERS",
             "authorization=Bearer%20s3cret",
-        )]));
+        )]))
+        .unwrap();
         assert_eq!(
             config.headers.get("authorization").unwrap(),
             "Bearer s3cret"
@@ -465,7 +489,8 @@ mod tests {
     #[test]
     fn bad_endpoints_are_refused_with_a_reason() {
         let refuse = |endpoint: &str| {
-            let config = GrpcConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]));
+            let config =
+                GrpcConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)])).unwrap();
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -476,6 +501,20 @@ mod tests {
         };
         assert!(refuse("https://tempo:4317").contains("no TLS"));
         assert!(refuse("http://bad host:4317").contains("invalid OTLP endpoint"));
+    }
+
+    #[test]
+    fn compression_this_build_cannot_do_is_refused() {
+        let error =
+            GrpcConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")]))
+                .err()
+                .unwrap()
+                .to_string();
+        assert!(
+            error.contains("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=\"gzip\""),
+            "{error}"
+        );
+        assert!(error.contains("does not compress"), "{error}");
     }
 
     #[test]

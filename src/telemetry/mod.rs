@@ -56,7 +56,8 @@ use otel_spans::OtelSpans;
 
 const DEFAULT_SERVICE_NAME: &str = "wstrace";
 /// Our own default directives; `RUST_LOG` replaces them entirely.
-pub(crate) const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,tower=warn,tonic=warn,reqwest=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn";
+pub(crate) const DEFAULT_FILTER: &str =
+    "info,h2=warn,hyper=warn,tower=warn,tonic=warn,opentelemetry=warn,opentelemetry_sdk=warn";
 
 /// Where log lines go and where spans are exported.
 #[derive(Debug, Clone)]
@@ -158,8 +159,8 @@ impl From<LogRotation> for Rotation {
 }
 
 /// OTLP trace export. Endpoint, protocol (`grpc` or `http/protobuf`),
-/// headers, timeout and compression are read by `opentelemetry-otlp` from
-/// the standard `OTEL_EXPORTER_OTLP_*` variables; the sampler from
+/// headers, timeout and compression are read by [`otlp::ExportConfig`]
+/// from the standard `OTEL_EXPORTER_OTLP_*` variables; the sampler from
 /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`; batching from
 /// `OTEL_BSP_*`.
 #[derive(Debug, Clone)]
@@ -200,9 +201,7 @@ pub enum TelemetryError {
         source: tracing_subscriber::filter::ParseError,
     },
     #[error("cannot build the OTLP span exporter: {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
-    #[error("cannot build the OTLP span exporter: {0}")]
-    GrpcExporter(#[from] otlp::ExporterConfigError),
+    Exporter(#[from] otlp::ExporterConfigError),
     #[error("cannot start a log writer thread: {0}")]
     LogThread(io::Error),
     #[error("a global tracing subscriber is already installed")]
@@ -372,20 +371,11 @@ pub fn get_subscriber(
                 .with_max_queue_size(max_in_flight)
                 .build();
             let env = |name: &str| std::env::var(name).ok();
-            let processor = match otlp::Protocol::from_env(&env) {
-                otlp::Protocol::Grpc => {
-                    let exporter = otlp::GrpcSpanExporter::new(otlp::GrpcConfig::from_env(&env)?)?;
-                    BatchSpanProcessor::builder(CountingExporter::new(exporter, counters.clone()))
-                        .with_batch_config(batch)
-                        .build()
-                }
-                otlp::Protocol::HttpProtobuf => {
-                    let exporter = opentelemetry_otlp::SpanExporter::builder().build()?;
-                    BatchSpanProcessor::builder(CountingExporter::new(exporter, counters.clone()))
-                        .with_batch_config(batch)
-                        .build()
-                }
-            };
+            let exporter = otlp::OtlpSpanExporter::new(otlp::ExportConfig::from_env(&env)?)?;
+            let processor =
+                BatchSpanProcessor::builder(CountingExporter::new(exporter, counters.clone()))
+                    .with_batch_config(batch)
+                    .build();
             provider = provider.with_span_processor(CountingProcessor::new(
                 processor,
                 counters.clone(),

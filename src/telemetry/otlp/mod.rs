@@ -1,19 +1,19 @@
-//! OTLP/gRPC span export that writes the request's protobuf bytes straight
-//! from the SDK's spans ([`encode`]) and sends them over `tonic` as they
-//! are.
+//! OTLP span export that writes the request's protobuf bytes straight from
+//! the SDK's spans ([`encode`]) and sends them as they are, over gRPC
+//! (`tonic`) or HTTP (`hyper`) ([`transport`]).
 //!
-//! `opentelemetry-otlp`'s gRPC exporter copies each batch, converts every
-//! span into `opentelemetry-proto` structs and encodes those: per session
-//! (two spans) that was about 60 allocations and 13 µs of CPU, a third of
-//! what a session's telemetry cost (BENCHMARKS.md, fifth round). This one
-//! sends the same bytes (a unit test compares them with
-//! `opentelemetry-proto`'s) over the same transport, configured from the
-//! same `OTEL_EXPORTER_OTLP_*` variables. `http/protobuf` is still
-//! `opentelemetry-otlp`'s exporter, which does not copy the batch.
+//! `opentelemetry-otlp` copies each batch (gRPC), converts every span into
+//! `opentelemetry-proto` structs and encodes those: per session (two
+//! spans) that was about 60 allocations and 13 µs of CPU, three quarters
+//! of what a session's telemetry cost (BENCHMARKS.md, fifth round). This
+//! exporter sends the same bytes (a unit test compares them with
+//! `opentelemetry-proto`'s) over the same transports, configured from the
+//! same `OTEL_EXPORTER_OTLP_*` variables, read the same way.
 
 mod encode;
+mod transport;
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
@@ -21,14 +21,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
 
 pub use encode::EncodedResource;
+use transport::Transport;
 
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT`, `/v1/traces` is added; the
+/// trace-specific variable is used as given.
+const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
+const HTTP_TRACES_PATH: &str = "/v1/traces";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which OTLP transport the standard variables ask for.
@@ -58,14 +59,15 @@ impl Protocol {
     }
 }
 
-/// Where and how spans are sent over gRPC, from the standard variables.
+/// Where and how spans are sent, from the standard variables.
 #[derive(Clone)]
-pub struct GrpcConfig {
+pub struct ExportConfig {
+    pub protocol: Protocol,
     pub endpoint: String,
     pub timeout: Duration,
-    /// `OTEL_EXPORTER_OTLP_HEADERS`: sent as request metadata. Never
-    /// printed: it is where collectors' API keys go.
-    headers: MetadataMap,
+    /// `OTEL_EXPORTER_OTLP_HEADERS`: sent with every request, lower-cased
+    /// keys. Never printed: it is where collectors' API keys go.
+    headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,19 +79,24 @@ pub enum ExporterConfigError {
     )]
     Tls { endpoint: String },
     #[error(
-        "{variable}={value:?}: this build does not compress OTLP/gRPC requests; unset it or set it to none"
+        "{variable}={value:?}: this build does not compress OTLP requests; unset it or set it to none"
     )]
     Compression { variable: String, value: String },
+    #[error("{header:?} is not a valid OTLP request header")]
+    Header { header: String },
+    #[error("OTLP export needs a Tokio runtime to run on")]
+    NoRuntime,
 }
 
-impl GrpcConfig {
-    /// The variables `opentelemetry-otlp` reads for a gRPC span exporter,
-    /// read the same way: the trace-specific one first, the endpoint used
-    /// as given (gRPC has no path to add), a scheme added by
-    /// `OTEL_EXPORTER_OTLP_INSECURE` when it has none, timeouts in
-    /// milliseconds, headers as `key=value` pairs, percent-decoded.
+impl ExportConfig {
+    /// The variables `opentelemetry-otlp` reads for a span exporter, read
+    /// the same way: the trace-specific one first; a gRPC endpoint used as
+    /// given (gRPC has no path to add), with a scheme added by
+    /// `OTEL_EXPORTER_OTLP_INSECURE` when it has none; an HTTP endpoint
+    /// from `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces` added; timeouts
+    /// in milliseconds; headers as `key=value` pairs, percent-decoded.
     pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Self, ExporterConfigError> {
-        let first = |names: [&str; 2]| names.into_iter().find_map(|name| non_empty(env(name)));
+        let protocol = Protocol::from_env(env);
         // Refused rather than ignored: whoever set it expects smaller
         // requests than they would get.
         for variable in [
@@ -105,16 +112,27 @@ impl GrpcConfig {
                 });
             }
         }
-        let endpoint = first([
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ])
-        .unwrap_or_else(|| DEFAULT_GRPC_ENDPOINT.to_string());
-        let insecure = first([
-            "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
-            "OTEL_EXPORTER_OTLP_INSECURE",
-        ])
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let traces_endpoint = non_empty(env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"));
+        let endpoint = non_empty(env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let endpoint = match protocol {
+            Protocol::Grpc => {
+                let insecure = [
+                    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+                    "OTEL_EXPORTER_OTLP_INSECURE",
+                ]
+                .into_iter()
+                .find_map(|name| non_empty(env(name)))
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                let endpoint = traces_endpoint
+                    .or(endpoint)
+                    .unwrap_or_else(|| DEFAULT_GRPC_ENDPOINT.to_string());
+                with_scheme(endpoint, insecure)
+            }
+            Protocol::HttpProtobuf => traces_endpoint.unwrap_or_else(|| {
+                let base = endpoint.unwrap_or_else(|| DEFAULT_HTTP_ENDPOINT.to_string());
+                format!("{}{HTTP_TRACES_PATH}", base.trim_end_matches('/'))
+            }),
+        };
         let timeout = [
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
@@ -122,23 +140,21 @@ impl GrpcConfig {
         .into_iter()
         .find_map(|name| env(name)?.trim().parse().ok())
         .map_or(DEFAULT_TIMEOUT, Duration::from_millis);
-        let mut headers = MetadataMap::new();
+        let mut headers: Vec<(String, String)> = Vec::new();
         // The generic variable first, so the trace-specific one wins.
         for name in [
             "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
         ] {
             for (key, value) in env(name).iter().flat_map(|v| parse_headers(v)) {
-                if let (Ok(key), Ok(value)) = (
-                    key.to_ascii_lowercase().parse::<MetadataKey<_>>(),
-                    value.parse::<MetadataValue<_>>(),
-                ) {
-                    headers.insert(key, value);
-                }
+                let key = key.to_ascii_lowercase();
+                headers.retain(|(k, _)| *k != key);
+                headers.push((key, value));
             }
         }
         Ok(Self {
-            endpoint: with_scheme(endpoint, insecure),
+            protocol,
+            endpoint,
             timeout,
             headers,
         })
@@ -185,40 +201,27 @@ fn percent_decode(value: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The gRPC span exporter. The channel connects lazily and reconnects by
-/// itself; a collector that is down fails each export after `timeout`,
-/// and the batch processor goes on with the next batch.
-pub struct GrpcSpanExporter {
+/// The span exporter. A collector that is down fails each export (at
+/// once when nothing listens, after the timeout when it does not answer);
+/// the connection is made again for the next batch, and the batch
+/// processor goes on.
+pub struct OtlpSpanExporter {
     /// For `Debug` only; any password is redacted.
     endpoint_for_display: String,
-    client: tonic::client::Grpc<Channel>,
-    headers: MetadataMap,
+    transport: Transport,
     resource: EncodedResource,
     /// The last request's size, to allocate the next one at once.
     last_len: AtomicUsize,
     shut_down: AtomicBool,
 }
 
-impl GrpcSpanExporter {
-    /// Must run inside a Tokio runtime: the channel's connection task is
-    /// spawned on it (the SDK's batch thread only hands it requests).
-    pub fn new(config: GrpcConfig) -> Result<Self, ExporterConfigError> {
-        let endpoint = Endpoint::from_shared(config.endpoint.clone()).map_err(|error| {
-            ExporterConfigError::Endpoint {
-                endpoint: config.endpoint.clone(),
-                reason: error.to_string(),
-            }
-        })?;
-        if endpoint.uri().scheme_str() == Some("https") {
-            return Err(ExporterConfigError::Tls {
-                endpoint: config.endpoint,
-            });
-        }
-        let channel = endpoint.timeout(config.timeout).connect_lazy();
+impl OtlpSpanExporter {
+    /// Must run inside a Tokio runtime: the connections' tasks run on it
+    /// (the SDK's batch thread only hands it requests).
+    pub fn new(config: ExportConfig) -> Result<Self, ExporterConfigError> {
         Ok(Self {
             endpoint_for_display: crate::auth::redact_url(&config.endpoint),
-            client: tonic::client::Grpc::new(channel),
-            headers: config.headers,
+            transport: Transport::new(&config)?,
             resource: EncodedResource::default(),
             last_len: AtomicUsize::new(0),
             shut_down: AtomicBool::new(false),
@@ -233,41 +236,26 @@ impl GrpcSpanExporter {
     }
 }
 
-impl std::fmt::Debug for GrpcSpanExporter {
+impl std::fmt::Debug for OtlpSpanExporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcSpanExporter")
+        f.debug_struct("OtlpSpanExporter")
             .field("endpoint", &self.endpoint_for_display)
-            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("transport", &self.transport)
             .finish_non_exhaustive()
     }
 }
 
-impl SpanExporter for GrpcSpanExporter {
+impl SpanExporter for OtlpSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         if self.shut_down.load(Relaxed) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
         let body = self.encode(&batch);
         drop(batch);
-        let mut client = self.client.clone();
-        client
-            .ready()
-            .await
-            .map_err(|error| OTelSdkError::InternalFailure(format!("OTLP channel: {error}")))?;
-        let mut request = tonic::Request::new(body);
-        *request.metadata_mut() = self.headers.clone();
-        let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
-        let response = client
-            .unary(request, path, RawBytes)
-            .await
-            .map_err(|status| {
-                OTelSdkError::InternalFailure(format!(
-                    "OTLP export failed: {:?}: {}",
-                    status.code(),
-                    status.message()
-                ))
-            })?;
-        if let Some((rejected, message)) = partial_success(response.get_ref()) {
+        let response = self.transport.send(body).await.map_err(|error| {
+            OTelSdkError::InternalFailure(format!("OTLP export failed: {error}"))
+        })?;
+        if let Some((rejected, message)) = partial_success(&response) {
             // Per the specification this is not retried; say it, since
             // these spans will not be found in the backend.
             tracing::warn!(
@@ -356,41 +344,6 @@ fn read_field<'a>(input: &mut &'a [u8], wire_type: u8) -> Option<Field<'a>> {
     }
 }
 
-/// Request and response bodies as bytes: the request is encoded already,
-/// and only `partial_success` is read from the response.
-#[derive(Debug, Clone, Copy)]
-struct RawBytes;
-
-impl Codec for RawBytes {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawBytes;
-    type Decoder = RawBytes;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawBytes
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawBytes
-    }
-}
-
-impl Encoder for RawBytes {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawBytes {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,14 +374,38 @@ mod tests {
         assert_eq!(Protocol::from_env(&unknown), Protocol::Grpc);
     }
 
+    fn header<'a>(config: &'a ExportConfig, key: &str) -> Option<&'a str> {
+        let found = config.headers.iter().find(|(k, _)| k == key);
+        found.map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn http_endpoints_get_their_path_from_the_generic_variable_only() {
+        let config = |pairs: &[(&str, &str)]| ExportConfig::from_env(&env(pairs)).unwrap();
+        assert_eq!(config(&[]).endpoint, "http://localhost:4318/v1/traces");
+        let generic = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://tempo:4318/")]);
+        assert_eq!(generic.endpoint, "http://tempo:4318/v1/traces");
+        assert_eq!(generic.protocol, Protocol::HttpProtobuf);
+        let specific = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://tempo:4318/custom",
+            ),
+        ]);
+        assert_eq!(specific.endpoint, "http://tempo:4318/custom");
+    }
+
     #[test]
     fn grpc_config_reads_the_standard_variables() {
-        let config = GrpcConfig::from_env(&env(&[])).unwrap();
+        let grpc = ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        let config = ExportConfig::from_env(&env(&[grpc])).unwrap();
         assert_eq!(config.endpoint, "http://localhost:4317");
         assert_eq!(config.timeout, Duration::from_secs(10));
         assert!(config.headers.is_empty());
 
-        let config = GrpcConfig::from_env(&env(&[
+        let config = ExportConfig::from_env(&env(&[
+            grpc,
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://tempo:4317"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             (
@@ -441,15 +418,16 @@ mod tests {
         .unwrap();
         assert_eq!(config.endpoint, "http://tempo:4317");
         assert_eq!(config.timeout, Duration::from_millis(2500));
-        assert_eq!(config.headers.get("x-scope-orgid").unwrap(), "team a");
+        assert_eq!(header(&config, "x-scope-orgid").unwrap(), "team a");
         assert_eq!(
-            config.headers.get("api-key").unwrap(),
+            header(&config, "api-key").unwrap(),
             "two",
             "the trace variable wins"
         );
         assert_eq!(config.headers.len(), 2);
 
-        let config = GrpcConfig::from_env(&env(&[
+        let config = ExportConfig::from_env(&env(&[
+            grpc,
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4317"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:4317"),
             ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
@@ -459,54 +437,70 @@ mod tests {
         .unwrap();
         assert_eq!(config.endpoint, "http://collector:4317");
         assert_eq!(config.timeout, Duration::from_millis(700));
-        let config =
-            GrpcConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")]))
-                .unwrap();
+        let config = ExportConfig::from_env(&env(&[
+            grpc,
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+        ]))
+        .unwrap();
         assert_eq!(config.endpoint, "https://collector:4317");
     }
 
     #[test]
     fn headers_are_never_printed() {
-        let config = GrpcConfig::from_env(&env(&[(
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            "authorization=Bearer%20s3cret",
-        )]))
-        .unwrap();
-        assert_eq!(
-            config.headers.get("authorization").unwrap(),
-            "Bearer s3cret"
-        );
-        // MetadataMap's Debug prints values; the exporter's must not.
-        let exporter = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async { GrpcSpanExporter::new(config) })
+        for protocol in ["grpc", "http/protobuf"] {
+            let config = ExportConfig::from_env(&env(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "Authorization=Bearer%20s3cret",
+                ),
+            ]))
             .unwrap();
-        assert!(!format!("{exporter:?}").contains("s3cret"), "{exporter:?}");
+            assert_eq!(header(&config, "authorization").unwrap(), "Bearer s3cret");
+            // MetadataMap's Debug prints values; the exporter's must not.
+            let exporter = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async { OtlpSpanExporter::new(config) })
+                .unwrap();
+            let printed = format!("{exporter:?}");
+            assert!(!printed.contains("s3cret"), "{printed}");
+            assert!(printed.contains("authorization"), "{printed}");
+        }
     }
 
     #[test]
     fn bad_endpoints_are_refused_with_a_reason() {
-        let refuse = |endpoint: &str| {
-            let config =
-                GrpcConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)])).unwrap();
+        let refuse = |protocol: &str, endpoint: &str| {
+            let config = ExportConfig::from_env(&env(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
+            ]))
+            .unwrap();
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(async { GrpcSpanExporter::new(config) })
+                .block_on(async { OtlpSpanExporter::new(config) })
                 .unwrap_err()
                 .to_string()
         };
-        assert!(refuse("https://tempo:4317").contains("no TLS"));
-        assert!(refuse("http://bad host:4317").contains("invalid OTLP endpoint"));
+        for protocol in ["grpc", "http/protobuf"] {
+            assert!(refuse(protocol, "https://tempo:4317").contains("no TLS"));
+            let bad = refuse(protocol, "http://bad host:4317");
+            assert!(bad.contains("invalid OTLP endpoint"), "{bad}");
+            let scheme = refuse(protocol, "ftp://tempo:4317");
+            assert!(scheme.contains("must be http"), "{scheme}");
+        }
+        let password = refuse("grpc", "ftp://user:hunter2@tempo:4317");
+        assert!(!password.contains("hunter2"), "{password}");
     }
 
     #[test]
     fn compression_this_build_cannot_do_is_refused() {
         let error =
-            GrpcConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")]))
+            ExportConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")]))
                 .err()
                 .unwrap()
                 .to_string();

@@ -1,0 +1,225 @@
+//! The two OTLP transports, each carrying an encoded request and bringing
+//! back the response's body: gRPC over `tonic`'s channel (a pass-through
+//! codec, since the request is encoded already), and HTTP/1.1 `POST
+//! /v1/traces` over `hyper`'s pooled client.
+//!
+//! Both run their connections on the server's Tokio runtime; the SDK's
+//! batch thread, which calls the exporter, only waits for the answer.
+
+use bytes::{Buf, BufMut, Bytes};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+use super::{ExportConfig, ExporterConfigError, Protocol};
+
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const USER_AGENT: &str = concat!("wstrace/", env!("CARGO_PKG_VERSION"));
+
+#[expect(clippy::large_enum_variant, reason = "one per process")]
+pub(super) enum Transport {
+    Grpc {
+        client: tonic::client::Grpc<Channel>,
+        metadata: MetadataMap,
+    },
+    Http {
+        client: Client<HttpConnector, Full<Bytes>>,
+        uri: http::Uri,
+        headers: http::HeaderMap,
+        timeout: Duration,
+        runtime: tokio::runtime::Handle,
+    },
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header names only: their values are credentials.
+        match self {
+            Transport::Grpc { metadata, .. } => f
+                .debug_struct("Grpc")
+                .field("headers", &metadata.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+            Transport::Http { headers, .. } => f
+                .debug_struct("Http")
+                .field("headers", &headers.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Transport {
+    pub(super) fn new(config: &ExportConfig) -> Result<Self, ExporterConfigError> {
+        let invalid = |reason: String| ExporterConfigError::Endpoint {
+            endpoint: crate::auth::redact_url(&config.endpoint),
+            reason,
+        };
+        let uri: http::Uri = config
+            .endpoint
+            .parse()
+            .map_err(|error: http::uri::InvalidUri| invalid(error.to_string()))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(ExporterConfigError::Tls {
+                    endpoint: crate::auth::redact_url(&config.endpoint),
+                });
+            }
+            _ => return Err(invalid("the scheme must be http://".into())),
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ExporterConfigError::NoRuntime)?;
+        let bad_header = |key: &str| ExporterConfigError::Header {
+            header: key.to_string(),
+        };
+        Ok(match config.protocol {
+            Protocol::Grpc => {
+                let mut metadata = MetadataMap::new();
+                for (key, value) in &config.headers {
+                    let name = key.parse::<MetadataKey<_>>().map_err(|_| bad_header(key))?;
+                    let value = value
+                        .parse::<MetadataValue<_>>()
+                        .map_err(|_| bad_header(key))?;
+                    metadata.insert(name, value);
+                }
+                let endpoint = Endpoint::from(uri)
+                    .user_agent(USER_AGENT)
+                    .map_err(|error| invalid(error.to_string()))?;
+                // Spawns the channel's worker: the reason for the runtime.
+                let _entered = runtime.enter();
+                let channel = endpoint.timeout(config.timeout).connect_lazy();
+                Transport::Grpc {
+                    client: tonic::client::Grpc::new(channel),
+                    metadata,
+                }
+            }
+            Protocol::HttpProtobuf => {
+                let mut headers = http::HeaderMap::new();
+                for (key, value) in &config.headers {
+                    let name = key
+                        .parse::<http::HeaderName>()
+                        .map_err(|_| bad_header(key))?;
+                    let value = value
+                        .parse::<http::HeaderValue>()
+                        .map_err(|_| bad_header(key))?;
+                    headers.insert(name, value);
+                }
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/x-protobuf"),
+                );
+                headers.insert(
+                    http::header::USER_AGENT,
+                    http::HeaderValue::from_static(USER_AGENT),
+                );
+                Transport::Http {
+                    client: Client::builder(TokioExecutor::new()).build_http(),
+                    uri,
+                    headers,
+                    timeout: config.timeout,
+                    runtime,
+                }
+            }
+        })
+    }
+
+    /// Sends one encoded request; the response's body on success.
+    pub(super) async fn send(&self, body: Bytes) -> Result<Bytes, String> {
+        match self {
+            Transport::Grpc { client, metadata } => {
+                let mut client = client.clone();
+                client
+                    .ready()
+                    .await
+                    .map_err(|error| format!("gRPC channel: {error}"))?;
+                let mut request = tonic::Request::new(body);
+                *request.metadata_mut() = metadata.clone();
+                let path = http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH);
+                client
+                    .unary(request, path, RawBytes)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|status| format!("gRPC {:?}: {}", status.code(), status.message()))
+            }
+            Transport::Http {
+                client,
+                uri,
+                headers,
+                timeout,
+                runtime,
+            } => {
+                let mut request = http::Request::post(uri.clone())
+                    .body(Full::new(body))
+                    .map_err(|error| error.to_string())?;
+                *request.headers_mut() = headers.clone();
+                let (client, timeout) = (client.clone(), *timeout);
+                // On the runtime: the connection is its task, and the
+                // timeout its timer.
+                let exchange = runtime.spawn(async move {
+                    tokio::time::timeout(timeout, async move {
+                        let response = client
+                            .request(request)
+                            .await
+                            .map_err(|error| format!("HTTP: {error}"))?;
+                        let status = response.status();
+                        let body = response
+                            .into_body()
+                            .collect()
+                            .await
+                            .map_err(|error| format!("HTTP body: {error}"))?
+                            .to_bytes();
+                        if status.is_success() {
+                            Ok(body)
+                        } else {
+                            Err(format!("HTTP {status}"))
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+                });
+                exchange
+                    .await
+                    .unwrap_or_else(|error| Err(format!("export task: {error}")))
+            }
+        }
+    }
+}
+
+/// Request and response bodies as bytes: the request is encoded already,
+/// and only `partial_success` is read from the response.
+#[derive(Debug, Clone, Copy)]
+struct RawBytes;
+
+impl Codec for RawBytes {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawBytes
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawBytes
+    }
+}
+
+impl Encoder for RawBytes {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawBytes {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}

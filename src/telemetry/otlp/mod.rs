@@ -40,22 +40,26 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, then `OTEL_EXPORTER_OTLP_PROTOCOL`;
-    /// a value neither names is passed over, as `opentelemetry-otlp` does;
-    /// `http/protobuf` by default, as the specification says.
-    pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Self {
-        [
+    /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`,
+    /// else `http/protobuf`, as the specification says. A value this build
+    /// does not speak (`http/json`) is refused, not replaced.
+    pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Self, ExporterConfigError> {
+        let Some((variable, value)) = [
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
         ]
         .into_iter()
-        .filter_map(env)
-        .find_map(|value| match value.trim().to_ascii_lowercase().as_str() {
-            "grpc" => Some(Protocol::Grpc),
-            "http/protobuf" => Some(Protocol::HttpProtobuf),
-            _ => None,
-        })
-        .unwrap_or(Protocol::HttpProtobuf)
+        .find_map(|variable| Some((variable, non_empty(env(variable))?))) else {
+            return Ok(Protocol::HttpProtobuf);
+        };
+        match value.trim().to_ascii_lowercase().as_str() {
+            "grpc" => Ok(Protocol::Grpc),
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            _ => Err(ExporterConfigError::Protocol {
+                variable: variable.to_string(),
+                value,
+            }),
+        }
     }
 }
 
@@ -82,6 +86,8 @@ pub enum ExporterConfigError {
         "{variable}={value:?}: this build does not compress OTLP requests; unset it or set it to none"
     )]
     Compression { variable: String, value: String },
+    #[error("{variable}={value:?}: this build speaks OTLP over grpc and http/protobuf")]
+    Protocol { variable: String, value: String },
     #[error("{header:?} is not a valid OTLP request header")]
     Header { header: String },
     #[error("OTLP export needs a Tokio runtime to run on")]
@@ -96,7 +102,7 @@ impl ExportConfig {
     /// from `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces` added; timeouts
     /// in milliseconds; headers as `key=value` pairs, percent-decoded.
     pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Self, ExporterConfigError> {
-        let protocol = Protocol::from_env(env);
+        let protocol = Protocol::from_env(env)?;
         // Refused rather than ignored: whoever set it expects smaller
         // requests than they would get.
         for variable in [
@@ -359,19 +365,24 @@ mod tests {
 
     #[test]
     fn protocol_is_http_protobuf_unless_grpc_is_asked_for() {
-        assert_eq!(Protocol::from_env(&env(&[])), Protocol::HttpProtobuf);
-        let grpc = env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);
-        assert_eq!(Protocol::from_env(&grpc), Protocol::Grpc);
-        let both = env(&[
+        let protocol = |pairs: &[(&str, &str)]| Protocol::from_env(&env(pairs));
+        assert_eq!(protocol(&[]).unwrap(), Protocol::HttpProtobuf);
+        let grpc = [("OTEL_EXPORTER_OTLP_PROTOCOL", " GRPC ")];
+        assert_eq!(protocol(&grpc).unwrap(), Protocol::Grpc);
+        let both = [
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
-        ]);
-        assert_eq!(Protocol::from_env(&both), Protocol::HttpProtobuf);
-        let unknown = env(&[
-            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "carrier-pigeon"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC"),
-        ]);
-        assert_eq!(Protocol::from_env(&unknown), Protocol::Grpc);
+        ];
+        assert_eq!(protocol(&both).unwrap(), Protocol::HttpProtobuf);
+        let json = [
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ];
+        let refused = protocol(&json).unwrap_err().to_string();
+        assert!(
+            refused.contains("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=\"http/json\""),
+            "{refused}"
+        );
     }
 
     fn header<'a>(config: &'a ExportConfig, key: &str) -> Option<&'a str> {

@@ -316,7 +316,7 @@ fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use opentelemetry::trace::{Event, Link, SpanContext, TraceFlags, TraceId, TraceState};
     use opentelemetry::{InstrumentationScope, KeyValue, StringValue};
@@ -357,7 +357,11 @@ mod tests {
         UNIX_EPOCH + Duration::from_micros(1_764_000_000_000_000 + us)
     }
 
-    fn span_data(scope: &InstrumentationScope, name: &'static str, i: u64) -> SpanData {
+    pub(in crate::telemetry::otlp) fn span_data(
+        scope: &InstrumentationScope,
+        name: &'static str,
+        i: u64,
+    ) -> SpanData {
         SpanData {
             span_context: context(0x4bf92f3577b34da6a3ce929d0e0e4736, 0xa000 + i, false, ""),
             parent_span_id: SpanId::INVALID,

@@ -30,7 +30,7 @@ pub enum Command {
     /// Logs are bunyan JSON lines on stdout and in daily-rolling files.
     /// Spans are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set
     /// (also honoured: OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_PROTOCOL=grpc|http/protobuf,
-    /// OTEL_TRACES_SAMPLER[_ARG], OTEL_BSP_*). RUST_LOG sets the log filter.
+    /// OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG, OTEL_BSP_*). RUST_LOG sets the log filter.
     Serve(ServeArgs),
     /// Exit 0 if the server's /healthz answers 200 (for container health
     /// checks: the runtime image has no curl).

@@ -2,7 +2,7 @@
 //! through one queue and one task, so a session that publishes does not
 //! wait a Redis round trip per message.
 //!
-//! The task sends whatever has queued up (at most [`BATCH`] envelopes) as
+//! The task sends whatever has queued up (at most `BATCH` envelopes) as
 //! one Redis pipeline, one round trip for the lot, and batches go one after
 //! another: one session's messages reach the other instances in the order
 //! it sent them. The queue

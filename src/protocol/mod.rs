@@ -288,7 +288,7 @@ fn known_types() -> String {
 }
 
 /// Decodes one text frame. The fast path is one pass with no buffering
-/// ([`one_pass`]); a frame it does not take goes through serde's derived
+/// (`one_pass`); a frame it does not take goes through serde's derived
 /// deserializer, and only a failing frame is parsed a third time to say
 /// precisely what is wrong.
 pub fn decode(text: &str) -> Result<ClientFrame, DecodeError> {

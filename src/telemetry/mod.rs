@@ -16,10 +16,12 @@
 //! ```
 //!
 //! Log lines go to `tracing-appender`'s rolling files (and stdout) through
-//! our own batching writer threads ([`line_writer`]), which are lossless:
+//! our own batching writer threads ([`line_writer`](mod@line_writer)), which are lossless:
 //! when a burst fills the buffer, the logging task blocks rather than
-//! dropping a line. The [`TelemetryGuard`] flushes spans first (their
-//! export may itself log), then the log writers.
+//! dropping a line. Spans leave through `otlp`'s exporter, which writes
+//! each batch's OTLP request straight from the SDK's span data. The
+//! [`TelemetryGuard`] flushes spans first (their export may itself log),
+//! then the log writers.
 
 mod bunyan;
 mod counters;
@@ -159,7 +161,7 @@ impl From<LogRotation> for Rotation {
 }
 
 /// OTLP trace export. Endpoint, protocol (`grpc` or `http/protobuf`),
-/// headers, timeout and compression are read by [`otlp::ExportConfig`]
+/// headers, timeout and compression are read by `otlp::ExportConfig`
 /// from the standard `OTEL_EXPORTER_OTLP_*` variables; the sampler from
 /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`; batching from
 /// `OTEL_BSP_*`.

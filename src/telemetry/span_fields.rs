@@ -267,7 +267,7 @@ impl Visit for Entries {
     }
 }
 
-/// Keeps [`SpanFields`] in each span's extensions.
+/// Keeps `SpanFields` in each span's extensions.
 pub struct SpanFieldsLayer;
 
 impl<S> Layer<S> for SpanFieldsLayer

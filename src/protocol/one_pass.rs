@@ -16,7 +16,7 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
 
-use super::ClientFrame;
+use super::{ClientFrame, FrameKind};
 
 /// `None`: not accepted here; the derived deserializer decides.
 pub(super) fn decode(text: &str) -> Option<ClientFrame> {
@@ -81,24 +81,26 @@ impl Slots<'_> {
         let Slot::Str(kind) = self.kind else {
             return None;
         };
-        Some(match &*kind {
-            "ping" => ClientFrame::Ping {
+        // The wire names are `FrameKind`'s table, as for the derived
+        // deserializer's `rename_all` (a test holds the two to the same).
+        Some(match FrameKind::client_kind(&kind)? {
+            FrameKind::Ping => ClientFrame::Ping {
                 id: self.id.optional()?,
             },
-            "echo" => ClientFrame::Echo {
+            FrameKind::Echo => ClientFrame::Echo {
                 content: self.content.required()?,
             },
-            "subscribe" => ClientFrame::Subscribe {
+            FrameKind::Subscribe => ClientFrame::Subscribe {
                 channel: self.channel.required()?,
             },
-            "unsubscribe" => ClientFrame::Unsubscribe {
+            FrameKind::Unsubscribe => ClientFrame::Unsubscribe {
                 channel: self.channel.required()?,
             },
-            "publish" => ClientFrame::Publish {
+            FrameKind::Publish => ClientFrame::Publish {
                 channel: self.channel.required()?,
                 content: self.content.required()?,
             },
-            "direct" => ClientFrame::Direct {
+            FrameKind::Direct => ClientFrame::Direct {
                 to_session: self.to_session.optional()?,
                 to_user: self.to_user.optional()?,
                 content: self.content.required()?,

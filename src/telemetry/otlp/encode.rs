@@ -254,12 +254,9 @@ fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
     varint(out, u64::from(field << 3 | u32::from(wire_type)));
 }
 
-fn varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push(value as u8 | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
+fn varint(out: &mut Vec<u8>, value: u64) {
+    let (bytes, n) = varint_on_stack(value);
+    out.extend_from_slice(&bytes[..n]);
 }
 
 /// A proto3 scalar: left out when it is zero.
@@ -298,8 +295,9 @@ fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
 }
 
 /// A sub-message, always written. Its length is known only once it is
-/// written: one byte is kept for it, and the body is moved along in the
-/// rare case the length needs more (a body of 128 bytes or more).
+/// written: one byte is kept for it, and when the length needs more (a
+/// body of 128 bytes or more: every span) the body is moved along by the
+/// extra bytes, the length encoded on the stack.
 fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     tag(out, field, LEN);
     let at = out.len();
@@ -309,10 +307,21 @@ fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     if len < 0x80 {
         out[at] = len as u8;
     } else {
-        let mut prefix = Vec::with_capacity(10);
-        varint(&mut prefix, len as u64);
-        out.splice(at..=at, prefix);
+        let (prefix, n) = varint_on_stack(len as u64);
+        out.splice(at..=at, prefix[..n].iter().copied());
     }
+}
+
+fn varint_on_stack(mut value: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0; 10];
+    let mut n = 0;
+    while value >= 0x80 {
+        bytes[n] = value as u8 | 0x80;
+        value >>= 7;
+        n += 1;
+    }
+    bytes[n] = value as u8;
+    (bytes, n + 1)
 }
 
 #[cfg(test)]

@@ -44,21 +44,13 @@ impl Protocol {
     /// else `http/protobuf`, as the specification says. A value this build
     /// does not speak (`http/json`) is refused, not replaced.
     pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Self, ExporterConfigError> {
-        let Some((variable, value)) = [
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ]
-        .into_iter()
-        .find_map(|variable| Some((variable, non_empty(env(variable))?))) else {
+        let Some((variable, value)) = first_set(env, "PROTOCOL") else {
             return Ok(Protocol::HttpProtobuf);
         };
         match value.trim().to_ascii_lowercase().as_str() {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
-            _ => Err(ExporterConfigError::Protocol {
-                variable: variable.to_string(),
-                value,
-            }),
+            _ => Err(ExporterConfigError::Protocol { variable, value }),
         }
     }
 }
@@ -105,30 +97,17 @@ impl ExportConfig {
         let protocol = Protocol::from_env(env)?;
         // Refused rather than ignored: whoever set it expects smaller
         // requests than they would get.
-        for variable in [
-            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-            "OTEL_EXPORTER_OTLP_COMPRESSION",
-        ] {
-            if let Some(value) = non_empty(env(variable))
-                && !value.trim().eq_ignore_ascii_case("none")
-            {
-                return Err(ExporterConfigError::Compression {
-                    variable: variable.to_string(),
-                    value,
-                });
-            }
+        if let Some((variable, value)) = first_set(env, "COMPRESSION")
+            && !value.trim().eq_ignore_ascii_case("none")
+        {
+            return Err(ExporterConfigError::Compression { variable, value });
         }
         let traces_endpoint = non_empty(env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"));
         let endpoint = non_empty(env("OTEL_EXPORTER_OTLP_ENDPOINT"));
         let endpoint = match protocol {
             Protocol::Grpc => {
-                let insecure = [
-                    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
-                    "OTEL_EXPORTER_OTLP_INSECURE",
-                ]
-                .into_iter()
-                .find_map(|name| non_empty(env(name)))
-                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                let insecure = first_set(env, "INSECURE")
+                    .is_some_and(|(_, v)| v.trim().eq_ignore_ascii_case("true"));
                 let endpoint = traces_endpoint
                     .or(endpoint)
                     .unwrap_or_else(|| DEFAULT_GRPC_ENDPOINT.to_string());
@@ -169,6 +148,21 @@ impl ExportConfig {
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
+}
+
+/// The first of `OTEL_EXPORTER_OTLP_TRACES_{setting}` and
+/// `OTEL_EXPORTER_OTLP_{setting}` that is set, with its name: the
+/// trace-specific variable wins, whatever it says.
+fn first_set(env: &impl Fn(&str) -> Option<String>, setting: &str) -> Option<(String, String)> {
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{setting}"),
+        format!("OTEL_EXPORTER_OTLP_{setting}"),
+    ]
+    .into_iter()
+    .find_map(|variable| {
+        let value = non_empty(env(&variable))?;
+        Some((variable, value))
+    })
 }
 
 fn with_scheme(endpoint: String, insecure: bool) -> String {
@@ -528,6 +522,30 @@ mod tests {
     }
 
     #[test]
+    fn a_binary_grpc_header_is_refused_and_allowed_over_http() {
+        let build = |protocol: &str| {
+            let config = ExportConfig::from_env(&env(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "trace-bin=abc"),
+            ]))
+            .unwrap();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async { OtlpSpanExporter::new(config) })
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        };
+        let refused = build("grpc").unwrap_err();
+        assert!(
+            refused.contains("\"trace-bin\" is not a valid OTLP request header"),
+            "{refused}"
+        );
+        assert!(build("http/protobuf").is_ok());
+    }
+
+    #[test]
     fn compression_this_build_cannot_do_is_refused() {
         let error =
             ExportConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")]))
@@ -539,6 +557,14 @@ mod tests {
             "{error}"
         );
         assert!(error.contains("does not compress"), "{error}");
+        // The trace-specific variable wins, as for every other setting.
+        let none_wins = ExportConfig::from_env(&env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ]));
+        assert!(none_wins.is_ok());
+        let generic = ExportConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]));
+        assert!(generic.is_err());
     }
 
     /// Collects the `rejected_spans` of every `SpansRejected` line.

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{ExportConfig, ExporterConfigError, Protocol};
@@ -73,19 +73,25 @@ impl Transport {
         }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| ExporterConfigError::NoRuntime)?;
-        let bad_header = |key: &str| ExporterConfigError::Header {
-            header: key.to_string(),
-        };
+        let mut headers = http::HeaderMap::new();
+        for (key, value) in &config.headers {
+            let bad_header = || ExporterConfigError::Header {
+                header: key.to_string(),
+            };
+            let name = key.parse::<http::HeaderName>().map_err(|_| bad_header())?;
+            // gRPC metadata ending in `-bin` is binary (base64); these
+            // values are text.
+            if config.protocol == Protocol::Grpc && name.as_str().ends_with("-bin") {
+                return Err(bad_header());
+            }
+            let value = value
+                .parse::<http::HeaderValue>()
+                .map_err(|_| bad_header())?;
+            headers.insert(name, value);
+        }
         Ok(match config.protocol {
             Protocol::Grpc => {
-                let mut metadata = MetadataMap::new();
-                for (key, value) in &config.headers {
-                    let name = key.parse::<MetadataKey<_>>().map_err(|_| bad_header(key))?;
-                    let value = value
-                        .parse::<MetadataValue<_>>()
-                        .map_err(|_| bad_header(key))?;
-                    metadata.insert(name, value);
-                }
+                let metadata = MetadataMap::from_headers(headers);
                 let endpoint = Endpoint::from(uri)
                     .user_agent(USER_AGENT)
                     .map_err(|error| invalid(error.to_string()))?;
@@ -98,16 +104,6 @@ impl Transport {
                 }
             }
             Protocol::HttpProtobuf => {
-                let mut headers = http::HeaderMap::new();
-                for (key, value) in &config.headers {
-                    let name = key
-                        .parse::<http::HeaderName>()
-                        .map_err(|_| bad_header(key))?;
-                    let value = value
-                        .parse::<http::HeaderValue>()
-                        .map_err(|_| bad_header(key))?;
-                    headers.insert(name, value);
-                }
                 headers.insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("application/x-protobuf"),

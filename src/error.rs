@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::websocket::{HandshakeError, WsError};
+
 /// RFC 6455 close codes the server sends or records.
 pub mod close_code {
     pub const NORMAL: u16 = 1000;
@@ -79,27 +81,13 @@ pub enum SessionError {
 
 impl SessionError {
     /// Classifies an error read from the socket.
-    pub fn from_read(error: axum::Error, max_message_bytes: usize) -> Self {
-        use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-        let inner = error.into_inner();
-        match inner.downcast_ref::<WsError>() {
-            Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))
-            | Some(WsError::ConnectionClosed)
-            | Some(WsError::AlreadyClosed)
-            | Some(WsError::Io(_)) => SessionError::ConnectionLost(inner.to_string()),
-            Some(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => {
-                SessionError::MessageTooBig {
-                    limit: max_message_bytes,
-                    size: *size,
-                }
-            }
-            Some(WsError::Capacity(CapacityError::TooManyHeaders)) => {
-                SessionError::Protocol("too many headers".into())
-            }
-            Some(WsError::Utf8(_)) => SessionError::InvalidUtf8,
-            Some(WsError::Protocol(p)) => SessionError::Protocol(p.to_string()),
-            Some(other) => SessionError::Transport(other.to_string()),
-            None => SessionError::Transport(inner.to_string()),
+    pub fn from_read(error: WsError) -> Self {
+        match error {
+            WsError::MessageTooBig { size, limit } => SessionError::MessageTooBig { limit, size },
+            WsError::InvalidUtf8 => SessionError::InvalidUtf8,
+            WsError::Protocol(reason) => SessionError::Protocol(reason.into()),
+            lost if lost.is_connection_lost() => SessionError::ConnectionLost(lost.to_string()),
+            other => SessionError::Transport(other.to_string()),
         }
     }
 
@@ -157,6 +145,12 @@ pub enum HttpError {
     /// `--max-debug-sessions` are already open.
     #[error("{0}; end one (DELETE /api/sessions/{{id}}/debug) or raise the limit")]
     TooManyDebugSessions(#[from] crate::sampling::DebugRefused),
+    /// A request to a WebSocket endpoint that is not a WebSocket upgrade.
+    #[error("not a websocket upgrade: {0}")]
+    NotAnUpgrade(#[from] HandshakeError),
+    /// The connection cannot be taken over (not HTTP/1.1).
+    #[error("this connection cannot be upgraded to a websocket; use HTTP/1.1")]
+    NotUpgradable,
 }
 
 impl HttpError {
@@ -169,7 +163,8 @@ impl HttpError {
             HttpError::OriginNotAllowed | HttpError::AdminDisabled => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
-            HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HttpError::BadRequest(_) | HttpError::NotAnUpgrade(_) => StatusCode::BAD_REQUEST,
+            HttpError::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
             HttpError::Busy(_)
             | HttpError::TooManySessions { .. }
             | HttpError::TooManyDebugSessions(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -191,6 +186,8 @@ impl HttpError {
             HttpError::TooManySessions { .. } => "too_many_sessions",
             HttpError::ClusterUnavailable(_) => "cluster_unavailable",
             HttpError::TooManyDebugSessions(_) => "too_many_debug_sessions",
+            HttpError::NotAnUpgrade(_) => "not_a_websocket_upgrade",
+            HttpError::NotUpgradable => "not_upgradable",
         }
     }
 }
@@ -203,6 +200,13 @@ impl IntoResponse for HttpError {
         let headers = response.headers_mut();
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let HttpError::NotAnUpgrade(HandshakeError::UnsupportedVersion) = self {
+            // RFC 6455 4.4: say which version this server speaks.
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
         }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
@@ -254,15 +258,34 @@ mod tests {
 
     #[test]
     fn read_errors_are_classified() {
-        use tungstenite::error::{CapacityError, Error as WsError};
-        let too_long = axum::Error::new(WsError::Capacity(CapacityError::MessageTooLong {
-            size: 10,
-            max_size: 5,
-        }));
+        let cases = [
+            (WsError::MessageTooBig { size: 10, limit: 5 }, 1009),
+            (WsError::InvalidUtf8, 1007),
+            (WsError::Protocol("reserved bits set"), 1002),
+            (WsError::Truncated, 1006),
+            (
+                WsError::Io(std::io::ErrorKind::ConnectionReset.into()),
+                1006,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(SessionError::from_read(error).close_code(), code);
+        }
         assert!(matches!(
-            SessionError::from_read(too_long, 5),
+            SessionError::from_read(WsError::MessageTooBig { size: 10, limit: 5 }),
             SessionError::MessageTooBig { limit: 5, size: 10 }
         ));
+    }
+
+    #[test]
+    fn a_request_that_is_not_an_upgrade_is_told_why() {
+        let response = HttpError::NotAnUpgrade(HandshakeError::UnsupportedVersion).into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[header::SEC_WEBSOCKET_VERSION], "13");
+        assert_eq!(
+            HttpError::NotUpgradable.into_response().status(),
+            StatusCode::UPGRADE_REQUIRED
+        );
     }
 
     #[test]

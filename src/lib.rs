@@ -46,6 +46,8 @@
 //!   - [`error`]: every failure and its close code or HTTP status.
 //!   - [`auth`]: JWT, the Origin allowlist, secrets that never print.
 //!   - [`trace_context`]: W3C `traceparent` parsing and formatting.
+//!   - [`websocket`]: RFC 6455, server side: the handshake's answer, and a
+//!     connection as a reading `Stream` and a writing `Sink` of messages.
 //!   - [`sampling`]: the tiers of message tracing, and debug sessions.
 //!   - [`limits`]: every bound the server enforces; [`caps`]: sessions
 //!     counted per client address and per user.
@@ -72,3 +74,4 @@ pub mod sync;
 pub mod telemetry;
 pub mod tools;
 pub mod trace_context;
+pub mod websocket;

@@ -43,12 +43,15 @@ pub const DEFAULT_MESSAGE_BURST: u32 = 200;
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 100;
 /// A client must finish sending its HTTP request head within this time.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// WebSocket read buffer per connection. tungstenite's default is 128 KiB,
-/// which costs ~140 KB per idle connection; messages larger than this
-/// still work, the buffer just grows while they are read. 1 KiB still
+/// WebSocket read buffer per connection, as each read asks for it.
+/// tungstenite's default was 128 KiB, which cost ~140 KB per idle
+/// connection; a larger message still works: the buffer grows to the size
+/// its header announces, and goes back to small after it. 1 KiB still
 /// reads ~25 typical frames per syscall (BENCHMARKS.md).
 pub const WS_READ_BUFFER_BYTES: usize = 1024;
-/// WebSocket write buffer per connection (tungstenite's default: 128 KiB).
+/// A session's writer writes its buffered frames out once they pass this
+/// many bytes, even in the middle of a burst, and keeps a buffer no larger
+/// than this between bursts.
 pub const WS_WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// Bytes of frames queued for one session's writer: with 64 KiB frames,
 /// a client that stops reading would otherwise pin 64 × 64 KiB.

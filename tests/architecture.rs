@@ -22,6 +22,7 @@ const LAYERS: &[&[&str]] = &[
         "error",
         "auth",
         "trace_context",
+        "websocket",
         "protocol",
         "limits",
         "caps",

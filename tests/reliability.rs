@@ -39,6 +39,98 @@ async fn invalid_utf8_closes_with_1007() {
     );
 }
 
+/// Each way of breaking RFC 6455 closes with 1002, says why in the
+/// session's log, and leaves the server serving.
+#[tokio::test]
+async fn protocol_errors_close_with_1002_and_say_why() {
+    let mut server = TestServer::start().await;
+    // (fin, opcode, payload, what the log line says)
+    let cases: [(bool, u8, &[u8], &str); 4] = [
+        (true, 3, b"", "reserved opcode"),
+        (false, 9, b"", "fragmented control frame"),
+        (
+            true,
+            0,
+            b"x",
+            "continuation frame with no message to continue",
+        ),
+        (true, 8, b"\x03", "close frame with a 1-byte payload"),
+    ];
+    for (fin, opcode, payload, _) in cases {
+        let mut raw = RawClient::upgrade(server.addr, "/ws").await;
+        assert_eq!(raw.read_frame().await.unwrap().0, 1, "welcome");
+        raw.send_frame(fin, opcode, payload).await;
+        assert_eq!(raw.close_code().await, Some(1002), "opcode {opcode}");
+    }
+    still_serves(&server).await;
+    server.stop().await;
+    let lines = server.log_lines();
+    for (_, _, _, why) in cases {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["close_code"] == 1002
+                    && l["error"].as_str().is_some_and(|e| e.contains(why))),
+            "no 1002 line says {why:?}"
+        );
+    }
+}
+
+/// A client's ping is answered with its payload, in order with the
+/// session's other frames; a client's Close is answered with its code.
+#[tokio::test]
+async fn pings_and_closes_from_the_client_are_answered() {
+    let mut server = TestServer::start().await;
+    let mut raw = RawClient::upgrade(server.addr, "/ws").await;
+    assert_eq!(raw.read_frame().await.unwrap().0, 1, "welcome");
+    let echo = json!({"type": "echo", "content": "first"}).to_string();
+    raw.send_frame(true, 1, echo.as_bytes()).await;
+    raw.send_frame(true, 9, b"are you there").await;
+    let (opcode, reply) = raw.read_frame().await.unwrap();
+    assert_eq!(opcode, 1);
+    assert!(String::from_utf8(reply).unwrap().contains("first"));
+    assert_eq!(
+        raw.read_frame().await,
+        Some((10, b"are you there".to_vec()))
+    );
+    raw.send_frame(true, 8, b"\x0f\xa0going").await;
+    assert_eq!(raw.read_frame().await, Some((8, vec![0x0f, 0xa0])));
+    // And then the server closes the connection.
+    assert_eq!(raw.read_frame().await, None);
+    server.stop().await;
+    let lines = server.log_lines();
+    let closed = with_msg(&lines, wstrace::events::SessionClosed::MESSAGE);
+    assert_eq!(closed[0]["close_code"], 4000);
+    assert_eq!(closed[0]["close_clean"], true);
+}
+
+/// A request to the WebSocket endpoint that is not an upgrade is told what
+/// is missing, as JSON, and no session starts.
+#[tokio::test]
+async fn a_request_that_is_not_an_upgrade_is_told_why() {
+    let mut server = TestServer::start().await;
+    let plain = http(server.addr, "GET", "/ws", &[], None).await;
+    assert_eq!(plain.status, 400);
+    assert_eq!(plain.json()["error"]["code"], "not_a_websocket_upgrade");
+    let old = http(
+        server.addr,
+        "GET",
+        "/ws",
+        &[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "8"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(old.status, 400);
+    assert_eq!(old.header("sec-websocket-version"), Some("13"));
+    server.stop().await;
+    assert!(with_msg(&server.log_lines(), wstrace::events::SessionOpened::MESSAGE).is_empty());
+}
+
 #[tokio::test]
 async fn fragmented_oversize_message_closes_with_1009() {
     let mut server = TestServer::start_with(Limits {

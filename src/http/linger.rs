@@ -13,7 +13,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -35,6 +36,75 @@ impl LingeringStream {
     fn stream(&mut self) -> &mut TcpStream {
         // Only `Drop` takes the stream out.
         self.stream.as_mut().expect("stream is present until drop")
+    }
+
+    fn shared(&self) -> &TcpStream {
+        self.stream.as_ref().expect("stream is present until drop")
+    }
+
+    /// A reading and a writing half for two tasks, with no lock between
+    /// them (a socket reads and writes through a shared reference). The
+    /// connection closes, lingering if it must, when both are gone.
+    pub fn into_halves(self) -> (ReadingHalf, WritingHalf) {
+        let shared = Arc::new(self);
+        (ReadingHalf(shared.clone()), WritingHalf(shared))
+    }
+}
+
+/// See [`LingeringStream::into_halves`].
+#[derive(Debug)]
+pub struct ReadingHalf(Arc<LingeringStream>);
+
+/// See [`LingeringStream::into_halves`]. Shutting it down does nothing:
+/// the connection closes when both halves are gone.
+#[derive(Debug)]
+pub struct WritingHalf(Arc<LingeringStream>);
+
+impl AsyncRead for ReadingHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let stream = self.0.shared();
+        loop {
+            ready!(stream.poll_read_ready(cx))?;
+            // Readiness can be stale: `WouldBlock` clears it, and the next
+            // turn waits for the socket again.
+            match stream.try_read(buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for WritingHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let stream = self.0.shared();
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(data) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -133,9 +203,11 @@ mod tests {
         client.write_all(&[b'x'; 64 * 1024]).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         if linger {
-            let mut server = LingeringStream::new(server);
-            server.write_all(b"bye").await.unwrap();
-            drop(server);
+            // As a session holds it: two halves, dropped one after the other.
+            let (reading, mut writing) = LingeringStream::new(server).into_halves();
+            writing.write_all(b"bye").await.unwrap();
+            drop(writing);
+            drop(reading);
         } else {
             let mut server = server;
             server.write_all(b"bye").await.unwrap();

@@ -2,23 +2,83 @@
 //! the session, in its own span, as a child of the request's.
 
 use axum::Extension;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
-use axum::http::header;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::{HeaderValue, StatusCode, header, request::Parts};
 use axum::response::Response;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::linger::{LingeringStream, ReadingHalf, WritingHalf};
 use super::trace::RequestTrace;
 use crate::auth;
 use crate::error::HttpError;
 use crate::events::UpgradeRefused;
-use crate::limits::{WS_READ_BUFFER_BYTES, WS_WRITE_BUFFER_BYTES};
 use crate::session::{SessionInfo, SessionMode, UpgradeInfo, run_session};
 use crate::state::ServerState;
+use crate::websocket::{self, MessageReader, MessageWriter};
+
+/// A WebSocket upgrade request, checked: the answer's accept key, and the
+/// connection to take over once the answer is sent.
+pub struct WebSocketRequest {
+    accept: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WebSocketRequest {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let accept = websocket::check_request(&parts.method, &parts.headers)?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(HttpError::NotUpgradable)?;
+        Ok(Self { accept, on_upgrade })
+    }
+}
+
+impl WebSocketRequest {
+    /// The 101 answer; once it is sent, `session` runs on the connection.
+    fn on_upgrade<F, Fut>(self, max_message_bytes: usize, session: F) -> Response
+    where
+        F: FnOnce(MessageWriter<WritingHalf>, MessageReader<ReadingHalf>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => {
+                    tracing::warn!(%error, "websocket upgrade failed");
+                    return;
+                }
+            };
+            // The server serves every connection through a `LingeringStream`.
+            let parts = match upgraded.downcast::<TokioIo<LingeringStream>>() {
+                Ok(parts) => parts,
+                Err(_) => {
+                    tracing::error!("websocket upgrade failed: not a connection of this server");
+                    return;
+                }
+            };
+            let (reading, writing) = parts.io.into_inner().into_halves();
+            let reader = MessageReader::new(reading, parts.read_buf, max_message_bytes);
+            session(MessageWriter::new(writing), reader).await;
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+            .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+            .header(header::SEC_WEBSOCKET_ACCEPT, self.accept)
+            .body(axum::body::Body::empty())
+            .expect("a valid response")
+    }
+}
 
 /// `GET /ws` (`ECHO = false`): a protocol v1 session. `GET /echo`
 /// (`ECHO = true`, with `--echo-endpoint`): a raw echo session, with the
@@ -29,7 +89,7 @@ pub async fn ws_upgrade<const ECHO: bool>(
     trace: Extension<RequestTrace>,
     request_headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
-    upgrade: WebSocketUpgrade,
+    upgrade: WebSocketRequest,
 ) -> Result<Response, HttpError> {
     let mode = if ECHO {
         SessionMode::Echo
@@ -45,7 +105,7 @@ async fn upgrade_session(
     Extension(trace): Extension<RequestTrace>,
     request_headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
-    upgrade: WebSocketUpgrade,
+    upgrade: WebSocketRequest,
     mode: SessionMode,
 ) -> Result<Response, HttpError> {
     if state.shutdown.is_cancelled() {
@@ -120,22 +180,17 @@ async fn upgrade_session(
         debug,
     };
     let session_span = info.span(&trace.context);
-    let upgrade = upgrade
-        .max_message_size(limits.max_message_bytes)
-        .max_frame_size(limits.max_message_bytes)
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
-        .on_failed_upgrade(|error| tracing::warn!(%error, "websocket upgrade failed"));
-    // One box for all the callback takes: axum's task keeps room for the
-    // callback for the session's whole life, even after calling it, so the
-    // callback is best a single pointer (BENCHMARKS.md, idle memory).
+    // One box for all the callback takes: the upgrade's task keeps room
+    // for the callback for the session's whole life, so the callback is
+    // best a single pointer (BENCHMARKS.md, idle memory).
+    let max_message_bytes = limits.max_message_bytes;
     let setup = Box::new(SessionSetup {
         span: session_span,
         info,
         state,
         held: (permit, ip_slot, user_slot),
     });
-    Ok(upgrade.on_upgrade(move |socket| {
+    Ok(upgrade.on_upgrade(max_message_bytes, move |sink, stream| {
         let SessionSetup {
             span,
             info,
@@ -145,7 +200,7 @@ async fn upgrade_session(
         let sessions = state.sessions.clone();
         // Set up here, in the session's span, rather than in an async block
         // that would keep room for the socket all session long.
-        let session = span.in_scope(|| run_session(socket, info, state));
+        let session = span.in_scope(|| run_session(sink, stream, info, state));
         let session = async move {
             session.await;
             drop(held);

@@ -1,6 +1,6 @@
 //! A message on its way to one or many sessions.
 
-use axum::extract::ws::Utf8Bytes;
+use crate::websocket::Utf8Bytes;
 use opentelemetry::trace::SpanContext;
 use std::sync::Arc;
 use std::time::SystemTime;

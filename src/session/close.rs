@@ -3,7 +3,8 @@
 //!
 //! Any task may propose a close ([`CloseSignal::decide`]); the first
 //! proposal sticks, and the writer and the supervisor wait for it. The
-//! writer sends the Close frame for the server's own decisions; the
+//! writer sends the Close frame (the server's own, or the answer to the
+//! client's); the
 //! supervisor in `session::run_session` waits a bounded time for the
 //! handshake to finish.
 
@@ -15,6 +16,7 @@ use std::task::{Context, Poll};
 
 use crate::error::close_code;
 use crate::sync::lock;
+use crate::websocket::{CloseFrame, Utf8Bytes};
 
 /// Who ended a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +68,23 @@ impl CloseDecision {
         }
     }
 
-    /// The server sends a Close frame for its own decisions; a client's
-    /// Close is answered by the WebSocket layer itself.
-    pub fn server_sends_close(&self) -> bool {
-        self.by != ClosedBy::Client && self.code != close_code::ABNORMAL
+    /// The Close frame the writer sends for this decision: the server's
+    /// own, with its code and reason, or the answer to the client's, which
+    /// echoes its code (RFC 6455 5.5.1). None when the connection is gone
+    /// (1006): nothing can be sent.
+    pub fn close_frame(&self) -> Option<Option<CloseFrame>> {
+        match (self.code, self.by) {
+            (close_code::ABNORMAL, _) => None,
+            (close_code::NO_STATUS, ClosedBy::Client) => Some(None),
+            (code, ClosedBy::Client) => Some(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::default(),
+            })),
+            (code, _) => Some(Some(CloseFrame {
+                code,
+                reason: self.reason.as_str().into(),
+            })),
+        }
     }
 }
 

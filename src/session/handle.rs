@@ -2,7 +2,7 @@
 //! to, a live session. Routing, the admin API and cluster mode reach a
 //! session only through it (as a [`Recipient`]).
 
-use axum::extract::ws::Message;
+use crate::websocket::Message;
 use opentelemetry::trace::SpanContext;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -33,8 +33,7 @@ mod reader;
 pub mod stats;
 mod writer;
 
-use axum::extract::ws::Message;
-use futures_util::{FutureExt, Sink, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, Stream};
 use opentelemetry::trace::TraceContextExt;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -54,6 +53,7 @@ use crate::protocol::ServerFrame;
 use crate::routing::Recipient;
 use crate::sampling::DebugReason;
 use crate::state::ServerState;
+use crate::websocket::{Message, WsError};
 use close::{CloseDecision, CloseSignal, ClosedBy, PeerClose, Waiter};
 pub use handle::SessionHandle;
 use outbound::{MessageSampler, Outbound};
@@ -150,20 +150,17 @@ pub struct SessionSummary {
 /// `.await`, moved-from ones included, for as long as it exists, and this
 /// one exists as long as the session (BENCHMARKS.md, memory per idle
 /// session).
-pub fn run_session<W>(
-    socket: W,
+pub fn run_session<K, T>(
+    sink: K,
+    stream: T,
     info: SessionInfo,
     state: Arc<ServerState>,
 ) -> impl Future<Output = SessionSummary> + Send + 'static
 where
-    W: Stream<Item = Result<Message, axum::Error>>
-        + Sink<Message, Error = axum::Error>
-        + Send
-        + Unpin
-        + 'static,
+    K: Sink<Message, Error = WsError> + Send + Unpin + 'static,
+    T: Stream<Item = Result<Message, WsError>> + Send + Unpin + 'static,
 {
     let session = Session::new(info, state);
-    let (sink, stream) = socket.split();
     // Boxed: what an async block captures keeps its room after being moved
     // out, and these are moved out right after the join.
     let parts = Box::new((session, sink, stream));
@@ -293,8 +290,8 @@ impl Session {
         Ending,
     )
     where
-        K: Sink<Message, Error = axum::Error> + Send + Unpin + 'static,
-        T: Stream<Item = Result<Message, axum::Error>> + Send + Unpin + 'static,
+        K: Sink<Message, Error = WsError> + Send + Unpin + 'static,
+        T: Stream<Item = Result<Message, WsError>> + Send + Unpin + 'static,
     {
         let ending = &self.ending;
         let state = &ending.state;
@@ -504,14 +501,14 @@ mod tests {
     struct Quiet;
 
     impl Stream for Quiet {
-        type Item = Result<Message, axum::Error>;
+        type Item = Result<Message, WsError>;
         fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
             Poll::Pending
         }
     }
 
     impl Sink<Message> for Quiet {
-        type Error = axum::Error;
+        type Error = WsError;
         fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }
@@ -543,7 +540,7 @@ mod tests {
             mode: SessionMode::Protocol,
             debug: None,
         };
-        let session = run_session(Quiet, info, state.clone());
+        let session = run_session(Quiet, Quiet, info, state.clone());
         let (_tx, rx) = outbound_queue(4, 1024);
         let writer = writer::Writer {
             stats: Arc::new(SessionStats::new()),
@@ -555,7 +552,7 @@ mod tests {
                 None,
             ),
         }
-        .run(Quiet.split().0, rx);
+        .run(Quiet, rx);
         let (session, writer) = (size_of_val(&session), size_of_val(&writer));
         // Measured 200 and 592 bytes (rustc 1.95). The budgets leave room
         // for a toolchain's drift, not for a new slot the size of a socket

@@ -1,7 +1,7 @@
 //! A session's outbound queue (bounded in frames and in bytes), what goes
 //! into it, and which messages are traced.
 
-use axum::extract::ws::Message;
+use crate::websocket::Message;
 use futures_util::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -193,9 +193,37 @@ impl OutboundQueue {
     /// session's reader when its client does not read the replies.
     pub async fn send(&self, item: Outbound) -> Result<(), QueueError> {
         let mut item = Some(item);
+        self.wait_for(|wait| self.push(&mut item, wait)).await
+    }
+
+    /// Waits until an entry of `bytes` would fit, and queues nothing: for
+    /// a frame that another path will queue without waiting (a publisher's
+    /// own copy of its message, queued by routing).
+    pub async fn room_for(&self, bytes: usize) -> Result<(), QueueError> {
+        let cost = u32::try_from(bytes.min(self.shared.max_bytes)).unwrap_or(u32::MAX);
+        self.wait_for(|wait| {
+            let mut state = lock(&self.shared.state);
+            if state.receiver_gone {
+                return Err(QueueError::Closed);
+            }
+            if !state.has_room(cost, &self.shared) {
+                state.senders_waiting += usize::from(wait);
+                return Err(QueueError::Full);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `attempt` until it finds room. `attempt(wait)` answers Full,
+    /// and when `wait` counts the caller among those waiting for room.
+    async fn wait_for(
+        &self,
+        mut attempt: impl FnMut(bool) -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
         // Room now, the usual case: no waiter to register and unregister
         // (each takes the `Notify`'s lock).
-        match self.push(&mut item, false) {
+        match attempt(false) {
             Err(QueueError::Full) => {}
             done => return done,
         }
@@ -205,7 +233,7 @@ impl OutboundQueue {
             let room = self.shared.writable.notified();
             let mut room = std::pin::pin!(room);
             room.as_mut().enable();
-            match self.push(&mut item, true) {
+            match attempt(true) {
                 Err(QueueError::Full) => {}
                 done => return done,
             }
@@ -394,6 +422,29 @@ mod tests {
         tokio::task::yield_now().await;
         drop(receiver);
         assert_eq!(waiting.await.unwrap(), Err(QueueError::Closed));
+    }
+
+    /// `room_for` waits as `send` would, and takes nothing: the frame that
+    /// routing then queues without waiting fits.
+    #[tokio::test]
+    async fn room_for_waits_for_room_and_queues_nothing() {
+        let frame =
+            |n: usize| Outbound::frame(FrameKind::Echo, Message::Text("x".repeat(n).into()), false);
+        let (queue, mut receiver) = outbound_queue(2, 1000);
+        queue.room_for(600).await.unwrap();
+        queue.try_send(frame(600)).unwrap();
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.room_for(600).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "600 + 600 bytes do not fit in 1000");
+        let (_, cost) = receiver.try_recv().unwrap().into_parts();
+        receiver.written(cost);
+        waiting.await.unwrap().unwrap();
+        queue.try_send(frame(600)).unwrap();
+        drop(receiver);
+        assert_eq!(queue.room_for(1).await, Err(QueueError::Closed));
     }
 
     /// Two senders racing one writer on two threads: every entry arrives,

@@ -1,7 +1,6 @@
 //! The reader task: reads frames and acts on them; replies go through the
 //! writer's queue, messages for others through the hub.
 
-use axum::extract::ws::Message;
 use futures_util::{FutureExt, Stream, StreamExt};
 use opentelemetry::trace::{SpanContext, Status, TraceContextExt};
 use std::panic::AssertUnwindSafe;
@@ -25,6 +24,7 @@ use crate::events::{
 use crate::protocol::{self, ClientFrame, DecodeError, ErrorCode, FrameKind, ServerFrame};
 use crate::routing::{Audience, Delivery, ForwardError, Routed, Sender, SharedRecipient};
 use crate::state::ServerState;
+use crate::websocket::{Message, WsError};
 
 /// The reader task: reads the socket until it ends, answers each frame
 /// through the writer's queue (waiting when it is full: backpressure), and
@@ -84,21 +84,18 @@ fn receive_span(kind: FrameKind, size: usize) -> tracing::Span {
 pub(super) struct Gone;
 
 impl Reader {
-    /// Reads until the stream ends. A client Close is recorded and reading
-    /// goes on, so the WebSocket layer can send its reply and end the
-    /// stream cleanly; an error is recorded as the close decision.
+    /// Reads until the stream ends. A client Close is recorded as the close
+    /// decision (the writer answers it); so is an error.
     pub async fn run<T>(mut self, mut stream: T)
     where
-        T: Stream<Item = Result<Message, axum::Error>> + Unpin,
+        T: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         while let Some(item) = stream.next().await {
             let at_us = self.session.stats.touch();
             let message = match item {
                 Ok(message) => message,
                 Err(error) => {
-                    let error =
-                        SessionError::from_read(error, self.state.config.limits.max_message_bytes);
-                    self.fail(error);
+                    self.fail(SessionError::from_read(error));
                     return;
                 }
             };
@@ -121,8 +118,11 @@ impl Reader {
                     Message::Binary(bytes) => {
                         Box::pin(self.on_data(Data::Binary(bytes), at_us)).await
                     }
-                    // The WebSocket layer answers pings by itself.
-                    Message::Ping(_) => Ok(()),
+                    // Answered through the writer, in order with the rest.
+                    Message::Ping(payload) => {
+                        self.reply(FrameKind::Pong, Message::Pong(payload), false)
+                            .await
+                    }
                     Message::Pong(payload) => {
                         if let Some(rtt) = self.session.stats.pong(&payload) {
                             tracing::trace!(rtt_us = rtt.as_micros() as u64, "pong");
@@ -429,6 +429,11 @@ impl Reader {
             .map_err(|_| Gone)
     }
 
+    /// See [`OutboundQueue::room_for`].
+    pub(super) async fn room_for(&self, bytes: usize) -> Result<(), Gone> {
+        self.outbound.room_for(bytes).await.map_err(|_| Gone)
+    }
+
     async fn refuse(&mut self, size: usize, first: bool) -> Result<(), Gone> {
         let limits = &self.state.config.limits;
         let refused = RateLimited {
@@ -515,7 +520,7 @@ impl Reader {
             .emit(&self.state.metrics)
         });
         // Errors after which no Close can be sent map to 1006, which the
-        // writer never sends (see `CloseDecision::server_sends_close`).
+        // writer never sends (see `CloseDecision::close_frame`).
         self.session.close.decide(CloseDecision::new(
             error.close_code(),
             error.close_reason(),

@@ -1,7 +1,7 @@
 //! The writer task: the only code that writes to the socket, pings
 //! included.
 
-use axum::extract::ws::{CloseFrame, Message};
+use crate::websocket::{CloseFrame, Message, WsError};
 use futures_util::{Sink, SinkExt};
 use opentelemetry::trace::SpanId;
 use std::ops::ControlFlow;
@@ -44,7 +44,7 @@ impl Writer {
     /// (nothing may follow a Close).
     pub async fn run<K>(mut self, mut sink: K, mut outbound: OutboundReceiver)
     where
-        K: Sink<Message, Error = axum::Error> + Unpin,
+        K: Sink<Message, Error = WsError> + Unpin,
     {
         // A decision made before this task starts is seen all the same.
         let close = self.close.clone();
@@ -101,7 +101,9 @@ impl Writer {
             }
         }
         let decision = close.decision();
-        if let Some(decision) = decision.filter(CloseDecision::server_sends_close) {
+        if let Some((decision, frame)) =
+            decision.and_then(|d| d.close_frame().map(|frame| (d, frame)))
+        {
             // Frames queued before the decision still go out first (a
             // stalled peer blocks here; the supervisor gives up after the
             // close timeout).
@@ -111,7 +113,7 @@ impl Writer {
                     let (item, _) = item.into_parts();
                     self.feed(&mut sink, item, at_us).await?;
                 }
-                send_close(&mut sink, &decision).await;
+                send_close(&mut sink, &decision, frame).await;
                 Ok(())
             });
             if let Err(_elapsed) = last.await {
@@ -152,9 +154,9 @@ impl Writer {
         ));
     }
 
-    async fn feed<K>(&self, sink: &mut K, item: Outbound, at_us: u64) -> Result<(), axum::Error>
+    async fn feed<K>(&self, sink: &mut K, item: Outbound, at_us: u64) -> Result<(), WsError>
     where
-        K: Sink<Message, Error = axum::Error> + Unpin,
+        K: Sink<Message, Error = WsError> + Unpin,
     {
         let debug = self.stats.debug().is_on();
         match item {
@@ -228,15 +230,14 @@ fn record_delivery(delivery: &Delivery, size: usize, debug: bool) -> SpanId {
     message_span_id(&span, debug)
 }
 
-async fn send_close<K>(sink: &mut K, decision: &CloseDecision)
+async fn send_close<K>(sink: &mut K, decision: &CloseDecision, frame: Option<CloseFrame>)
 where
-    K: Sink<Message, Error = axum::Error> + Unpin,
+    K: Sink<Message, Error = WsError> + Unpin,
 {
-    let frame = CloseFrame {
-        code: decision.code,
-        reason: decision.reason.as_str().into(),
-    };
-    match sink.send(Message::Close(Some(frame))).await {
+    match sink.send(Message::Close(frame)).await {
+        // The answer to the client's own Close: `session closed` says it
+        // (`close_clean`).
+        Ok(()) if decision.by == ClosedBy::Client => {}
         Ok(()) => tracing::debug!(
             close_code = decision.code,
             closed_by = decision.by.as_str(),
@@ -247,7 +248,7 @@ where
 }
 
 /// A write's outcome: done, failed, or timed out.
-type Written = Result<Result<(), axum::Error>, TimedOut>;
+type Written = Result<Result<(), WsError>, TimedOut>;
 
 /// The write did not finish within the write timeout.
 #[derive(Debug)]
@@ -268,7 +269,7 @@ pin_project_lite::pin_project! {
 
 impl<F> Future for Within<F>
 where
-    F: Future<Output = Result<(), axum::Error>>,
+    F: Future<Output = Result<(), WsError>>,
 {
     type Output = Written;
 
@@ -294,7 +295,7 @@ where
 /// future for the session's whole life (BENCHMARKS.md, idle memory).
 fn within<F>(limit: std::time::Duration, write: F) -> Pin<Box<Within<F>>>
 where
-    F: Future<Output = Result<(), axum::Error>>,
+    F: Future<Output = Result<(), WsError>>,
 {
     Box::pin(Within {
         write,
@@ -325,7 +326,7 @@ mod tests {
     struct Recorder(Arc<Mutex<Vec<Message>>>);
 
     impl Sink<Message> for Recorder {
-        type Error = axum::Error;
+        type Error = WsError;
         fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Ready(Ok(()))
         }

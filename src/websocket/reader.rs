@@ -1,0 +1,343 @@
+//! The reading half: bytes in, messages out.
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::Stream;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::AsyncRead;
+
+use super::frame::{OpCode, parse_close, parse_header, unmask};
+use super::{Message, Utf8Bytes, WsError};
+use crate::limits::WS_READ_BUFFER_BYTES;
+
+/// A connection's reading half as a `Stream` of messages. Fragmented
+/// messages are put back together; control frames come out as they arrive,
+/// in the middle of a fragmented message too. After the peer's Close frame,
+/// or an error, the stream ends.
+///
+/// Nothing is answered here (pings, Close): the session answers through
+/// its writer, so that answers and its other frames leave in one order.
+pub struct MessageReader<R> {
+    io: R,
+    buffer: BytesMut,
+    max_message_bytes: usize,
+    /// A fragmented message, while its frames arrive.
+    fragments: Option<Fragments>,
+    done: bool,
+}
+
+struct Fragments {
+    text: bool,
+    data: BytesMut,
+    /// How much of `data` is known to be UTF-8 (text only): checked as each
+    /// fragment arrives, so invalid text fails at once, not at the end.
+    checked: usize,
+}
+
+impl Fragments {
+    fn check_utf8(&mut self, last: bool) -> Result<(), WsError> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            // A character cut at the end of a fragment may go on in the next.
+            Err(error) if error.error_len().is_none() && !last => {
+                self.checked += error.valid_up_to();
+            }
+            Err(_) => return Err(WsError::InvalidUtf8),
+        }
+        Ok(())
+    }
+}
+
+impl<R> MessageReader<R> {
+    /// `already_read`: bytes that arrived with the upgrade request.
+    pub fn new(io: R, already_read: Bytes, max_message_bytes: usize) -> Self {
+        Self {
+            io,
+            buffer: BytesMut::from(already_read),
+            max_message_bytes,
+            fragments: None,
+            done: false,
+        }
+    }
+
+    /// The next message whose frames are all in the buffer.
+    fn next_message(&mut self) -> Result<Option<Message>, WsError> {
+        loop {
+            let Some(header) = parse_header(&self.buffer, self.max_message_bytes)? else {
+                return Ok(None);
+            };
+            if header.opcode == OpCode::Continuation
+                && let Some(fragments) = &self.fragments
+            {
+                // Refused before its payload is read, like a single frame.
+                let size = fragments.data.len().saturating_add(header.len);
+                if size > self.max_message_bytes {
+                    return Err(WsError::MessageTooBig {
+                        size,
+                        limit: self.max_message_bytes,
+                    });
+                }
+            }
+            let frame_len = header.header_len + header.len;
+            if self.buffer.len() < frame_len {
+                self.buffer.reserve(frame_len - self.buffer.len());
+                return Ok(None);
+            }
+            let mut payload = self.buffer.split_to(frame_len);
+            payload.advance(header.header_len);
+            unmask(&mut payload, header.mask);
+            let text = match header.opcode {
+                OpCode::Ping => return Ok(Some(Message::Ping(payload.freeze()))),
+                OpCode::Pong => return Ok(Some(Message::Pong(payload.freeze()))),
+                OpCode::Close => {
+                    return parse_close(payload.freeze()).map(|c| Some(Message::Close(c)));
+                }
+                OpCode::Text => true,
+                OpCode::Binary => false,
+                OpCode::Continuation => {
+                    let Some(fragments) = &mut self.fragments else {
+                        return Err(WsError::Protocol(
+                            "continuation frame with no message to continue",
+                        ));
+                    };
+                    fragments.data.extend_from_slice(&payload);
+                    fragments.check_utf8(header.fin)?;
+                    if !header.fin {
+                        continue;
+                    }
+                    let Some(Fragments { text, data, .. }) = self.fragments.take() else {
+                        unreachable!("matched above");
+                    };
+                    return Ok(Some(whole(text, data.freeze())?));
+                }
+            };
+            if self.fragments.is_some() {
+                return Err(WsError::Protocol("new message before the last one ended"));
+            }
+            if header.fin {
+                return Ok(Some(whole(text, payload.freeze())?));
+            }
+            let mut fragments = Fragments {
+                text,
+                data: payload,
+                checked: 0,
+            };
+            fragments.check_utf8(false)?;
+            self.fragments = Some(fragments);
+        }
+    }
+}
+
+/// A whole message's payload, as a message.
+fn whole(text: bool, payload: Bytes) -> Result<Message, WsError> {
+    if !text {
+        return Ok(Message::Binary(payload));
+    }
+    match std::str::from_utf8(&payload) {
+        Ok(_) => Ok(Message::Text(Utf8Bytes::from_checked(payload))),
+        Err(_) => Err(WsError::InvalidUtf8),
+    }
+}
+
+impl<R: AsyncRead + Unpin> Stream for MessageReader<R> {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.next_message() {
+                Ok(Some(message)) => {
+                    this.done = matches!(message, Message::Close(_));
+                    if this.buffer.is_empty() && this.buffer.capacity() > 4 * WS_READ_BUFFER_BYTES {
+                        // A large message passed: an idle session keeps a
+                        // small buffer, not the largest it has seen.
+                        this.buffer = BytesMut::new();
+                    }
+                    return Poll::Ready(Some(Ok(message)));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+            }
+            if this.buffer.capacity() == this.buffer.len() {
+                this.buffer.reserve(WS_READ_BUFFER_BYTES);
+            }
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.io),
+                cx,
+                &mut this.buffer
+            ));
+            match read {
+                Ok(0) => {
+                    this.done = true;
+                    // Between frames, the connection just ended: the
+                    // session says so (1006). In a frame, that is an error.
+                    let cut = !this.buffer.is_empty() || this.fragments.is_some();
+                    return Poll::Ready(cut.then_some(Err(WsError::Truncated)));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::frame::tests::client_frame;
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// Reads what a client sent as `frames`, written in pieces of `chunk`
+    /// bytes (so every frame boundary and split header is met).
+    async fn read_all(
+        frames: &[Vec<u8>],
+        chunk: usize,
+        limit: usize,
+    ) -> Vec<Result<Message, String>> {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let bytes: Vec<u8> = frames.concat();
+        let writer = tokio::spawn(async move {
+            for piece in bytes.chunks(chunk.max(1)) {
+                // The reader stops reading after a Close frame.
+                if client.write_all(piece).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let reader = MessageReader::new(server, Bytes::new(), limit);
+        let out: Vec<_> = reader.map(|r| r.map_err(|e| e.to_string())).collect().await;
+        writer.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn messages_come_out_whole_however_the_bytes_arrive() {
+        let frames = vec![
+            client_frame(0x81, b"hello", MASK),
+            client_frame(0x82, &[0, 1, 2, 255], MASK),
+            // "héllo" in three fragments, cutting "é" in two, a ping between.
+            client_frame(0x01, b"h\xc3", MASK),
+            client_frame(0x89, b"beat", MASK),
+            client_frame(0x00, b"\xa9l", MASK),
+            client_frame(0x80, b"lo", MASK),
+            client_frame(0x8a, b"", MASK),
+            client_frame(0x82, &vec![9; 70_000], MASK),
+            client_frame(0x88, b"\x03\xe8done", MASK),
+            // Nothing after a Close is read.
+            client_frame(0x81, b"late", MASK),
+        ];
+        for chunk in [1, 3, 7, 1000, 1 << 20] {
+            let got = read_all(&frames, chunk, 1 << 20).await;
+            let expected = vec![
+                Ok(Message::Text("hello".into())),
+                Ok(Message::Binary(Bytes::from_static(&[0, 1, 2, 255]))),
+                Ok(Message::Ping(Bytes::from_static(b"beat"))),
+                Ok(Message::Text("héllo".into())),
+                Ok(Message::Pong(Bytes::new())),
+                Ok(Message::Binary(vec![9; 70_000].into())),
+                Ok(Message::Close(Some(super::super::CloseFrame {
+                    code: 1000,
+                    reason: "done".into(),
+                }))),
+            ];
+            assert_eq!(got, expected, "chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn protocol_errors_end_the_stream_with_their_reason() {
+        let cases: Vec<(Vec<Vec<u8>>, &str)> = vec![
+            (
+                vec![client_frame(0x80, b"x", MASK)],
+                "continuation frame with no message",
+            ),
+            (
+                vec![
+                    client_frame(0x01, b"a", MASK),
+                    client_frame(0x81, b"b", MASK),
+                ],
+                "new message before the last one ended",
+            ),
+            (
+                vec![client_frame(0x81, b"\xce\xba\xff", MASK)],
+                "invalid utf-8",
+            ),
+            // Fails at the fragment with the bad byte, before the message ends.
+            (
+                vec![
+                    client_frame(0x01, b"ok\xff", MASK),
+                    client_frame(0x80, b"x", MASK),
+                ],
+                "invalid utf-8",
+            ),
+            (
+                vec![
+                    client_frame(0x01, b"\xc3", MASK),
+                    client_frame(0x80, b"", MASK),
+                ],
+                "invalid utf-8",
+            ),
+            (
+                vec![client_frame(0x82, &[0; 101], MASK)],
+                "101 bytes is over the limit of 100",
+            ),
+            (
+                vec![
+                    client_frame(0x02, &[0; 60], MASK),
+                    client_frame(0x80, &[0; 60], MASK),
+                ],
+                "120 bytes is over the limit of 100",
+            ),
+            (
+                vec![client_frame(0x88, b"\x03\xed", MASK)],
+                "invalid close code",
+            ),
+            (
+                vec![client_frame(0x81, b"hello", MASK)[..5].to_vec()],
+                "in the middle of a frame",
+            ),
+        ];
+        for (frames, why) in cases {
+            let got = read_all(&frames, 1 << 20, 100).await;
+            let last = got.last().cloned();
+            assert!(
+                matches!(&last, Some(Err(e)) if e.contains(why)),
+                "{why}: {got:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_ends_between_frames_just_ends() {
+        let got = read_all(&[client_frame(0x81, b"hi", MASK)], 1 << 20, 100).await;
+        assert_eq!(got, vec![Ok(Message::Text("hi".into()))]);
+    }
+
+    #[tokio::test]
+    async fn bytes_read_with_the_upgrade_request_come_first() {
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        let first = Bytes::from(client_frame(0x81, b"early", MASK));
+        let got: Vec<_> = MessageReader::new(server, first, 100)
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        assert_eq!(got, vec![Message::Text("early".into())]);
+    }
+}

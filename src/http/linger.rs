@@ -83,6 +83,12 @@ impl AsyncRead for ReadingHalf {
     }
 }
 
+impl crate::websocket::Readable for ReadingHalf {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.0.shared().poll_read_ready(cx)
+    }
+}
+
 impl AsyncWrite for WritingHalf {
     fn poll_write(
         self: Pin<&mut Self>,

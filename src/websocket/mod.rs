@@ -34,6 +34,21 @@ pub use text::Utf8Bytes;
 pub use writer::MessageWriter;
 
 use bytes::Bytes;
+use std::task::{Context, Poll};
+use tokio::io::AsyncRead;
+
+/// What a [`MessageReader`] reads from: bytes, and, where the transport can
+/// tell, whether any are waiting, so that a reader with nothing to read
+/// holds no buffer (an idle session's largest allocation otherwise).
+pub trait Readable: AsyncRead + Unpin {
+    /// Ready when input is waiting (or the connection ended). The default
+    /// says so at once, and the reader keeps a buffer while it waits.
+    fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Readable for tokio::io::DuplexStream {}
 
 /// One WebSocket message, or control frame, as the session sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

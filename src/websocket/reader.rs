@@ -4,10 +4,9 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use tokio::io::AsyncRead;
 
 use super::frame::{OpCode, parse_close, parse_header, unmask};
-use super::{Message, Utf8Bytes, WsError};
+use super::{Message, Readable, Utf8Bytes, WsError};
 use crate::limits::WS_READ_BUFFER_BYTES;
 
 /// A connection's reading half as a `Stream` of messages. Fragmented
@@ -56,7 +55,10 @@ impl<R> MessageReader<R> {
     pub fn new(io: R, already_read: Bytes, max_message_bytes: usize) -> Self {
         Self {
             io,
-            buffer: BytesMut::from(already_read),
+            // Copied, not adopted: the bytes are a slice of hyper's read
+            // buffer (8 KiB or more), which the session would otherwise
+            // keep for its whole life (BENCHMARKS.md, idle memory).
+            buffer: BytesMut::from(&already_read[..]),
             max_message_bytes,
             fragments: None,
             done: false,
@@ -142,7 +144,7 @@ fn whole(text: bool, payload: Bytes) -> Result<Message, WsError> {
     }
 }
 
-impl<R: AsyncRead + Unpin> Stream for MessageReader<R> {
+impl<R: Readable> Stream for MessageReader<R> {
     type Item = Result<Message, WsError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -167,14 +169,25 @@ impl<R: AsyncRead + Unpin> Stream for MessageReader<R> {
                     return Poll::Ready(Some(Err(error)));
                 }
             }
+            if this.buffer.capacity() == 0 {
+                // No buffer until there is something to read.
+                if let Err(error) = ready!(this.io.poll_readable(cx)) {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(error.into())));
+                }
+            }
             if this.buffer.capacity() == this.buffer.len() {
                 this.buffer.reserve(WS_READ_BUFFER_BYTES);
             }
-            let read = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.io),
-                cx,
-                &mut this.buffer
-            ));
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buffer);
+            let Poll::Ready(read) = read else {
+                if this.buffer.is_empty() && this.fragments.is_none() {
+                    // Waiting between messages, maybe for a long time: an
+                    // idle session holds no read buffer.
+                    this.buffer = BytesMut::new();
+                }
+                return Poll::Pending;
+            };
             match read {
                 Ok(0) => {
                     this.done = true;

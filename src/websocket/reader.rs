@@ -211,6 +211,7 @@ mod tests {
     use super::super::frame::tests::client_frame;
     use super::*;
     use futures_util::StreamExt;
+    use proptest::prelude::*;
     use tokio::io::AsyncWriteExt;
 
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -333,6 +334,85 @@ mod tests {
                 matches!(&last, Some(Err(e)) if e.contains(why)),
                 "{why}: {got:?}"
             );
+        }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    /// A frame as a client might send it, well-formed or not: any first
+    /// byte (FIN, reserved bits, opcode), any payload.
+    fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+        (
+            prop_oneof![
+                // Mostly the opcodes a session sees, with and without FIN.
+                prop::sample::select(vec![0x81u8, 0x82, 0x01, 0x02, 0x00, 0x80, 0x89, 0x8a, 0x88]),
+                any::<u8>(),
+            ],
+            prop::collection::vec(any::<u8>(), 0..200),
+            any::<[u8; 4]>(),
+        )
+            .prop_map(|(first, payload, mask)| client_frame(first, &payload, mask))
+    }
+
+    proptest::proptest! {
+        /// However the bytes are cut, the same messages and the same error
+        /// come out, and nothing panics: the parser keeps no state that
+        /// depends on where a read ended.
+        #[test]
+        fn the_result_does_not_depend_on_how_the_bytes_arrive(
+            frames in prop::collection::vec(any_frame(), 0..8),
+            chunk in 1usize..64,
+            limit in 50usize..300,
+        ) {
+            let whole = block_on(read_all(&frames, 1 << 20, limit));
+            let pieces = block_on(read_all(&frames, chunk, limit));
+            proptest::prop_assert_eq!(whole, pieces);
+        }
+
+        /// Arbitrary bytes end in messages and at most one error, never a
+        /// panic or a hang.
+        #[test]
+        fn arbitrary_bytes_end_cleanly(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let out = block_on(read_all(&[bytes], 7, 100));
+            let errors = out.iter().filter(|r| r.is_err()).count();
+            proptest::prop_assert!(errors <= 1);
+            if errors == 1 {
+                proptest::prop_assert!(out.last().unwrap().is_err());
+            }
+        }
+
+        /// Well-formed single-frame messages come out as they went in.
+        #[test]
+        fn well_formed_messages_come_out_as_sent(
+            messages in prop::collection::vec(
+                prop_oneof![
+                    ".{0,40}".prop_map(|t: String| (true, t.into_bytes())),
+                    prop::collection::vec(any::<u8>(), 0..100).prop_map(|b| (false, b)),
+                ],
+                0..10,
+            ),
+        ) {
+            let frames: Vec<Vec<u8>> = messages
+                .iter()
+                .map(|(text, payload)| client_frame(if *text { 0x81 } else { 0x82 }, payload, MASK))
+                .collect();
+            let out = block_on(read_all(&frames, 5, 1000));
+            let expected: Vec<Result<Message, String>> = messages
+                .into_iter()
+                .map(|(text, payload)| {
+                    Ok(if text {
+                        Message::Text(String::from_utf8(payload).unwrap().into())
+                    } else {
+                        Message::Binary(payload.into())
+                    })
+                })
+                .collect();
+            proptest::prop_assert_eq!(out, expected);
         }
     }
 

@@ -70,7 +70,8 @@ pub async fn trace_http(
         url.path = request.uri().path(),
         url.scheme = "http",
         user_agent.original = user_agent.as_str(),
-        client.address = %peer.ip(),
+        // Formatted once, not once per layer.
+        client.address = peer.ip().to_string().as_str(),
         client.port = peer.port(),
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,

@@ -119,11 +119,17 @@ impl SessionInfo {
     /// In the trace it is a child of the upgrade's HTTP span; in `tracing`
     /// it is a root, so its log lines do not repeat every HTTP attribute.
     pub fn span(&self, upgrade: &opentelemetry::Context) -> tracing::Span {
+        // Formatted once and recorded as strings: a `%` field is formatted
+        // again by every layer that records it. (In the macro, so that a
+        // disabled span formats nothing.)
         let span = tracing::info_span!(
             parent: None,
             "ws.session",
-            session_id = %self.session_id,
-            net.peer.ip = %self.peer.ip(),
+            session_id = &*self
+                .session_id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer()),
+            net.peer.ip = self.peer.ip().to_string().as_str(),
             net.peer.port = self.peer.port(),
             user.id = self.user.as_deref(),
         );

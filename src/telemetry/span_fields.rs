@@ -257,7 +257,13 @@ impl Visit for Entries {
         });
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.push_quoted(field, value);
+        // Escaped directly: through `write!` a `str` costs the formatting
+        // machinery for nothing.
+        self.push(field, |text| {
+            text.push('"');
+            let _ = std::fmt::Write::write_str(&mut JsonEscaped(text), value);
+            text.push('"');
+        });
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.push_quoted(field, value);

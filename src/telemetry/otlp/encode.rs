@@ -255,6 +255,10 @@ fn tag(out: &mut Vec<u8>, field: u32, wire_type: u8) {
 }
 
 fn varint(out: &mut Vec<u8>, value: u64) {
+    // Most varints here are one byte: tags, short lengths, small numbers.
+    if value < 0x80 {
+        return out.push(value as u8);
+    }
     let (bytes, n) = varint_on_stack(value);
     out.extend_from_slice(&bytes[..n]);
 }
@@ -308,7 +312,11 @@ fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
         out[at] = len as u8;
     } else {
         let (prefix, n) = varint_on_stack(len as u64);
-        out.splice(at..=at, prefix[..n].iter().copied());
+        // Move the body along by the extra bytes, then write the length.
+        let end = out.len();
+        out.resize(end + n - 1, 0);
+        out.copy_within(at + 1..end, at + n);
+        out[at..at + n].copy_from_slice(&prefix[..n]);
     }
 }
 

@@ -274,6 +274,21 @@ async fn traced_session_reaches_collector(protocol: &str) {
             session_span.body
         );
     }
+    // The upgrade's server span, with the attributes the README lists.
+    let http_span = spans.iter().find(|s| s.name == "GET /ws").unwrap();
+    for attribute in [
+        "http.request.method",
+        "http.route",
+        "url.path",
+        "client.address",
+        "http.response.status_code",
+    ] {
+        assert!(
+            http_span.body.contains(attribute),
+            "{attribute} missing: {}",
+            http_span.body
+        );
+    }
     let output = std::fs::read_to_string(&collector.output).unwrap();
     assert!(
         output.contains("wstrace-under-test"),

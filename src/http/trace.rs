@@ -73,7 +73,6 @@ pub async fn trace_http(
         // Formatted once, not once per layer.
         client.address = peer.ip().to_string().as_str(),
         client.port = peer.port(),
-        http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
     let incoming = trace_context::extract(request.headers(), request.uri());
@@ -110,7 +109,10 @@ pub async fn trace_http(
     let mut response = next.run(request).instrument(span.clone()).await;
 
     let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
+    // An OpenTelemetry attribute only: `record` would also re-render the
+    // span's JSON fields, for lines that have the status of their own
+    // (`HttpRequestRefused`), and costs a session 4k instructions more.
+    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
     if status.is_server_error() {
         span.record("otel.status_code", "error");
     }

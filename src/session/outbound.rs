@@ -197,7 +197,7 @@ impl OutboundQueue {
     }
 
     /// Waits until an entry of `bytes` would fit, and queues nothing: for
-    /// a frame that another path will queue without waiting (a publisher's
+    /// a frame that another path will queue without waiting (a sender's
     /// own copy of its message, queued by routing).
     pub async fn room_for(&self, bytes: usize) -> Result<(), QueueError> {
         let cost = u32::try_from(bytes.min(self.shared.max_bytes)).unwrap_or(u32::MAX);

@@ -307,14 +307,29 @@ impl Reader {
 
     /// Hands a message from this session to routing. This session gets an
     /// error frame if a queued forward to other instances fails later.
-    pub(super) async fn route(&self, audience: Audience<'_>, delivery: &Arc<Delivery>) -> Routed {
+    ///
+    /// When this session is in the audience (subscribed to the channel, or
+    /// a direct message to its own user), routing queues its copy without
+    /// waiting, as for every receiver. Waiting for room for that copy here
+    /// first makes it backpressure, like a reply: a client that sends faster
+    /// than it reads its own copies stops being read, rather than being
+    /// closed as a slow consumer.
+    pub(super) async fn route(
+        &self,
+        audience: Audience<'_>,
+        delivery: &Arc<Delivery>,
+    ) -> Result<Routed, Gone> {
+        self.outbound
+            .room_for(delivery.frame.len())
+            .await
+            .map_err(|_| Gone)?;
         let reply_to: SharedRecipient = self.session.clone();
-        Box::pin(
+        Ok(Box::pin(
             self.state
                 .router
                 .route(audience, delivery, |_| {}, Some(reply_to)),
         )
-        .await
+        .await)
     }
 
     /// Tells the client when other instances were not reached.
@@ -427,11 +442,6 @@ impl Reader {
             .send(Outbound::frame(kind, message, sampled))
             .await
             .map_err(|_| Gone)
-    }
-
-    /// See [`OutboundQueue::room_for`].
-    pub(super) async fn room_for(&self, bytes: usize) -> Result<(), Gone> {
-        self.outbound.room_for(bytes).await.map_err(|_| Gone)
     }
 
     async fn refuse(&mut self, size: usize, first: bool) -> Result<(), Gone> {

@@ -23,7 +23,7 @@ pub(super) async fn run(
         (None, None) => return reader.no_such_recipient(sampled).await,
     };
     let delivery = reader.delivery(None, content, sampled);
-    let routed = reader.route(audience, &delivery).await;
+    let routed = reader.route(audience, &delivery).await?;
     if routed.reached_nobody() {
         return match routed.cluster_error {
             Some(error) => reader.cluster_unavailable(&error, sampled).await,

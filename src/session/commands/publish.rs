@@ -16,12 +16,7 @@ pub(super) async fn run(
         return reader.invalid_channel(sampled).await;
     }
     let delivery = reader.delivery(Some(channel.clone()), content, sampled);
-    // Its own copy (when subscribed) is queued by routing, which never
-    // waits. Waiting for room here first makes it backpressure, like a
-    // reply: a client that publishes faster than it reads its copies stops
-    // being read, rather than being closed as a slow consumer.
-    reader.room_for(delivery.frame.len()).await?;
-    let routed = reader.route(Audience::Channel(&channel), &delivery).await;
+    let routed = reader.route(Audience::Channel(&channel), &delivery).await?;
     if sampled {
         MessagePublished {
             channel: &channel,

@@ -4,9 +4,8 @@
 //! Any task may propose a close ([`CloseSignal::decide`]); the first
 //! proposal sticks, and the writer and the supervisor wait for it. The
 //! writer sends the Close frame (the server's own, or the answer to the
-//! client's); the
-//! supervisor in `session::run_session` waits a bounded time for the
-//! handshake to finish.
+//! client's); the supervisor in `session::run_session` waits a bounded
+//! time for the handshake to finish.
 
 use futures_util::task::AtomicWaker;
 use std::future::Future;

@@ -150,14 +150,12 @@ pub(super) fn encode_close(out: &mut BytesMut, close: Option<&CloseFrame>) {
         return encode(out, OpCode::Close, &[]);
     };
     // The reason is cut to fit a control frame, on a character boundary.
-    let mut reason = close.reason.as_str();
-    while reason.len() > MAX_CONTROL_PAYLOAD - 2 {
-        let mut cut = MAX_CONTROL_PAYLOAD - 2;
-        while !reason.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        reason = &reason[..cut];
+    let reason = close.reason.as_str();
+    let mut cut = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
     }
+    let reason = &reason[..cut];
     let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
     payload[..2].copy_from_slice(&close.code.to_be_bytes());
     payload[2..2 + reason.len()].copy_from_slice(reason.as_bytes());

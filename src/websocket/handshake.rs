@@ -55,7 +55,7 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
 }
 
 /// `Sec-WebSocket-Accept`: base64 of the SHA-1 of the key and the GUID.
-pub fn accept_key(key: &[u8]) -> HeaderValue {
+fn accept_key(key: &[u8]) -> HeaderValue {
     const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
     let mut sha1 = Sha1::new();
     sha1.update(key);

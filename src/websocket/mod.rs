@@ -28,7 +28,7 @@ mod reader;
 mod text;
 mod writer;
 
-pub use handshake::{HandshakeError, accept_key, check_request};
+pub use handshake::{HandshakeError, check_request};
 pub use reader::MessageReader;
 pub use text::Utf8Bytes;
 pub use writer::MessageWriter;
@@ -48,6 +48,7 @@ pub trait Readable: AsyncRead + Unpin {
     }
 }
 
+#[cfg(test)]
 impl Readable for tokio::io::DuplexStream {}
 
 /// One WebSocket message, or control frame, as the session sees it.

@@ -10,10 +10,6 @@ use std::fmt;
 pub struct Utf8Bytes(Bytes);
 
 impl Utf8Bytes {
-    pub const fn from_static(text: &'static str) -> Self {
-        Self(Bytes::from_static(text.as_bytes()))
-    }
-
     /// Checks `bytes`, and returns them back when they are not UTF-8.
     pub fn try_from_bytes(bytes: Bytes) -> Result<Self, Bytes> {
         match std::str::from_utf8(&bytes) {
@@ -44,10 +40,6 @@ impl Utf8Bytes {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    pub fn into_bytes(self) -> Bytes {
-        self.0
     }
 }
 

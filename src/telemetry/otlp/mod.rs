@@ -469,6 +469,18 @@ mod tests {
         assert_eq!(config.endpoint, "https://collector:4317");
     }
 
+    /// The exporter, built where it must be: inside a runtime (its
+    /// transports take the runtime's handle).
+    fn exporter_in_a_runtime(
+        config: ExportConfig,
+    ) -> Result<OtlpSpanExporter, ExporterConfigError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async { OtlpSpanExporter::new(config) })
+    }
+
     #[test]
     fn headers_are_never_printed() {
         for protocol in ["grpc", "http/protobuf"] {
@@ -482,12 +494,7 @@ mod tests {
             .unwrap();
             assert_eq!(header(&config, "authorization").unwrap(), "Bearer s3cret");
             // MetadataMap's Debug prints values; the exporter's must not.
-            let exporter = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async { OtlpSpanExporter::new(config) })
-                .unwrap();
+            let exporter = exporter_in_a_runtime(config).unwrap();
             let printed = format!("{exporter:?}");
             assert!(!printed.contains("s3cret"), "{printed}");
             assert!(printed.contains("authorization"), "{printed}");
@@ -502,13 +509,7 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint),
             ]))
             .unwrap();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async { OtlpSpanExporter::new(config) })
-                .unwrap_err()
-                .to_string()
+            exporter_in_a_runtime(config).unwrap_err().to_string()
         };
         for protocol in ["grpc", "http/protobuf"] {
             assert!(refuse(protocol, "https://tempo:4317").contains("no TLS"));
@@ -529,11 +530,7 @@ mod tests {
                 ("OTEL_EXPORTER_OTLP_HEADERS", "trace-bin=abc"),
             ]))
             .unwrap();
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async { OtlpSpanExporter::new(config) })
+            exporter_in_a_runtime(config)
                 .map(|_| ())
                 .map_err(|error| error.to_string())
         };

@@ -34,6 +34,17 @@ struct Fragments {
 }
 
 impl Fragments {
+    /// The whole message, once its last fragment has been checked: text
+    /// is not checked a second time.
+    fn into_message(self) -> Message {
+        let data = self.data.freeze();
+        if self.text {
+            Message::Text(Utf8Bytes::from_checked(data))
+        } else {
+            Message::Binary(data)
+        }
+    }
+
     fn check_utf8(&mut self, last: bool) -> Result<(), WsError> {
         if !self.text {
             return Ok(());
@@ -110,10 +121,8 @@ impl<R> MessageReader<R> {
                     if !header.fin {
                         continue;
                     }
-                    let Some(Fragments { text, data, .. }) = self.fragments.take() else {
-                        unreachable!("matched above");
-                    };
-                    return Ok(Some(whole(text, data.freeze())?));
+                    let whole = self.fragments.take().expect("matched above");
+                    return Ok(Some(whole.into_message()));
                 }
             };
             if self.fragments.is_some() {

@@ -2,6 +2,27 @@ use clap::Parser;
 use std::process::ExitCode;
 use wstrace::cli::{Cli, Command};
 
+// jemalloc, as Vector uses: fewer instructions per session than glibc's
+// malloc at the same idle memory (BENCHMARKS.md, seventh round).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`. Memory freed after a burst
+/// (large messages, a reconnect storm) goes back to the system within
+/// about a second, also when the server then sits idle: a background
+/// thread purges, rather than the next allocation. `_RJEM_MALLOC_CONF`
+/// overrides these.
+const JEMALLOC_OPTIONS: &std::ffi::CStr =
+    c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+
+#[repr(transparent)]
+struct JemallocOptions(*const std::ffi::c_char);
+// SAFETY: a pointer to a constant string, never written.
+unsafe impl Sync for JemallocOptions {}
+
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static JEMALLOC_CONF: JemallocOptions = JemallocOptions(JEMALLOC_OPTIONS.as_ptr());
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -10,7 +10,7 @@
 use axum::http::{HeaderMap, Uri};
 use opentelemetry::Context;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use std::collections::HashMap;
 
@@ -206,12 +206,38 @@ pub fn span_context(traceparent: &str) -> Option<SpanContext> {
 /// The W3C `traceparent` form of a span context; also the value of the
 /// `traceresponse` header (Trace Context Level 2).
 pub fn format_traceparent(span: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        span.trace_id(),
-        span.span_id(),
-        span.trace_flags().to_u8()
-    )
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
+    push_hex(&mut out, &span.trace_id().to_bytes());
+    out.push(b'-');
+    push_hex(&mut out, &span.span_id().to_bytes());
+    out.push(b'-');
+    push_hex(&mut out, &[span.trace_flags().to_u8()]);
+    hex_string(out)
+}
+
+/// A trace id in lowercase hex, as `TraceId`'s `Display` writes it.
+pub fn trace_id_hex(id: TraceId) -> String {
+    let mut out = Vec::with_capacity(32);
+    push_hex(&mut out, &id.to_bytes());
+    hex_string(out)
+}
+
+/// Appends `bytes` in lowercase hex. Ids are written a few times per
+/// session (response header, welcome frame, each log line); `{:032x}`
+/// goes through the formatter's padding for each, ten times the work of
+/// a table (BENCHMARKS.md, seventh round).
+pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0xf)]);
+    }
+}
+
+fn hex_string(hex: Vec<u8>) -> String {
+    // Only ASCII digits and dashes were pushed.
+    String::from_utf8(hex).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -365,5 +391,34 @@ mod tests {
         );
         let cx = trace.parent().unwrap().span().span_context().clone();
         assert_eq!(format_traceparent(&cx), VALID);
+    }
+
+    #[test]
+    fn hex_is_what_display_writes() {
+        use opentelemetry::trace::{SpanId, TraceFlags, TraceState};
+        let traces = [
+            0u128,
+            1,
+            0xf,
+            0x10,
+            u128::MAX,
+            0x0123_4567_89ab_cdef << 64,
+            42 << 120,
+        ];
+        let spans = [0u64, 1, 0xa0, u64::MAX, 0x00f0_67aa_0ba9_02b7];
+        for (&trace, &span) in traces.iter().zip(spans.iter().cycle()) {
+            let (trace, span) = (TraceId::from(trace), SpanId::from(span));
+            assert_eq!(trace_id_hex(trace), trace.to_string());
+            let mut out = Vec::new();
+            push_hex(&mut out, &span.to_bytes());
+            assert_eq!(String::from_utf8(out).unwrap(), span.to_string());
+            for flags in [TraceFlags::default(), TraceFlags::SAMPLED] {
+                let cx = SpanContext::new(trace, span, flags, true, TraceState::default());
+                assert_eq!(
+                    format_traceparent(&cx),
+                    format!("00-{trace}-{span}-{:02x}", flags.to_u8())
+                );
+            }
+        }
     }
 }

@@ -949,7 +949,8 @@ fn readme_traceql_uses_attributes_the_server_sets() {
             // checks that these reach a real collector).
             assert!(
                 session_span.contains(&format!("{attribute} ="))
-                    || session_span.contains(&format!("set_attribute(\"{attribute}\"")),
+                    || session_span.contains(&format!("set_attribute(\"{attribute}\""))
+                    || session_span.contains(&format!("KeyValue::new(\"{attribute}\"")),
                 "{}: {} is not an attribute of ws.session",
                 query.origin,
                 attribute

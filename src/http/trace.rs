@@ -72,7 +72,8 @@ pub async fn trace_http(
         user_agent.original = user_agent.as_str(),
         // Formatted once, not once per layer.
         client.address = peer.ip().to_string().as_str(),
-        client.port = peer.port(),
+        // An OpenTelemetry integer (see `SessionInfo::span`).
+        client.port = i64::from(peer.port()),
         otel.status_code = tracing::field::Empty,
     );
     let incoming = trace_context::extract(request.headers(), request.uri());
@@ -92,7 +93,7 @@ pub async fn trace_http(
             .emit()
         });
     }
-    let trace_id = span_context.trace_id().to_string();
+    let trace_id = trace_context::trace_id_hex(span_context.trace_id());
     let origin = match &incoming {
         IncomingTrace::Continued { source, .. } => source.as_str(),
         IncomingTrace::Absent | IncomingTrace::Rejected(_) => "new",

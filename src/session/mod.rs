@@ -34,6 +34,7 @@ pub mod stats;
 mod writer;
 
 use futures_util::{FutureExt, Sink, Stream};
+use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -130,7 +131,9 @@ impl SessionInfo {
                 .hyphenated()
                 .encode_lower(&mut Uuid::encode_buffer()),
             net.peer.ip = self.peer.ip().to_string().as_str(),
-            net.peer.port = self.peer.port(),
+            // As `i64`: the OpenTelemetry layer records other integers as
+            // strings, through `Debug`.
+            net.peer.port = i64::from(self.peer.port()),
             user.id = self.user.as_deref(),
         );
         // Cannot fail: the span was just created and not yet entered.
@@ -204,6 +207,10 @@ struct Ending {
     close: CloseSignal,
     stats: Arc<SessionStats>,
     peer_close: Arc<PeerClose>,
+    /// The session span's OpenTelemetry context, for its attributes at the
+    /// end: kept from the start, since each lookup through the `tracing`
+    /// span costs a registry search (BENCHMARKS.md, seventh round).
+    otel: opentelemetry::Context,
 }
 
 impl Session {
@@ -216,7 +223,8 @@ impl Session {
         let (outbound_tx, outbound_rx) =
             outbound::outbound_queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
         let span = tracing::Span::current();
-        let span_context = span.context().span().span_context().clone();
+        let otel = span.context();
+        let span_context = otel.span().span_context().clone();
         let debug = info.debug.and_then(|reason| {
             match stats.debug().turn_on(&state.debug_slots, reason, None) {
                 Ok(_) => {
@@ -271,6 +279,7 @@ impl Session {
                 close,
                 stats,
                 peer_close: Arc::new(PeerClose::default()),
+                otel,
             },
             outbound_tx,
             outbound_rx,
@@ -381,6 +390,7 @@ async fn finish(
         close,
         stats,
         peer_close,
+        otel,
     } = ending;
     let limits = &state.config.limits;
     // Stop taking deliveries: nothing more will be sent.
@@ -414,7 +424,14 @@ async fn finish(
         clean: peer_close.get().is_some(),
         decision,
     };
-    log_closed(&state, session_id, &stats, &summary, peer_close.get());
+    log_closed(
+        &state,
+        &otel,
+        session_id,
+        &stats,
+        &summary,
+        peer_close.get(),
+    );
     summary
 }
 
@@ -450,6 +467,7 @@ async fn finish_within(
 
 fn log_closed(
     state: &ServerState,
+    otel: &opentelemetry::Context,
     session_id: uuid::Uuid,
     stats: &SessionStats,
     summary: &SessionSummary,
@@ -477,15 +495,19 @@ fn log_closed(
         warnings_suppressed: u64::from(stats.warnings_suppressed.load(Relaxed)),
     }
     .emit(&state.metrics);
-    // Span attributes only: the line above already has them.
-    let span = tracing::Span::current();
-    span.set_attribute("ws.connection.id", session_id.to_string());
-    span.set_attribute("ws.protocol", "ws");
-    span.set_attribute("ws.close.code", i64::from(decision.code));
-    span.set_attribute("ws.close.reason", decision.reason.clone());
-    span.set_attribute("ws.closed_by", decision.by.as_str());
-    span.set_attribute("ws.messages.received", counter(&stats.messages_in));
-    span.set_attribute("ws.messages.sent", counter(&stats.messages_out));
+    // Span attributes only: the line above already has them. Set on the
+    // OpenTelemetry span directly: `set_attribute` on the `tracing` span
+    // looks the span up in the registry for each.
+    let span = otel.span();
+    span.set_attributes([
+        KeyValue::new("ws.connection.id", session_id.to_string()),
+        KeyValue::new("ws.protocol", "ws"),
+        KeyValue::new("ws.close.code", i64::from(decision.code)),
+        KeyValue::new("ws.close.reason", decision.reason.clone()),
+        KeyValue::new("ws.closed_by", decision.by.as_str()),
+        KeyValue::new("ws.messages.received", counter(&stats.messages_in)),
+        KeyValue::new("ws.messages.sent", counter(&stats.messages_out)),
+    ]);
     if decision.by == ClosedBy::Error {
         span.set_status(opentelemetry::trace::Status::error(decision.reason.clone()));
     }

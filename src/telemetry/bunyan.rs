@@ -13,6 +13,7 @@
 //! `msg` equal to what the call site wrote, so `jq 'select(.msg=="session
 //! closed")'` works.
 
+use crate::trace_context::push_hex;
 use opentelemetry::trace::{SpanId, TraceId};
 use std::io::Write;
 use std::sync::Arc;
@@ -238,10 +239,11 @@ where
         );
         write_json(&mut line, meta.target());
         if let Some((trace_id, span_id)) = ids {
-            let _ = write!(
-                line,
-                ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
-            );
+            line.extend_from_slice(b",\"trace_id\":\"");
+            push_hex(&mut line, &trace_id.to_bytes());
+            line.extend_from_slice(b"\",\"span_id\":\"");
+            push_hex(&mut line, &span_id.to_bytes());
+            line.push(b'"');
         }
         if let Some(span) = &span {
             let extensions = span.extensions();

@@ -7,6 +7,7 @@
 //! WSTRACE_BENCH_ONLY=sweep cargo bench --bench harness     # sample ratios, debug sessions
 //! WSTRACE_BENCH_ONLY=sweep WSTRACE_BENCH_BASELINE=/tmp/wstrace-before \
 //!     cargo bench --bench harness                          # ...and another build beside it
+//! WSTRACE_BENCH_ONLY=lifecycle cargo bench --bench harness # session lifecycle only, more rounds
 //! ```
 //!
 //! Servers (each its own process, pinned to core 0 when `taskset` exists;
@@ -559,13 +560,38 @@ fn wait_for_listen_line(dir: &Path) -> Option<SocketAddr> {
 
 /// utime + stime of a process (and all its threads).
 fn cpu_time(pid: u32) -> Duration {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// TCP segments this machine has sent so far (`OutSegs` in
+/// /proc/net/snmp): both ends of a loopback connection, client and server.
+fn tcp_segments_sent() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap(), tcp.next().unwrap());
+    let at = names.split(' ').position(|n| n == "OutSegs").unwrap();
+    values.split(' ').nth(at).unwrap().parse().unwrap()
+}
+
+/// Minor page faults of a process (and all its threads) so far.
+fn minor_faults(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    // Field 10 of stat; after the comm it is at 7.
+    after_comm.split(' ').nth(7).unwrap().parse().unwrap()
+}
+
+/// utime and stime of a process (and all its threads), apart.
+fn cpu_split(pid: u32) -> (Duration, Duration) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after_comm.split(' ').collect();
     // Fields 14 and 15 of stat; after the comm they are at 11 and 12.
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let ticks = |i: usize| fields[i].parse::<u64>().unwrap();
     let hz = 100; // USER_HZ is 100 on every Linux we run on.
-    Duration::from_micros(ticks * 1_000_000 / hz)
+    let time = |t: u64| Duration::from_micros(t * 1_000_000 / hz);
+    (time(ticks(11)), time(ticks(12)))
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -1224,9 +1250,114 @@ async fn sweep(plan: &Plan) -> String {
     report
 }
 
+/// `WSTRACE_BENCH_ONLY=lifecycle`: CPU per session lifecycle alone, in
+/// user and system time apart, over more rounds than the main run (a
+/// storm's kernel time here moves by half from one second to the next).
+/// Each round measures every server once, in rotated order; a ratio is
+/// also taken within each round, so the machine's slow drift cancels.
+/// With `WSTRACE_BENCH_BASELINE=<another wstrace binary>`, that build's
+/// `wstrace-full` beside this one's.
+async fn lifecycle(plan: &Plan) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let (mut collector, endpoint, _) = start_collector(work.path());
+    let ratio = wstrace::state::DEFAULT_MESSAGE_SAMPLE_RATIO;
+    let mut rows: Vec<(String, Server)> = [
+        Kind::AxumBare,
+        Kind::FastWs,
+        Kind::WstraceOff,
+        Kind::WstraceFull,
+    ]
+    .iter()
+    .map(|&k| (k.name().to_owned(), Server::start(k, &endpoint, ratio)))
+    .collect();
+    if let Some(baseline) = std::env::var_os("WSTRACE_BENCH_BASELINE") {
+        let baseline = PathBuf::from(baseline);
+        rows.push((
+            "wstrace-full, baseline build".to_owned(),
+            Server::wstrace_baseline(&baseline, &endpoint, ratio),
+        ));
+    }
+    let rounds = plan.rounds * 4;
+    // Per row: (user µs, system µs) per lifecycle, one per round.
+    let mut samples = vec![Vec::new(); rows.len()];
+    let mut faults_per = vec![Vec::new(); rows.len()];
+    let mut segments_per = vec![Vec::new(); rows.len()];
+    // WSTRACE_BENCH_WARM=1: every round starts with each server's message
+    // saturation test, as in the main run, where the lifecycle storms
+    // follow it.
+    let warm = std::env::var_os("WSTRACE_BENCH_WARM").is_some();
+    for round in 0..rounds {
+        if warm {
+            for (_, server) in &rows {
+                saturate(server, plan).await;
+            }
+        }
+        for k in 0..rows.len() {
+            let i = (k + round) % rows.len();
+            let pid = rows[i].1.pid();
+            let ((user, system), faults) = (cpu_split(pid), minor_faults(pid));
+            let segments = tcp_segments_sent();
+            let (_, _) = upgrades(&rows[i].1, plan).await;
+            let segments = tcp_segments_sent() - segments;
+            let ((user_after, system_after), faults_after) = (cpu_split(pid), minor_faults(pid));
+            let n = (plan.upgrades / 16 * 16) as f64;
+            samples[i].push((
+                (user_after - user).as_secs_f64() * 1e6 / n,
+                (system_after - system).as_secs_f64() * 1e6 / n,
+            ));
+            faults_per[i].push((faults_after - faults) as f64 / n);
+            segments_per[i].push(segments as f64 / n);
+        }
+    }
+    let _ = collector.kill();
+    let _ = collector.wait();
+    use std::fmt::Write;
+    let total = |row: &[(f64, f64)]| row.iter().map(|(u, s)| u + s).collect::<Vec<_>>();
+    let bare = total(&samples[0]);
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "| server | user µs/lifecycle | system µs | total µs | ×axum-bare (medians) | ×axum-bare (median of per-round ratios) | total µs, min–max | page faults/lifecycle | TCP segments/lifecycle (both ends), min–max |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
+    for (i, (label, _)) in rows.iter().enumerate() {
+        let t = total(&samples[i]);
+        let per_round: Vec<f64> = t.iter().zip(&bare).map(|(a, b)| a / b).collect();
+        let user: Vec<f64> = samples[i].iter().map(|(u, _)| *u).collect();
+        let system: Vec<f64> = samples[i].iter().map(|(_, s)| *s).collect();
+        let (lo, hi) = t
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let _ = writeln!(
+            report,
+            "| {label} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {lo:.0}–{hi:.0} | {:.2} | {:.1}–{:.1} |",
+            median(&user),
+            median(&system),
+            median(&t),
+            median(&t) / median(&bare),
+            median(&per_round),
+            median(&faults_per[i]),
+            segments_per[i].iter().copied().fold(f64::MAX, f64::min),
+            segments_per[i].iter().copied().fold(f64::MIN, f64::max),
+        );
+    }
+    let _ = writeln!(
+        report,
+        "\n{rounds} rounds of {} sessions per server (16 at a time){}.",
+        plan.upgrades / 16 * 16,
+        if warm {
+            ", each round after every server's message saturation test"
+        } else {
+            ""
+        }
+    );
+    report
+}
+
 async fn run(plan: Plan) -> String {
     match std::env::var("WSTRACE_BENCH_ONLY").as_deref() {
         Ok("sweep") => return sweep(&plan).await,
+        Ok("lifecycle") => return lifecycle(&plan).await,
         Ok("cluster") => return cluster(&plan).await,
         _ => {}
     }

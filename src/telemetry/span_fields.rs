@@ -41,9 +41,8 @@ fn is_logged(key: &str) -> bool {
 /// A span's fields as JSON, and its trace identity once known.
 #[derive(Debug, Default)]
 pub struct SpanFields {
-    /// `,"key":value` entries sorted by key. A `,"` never occurs inside an
-    /// entry: keys are field names, and inside a JSON string a `"` is
-    /// always escaped, so `,"` marks where each entry starts.
+    /// `,"key":value` entries sorted by key; keys are field names, values
+    /// JSON (see [`entry_bounds`] for where one ends).
     pub(super) json: String,
     pub(super) ids: Option<(TraceId, SpanId)>,
 }
@@ -66,24 +65,71 @@ fn entries(json: &str) -> impl Iterator<Item = (&str, &str)> {
         if rest.is_empty() {
             return None;
         }
-        // A byte scan, not `str::find(",\"")`: a two-byte pattern sets up
-        // a Two-Way searcher on every call, which cost more than the scan
-        // on entries this short (a profile of sampled messages had it at
-        // 3% of the server's time).
-        let bytes = rest.as_bytes();
-        let end = (1..bytes.len().saturating_sub(1))
-            .find(|&i| bytes[i] == b',' && bytes[i + 1] == b'"')
-            .unwrap_or(rest.len());
+        let (key_end, end) = entry_bounds(rest.as_bytes());
         let (entry, tail) = rest.split_at(end);
         rest = tail;
-        Some((key_of(entry), entry))
+        Some((&entry[2..key_end], entry))
     })
 }
 
-/// `,"key":value` → `key`.
-fn key_of(entry: &str) -> &str {
-    let quoted = &entry[2..];
-    &quoted[..quoted.find('"').unwrap_or(quoted.len())]
+/// In `,"key":value…`, where the key ends and where the entry ends.
+///
+/// The value is skipped by its JSON form, not by looking for the next
+/// `,"`: that pair also occurs inside a string that ends with a comma
+/// (`"a,"`), and splitting there put half an entry out of order in a
+/// merge. The searches are `memchr`'s: a byte-by-byte scan for `,"` and
+/// `str::find` for the key were a fifth of a sampled message's telemetry
+/// (BENCHMARKS.md, seventh round).
+fn entry_bounds(entry: &[u8]) -> (usize, usize) {
+    // Keys are field names: no quote or escape inside.
+    let key_end = memchr::memchr(b'"', &entry[2..]).map_or(entry.len(), |i| i + 2);
+    // After `":`.
+    let value = (key_end + 2).min(entry.len());
+    let end = match entry.get(value) {
+        Some(b'"') => string_end(entry, value + 1),
+        Some(b'{' | b'[') => nested_end(entry, value),
+        // A number, `true`, `false` or `null`: up to the next comma.
+        _ => memchr::memchr(b',', &entry[value..]).map_or(entry.len(), |i| value + i),
+    };
+    (key_end, end)
+}
+
+/// Just past the quote that closes the string whose text starts at `at`.
+fn string_end(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() {
+        let Some(i) = memchr::memchr2(b'"', b'\\', &bytes[at..]) else {
+            break;
+        };
+        if bytes[at + i] == b'"' {
+            return at + i + 1;
+        }
+        // An escape: the byte after the backslash is part of it.
+        at += i + 2;
+    }
+    bytes.len()
+}
+
+/// Just past the object or array that starts at `at`.
+fn nested_end(bytes: &[u8], mut at: usize) -> usize {
+    let mut depth = 0usize;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                at = string_end(bytes, at + 1);
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return at + 1;
+                }
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    bytes.len()
 }
 
 /// Collects fields as serialized entries, in the order they were written.
@@ -386,6 +432,33 @@ mod tests {
         );
     }
 
+    /// A string that ends with a comma holds `,"` (its comma, then its
+    /// closing quote): it must not be taken for the start of an entry
+    /// when the span's fields are merged on `record` or into a child.
+    #[test]
+    fn values_ending_in_a_comma_survive_merges() {
+        let lines = captured(|| {
+            let session = tracing::info_span!(
+                "ws.session",
+                a = "x,",
+                user.id = "bob,",
+                z = tracing::field::Empty,
+            );
+            let _s = session.enter();
+            session.record("z", ",");
+            tracing::info!("in session");
+            // The child overrides `a`: the parent's whole entry is left out.
+            let message = tracing::info_span!("ws.receive", a = 2, b = "y,", m = 1);
+            let _m = message.enter();
+            tracing::info!("in message");
+        });
+        assert_eq!(lines[0], json!({"a": "x,", "user.id": "bob,", "z": ","}));
+        assert_eq!(
+            lines[1],
+            json!({"a": 2, "b": "y,", "m": 1, "user.id": "bob,", "z": ","})
+        );
+    }
+
     #[test]
     fn the_lines_own_keys_and_span_only_attributes_are_never_logged() {
         for key in RESERVED.iter().chain(&["ws.connection.id"]) {
@@ -423,5 +496,38 @@ mod tests {
                 ("c", ",\"c\":true"),
             ]
         );
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the values hold (commas, quotes, escapes, `,"` in
+        /// strings), the entries are exactly the ones written, in order.
+        #[test]
+        fn entries_are_the_entries_written(
+            values in proptest::collection::vec(
+                (proptest::sample::select(&["a", "b.c", "session_id", "x_y"][..]),
+                 prop_oneof![
+                     ".*".prop_map(|s| serde_json::to_string(&s).unwrap()),
+                     // Mostly the bytes the split looks at.
+                     "[,\":a\\\\ ]{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+                     any::<i64>().prop_map(|n| n.to_string()),
+                     Just("true".to_owned()),
+                     Just(r#"{"k":"v,\"}","l":[1,"]",{"m":null}]}"#.to_owned()),
+                     Just(r#"[",",{"a":[]},"\\"]"#.to_owned()),
+                 ]),
+                0..8,
+            )
+        ) {
+            let written: Vec<(String, String)> = values
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), format!(",\"{k}\":{v}")))
+                .collect();
+            let json: String = written.iter().map(|(_, e)| e.as_str()).collect();
+            let split: Vec<(String, String)> = entries(&json)
+                .map(|(k, e)| (k.to_owned(), e.to_owned()))
+                .collect();
+            prop_assert_eq!(split, written);
+        }
     }
 }

@@ -229,9 +229,15 @@ pub fn trace_id_hex(id: TraceId) -> String {
 /// a table (BENCHMARKS.md, seventh round).
 pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)]);
-        out.push(DIGITS[usize::from(byte & 0xf)]);
+    // Through a buffer on the stack: one copy into `out`, not a capacity
+    // check per digit.
+    for chunk in bytes.chunks(16) {
+        let mut hex = [0u8; 32];
+        for (pair, &byte) in hex.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        out.extend_from_slice(&hex[..chunk.len() * 2]);
     }
 }
 
@@ -412,6 +418,11 @@ mod tests {
             let mut out = Vec::new();
             push_hex(&mut out, &span.to_bytes());
             assert_eq!(String::from_utf8(out).unwrap(), span.to_string());
+            // Longer than one stack buffer (16 bytes) too.
+            let mut long = Vec::new();
+            let both: Vec<u8> = [trace.to_bytes().as_slice(), &span.to_bytes()].concat();
+            push_hex(&mut long, &both);
+            assert_eq!(String::from_utf8(long).unwrap(), format!("{trace}{span}"));
             for flags in [TraceFlags::default(), TraceFlags::SAMPLED] {
                 let cx = SpanContext::new(trace, span, flags, true, TraceState::default());
                 assert_eq!(

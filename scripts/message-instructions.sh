@@ -21,34 +21,19 @@ out="${OUT:-/tmp/wstrace-callgrind}"
 port=9142
 connections=8
 messages=5000
-command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
-[[ -x "$bin" ]] || { echo "no binary at $bin (cargo build --release)" >&2; exit 1; }
-rotel="${ROTEL_AGENT:-$(python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')}"
-mkdir -p "$out"
-"$rotel" start --exporter blackhole --otlp-grpc-endpoint 127.0.0.1:4329 \
-    --otlp-http-endpoint 127.0.0.1:4330 >"$out/rotel-messages.log" 2>&1 &
-collector=$!
-trap 'kill $collector 2>/dev/null || true' EXIT
+# shellcheck source=callgrind-common.sh
+source scripts/callgrind-common.sh
+start_collector 4329 4330
 
 for ratio in "${ratios[@]}"; do
     rm -rf "$out/logs-messages"
-    OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4330 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
-        OTEL_BSP_SCHEDULE_DELAY=500 valgrind --tool=callgrind --instr-atstart=no \
-        --callgrind-out-file="$out/messages-$ratio.out" "$bin" serve --listen "127.0.0.1:$port" \
-        --log-stdout false --log-dir "$out/logs-messages" --messages-per-second 0 \
-        --message-sample-ratio "$ratio" >/dev/null 2>"$out/messages-$ratio.err" &
-    server=$!
-    for _ in $(seq 100); do
-        "$bin" health --url "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
-        sleep 0.3
-    done
+    profile_file="$out/messages-$ratio.out"
+    export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4330 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+        OTEL_BSP_SCHEDULE_DELAY=500
+    start_counted_server "$profile_file" "$port" --log-dir "$out/logs-messages" \
+        --message-sample-ratio "$ratio"
+    unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_PROTOCOL OTEL_BSP_SCHEDULE_DELAY
     "$bin" load -c "$connections" --messages 500 --window 8 "ws://127.0.0.1:$port/ws" >/dev/null
-    callgrind_control -i on "$server" >/dev/null 2>&1
-    "$bin" load -c "$connections" --messages "$messages" --window 8 "ws://127.0.0.1:$port/ws" >/dev/null
-    sleep 2
-    callgrind_control -i off "$server" >/dev/null 2>&1
-    kill -TERM "$server"
-    wait "$server" 2>/dev/null || true
-    total=$(callgrind_annotate "$out/messages-$ratio.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    count_while "$bin" load -c "$connections" --messages "$messages" --window 8 "ws://127.0.0.1:$port/ws"
     echo "ratio $ratio: $((total / (connections * messages))) instructions per message"
 done

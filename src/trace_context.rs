@@ -218,8 +218,13 @@ pub fn format_traceparent(span: &SpanContext) -> String {
 
 /// A trace id in lowercase hex, as `TraceId`'s `Display` writes it.
 pub fn trace_id_hex(id: TraceId) -> String {
-    let mut out = Vec::with_capacity(32);
-    push_hex(&mut out, &id.to_bytes());
+    hex(&id.to_bytes())
+}
+
+/// `bytes` in lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
     hex_string(out)
 }
 

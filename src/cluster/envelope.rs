@@ -121,8 +121,9 @@ impl Sealer {
                 let mut mac = Self::mac(key);
                 mac.update(json.as_bytes());
                 let tag = mac.finalize().into_bytes();
-                let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-                format!("{hex}{json}")
+                let mut wire = crate::trace_context::hex(&tag);
+                wire.push_str(&json);
+                wire
             }
         }
     }

@@ -87,7 +87,16 @@ fn entry_bounds(entry: &[u8]) -> (usize, usize) {
     let value = (key_end + 2).min(entry.len());
     let end = match entry.get(value) {
         Some(b'"') => string_end(entry, value + 1),
-        Some(b'{' | b'[') => nested_end(entry, value),
+        // Never written for a span's own fields; read with serde_json,
+        // as `bunyan` checks its JSON-valued fields.
+        Some(b'{' | b'[') => {
+            let mut values = serde_json::Deserializer::from_slice(&entry[value..])
+                .into_iter::<serde::de::IgnoredAny>();
+            match values.next() {
+                Some(Ok(_)) => value + values.byte_offset(),
+                _ => entry.len(),
+            }
+        }
         // A number, `true`, `false` or `null`: up to the next comma.
         _ => memchr::memchr(b',', &entry[value..]).map_or(entry.len(), |i| value + i),
     };
@@ -105,29 +114,6 @@ fn string_end(bytes: &[u8], mut at: usize) -> usize {
         }
         // An escape: the byte after the backslash is part of it.
         at += i + 2;
-    }
-    bytes.len()
-}
-
-/// Just past the object or array that starts at `at`.
-fn nested_end(bytes: &[u8], mut at: usize) -> usize {
-    let mut depth = 0usize;
-    while at < bytes.len() {
-        match bytes[at] {
-            b'"' => {
-                at = string_end(bytes, at + 1);
-                continue;
-            }
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return at + 1;
-                }
-            }
-            _ => {}
-        }
-        at += 1;
     }
     bytes.len()
 }

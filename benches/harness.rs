@@ -560,8 +560,8 @@ fn wait_for_listen_line(dir: &Path) -> Option<SocketAddr> {
 
 /// utime + stime of a process (and all its threads).
 fn cpu_time(pid: u32) -> Duration {
-    let (user, system) = cpu_split(pid);
-    user + system
+    let stat = ProcStat::read(pid);
+    stat.user + stat.system
 }
 
 /// TCP segments this machine has sent so far (`OutSegs` in
@@ -574,24 +574,30 @@ fn tcp_segments_sent() -> u64 {
     values.split(' ').nth(at).unwrap().parse().unwrap()
 }
 
-/// Minor page faults of a process (and all its threads) so far.
-fn minor_faults(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    // Field 10 of stat; after the comm it is at 7.
-    after_comm.split(' ').nth(7).unwrap().parse().unwrap()
+/// A process's counters (all its threads together), from one read of
+/// `/proc/<pid>/stat`.
+struct ProcStat {
+    user: Duration,
+    system: Duration,
+    minor_faults: u64,
 }
 
-/// utime and stime of a process (and all its threads), apart.
-fn cpu_split(pid: u32) -> (Duration, Duration) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_comm.split(' ').collect();
-    // Fields 14 and 15 of stat; after the comm they are at 11 and 12.
-    let ticks = |i: usize| fields[i].parse::<u64>().unwrap();
-    let hz = 100; // USER_HZ is 100 on every Linux we run on.
-    let time = |t: u64| Duration::from_micros(t * 1_000_000 / hz);
-    (time(ticks(11)), time(ticks(12)))
+impl ProcStat {
+    fn read(pid: u32) -> Self {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_comm.split(' ').collect();
+        // Fields 10, 14 and 15 of stat; after the comm they are at 7, 11
+        // and 12.
+        let field = |i: usize| fields[i].parse::<u64>().unwrap();
+        let hz = 100; // USER_HZ is 100 on every Linux we run on.
+        let time = |t: u64| Duration::from_micros(t * 1_000_000 / hz);
+        Self {
+            user: time(field(11)),
+            system: time(field(12)),
+            minor_faults: field(7),
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -1278,6 +1284,8 @@ async fn lifecycle(plan: &Plan) -> String {
         ));
     }
     let rounds = plan.rounds * 4;
+    // What `upgrades` opens: 16 workers, the same number each.
+    let sessions = (plan.upgrades / 16 * 16) as f64;
     // Per row: (user µs, system µs) per lifecycle, one per round.
     let mut samples = vec![Vec::new(); rows.len()];
     let mut faults_per = vec![Vec::new(); rows.len()];
@@ -1295,18 +1303,16 @@ async fn lifecycle(plan: &Plan) -> String {
         for k in 0..rows.len() {
             let i = (k + round) % rows.len();
             let pid = rows[i].1.pid();
-            let ((user, system), faults) = (cpu_split(pid), minor_faults(pid));
-            let segments = tcp_segments_sent();
+            let (before, segments) = (ProcStat::read(pid), tcp_segments_sent());
             let (_, _) = upgrades(&rows[i].1, plan).await;
-            let segments = tcp_segments_sent() - segments;
-            let ((user_after, system_after), faults_after) = (cpu_split(pid), minor_faults(pid));
-            let n = (plan.upgrades / 16 * 16) as f64;
+            let (after, segments) = (ProcStat::read(pid), tcp_segments_sent() - segments);
+            let per_session = |d: Duration| d.as_secs_f64() * 1e6 / sessions;
             samples[i].push((
-                (user_after - user).as_secs_f64() * 1e6 / n,
-                (system_after - system).as_secs_f64() * 1e6 / n,
+                per_session(after.user - before.user),
+                per_session(after.system - before.system),
             ));
-            faults_per[i].push((faults_after - faults) as f64 / n);
-            segments_per[i].push(segments as f64 / n);
+            faults_per[i].push((after.minor_faults - before.minor_faults) as f64 / sessions);
+            segments_per[i].push(segments as f64 / sessions);
         }
     }
     let _ = collector.kill();
@@ -1322,7 +1328,14 @@ async fn lifecycle(plan: &Plan) -> String {
     let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
     for (i, (label, _)) in rows.iter().enumerate() {
         let t = total(&samples[i]);
-        let per_round: Vec<f64> = t.iter().zip(&bare).map(|(a, b)| a / b).collect();
+        // A round where axum-bare used less than one clock tick (a smoke
+        // run's few sessions) has no ratio.
+        let per_round: Vec<f64> = t
+            .iter()
+            .zip(&bare)
+            .map(|(a, b)| a / b)
+            .filter(|r| r.is_finite())
+            .collect();
         let user: Vec<f64> = samples[i].iter().map(|(u, _)| *u).collect();
         let system: Vec<f64> = samples[i].iter().map(|(_, s)| *s).collect();
         let (lo, hi) = t
@@ -1343,8 +1356,7 @@ async fn lifecycle(plan: &Plan) -> String {
     }
     let _ = writeln!(
         report,
-        "\n{rounds} rounds of {} sessions per server (16 at a time){}.",
-        plan.upgrades / 16 * 16,
+        "\n{rounds} rounds of {sessions} sessions per server (16 at a time){}.",
         if warm {
             ", each round after every server's message saturation test"
         } else {

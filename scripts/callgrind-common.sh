@@ -19,12 +19,12 @@ start_collector() {
 }
 
 # Runs `$bin serve` under callgrind with counting off, writing PROFILE, on
-# PORT; the rest of the arguments go to `serve`. Sets `server` and waits
-# until it answers.
+# PORT, with the environment in `server_env` (VAR=value each); the rest of
+# the arguments go to `serve`. Sets `server` and waits until it answers.
 start_counted_server() {
     local profile="$1" port="$2"
     shift 2
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$profile" \
+    env "${server_env[@]}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$profile" \
         "$bin" serve --listen "127.0.0.1:$port" --log-stdout false --messages-per-second 0 "$@" \
         >/dev/null 2>"$profile.err" &
     server=$!

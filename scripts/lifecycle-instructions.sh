@@ -24,17 +24,15 @@ start_collector 4327 4328
 
 for mode in off logs full; do
     case $mode in
-        off) env=(RUST_LOG=off) ;;
-        logs) env=(RUST_LOG=info) ;;
+        off) server_env=(RUST_LOG=off) ;;
+        logs) server_env=(RUST_LOG=info) ;;
         # A short batch delay: every span is exported inside the count.
-        full) env=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4328 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
-                   OTEL_BSP_SCHEDULE_DELAY=500) ;;
+        full) server_env=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4328 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+                          OTEL_BSP_SCHEDULE_DELAY=500) ;;
     esac
     rm -rf "$out/logs-$mode"
     profile_file="$out/$mode.out"
-    export "${env[@]}"
     start_counted_server "$profile_file" "$port" --log-dir "$out/logs-$mode"
-    unset RUST_LOG OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_PROTOCOL OTEL_BSP_SCHEDULE_DELAY
     # Warm up (first connections, lazy statics), then count.
     "$bin" load --scenario storm -c 50 --concurrency 4 "ws://127.0.0.1:$port/ws" >/dev/null
     count_while "$bin" load --scenario storm -c "$sessions" --concurrency 4 "ws://127.0.0.1:$port/ws"

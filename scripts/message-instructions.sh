@@ -24,15 +24,14 @@ messages=5000
 # shellcheck source=callgrind-common.sh
 source scripts/callgrind-common.sh
 start_collector 4329 4330
+server_env=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4330 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf
+            OTEL_BSP_SCHEDULE_DELAY=500)
 
 for ratio in "${ratios[@]}"; do
     rm -rf "$out/logs-messages"
     profile_file="$out/messages-$ratio.out"
-    export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4330 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
-        OTEL_BSP_SCHEDULE_DELAY=500
     start_counted_server "$profile_file" "$port" --log-dir "$out/logs-messages" \
         --message-sample-ratio "$ratio"
-    unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_EXPORTER_OTLP_PROTOCOL OTEL_BSP_SCHEDULE_DELAY
     "$bin" load -c "$connections" --messages 500 --window 8 "ws://127.0.0.1:$port/ws" >/dev/null
     count_while "$bin" load -c "$connections" --messages "$messages" --window 8 "ws://127.0.0.1:$port/ws"
     echo "ratio $ratio: $((total / (connections * messages))) instructions per message"

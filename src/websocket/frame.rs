@@ -179,27 +179,21 @@ pub(super) fn parse_close(payload: Bytes) -> Result<Option<CloseFrame>, WsError>
     }
 }
 
+// The integration tests' hand-written client side, so the unit tests
+// build frames with the same code (its `upgrade` is theirs alone).
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../tests/common/raw_ws.rs"]
+mod raw_ws;
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
 
-    /// A client frame, masked, as a client writes it.
+    /// A client frame, masked, as a client writes it: `first` is the whole
+    /// first byte (FIN, reserved bits, opcode).
     pub(crate) fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![first];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-        out
+        super::raw_ws::masked_frame(first & 0x80 != 0, first & 0x7f, payload, mask)
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The client side of the WebSocket wire, by hand: the upgrade over a bare
 //! socket and masked frames. For tests that need the socket itself (small
 //! buffers, malformed frames) and for the benchmark harness, whose clients
-//! must cost as little as they can. The harness includes this file with
-//! `#[path]`.
+//! must cost as little as they can. The harness and the unit tests of
+//! `src/websocket` include this file with `#[path]`.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

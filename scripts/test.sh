@@ -51,4 +51,4 @@ fi
 # Tests that use these tools fail, rather than skip, when they are absent.
 export WSTRACE_REQUIRE_TOOLS=1
 
-cargo test --locked --all-targets "$@"
+cargo test --locked --all-targets --features fault-injection "$@"

@@ -2,7 +2,7 @@
 
 use crate::cli::ServeArgs;
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::events::{Listening, RedisConnected, TelemetryFlushing};
+use crate::events::{InternalEvent, Listening, RedisConnected, TelemetryFlushing};
 use crate::http::Server;
 use crate::state::ServerConfig;
 use crate::telemetry::{self, TelemetryConfig, TelemetryError};
@@ -39,7 +39,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         Err(error) => Err(error.into()),
     };
     if let Err(error) = &result {
-        tracing::error!(%error, "server stopped with an error");
+        crate::events::ServeFailed { error }.emit();
     }
     // The last line says how many lines came before it: a reader can check
     // that the file holds every one.
@@ -104,11 +104,11 @@ async fn run(
     server
         .run(async {
             let signal = crate::shutdown::signal().await;
-            tracing::info!(signal, "shutdown requested");
+            crate::events::ShutdownRequested { signal }.emit();
         })
         .await
         .map_err(ServeError::Serve)?;
-    tracing::info!("server stopped");
+    crate::events::ServerStopped.emit();
     Ok(())
 }
 

@@ -225,7 +225,9 @@ impl JwtVerifier {
         Ok(TokenSubject { user, debug })
     }
 
-    /// Signs claims as an HS256 JWT (for the client, the load tool and tests).
+    /// Signs claims as an HS256 JWT: the issuer's side, used by the tests and
+    /// the benchmark harness to make tokens (the tools take a token, they
+    /// never sign one).
     pub fn sign(&self, claims: &serde_json::Value) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let payload = URL_SAFE_NO_PAD.encode(claims.to_string());

@@ -338,10 +338,12 @@ impl ServeArgs {
             telemetry: None,
             log_dir: self.log_file.then(|| self.log_dir.clone()),
             log_max_bytes: (self.log_max_bytes > 0).then_some(self.log_max_bytes),
+            log_file_prefix: crate::telemetry::DEFAULT_LOG_FILE_PREFIX.to_string(),
             grafana_url: self.grafana_url.clone(),
             echo_endpoint: self.echo_endpoint,
             instance_id: self.instance_id(),
             cluster: None,
+            #[cfg(feature = "fault-injection")]
             fault_panic_on_echo: None,
         }
     }

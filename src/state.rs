@@ -38,6 +38,8 @@ pub struct ServerConfig {
     pub log_dir: Option<std::path::PathBuf>,
     /// Cap on all log files together (`--log-max-bytes`).
     pub log_max_bytes: Option<u64>,
+    /// The log files' name prefix: only files named so are pruned.
+    pub log_file_prefix: String,
     /// Grafana base URL, for the explorer's trace links.
     pub grafana_url: Option<String>,
     /// Serve the raw echo endpoint `/echo` (conformance testing).
@@ -47,9 +49,10 @@ pub struct ServerConfig {
     /// Cluster mode: connected before the server is built (see
     /// [`Cluster::connect`]).
     pub cluster: Option<Arc<Cluster>>,
-    /// Fault injection for tests only (not on the CLI): an `echo` with
-    /// exactly this content panics inside the session's handler.
-    #[doc(hidden)]
+    /// Fault injection for tests only (the `fault-injection` feature, never
+    /// in a release): an `echo` with exactly this content panics inside the
+    /// session's handler.
+    #[cfg(feature = "fault-injection")]
     pub fault_panic_on_echo: Option<String>,
 }
 
@@ -70,10 +73,12 @@ impl Default for ServerConfig {
             telemetry: None,
             log_dir: None,
             log_max_bytes: None,
+            log_file_prefix: crate::telemetry::DEFAULT_LOG_FILE_PREFIX.to_string(),
             grafana_url: None,
             echo_endpoint: false,
             instance_id: crate::telemetry::default_instance_id(),
             cluster: None,
+            #[cfg(feature = "fault-injection")]
             fault_panic_on_echo: None,
         }
     }
@@ -90,7 +95,10 @@ pub struct ServerState {
     pub jwt: Option<JwtVerifier>,
     pub origins: OriginPolicy,
     pub hosts: HostPolicy,
-    /// Broadcast to every session: the server is shutting down.
+    /// Cancelled when the server starts shutting down: the accept loop and
+    /// upkeep tasks stop on it, and a session that joins the hub after it
+    /// sees it. Open sessions are closed by the sweep through the hub
+    /// (`http::run`), not by this token.
     pub shutdown: CancellationToken,
     /// Every running session, to wait for at shutdown.
     pub sessions: TaskTracker,

@@ -168,29 +168,18 @@ pub fn query_param(query: &str, name: &str) -> Option<Result<String, usize>> {
     })
 }
 
+/// `+` is a space and `%XX` a byte, as in a form. A `%` without two hex
+/// digits after it is broken encoding (the crate passes it through as is,
+/// so it is checked here), and so are bytes that are not UTF-8.
 fn percent_decode(input: &str) -> Option<String> {
-    let bytes = input.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    let well_formed = input.split('%').skip(1).all(|after| {
+        after
+            .get(..2)
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    let spaced = input.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8();
+    well_formed.then_some(decoded.ok()?.into_owned())
 }
 
 /// The span context a well-formed `traceparent` names (as a remote

@@ -1,7 +1,8 @@
 //! The shape of the crate, kept as it was made: reads every `crate::` path
 //! in `src/` and fails on an import against the layer order below, on a
 //! tool that reaches into the server, or on any cycle between top-level
-//! modules.
+//! modules; then reads every `crate::` and `super::` path and fails on a
+//! cycle between the files (or folders) of one module, at any depth.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -181,6 +182,195 @@ fn cycles(graph: &Graph) -> Vec<String> {
         visit(module, graph, &mut Vec::new(), &mut done, &mut found);
     }
     found
+}
+
+/// A file's module path: `src/session/commands/ping.rs` is
+/// `session::commands::ping`, `src/session/mod.rs` is `session`.
+fn module_path(relative: &Path) -> Vec<String> {
+    let mut path: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_str().unwrap().to_string())
+        .collect();
+    let file = path.pop().unwrap();
+    let stem = file.trim_end_matches(".rs");
+    if stem != "mod" {
+        path.push(stem.to_string());
+    }
+    path
+}
+
+/// The statements of a file, a multi-line `use` joined into one, each with
+/// its first line's number and whether it sits in an inline module
+/// (`mod tests {`), where `super` means the file itself.
+fn statements(text: &str) -> Vec<(usize, String, bool)> {
+    let mut found = Vec::new();
+    let mut inline = false;
+    let mut pending: Option<(usize, String)> = None;
+    for (number, line) in text.lines().enumerate() {
+        let code = line.trim_start();
+        if code.starts_with("//") {
+            continue;
+        }
+        if let Some((start, mut joined)) = pending.take() {
+            joined.push_str(code);
+            if code.contains(';') {
+                found.push((start, joined, inline));
+            } else {
+                pending = Some((start, joined));
+            }
+            continue;
+        }
+        if code.starts_with("mod ") && code.ends_with('{') {
+            inline = true;
+        }
+        if code.starts_with("use ") && !code.contains(';') {
+            pending = Some((number, code.to_string()));
+        } else {
+            found.push((number, code.to_string(), inline));
+        }
+    }
+    found
+}
+
+/// The paths one statement names through `crate::` or `super::`, resolved
+/// from `module` (the file's module, or its inline module).
+fn named_paths(code: &str, module: &[String]) -> Vec<Vec<String>> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut paths = Vec::new();
+    for (at, _) in code
+        .match_indices("crate::")
+        .chain(code.match_indices("super::"))
+    {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| ident(c) || c == '$' || c == ':') {
+            continue;
+        }
+        let mut base: Vec<String> = Vec::new();
+        let mut rest = &code[at..];
+        if let Some(after) = rest.strip_prefix("crate::") {
+            rest = after;
+        } else {
+            base = module.to_vec();
+            while let Some(after) = rest.strip_prefix("super::") {
+                base.pop();
+                rest = after;
+            }
+        }
+        let mut prefix = base;
+        loop {
+            let segment: String = rest.chars().take_while(|c| ident(*c)).collect();
+            if segment.is_empty() {
+                break;
+            }
+            rest = &rest[segment.len()..];
+            prefix.push(segment);
+            match rest.strip_prefix("::") {
+                Some(after) => rest = after,
+                None => break,
+            }
+        }
+        // `super::{a::B, c}`: each part of the group, one level deep.
+        if let Some(group) = rest.strip_prefix('{') {
+            let group = group.split('}').next().unwrap_or("");
+            for part in group.split(',') {
+                let first: String = part.trim().chars().take_while(|c| ident(*c)).collect();
+                let mut path = prefix.clone();
+                if !first.is_empty() {
+                    path.push(first);
+                }
+                paths.push(path);
+            }
+        } else {
+            paths.push(prefix);
+        }
+    }
+    paths
+}
+
+/// For each module with files or folders of its own (`session`,
+/// `session::commands`, …): which of its children uses which, each child
+/// standing for everything under it. A child using its parent (the
+/// module's `mod.rs`, its interface) is not an edge here; children using
+/// each other are.
+fn child_graph(src: &Path) -> Graph {
+    let files = rust_files(src);
+    let modules: BTreeSet<Vec<String>> = files
+        .iter()
+        .map(|f| module_path(f.strip_prefix(src).unwrap()))
+        .collect();
+    let resolve = |path: &[String]| {
+        (1..=path.len())
+            .rev()
+            .map(|n| path[..n].to_vec())
+            .find(|p| modules.contains(p))
+    };
+    let mut graph = Graph::new();
+    for file in &files {
+        let relative = file.strip_prefix(src).unwrap();
+        let from = module_path(relative);
+        if from.is_empty() || from == ["main"] || from == ["lib"] {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for (number, code, inline) in statements(&text) {
+            let mut scope = from.clone();
+            if inline {
+                scope.push("tests".into());
+            }
+            for named in named_paths(&code, &scope) {
+                let Some(to) = resolve(&named) else { continue };
+                let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+                if common == to.len() || common == from.len() {
+                    continue; // to an ancestor, or to a descendant
+                }
+                let (a, b) = (from[..=common].join("::"), to[..=common].join("::"));
+                graph
+                    .entry(a)
+                    .or_default()
+                    .entry(b)
+                    .or_default()
+                    .push(format!("{}:{}", relative.display(), number + 1));
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn files_of_a_module_depend_one_way() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = child_graph(&src);
+    assert!(
+        graph.contains_key("session::reader"),
+        "the reader's imports were read: {:?}",
+        graph.keys().collect::<Vec<_>>()
+    );
+    let found = cycles(&graph);
+    assert!(found.is_empty(), "file-level cycles:\n{}", found.join("\n"));
+}
+
+/// The file-level reader resolves what it is for.
+#[test]
+fn named_paths_resolve_super_crate_and_groups() {
+    let module: Vec<String> = ["session", "commands", "ping"].map(String::from).into();
+    let named = named_paths(
+        "use super::super::reader::{Gone, Reader}; x = crate::routing::hub::Hub; $crate::no",
+        &module,
+    );
+    let named: Vec<String> = named.iter().map(|p| p.join("::")).collect();
+    assert_eq!(
+        named,
+        [
+            "routing::hub::Hub",
+            "session::reader::Gone",
+            "session::reader::Reader"
+        ]
+    );
+    let text = "use super::{\n    a::X,\n    b,\n};\nmod tests {\n    use super::*;\n}\n";
+    let statements = statements(text);
+    assert_eq!(statements.len(), 4, "{statements:?}");
+    assert_eq!(statements[0].1, "use super::{a::X,b,};");
+    assert!(statements[3].2, "inside the inline module");
 }
 
 #[test]

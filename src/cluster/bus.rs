@@ -21,7 +21,7 @@ use super::envelope::{Action, Audience, Envelope};
 use super::{Cluster, ClusterContext};
 use crate::events::{
     AdminClosedSession, ClusterDeliveryFailing, ClusterEnvelopeDropped, ClusterMessageDelivered,
-    RedisLost, RedisReconnected,
+    InternalEvent, RedisLost, RedisReconnected, RemoteActionForGoneSession, RemoteDebugRefused,
 };
 use crate::routing::{Delivery, SharedRecipient};
 use crate::sampling::DebugChange;
@@ -237,7 +237,11 @@ fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
             reason,
         } => {
             let Some(session) = context.router.hub().get(session_id) else {
-                tracing::info!(%session_id, "kick for a session that is no longer here");
+                RemoteActionForGoneSession {
+                    session_id,
+                    action: "kick",
+                }
+                .emit();
                 return;
             };
             session.admin_touched("close", &origin);
@@ -256,7 +260,11 @@ fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
             requested_by,
         } => {
             let Some(session) = context.router.hub().get(session_id) else {
-                tracing::info!(%session_id, "debug switch for a session that is no longer here");
+                RemoteActionForGoneSession {
+                    session_id,
+                    action: "debug",
+                }
+                .emit();
                 return;
             };
             let change = match minutes {
@@ -267,8 +275,12 @@ fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
             if let Err(refused) =
                 session.set_debug(change, &requested_by, &origin, &context.debug_slots)
             {
-                context.router.metrics().debug_refused.fetch_add(1, Relaxed);
-                tracing::warn!(%session_id, error = %refused, "debug switch from another instance refused");
+                RemoteDebugRefused {
+                    session_id,
+                    error: &refused,
+                    metrics: context.router.metrics(),
+                }
+                .emit();
             }
         }
     }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::auth::secret_matches;
 use crate::cluster::forward::{forward_debug, kick};
 use crate::error::{HttpError, close_code};
-use crate::events::{AdminCleanup, AdminClosedSession, AdminTokenRefused};
+use crate::events::{AdminCleanup, AdminClosedSession, AdminTokenRefused, InternalEvent};
 use crate::limits::{MAX_DEBUG_MINUTES, MAX_REQUESTED_BY_CHARS};
 use crate::protocol;
 use crate::routing::{Audience, Delivery, Routed, Sender, SessionView};

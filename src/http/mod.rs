@@ -7,8 +7,9 @@
 //! - [`explorer`]: the session explorer page at `GET /`, and the log
 //!   search behind it (`/api/logs`).
 //!
-//! Shutdown follows mini-redis: one `CancellationToken` is the broadcast
-//! that every session watches, a `TaskTracker` tells when they are all
+//! Shutdown follows mini-redis: one `CancellationToken` stops the accept
+//! loop and the upkeep tasks, the open sessions are then swept through the
+//! hub (each closes with 1001), a `TaskTracker` tells when they are all
 //! done, and a `Semaphore` caps concurrent sessions (see [`ServerState`]).
 
 pub mod api;
@@ -34,7 +35,7 @@ use tower::ServiceExt;
 
 use crate::cluster::{ClusterContext, ClusterTasks};
 use crate::error::HttpError;
-use crate::events::{LogFilesPruned, LogLinesDropped, SpansDropped};
+use crate::events::{InternalEvent, LogFilesPruned, LogLinesDropped, SpansDropped};
 use crate::state::{ServerConfig, ServerState};
 
 pub use trace::{TRACERESPONSE, X_TRACE_ID};
@@ -102,7 +103,7 @@ impl Server {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of fds, mostly: back off instead of spinning.
-                        tracing::warn!(%error, "accept failed");
+                        crate::events::AcceptFailed { error: &error }.emit();
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         continue;
                     }
@@ -146,10 +147,10 @@ impl Server {
             session.shut_down();
         }
         state.sessions.close();
-        tracing::info!(
-            open_sessions = state.sessions.len(),
-            "stopped accepting; closing sessions"
-        );
+        crate::events::StoppedAccepting {
+            open_sessions: state.sessions.len(),
+        }
+        .emit();
         let timeout = state.config.limits.shutdown_timeout;
         connections.close();
         let drained = async {
@@ -157,11 +158,11 @@ impl Server {
             state.sessions.wait().await;
         };
         if tokio::time::timeout(timeout, drained).await.is_err() {
-            tracing::error!(
-                open_sessions = state.sessions.len(),
-                timeout_ms = timeout.as_millis() as u64,
-                "sessions still open at shutdown timeout"
-            );
+            crate::events::ShutdownTimedOut {
+                open_sessions: state.sessions.len(),
+                timeout_ms: timeout.as_millis() as u64,
+            }
+            .emit();
         }
         if let Some(cluster_tasks) = cluster_tasks {
             cluster_tasks.finish(timeout).await;
@@ -180,20 +181,13 @@ async fn run_upkeep(state: Arc<ServerState>) {
     let interval = state.config.limits.telemetry_report_interval;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let (mut spans_before, mut lines_before) = (0, 0);
-    let mut sessions_before = 0;
     loop {
         ticks.tick().await;
-        // Sessions went: give their memory back to the system (glibc keeps
-        // freed memory in its arenas otherwise, and RSS stays at the peak).
-        let sessions = state.hub().len();
-        if sessions < sessions_before {
-            let _ = tokio::task::spawn_blocking(release_free_memory).await;
-        }
-        sessions_before = sessions;
         if let (Some(dir), Some(max_bytes)) = (&state.config.log_dir, state.config.log_max_bytes) {
-            let (dir, max) = (dir.clone(), max_bytes);
-            let pruned =
-                tokio::task::spawn_blocking(move || crate::telemetry::prune_log_dir(&dir, max));
+            let (dir, prefix, max) = (dir.clone(), state.config.log_file_prefix.clone(), max_bytes);
+            let pruned = tokio::task::spawn_blocking(move || {
+                crate::telemetry::prune_log_dir(&dir, &prefix, max)
+            });
             if let Ok((files, bytes)) = pruned.await
                 && files > 0
             {
@@ -229,15 +223,6 @@ async fn run_upkeep(state: Arc<ServerState>) {
     }
 }
 
-/// Returns the allocator's free memory to the system.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 fn router(state: Arc<ServerState>) -> Router {
     let mut routes = Router::new().route("/ws", get(upgrade::ws_upgrade::<false>));
     if state.config.echo_endpoint {
@@ -269,8 +254,9 @@ async fn check_host(
     }
     crate::events::HostRefused {
         path: request.uri().path(),
+        metrics: &state.metrics,
     }
-    .emit(&state.metrics);
+    .emit();
     HttpError::HostNotAllowed.into_response()
 }
 

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::events::{HttpRequestRefused, TraceparentIgnored};
+use crate::events::{HttpRequestRefused, InternalEvent, TraceparentIgnored};
 use crate::trace_context::{self, IncomingTrace};
 
 pub const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");

@@ -17,7 +17,7 @@ use super::linger::{LingeringStream, ReadingHalf, WritingHalf};
 use super::trace::RequestTrace;
 use crate::auth;
 use crate::error::HttpError;
-use crate::events::UpgradeRefused;
+use crate::events::{InternalEvent, Refusal, UpgradeFailed, UpgradeNotOurs, UpgradeRefused};
 use crate::session::{SessionInfo, SessionMode, UpgradeInfo, run_session};
 use crate::state::ServerState;
 use crate::websocket::{self, MessageReader, MessageWriter};
@@ -54,7 +54,7 @@ impl WebSocketRequest {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
                 Err(error) => {
-                    tracing::warn!(%error, "websocket upgrade failed");
+                    UpgradeFailed { error: &error }.emit();
                     return;
                 }
             };
@@ -62,7 +62,7 @@ impl WebSocketRequest {
             let parts = match upgraded.downcast::<TokioIo<LingeringStream>>() {
                 Ok(parts) => parts,
                 Err(_) => {
-                    tracing::error!("websocket upgrade failed: not a connection of this server");
+                    UpgradeNotOurs.emit();
                     return;
                 }
             };
@@ -115,7 +115,11 @@ async fn upgrade_session(
         request_headers.get(header::ORIGIN),
         request_headers.get(header::HOST),
     ) {
-        UpgradeRefused::OriginNotAllowed.emit(&state.metrics);
+        UpgradeRefused {
+            refusal: Refusal::OriginNotAllowed,
+            metrics: &state.metrics,
+        }
+        .emit();
         return Err(HttpError::OriginNotAllowed);
     }
     let subject = match &state.jwt {
@@ -130,7 +134,11 @@ async fn upgrade_session(
                 Ok(subject) => Some(subject),
                 Err(error) => {
                     // The reason, never the token.
-                    UpgradeRefused::BadToken { code: error.code() }.emit(&state.metrics);
+                    UpgradeRefused {
+                        refusal: Refusal::BadToken { code: error.code() },
+                        metrics: &state.metrics,
+                    }
+                    .emit();
                     return Err(error.into());
                 }
             }
@@ -145,7 +153,11 @@ async fn upgrade_session(
     let limits = &state.config.limits;
     let ip_slot = state.caps.per_ip.try_take(peer.ip()).ok_or_else(|| {
         let limit = limits.max_sessions_per_ip;
-        UpgradeRefused::PerIpLimit { limit }.emit(&state.metrics);
+        UpgradeRefused {
+            refusal: Refusal::PerIpLimit { limit },
+            metrics: &state.metrics,
+        }
+        .emit();
         HttpError::TooManySessions {
             what: "from this address",
             limit,
@@ -154,7 +166,11 @@ async fn upgrade_session(
     let user_slot = match &user {
         Some(user) => Some(state.caps.per_user.try_take(user.clone()).ok_or_else(|| {
             let limit = limits.max_sessions_per_user;
-            UpgradeRefused::PerUserLimit { limit }.emit(&state.metrics);
+            UpgradeRefused {
+                refusal: Refusal::PerUserLimit { limit },
+                metrics: &state.metrics,
+            }
+            .emit();
             HttpError::TooManySessions {
                 what: "for this user",
                 limit,
@@ -164,7 +180,11 @@ async fn upgrade_session(
     };
     let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
         let limit = state.config.limits.max_connections;
-        UpgradeRefused::ConnectionLimit { limit }.emit(&state.metrics);
+        UpgradeRefused {
+            refusal: Refusal::ConnectionLimit { limit },
+            metrics: &state.metrics,
+        }
+        .emit();
         HttpError::TooManyConnections { limit }
     })?;
     let info = SessionInfo {

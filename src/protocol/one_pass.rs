@@ -105,7 +105,17 @@ impl Slots<'_> {
                 to_user: self.to_user.optional()?,
                 content: self.content.required()?,
             },
-            _ => return None,
+            // Not client frames: `client_kind` never names them. Listed
+            // rather than `_`, so a new kind is a compile error here until it
+            // gets its arm (or joins this list).
+            FrameKind::Welcome
+            | FrameKind::Pong
+            | FrameKind::Subscribed
+            | FrameKind::Unsubscribed
+            | FrameKind::Message
+            | FrameKind::Error
+            | FrameKind::Binary
+            | FrameKind::Invalid => return None,
         })
     }
 }

@@ -15,15 +15,28 @@
 use opentelemetry::trace::SpanId;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use uuid::Uuid;
 
-use super::stats::{RECORDER_WRITTEN, SessionStats};
-
-use crate::events::FlightRecorded;
+use crate::events::{FlightRecorded, InternalEvent};
 use crate::metrics::Metrics;
 use crate::protocol::FrameKind;
 use crate::sync::lock;
+
+/// A session's tier bit (beside the debug bit the stats own): its flight
+/// recorder has been written.
+pub(super) const RECORDER_WRITTEN: u8 = 2;
+
+/// Where a session keeps its ring: allocated on first use, with the rest
+/// of the state an idle session does not pay for (the stats' `Extras`).
+/// The recorder sees only this, so it does not depend on the stats.
+pub(super) trait RingSlot: Sync {
+    /// The ring's cell, allocating the session's lazy state if need be.
+    fn ring(&self) -> &Mutex<Option<Ring>>;
+    /// The ring's cell if it was ever allocated.
+    fn ring_if_made(&self) -> Option<&Mutex<Option<Ring>>>;
+}
 
 /// The trigger a failing close writes the recorder with.
 pub fn close_trigger(code: u16) -> String {
@@ -83,18 +96,24 @@ pub(super) struct Ring {
 }
 
 /// A session's recorder, shared by its reader and writer (a view of its
-/// [`SessionStats`]).
+/// stats: their tier bits and the slot of the ring).
 pub struct FlightRecorder<'a> {
-    stats: &'a SessionStats,
+    capacity: u16,
+    tiers: &'a AtomicU8,
+    slot: &'a dyn RingSlot,
 }
 
 impl<'a> FlightRecorder<'a> {
-    pub(super) fn of(stats: &'a SessionStats) -> Self {
-        Self { stats }
+    pub(super) fn new(capacity: u16, tiers: &'a AtomicU8, slot: &'a dyn RingSlot) -> Self {
+        Self {
+            capacity,
+            tiers,
+            slot,
+        }
     }
 
     fn capacity(&self) -> usize {
-        usize::from(self.stats.recorder_capacity)
+        usize::from(self.capacity)
     }
 
     /// Records one message, numbered in order; the oldest goes when the
@@ -104,7 +123,7 @@ impl<'a> FlightRecorder<'a> {
         if capacity == 0 {
             return;
         }
-        let mut ring = lock(&self.stats.extras().ring);
+        let mut ring = lock(self.slot.ring());
         let ring = ring.get_or_insert_with(|| Ring {
             entries: VecDeque::with_capacity(capacity),
             recorded: 0,
@@ -120,10 +139,10 @@ impl<'a> FlightRecorder<'a> {
     /// Adds the message id routing gave to the message being handled: the
     /// last inbound one (only the reader records those, one at a time).
     pub fn identify_last_inbound(&self, id: Uuid) {
-        let Some(extras) = self.stats.extras.get() else {
+        let Some(cell) = self.slot.ring_if_made() else {
             return;
         };
-        if let Some(ring) = &mut *lock(&extras.ring)
+        if let Some(ring) = &mut *lock(cell)
             && let Some(entry) = ring
                 .entries
                 .iter_mut()
@@ -137,10 +156,10 @@ impl<'a> FlightRecorder<'a> {
     /// The messages recorded so far, oldest first, and how many earlier
     /// ones the ring no longer holds.
     pub fn snapshot(&self) -> (Vec<Entry>, u64) {
-        let Some(extras) = self.stats.extras.get() else {
+        let Some(cell) = self.slot.ring_if_made() else {
             return (Vec::new(), 0);
         };
-        match &*lock(&extras.ring) {
+        match &*lock(cell) {
             None => (Vec::new(), 0),
             Some(ring) => (
                 ring.entries.iter().copied().collect(),
@@ -154,7 +173,7 @@ impl<'a> FlightRecorder<'a> {
     /// A session that has not sent or received a message has nothing to
     /// write.
     pub fn write(&self, trigger: &str, metrics: &Metrics) {
-        let tiers = &self.stats.tiers;
+        let tiers = self.tiers;
         if self.capacity() == 0 || tiers.load(Relaxed) & RECORDER_WRITTEN != 0 {
             return;
         }
@@ -167,8 +186,9 @@ impl<'a> FlightRecorder<'a> {
             messages: entries.len(),
             skipped,
             recording: &to_json(&entries),
+            metrics,
         }
-        .emit(metrics);
+        .emit();
     }
 }
 
@@ -210,10 +230,22 @@ mod tests {
         Entry::new(direction, FrameKind::Echo, size, 1_234_567)
     }
 
+    /// A ring made at once, for the recorder alone (a session's is made
+    /// lazily: `stats.rs`).
+    impl RingSlot for Mutex<Option<Ring>> {
+        fn ring(&self) -> &Mutex<Option<Ring>> {
+            self
+        }
+
+        fn ring_if_made(&self) -> Option<&Mutex<Option<Ring>>> {
+            Some(self)
+        }
+    }
+
     #[test]
     fn keeps_the_last_n_in_order() {
-        let stats = SessionStats::with_recorder(4);
-        let recorder = stats.flight();
+        let (tiers, slot) = (AtomicU8::new(0), Mutex::new(None));
+        let recorder = FlightRecorder::new(4, &tiers, &slot);
         for size in 1..=10 {
             recorder.record(entry(Direction::In, size));
         }
@@ -227,36 +259,6 @@ mod tests {
         assert_eq!(seqs, [8, 9, 10, 11]);
         let sizes: Vec<u32> = entries.iter().map(|e| e.size).collect();
         assert_eq!(sizes, [8, 9, 10, 11]);
-    }
-
-    #[test]
-    fn allocates_nothing_until_the_first_message() {
-        let stats = SessionStats::with_recorder(32);
-        assert_eq!(stats.flight().snapshot(), (Vec::new(), 0));
-        assert!(stats.debug().status().reason.is_none());
-        assert!(stats.extras.get().is_none());
-        stats.flight().record(entry(Direction::Out, 3));
-        assert!(lock(&stats.extras.get().unwrap().ring).is_some());
-    }
-
-    #[test]
-    fn off_at_capacity_zero() {
-        let stats = SessionStats::with_recorder(0);
-        stats.flight().record(entry(Direction::In, 1));
-        assert!(stats.extras.get().is_none());
-        assert_eq!(stats.flight().snapshot(), (Vec::new(), 0));
-    }
-
-    #[test]
-    fn an_idle_session_pays_a_pointer_for_both_tiers() {
-        // Counters, a start time, one pointer and a few bytes: the size the
-        // stats had before debug sessions and the recorder (BENCHMARKS.md,
-        // issue 17).
-        assert!(
-            size_of::<SessionStats>() <= 104,
-            "{}",
-            size_of::<SessionStats>()
-        );
     }
 
     #[test]

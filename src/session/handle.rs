@@ -16,7 +16,9 @@ use super::close::{CloseDecision, CloseSignal, ClosedBy};
 use super::outbound::{Outbound, OutboundQueue, QueueError};
 use super::stats::SessionStats;
 use crate::error::close_code;
-use crate::events::{AdminTouchedSession, DebugExpired, DebugSwitched, OutboundQueueFull};
+use crate::events::{
+    AdminTouchedSession, DebugExpired, DebugSwitched, InternalEvent, OutboundQueueFull,
+};
 use crate::metrics::Metrics;
 use crate::protocol::{self, ServerFrame};
 use crate::routing::{Delivery, DeliveryError, Recipient, SessionView};
@@ -100,8 +102,9 @@ impl Recipient for SessionHandle {
                     queue_frames: self.outbound.max_frames(),
                     queue_bytes: self.outbound.max_bytes(),
                     closing,
+                    metrics,
                 }
-                .emit(metrics);
+                .emit();
                 Err(DeliveryError::Overflow)
             }
             Err(QueueError::Closed) => Err(DeliveryError::Gone),

@@ -16,7 +16,7 @@ use super::close::{CloseDecision, ClosedBy};
 use super::handle::SessionHandle;
 use super::stats::SessionStats;
 use crate::error::close_code;
-use crate::events::{IdleSessionClosing, PingSent};
+use crate::events::{IdleSessionClosing, InternalEvent, PingSent};
 use crate::routing::Router;
 
 /// What the writer should do when the heartbeat timer fires.

@@ -24,6 +24,7 @@
 
 pub mod close;
 mod commands;
+mod context;
 pub mod flight;
 pub mod handle;
 mod heartbeat;
@@ -47,8 +48,8 @@ use uuid::Uuid;
 
 use crate::error::close_code;
 use crate::events::{
-    DebugSessionRefused, LineBudget, SessionClosed, SessionOpened, SessionTaskAborted,
-    SessionTaskPanicked,
+    DebugSessionRefused, InternalEvent, LineBudget, SessionClosed, SessionOpened,
+    SessionTaskAborted, SessionTaskPanicked,
 };
 use crate::protocol::ServerFrame;
 use crate::routing::Recipient;
@@ -235,8 +236,9 @@ impl Session {
                     DebugSessionRefused {
                         reason,
                         max_debug_sessions: refused.max,
+                        metrics: &state.metrics,
                     }
-                    .emit(&state.metrics);
+                    .emit();
                     None
                 }
             }
@@ -245,8 +247,9 @@ impl Session {
             user_agent: &info.upgrade.user_agent,
             trace_origin: info.upgrade.trace_origin,
             debug,
+            metrics: &state.metrics,
         }
-        .emit(&state.metrics);
+        .emit();
         if info.mode == SessionMode::Protocol {
             let welcome = ServerFrame::Welcome {
                 session_id: info.session_id.to_string(),
@@ -327,19 +330,25 @@ impl Session {
         };
         let writer = tokio::spawn(writer.run(sink, self.outbound_rx).in_current_span());
         let seed = ending.session.id.as_u64_pair().1;
-        let reader = reader::Reader {
+        let ctx = context::Context {
             session: ending.session.clone(),
             outbound: self.outbound_tx,
-            state: state.clone(),
-            peer_close: ending.peer_close.clone(),
-            sampler: MessageSampler::new(state.config.message_sample_ratio, seed),
-            echo_only: self.echo_only,
-            current: reader::Current::default(),
-            rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
+            router: state.router.clone(),
+            metrics: state.metrics.clone(),
+            max_subscriptions: limits.max_subscriptions,
             warnings: LineBudget::new(
                 crate::limits::SESSION_WARNINGS_PER_INTERVAL,
                 limits.telemetry_report_interval,
             ),
+            current: context::Current::default(),
+        };
+        let reader = reader::Reader {
+            ctx,
+            state: state.clone(),
+            peer_close: ending.peer_close.clone(),
+            sampler: MessageSampler::new(state.config.message_sample_ratio, seed),
+            echo_only: self.echo_only,
+            rate: RateLimiter::new(limits.messages_per_second, limits.message_burst),
         };
         // A panic outside a message handler (those are caught in the
         // reader) ends the reader, not the session's bookkeeping.
@@ -493,8 +502,9 @@ fn log_closed(
         ping_rtt_mean_ms: rtt_mean,
         error_count: stats.errors.load(Relaxed),
         warnings_suppressed: u64::from(stats.warnings_suppressed.load(Relaxed)),
+        metrics: &state.metrics,
     }
-    .emit(&state.metrics);
+    .emit();
     // Span attributes only: the line above already has them. Set on the
     // OpenTelemetry span directly: `set_attribute` on the `tracing` span
     // looks the span up in the registry for each.

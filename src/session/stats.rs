@@ -5,14 +5,12 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::flight::{FlightRecorder, Ring};
+use super::flight::{FlightRecorder, Ring, RingSlot};
 use crate::sampling::{DebugGrant, DebugReason, DebugRefused, DebugSlots, DebugStatus};
 use crate::sync::lock;
 
 /// [`SessionStats::tiers`]: the session is a debug session.
 pub(super) const DEBUG_ON: u8 = 1;
-/// [`SessionStats::tiers`]: its flight recorder has been written.
-pub(super) const RECORDER_WRITTEN: u8 = 2;
 
 /// What a session's tasks share: counters (each written by one task,
 /// reader or writer or heartbeat, so relaxed atomics are enough), whether
@@ -23,7 +21,7 @@ pub(super) const RECORDER_WRITTEN: u8 = 2;
 /// their state is allocated by the first message or the first debug switch.
 #[derive(Debug)]
 pub struct SessionStats {
-    /// [`DEBUG_ON`] and [`RECORDER_WRITTEN`]: read on every message.
+    /// [`DEBUG_ON`] and the flight recorder's `RECORDER_WRITTEN`: read on every message.
     pub(super) tiers: AtomicU8,
     /// Messages the flight recorder keeps.
     pub(super) recorder_capacity: u16,
@@ -156,7 +154,17 @@ impl SessionStats {
 
     /// Its last messages, kept to be written at its first failure.
     pub fn flight(&self) -> FlightRecorder<'_> {
-        FlightRecorder::of(self)
+        FlightRecorder::new(self.recorder_capacity, &self.tiers, &self.extras)
+    }
+}
+
+impl RingSlot for OnceBox<Extras> {
+    fn ring(&self) -> &Mutex<Option<Ring>> {
+        &self.get_or_init(Box::default).ring
+    }
+
+    fn ring_if_made(&self) -> Option<&Mutex<Option<Ring>>> {
+        self.get().map(|extras| &extras.ring)
     }
 }
 
@@ -212,6 +220,42 @@ impl Default for SessionStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::FrameKind;
+    use crate::session::flight::{Direction, Entry};
+
+    fn entry(direction: Direction, size: usize) -> Entry {
+        Entry::new(direction, FrameKind::Echo, size, 1_234_567)
+    }
+
+    #[test]
+    fn allocates_nothing_until_the_first_message() {
+        let stats = SessionStats::with_recorder(32);
+        assert_eq!(stats.flight().snapshot(), (Vec::new(), 0));
+        assert!(stats.debug().status().reason.is_none());
+        assert!(stats.extras.get().is_none());
+        stats.flight().record(entry(Direction::Out, 3));
+        assert!(lock(&stats.extras.get().unwrap().ring).is_some());
+    }
+
+    #[test]
+    fn off_at_capacity_zero() {
+        let stats = SessionStats::with_recorder(0);
+        stats.flight().record(entry(Direction::In, 1));
+        assert!(stats.extras.get().is_none());
+        assert_eq!(stats.flight().snapshot(), (Vec::new(), 0));
+    }
+
+    #[test]
+    fn an_idle_session_pays_a_pointer_for_both_tiers() {
+        // Counters, a start time, one pointer and a few bytes: the size the
+        // stats had before debug sessions and the recorder (BENCHMARKS.md,
+        // issue 17).
+        assert!(
+            size_of::<SessionStats>() <= 104,
+            "{}",
+            size_of::<SessionStats>()
+        );
+    }
 
     #[test]
     fn pong_payload_gives_round_trip() {

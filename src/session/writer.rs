@@ -19,7 +19,7 @@ use super::message_span_id;
 use super::outbound::{Outbound, OutboundReceiver};
 use super::stats::SessionStats;
 use crate::error::close_code;
-use crate::events::{MessageDelivered, WriterBlocked};
+use crate::events::{InternalEvent, MessageDelivered, WriterBlocked};
 use crate::protocol::FrameKind;
 use crate::routing::Delivery;
 use crate::state::ServerState;
@@ -144,8 +144,9 @@ impl Writer {
     fn blocked(&self, limit: std::time::Duration) {
         WriterBlocked {
             timeout_ms: limit.as_millis() as u64,
+            metrics: &self.state.metrics,
         }
-        .emit(&self.state.metrics);
+        .emit();
         // A decision already made (a shutdown, say) stands.
         self.close.decide(CloseDecision::new(
             close_code::POLICY_VIOLATION,

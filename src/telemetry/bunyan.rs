@@ -288,3 +288,22 @@ const KEPT_LINE_CAPACITY: usize = 16 * 1024;
 fn write_json(line: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
     let _ = serde_json::to_writer(line, value);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::span_fields::is_logged;
+    use super::*;
+
+    #[test]
+    fn the_lines_own_keys_and_span_only_attributes_are_never_logged() {
+        for key in RESERVED.iter().chain(&["ws.connection.id"]) {
+            assert!(!is_logged(key), "{key}");
+        }
+        for key in ["otel.status_code", "log.target", "message"] {
+            assert!(!is_logged(key), "{key}");
+        }
+        for key in ["session_id", "close_code", "net.peer.ip", "ws.message.id"] {
+            assert!(is_logged(key), "{key}");
+        }
+    }
+}

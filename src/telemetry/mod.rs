@@ -51,12 +51,15 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::events::InternalEvent;
 use crate::limits::{LOG_QUEUE_BYTES, SPAN_QUEUE_SPANS};
 use filter::GlobalFilter;
 use line_writer::{LineCounts, LineWriter, LineWriterGuard, line_writer};
 use otel_spans::OtelSpans;
 
 const DEFAULT_SERVICE_NAME: &str = "wstrace";
+/// Log files are `<prefix>.YYYY-MM-DD.log` (or `.YYYY-MM-DD-HH[-MM]`).
+pub const DEFAULT_LOG_FILE_PREFIX: &str = DEFAULT_SERVICE_NAME;
 /// Our own default directives; `RUST_LOG` replaces them entirely.
 pub(crate) const DEFAULT_FILTER: &str =
     "info,h2=warn,hyper=warn,tower=warn,tonic=warn,opentelemetry=warn,opentelemetry_sdk=warn";
@@ -95,7 +98,7 @@ impl TelemetryConfig {
             service_name: env_nonempty("OTEL_SERVICE_NAME")
                 .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
             log_dir,
-            log_file_prefix: DEFAULT_SERVICE_NAME.to_string(),
+            log_file_prefix: DEFAULT_LOG_FILE_PREFIX.to_string(),
             log_rotation: LogRotation::Daily,
             log_max_files: None,
             log_stdout,
@@ -113,13 +116,22 @@ pub fn default_instance_id() -> String {
     format!("{}-{random:04x}", bunyan::hostname())
 }
 
-/// Deletes the oldest log files of `dir` until all of them together take
-/// at most `max_bytes`; the newest (the one being written) is never
-/// deleted. Returns (files deleted, bytes freed).
-pub fn prune_log_dir(dir: &std::path::Path, max_bytes: u64) -> (usize, u64) {
+/// Deletes the oldest of wstrace's own log files in `dir`
+/// (`<prefix>.….log`, as tracing-appender names and prunes them) until
+/// they take at most `max_bytes` together; the newest (the one being
+/// written) is never deleted, and neither is any other program's file in a
+/// shared directory. Returns (files deleted, bytes freed).
+pub fn prune_log_dir(dir: &std::path::Path, prefix: &str, max_bytes: u64) -> (usize, u64) {
     let Ok(mut files) = logfile::log_files(&[dir.to_path_buf()]) else {
         return (0, 0);
     };
+    let ours = |file: &PathBuf| {
+        file.file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_prefix(prefix))
+            .is_some_and(|rest| rest.starts_with('.') && rest.ends_with(".log"))
+    };
+    files.retain(ours);
     let size = |f: &PathBuf| std::fs::metadata(f).map_or(0, |m| m.len());
     let mut total: u64 = files.iter().map(size).sum();
     // Name order is time order; keep the newest.
@@ -237,7 +249,7 @@ impl TelemetryGuard {
             && let Err(error) = provider.shutdown()
         {
             // The log writers still work here, so say so.
-            tracing::error!(%error, "span export did not complete at shutdown");
+            crate::events::SpanExportIncomplete { error: &error }.emit();
         }
         // Every line handed to the writers must be written before their
         // guards are dropped.
@@ -435,6 +447,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_flight_recording_is_written_as_json() {
+        // The bunyan layer writes the fields it lists as JSON, not strings.
+        assert!(JSON_VALUED_FIELDS.contains(&crate::events::FlightRecorded::FIELD));
+    }
+
+    #[test]
     fn shutdown_writes_every_queued_line() {
         let dir = tempfile::tempdir().unwrap();
         let config = TelemetryConfig {
@@ -472,7 +490,12 @@ mod tests {
             let name = format!("wstrace.2026-11-0{day}.log");
             std::fs::write(dir.path().join(name), vec![b'x'; 1000]).unwrap();
         }
-        assert_eq!(prune_log_dir(dir.path(), 2500), (3, 3000));
+        // Another program's files in the same directory are never touched.
+        std::fs::write(dir.path().join("nginx.2026-10-01.log"), vec![b'x'; 5000]).unwrap();
+        std::fs::write(dir.path().join("wstrace-other.log"), vec![b'x'; 5000]).unwrap();
+        assert_eq!(prune_log_dir(dir.path(), "wstrace", 2500), (3, 3000));
+        std::fs::remove_file(dir.path().join("nginx.2026-10-01.log")).unwrap();
+        std::fs::remove_file(dir.path().join("wstrace-other.log")).unwrap();
         let left = logfile::log_files(&[dir.path().to_path_buf()]).unwrap();
         let names: Vec<_> = left
             .iter()
@@ -480,7 +503,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["wstrace.2026-11-04.log", "wstrace.2026-11-05.log"]);
         // Even over the cap, the file being written stays.
-        assert_eq!(prune_log_dir(dir.path(), 0), (1, 1000));
+        assert_eq!(prune_log_dir(dir.path(), "wstrace", 0), (1, 1000));
         assert_eq!(
             logfile::log_files(&[dir.path().to_path_buf()])
                 .unwrap()

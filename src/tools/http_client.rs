@@ -1,10 +1,13 @@
-//! A minimal HTTP/1.1 client over plain TCP, for the tools that talk to a
-//! local stack (`wstrace health`, `wstrace doctor`): GET only, `http://`
-//! only, one request per connection.
+//! The tools' HTTP client (`wstrace health`, `wstrace doctor`): a GET over
+//! hyper-util's client, the one the OTLP/HTTP exporter uses. `http://` only
+//! for now; one request, one answer, bounded by a timeout.
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpClientError {
@@ -13,17 +16,12 @@ pub enum HttpClientError {
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: String,
-        source: std::io::Error,
+        source: hyper_util::client::legacy::Error,
     },
     #[error("no answer from {0} in time")]
     Timeout(String),
-    #[error("bad response from {addr}: {why}")]
-    BadResponse { addr: String, why: String },
-    #[error("i/o error with {addr}: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error("bad response from {addr}: {source}")]
+    BadResponse { addr: String, source: hyper::Error },
 }
 
 #[derive(Debug, Clone)]
@@ -32,119 +30,72 @@ pub struct HttpResponse {
     pub body: String,
 }
 
-/// Splits `http://host:port/path?query` into (`host:port`, `/path?query`).
-pub fn split_url(url: &str) -> Result<(String, String), HttpClientError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| HttpClientError::BadUrl(url.to_owned()))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
-        return Err(HttpClientError::BadUrl(url.to_owned()));
-    }
-    let authority = if authority.contains(':') {
-        authority.to_owned()
+/// The URL as a request target, refusing what this client cannot reach.
+fn parse_url(url: &str) -> Result<http::Uri, HttpClientError> {
+    let bad = || HttpClientError::BadUrl(url.to_owned());
+    let uri: http::Uri = url.parse().map_err(|_| bad())?;
+    let plain_http = uri.scheme_str() == Some("http");
+    let has_host = uri.host().is_some_and(|host| !host.is_empty());
+    if plain_http && has_host {
+        Ok(uri)
     } else {
-        format!("{authority}:80")
-    };
-    Ok((authority, path.to_owned()))
+        Err(bad())
+    }
 }
 
 pub async fn get(url: &str, timeout: Duration) -> Result<HttpResponse, HttpClientError> {
-    let (addr, path) = split_url(url)?;
-    tokio::time::timeout(timeout, get_inner(&addr, &path))
+    let uri = parse_url(url)?;
+    let addr = uri
+        .authority()
+        .map_or_else(String::new, |a| a.as_str().to_owned());
+    tokio::time::timeout(timeout, fetch(uri, &addr))
         .await
         .map_err(|_| HttpClientError::Timeout(addr.clone()))?
 }
 
-async fn get_inner(addr: &str, path: &str) -> Result<HttpResponse, HttpClientError> {
-    let mut stream = TcpStream::connect(addr)
+async fn fetch(uri: http::Uri, addr: &str) -> Result<HttpResponse, HttpClientError> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let request = http::Request::get(uri)
+        .header(
+            http::header::USER_AGENT,
+            concat!("wstrace/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Empty::new())
+        .expect("a GET with a parsed URI is a valid request");
+    let response = client
+        .request(request)
         .await
         .map_err(|source| HttpClientError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
-    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: wstrace/{}\r\naccept: */*\r\nconnection: close\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    let io = |source| HttpClientError::Io {
-        addr: addr.to_owned(),
-        source,
-    };
-    stream.write_all(request.as_bytes()).await.map_err(io)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.map_err(io)?;
-    parse_response(&raw).map_err(|why| HttpClientError::BadResponse {
-        addr: addr.to_owned(),
-        why,
-    })
-}
-
-fn parse_response(raw: &[u8]) -> Result<HttpResponse, String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or("no status line")?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = &raw[split + 4..];
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_vec()
-    };
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|source| HttpClientError::BadResponse {
+            addr: addr.to_owned(),
+            source,
+        })?
+        .to_bytes();
     Ok(HttpResponse {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
 
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk")?;
-        let size = std::str::from_utf8(&body[..line_end]).map_err(|_| "bad chunk size")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "bad chunk size")?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if body.len() < size {
-            return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&body[..size]);
-        body = body.get(size + 2..).unwrap_or(&[]);
-    }
-}
+/// What a query parameter value keeps as is (RFC 3986's unreserved
+/// characters); everything else is percent-encoded.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Percent-encodes a query parameter value.
 pub fn encode_component(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(value, COMPONENT).to_string()
 }
 
 #[cfg(test)]
@@ -152,29 +103,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_split() {
-        assert_eq!(
-            split_url("http://loki:3100/ready").unwrap(),
-            ("loki:3100".into(), "/ready".into())
-        );
-        assert_eq!(
-            split_url("http://localhost").unwrap(),
-            ("localhost:80".into(), "/".into())
-        );
-        assert!(split_url("https://x").is_err());
-        assert!(split_url("http:///x").is_err());
+    fn only_plain_http_urls_with_a_host_are_taken() {
+        let uri = parse_url("http://loki:3100/ready?x=1").unwrap();
+        assert_eq!(uri.authority().unwrap().as_str(), "loki:3100");
+        assert_eq!(uri.path_and_query().unwrap().as_str(), "/ready?x=1");
+        assert!(parse_url("http://localhost").is_ok());
+        assert!(parse_url("https://x").is_err());
+        assert!(parse_url("http:///x").is_err());
+        assert!(parse_url("loki:3100").is_err());
     }
 
-    #[test]
-    fn responses_parse_plain_and_chunked() {
-        let plain = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").unwrap();
-        assert_eq!((plain.status, plain.body.as_str()), (200, "ok"));
-        let chunked = parse_response(
+    #[tokio::test]
+    async fn answers_are_read_plain_and_chunked() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answers: [&[u8]; 2] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
             b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
-        )
-        .unwrap();
+        ];
+        let server = tokio::spawn(async move {
+            for answer in answers {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = [0; 1024];
+                let _ = socket.read(&mut request).await.unwrap();
+                socket.write_all(answer).await.unwrap();
+            }
+        });
+        let url = format!("http://{addr}/ready");
+        let plain = get(&url, Duration::from_secs(5)).await.unwrap();
+        assert_eq!((plain.status, plain.body.as_str()), (200, "ok"));
+        let chunked = get(&url, Duration::from_secs(5)).await.unwrap();
         assert_eq!((chunked.status, chunked.body.as_str()), (404, "abcde"));
-        assert!(parse_response(b"garbage").is_err());
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let error = get(&format!("http://{addr}/"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, HttpClientError::Connect { .. }), "{error}");
     }
 
     #[test]

@@ -3,12 +3,12 @@
 
 use uuid::Uuid;
 
-use super::super::reader::{Gone, Reader};
-use crate::events::DirectMessageSent;
+use super::super::context::{Context, Gone};
+use crate::events::{DirectMessageSent, InternalEvent};
 use crate::routing::Audience;
 
 pub(super) async fn run(
-    reader: &mut Reader,
+    ctx: &mut Context,
     to_session: Option<String>,
     to_user: Option<String>,
     content: String,
@@ -17,17 +17,17 @@ pub(super) async fn run(
     let audience = match (&to_session, &to_user) {
         (Some(id), _) => match Uuid::parse_str(id) {
             Ok(id) => Audience::Session(id),
-            Err(_) => return reader.no_such_recipient(sampled).await,
+            Err(_) => return ctx.no_such_recipient(sampled).await,
         },
         (None, Some(user)) => Audience::User(user),
-        (None, None) => return reader.no_such_recipient(sampled).await,
+        (None, None) => return ctx.no_such_recipient(sampled).await,
     };
-    let delivery = reader.delivery(None, content, sampled);
-    let routed = reader.route(audience, &delivery).await?;
+    let delivery = ctx.delivery(None, content, sampled);
+    let routed = ctx.route(audience, &delivery).await?;
     if routed.reached_nobody() {
         return match routed.cluster_error {
-            Some(error) => reader.cluster_unavailable(&error, sampled).await,
-            None => reader.no_such_recipient(sampled).await,
+            Some(error) => ctx.cluster_unavailable(&error, sampled).await,
+            None => ctx.no_such_recipient(sampled).await,
         };
     }
     if sampled {
@@ -39,5 +39,5 @@ pub(super) async fn run(
         }
         .emit();
     }
-    reader.report_forward(routed.cluster_error, sampled).await
+    ctx.report_forward(routed.cluster_error, sampled).await
 }

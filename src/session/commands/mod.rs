@@ -13,26 +13,26 @@ mod publish;
 mod subscribe;
 mod unsubscribe;
 
-use super::reader::{Gone, Reader};
+use super::context::{Context, Gone};
 use crate::protocol::ClientFrame;
 
 pub(super) async fn dispatch(
-    reader: &mut Reader,
+    ctx: &mut Context,
     frame: ClientFrame,
     sampled: bool,
 ) -> Result<(), Gone> {
     match frame {
-        ClientFrame::Ping { id } => ping::run(reader, id, sampled).await,
-        ClientFrame::Echo { content } => echo::run(reader, content, sampled).await,
-        ClientFrame::Subscribe { channel } => subscribe::run(reader, channel, sampled).await,
-        ClientFrame::Unsubscribe { channel } => unsubscribe::run(reader, channel, sampled).await,
+        ClientFrame::Ping { id } => ping::run(ctx, id, sampled).await,
+        ClientFrame::Echo { content } => echo::run(ctx, content, sampled).await,
+        ClientFrame::Subscribe { channel } => subscribe::run(ctx, channel, sampled).await,
+        ClientFrame::Unsubscribe { channel } => unsubscribe::run(ctx, channel, sampled).await,
         ClientFrame::Publish { channel, content } => {
-            publish::run(reader, channel, content, sampled).await
+            publish::run(ctx, channel, content, sampled).await
         }
         ClientFrame::Direct {
             to_session,
             to_user,
             content,
-        } => direct::run(reader, to_session, to_user, content, sampled).await,
+        } => direct::run(ctx, to_session, to_user, content, sampled).await,
     }
 }

@@ -1,22 +1,22 @@
 //! `publish`: a `message` to every subscriber of a channel, on every
 //! instance.
 
-use super::super::reader::{Gone, Reader};
-use crate::events::MessagePublished;
+use super::super::context::{Context, Gone};
+use crate::events::{InternalEvent, MessagePublished};
 use crate::protocol;
 use crate::routing::Audience;
 
 pub(super) async fn run(
-    reader: &mut Reader,
+    ctx: &mut Context,
     channel: String,
     content: String,
     sampled: bool,
 ) -> Result<(), Gone> {
     if !protocol::valid_channel(&channel) {
-        return reader.invalid_channel(sampled).await;
+        return ctx.invalid_channel(sampled).await;
     }
-    let delivery = reader.delivery(Some(channel.clone()), content, sampled);
-    let routed = reader.route(Audience::Channel(&channel), &delivery).await?;
+    let delivery = ctx.delivery(Some(channel.clone()), content, sampled);
+    let routed = ctx.route(Audience::Channel(&channel), &delivery).await?;
     if sampled {
         MessagePublished {
             channel: &channel,
@@ -27,5 +27,5 @@ pub(super) async fn run(
         }
         .emit();
     }
-    reader.report_forward(routed.cluster_error, sampled).await
+    ctx.report_forward(routed.cluster_error, sampled).await
 }

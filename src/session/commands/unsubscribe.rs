@@ -1,13 +1,13 @@
 //! `unsubscribe`: leave a channel.
 
-use super::super::reader::{Gone, Reader};
-use crate::events::Subscription;
+use super::super::context::{Context, Gone};
+use crate::events::{InternalEvent, Subscription};
 use crate::protocol::{ErrorCode, ServerFrame};
 
-pub(super) async fn run(reader: &mut Reader, channel: String, sampled: bool) -> Result<(), Gone> {
-    let hub = reader.state.router.hub();
-    if !hub.unsubscribe(reader.session.id, &channel) {
-        return reader
+pub(super) async fn run(ctx: &mut Context, channel: String, sampled: bool) -> Result<(), Gone> {
+    let hub = ctx.router.hub();
+    if !hub.unsubscribe(ctx.session.id, &channel) {
+        return ctx
             .error(
                 ErrorCode::NotSubscribed,
                 "not subscribed to that channel",
@@ -20,7 +20,6 @@ pub(super) async fn run(reader: &mut Reader, channel: String, sampled: bool) -> 
         subscribed: false,
     }
     .emit();
-    reader
-        .reply_frame(ServerFrame::Unsubscribed { channel }, sampled)
+    ctx.reply_frame(ServerFrame::Unsubscribed { channel }, sampled)
         .await
 }

@@ -25,6 +25,8 @@ use std::time::Duration;
 pub use encode::EncodedResource;
 use transport::Transport;
 
+use crate::events::{InternalEvent, SpansRejected};
+
 const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
 /// With `OTEL_EXPORTER_OTLP_ENDPOINT`, `/v1/traces` is added; the
 /// trace-specific variable is used as given.
@@ -182,23 +184,11 @@ fn parse_headers(value: &str) -> impl Iterator<Item = (&str, String)> {
     value.split_terminator(',').filter_map(|pair| {
         let (key, value) = pair.trim().split_once('=')?;
         let (key, value) = (key.trim(), value.trim());
-        let value = percent_decode(value).unwrap_or_else(|| value.to_string());
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_or_else(|_| value.to_string(), |decoded| decoded.into_owned());
         (!key.is_empty() && !value.is_empty()).then_some((key, value))
     })
-}
-
-fn percent_decode(value: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(value.len());
-    let mut bytes = value.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The span exporter. A collector that is down fails each export (at
@@ -276,25 +266,6 @@ impl SpanExporter for OtlpSpanExporter {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.resource = EncodedResource::new(resource);
-    }
-}
-
-/// The collector accepted a batch but not all of it (OTLP partial
-/// success). (`events` is where the other lines live; it is this module's
-/// sibling, and reads `telemetry` in its tests, so this one stays here.)
-struct SpansRejected<'a> {
-    rejected_spans: i64,
-    error_message: &'a str,
-}
-
-impl SpansRejected<'_> {
-    const MESSAGE: &'static str = "the OTLP collector rejected part of a span batch";
-    fn emit(self) {
-        tracing::warn!(
-            message = Self::MESSAGE,
-            rejected_spans = self.rejected_spans,
-            error_message = self.error_message
-        );
     }
 }
 

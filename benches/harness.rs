@@ -30,7 +30,7 @@
 //! reported as ratios to `axum-bare` and `tt-plain`. Nothing here asserts a
 //! timing; a run fails only if a log line or span was dropped.
 
-#[path = "../tests/common/raw_ws.rs"]
+#[path = "../tests/it/common/raw_ws.rs"]
 mod raw_ws;
 
 use futures_util::{SinkExt, StreamExt};

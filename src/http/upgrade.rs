@@ -115,78 +115,18 @@ async fn upgrade_session(
         request_headers.get(header::ORIGIN),
         request_headers.get(header::HOST),
     ) {
-        UpgradeRefused {
-            refusal: Refusal::OriginNotAllowed,
-            metrics: &state.metrics,
-        }
-        .emit();
+        refuse(&state, Refusal::OriginNotAllowed);
         return Err(HttpError::OriginNotAllowed);
     }
-    let subject = match &state.jwt {
-        None => None,
-        Some(jwt) => {
-            let token =
-                auth::bearer_token(&request_headers, uri.query()).ok_or(auth::AuthError::Missing);
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            match token.and_then(|t| jwt.verify_subject(&t, now)) {
-                Ok(subject) => Some(subject),
-                Err(error) => {
-                    // The reason, never the token.
-                    UpgradeRefused {
-                        refusal: Refusal::BadToken { code: error.code() },
-                        metrics: &state.metrics,
-                    }
-                    .emit();
-                    return Err(error.into());
-                }
-            }
-        }
-    };
+    let subject = authenticate(&state, &request_headers, &uri)?;
     let debug = state.config.debug.reason(
         subject.as_ref().map(|s| s.user.as_str()),
         subject.as_ref().is_some_and(|s| s.debug),
         trace.client_debug,
     );
     let user = subject.map(|s| s.user);
+    let held = take_slots(&state, peer, user.as_ref())?;
     let limits = &state.config.limits;
-    let ip_slot = state.caps.per_ip.try_take(peer.ip()).ok_or_else(|| {
-        let limit = limits.max_sessions_per_ip;
-        UpgradeRefused {
-            refusal: Refusal::PerIpLimit { limit },
-            metrics: &state.metrics,
-        }
-        .emit();
-        HttpError::TooManySessions {
-            what: "from this address",
-            limit,
-        }
-    })?;
-    let user_slot = match &user {
-        Some(user) => Some(state.caps.per_user.try_take(user.clone()).ok_or_else(|| {
-            let limit = limits.max_sessions_per_user;
-            UpgradeRefused {
-                refusal: Refusal::PerUserLimit { limit },
-                metrics: &state.metrics,
-            }
-            .emit();
-            HttpError::TooManySessions {
-                what: "for this user",
-                limit,
-            }
-        })?),
-        None => None,
-    };
-    let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
-        let limit = state.config.limits.max_connections;
-        UpgradeRefused {
-            refusal: Refusal::ConnectionLimit { limit },
-            metrics: &state.metrics,
-        }
-        .emit();
-        HttpError::TooManyConnections { limit }
-    })?;
     let info = SessionInfo {
         session_id: Uuid::now_v7(),
         trace_id: trace.trace_id,
@@ -208,7 +148,7 @@ async fn upgrade_session(
         span: session_span,
         info,
         state,
-        held: (permit, ip_slot, user_slot),
+        held,
     });
     Ok(upgrade.on_upgrade(max_message_bytes, move |sink, stream| {
         let SessionSetup {
@@ -229,16 +169,85 @@ async fn upgrade_session(
     }))
 }
 
+/// Counts and logs a refused upgrade.
+fn refuse(state: &ServerState, refusal: Refusal) {
+    UpgradeRefused {
+        refusal,
+        metrics: &state.metrics,
+    }
+    .emit();
+}
+
+/// The session's user, when JWT auth is on; a missing or bad token is a
+/// 401 whose line says why, never what the token was.
+fn authenticate(
+    state: &ServerState,
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<Option<auth::TokenSubject>, HttpError> {
+    let Some(jwt) = &state.jwt else {
+        return Ok(None);
+    };
+    let token = auth::bearer_token(headers, uri.query()).ok_or(auth::AuthError::Missing);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    token
+        .and_then(|t| jwt.verify_subject(&t, now))
+        .map(Some)
+        .map_err(|error| {
+            refuse(state, Refusal::BadToken { code: error.code() });
+            error.into()
+        })
+}
+
+/// What a session holds while it lives: a slot of its address, of its
+/// user, and of the connection cap, each refused with its own status.
+fn take_slots(
+    state: &ServerState,
+    peer: SocketAddr,
+    user: Option<&String>,
+) -> Result<Held, HttpError> {
+    let limits = &state.config.limits;
+    let ip_slot = state.caps.per_ip.try_take(peer.ip()).ok_or_else(|| {
+        let limit = limits.max_sessions_per_ip;
+        refuse(state, Refusal::PerIpLimit { limit });
+        HttpError::TooManySessions {
+            what: "from this address",
+            limit,
+        }
+    })?;
+    let user_slot = match user {
+        Some(user) => Some(state.caps.per_user.try_take(user.clone()).ok_or_else(|| {
+            let limit = limits.max_sessions_per_user;
+            refuse(state, Refusal::PerUserLimit { limit });
+            HttpError::TooManySessions {
+                what: "for this user",
+                limit,
+            }
+        })?),
+        None => None,
+    };
+    let permit = state.connections.clone().try_acquire_owned().map_err(|_| {
+        let limit = limits.max_connections;
+        refuse(state, Refusal::ConnectionLimit { limit });
+        HttpError::TooManyConnections { limit }
+    })?;
+    Ok((permit, ip_slot, user_slot))
+}
+
+/// Released when the session ends: its connection permit and its
+/// per-address and per-user slots.
+type Held = (
+    tokio::sync::OwnedSemaphorePermit,
+    crate::caps::Slot<std::net::IpAddr>,
+    Option<crate::caps::Slot<String>>,
+);
+
 /// What a session takes from its upgrade request.
 struct SessionSetup {
     span: tracing::Span,
     info: SessionInfo,
     state: Arc<ServerState>,
-    /// Released when the session ends: its connection permit and its
-    /// per-address and per-user slots.
-    held: (
-        tokio::sync::OwnedSemaphorePermit,
-        crate::caps::Slot<std::net::IpAddr>,
-        Option<crate::caps::Slot<String>>,
-    ),
+    held: Held,
 }

@@ -332,75 +332,9 @@ pub fn get_subscriber(
         filter: config.filter.clone(),
         source,
     })?;
-
     let counters = Arc::new(TelemetryCounters::default());
-    let mut outputs = Vec::new();
-    let mut log_writers = Vec::new();
-    let mut flushed = Vec::new();
-    if let Some(dir) = &config.log_dir {
-        std::fs::create_dir_all(dir).map_err(|source| TelemetryError::LogDir {
-            dir: dir.clone(),
-            source,
-        })?;
-        let mut builder = RollingFileAppender::builder()
-            .rotation(config.log_rotation.into())
-            .filename_prefix(&config.log_file_prefix)
-            .filename_suffix("log");
-        if let Some(max) = config.log_max_files.filter(|m| *m > 0) {
-            builder = builder.max_log_files(max);
-        }
-        let file = builder
-            .build(dir)
-            .map_err(|source| TelemetryError::LogFile {
-                dir: dir.clone(),
-                source,
-            })?;
-        let (writer, guard, written) = lossless(file, "wstrace-log-file", &counters)?;
-        outputs.push(writer);
-        log_writers.push(guard);
-        flushed.push(written);
-    }
-    if config.log_stdout {
-        let (writer, guard, written) = lossless(io::stdout(), "wstrace-log-stdout", &counters)?;
-        outputs.push(writer);
-        log_writers.push(guard);
-        flushed.push(written);
-    }
-
-    let mut resource = Resource::builder();
-    if env_nonempty("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name(config.service_name.clone());
-    }
-    resource = resource.with_attribute(opentelemetry::KeyValue::new(
-        "service.instance.id",
-        config.instance_id.clone(),
-    ));
-    let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
-    match &config.otlp {
-        Some(_) => {
-            let max_in_flight = env_nonempty("OTEL_BSP_MAX_QUEUE_SIZE")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(SPAN_QUEUE_SPANS);
-            let batch = BatchConfigBuilder::default()
-                .with_max_queue_size(max_in_flight)
-                .build();
-            let env = |name: &str| std::env::var(name).ok();
-            let exporter = otlp::OtlpSpanExporter::new(otlp::ExportConfig::from_env(&env)?)?;
-            let processor =
-                BatchSpanProcessor::builder(CountingExporter::new(exporter, counters.clone()))
-                    .with_batch_config(batch)
-                    .build();
-            provider = provider.with_span_processor(CountingProcessor::new(
-                processor,
-                counters.clone(),
-                max_in_flight,
-            ));
-        }
-        // Nothing would receive the spans: keep their ids (for logs and
-        // headers) but skip recording them.
-        None => provider = provider.with_sampler(Sampler::AlwaysOff),
-    }
-    let provider = provider.build();
+    let outputs = LogOutputSet::open(config, &counters)?;
+    let provider = tracer_provider(config, &counters)?;
     let tracer = provider.tracer(DEFAULT_SERVICE_NAME);
 
     let subscriber = tracing_subscriber::registry()
@@ -421,7 +355,7 @@ pub fn get_subscriber(
         .with(BunyanJsonLayer::new(
             config.service_name.clone(),
             config.instance_id.clone(),
-            LogOutputs(outputs),
+            LogOutputs(outputs.writers),
             counters.clone(),
         ));
 
@@ -429,11 +363,105 @@ pub fn get_subscriber(
         subscriber,
         TelemetryGuard {
             tracer_provider: Some(provider),
-            log_writers,
-            flushed,
+            log_writers: outputs.guards,
+            flushed: outputs.flushed,
             counters,
         },
     ))
+}
+
+/// The log outputs (rolling files, stdout), each behind its own lossless
+/// writer thread, with what the guard needs to flush them.
+struct LogOutputSet {
+    writers: Vec<LineWriter>,
+    guards: Vec<LineWriterGuard>,
+    flushed: Vec<Arc<LineCounts>>,
+}
+
+impl LogOutputSet {
+    fn open(
+        config: &TelemetryConfig,
+        counters: &Arc<TelemetryCounters>,
+    ) -> Result<Self, TelemetryError> {
+        let mut set = Self {
+            writers: Vec::new(),
+            guards: Vec::new(),
+            flushed: Vec::new(),
+        };
+        if let Some(dir) = &config.log_dir {
+            let file = rolling_file(config, dir)?;
+            set.push(lossless(file, "wstrace-log-file", counters)?);
+        }
+        if config.log_stdout {
+            set.push(lossless(io::stdout(), "wstrace-log-stdout", counters)?);
+        }
+        Ok(set)
+    }
+
+    fn push(&mut self, (writer, guard, flushed): (LineWriter, LineWriterGuard, Arc<LineCounts>)) {
+        self.writers.push(writer);
+        self.guards.push(guard);
+        self.flushed.push(flushed);
+    }
+}
+
+/// `<dir>/<prefix>.<date>.log`, rolled as configured.
+fn rolling_file(
+    config: &TelemetryConfig,
+    dir: &std::path::Path,
+) -> Result<RollingFileAppender, TelemetryError> {
+    std::fs::create_dir_all(dir).map_err(|source| TelemetryError::LogDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut builder = RollingFileAppender::builder()
+        .rotation(config.log_rotation.into())
+        .filename_prefix(&config.log_file_prefix)
+        .filename_suffix("log");
+    if let Some(max) = config.log_max_files.filter(|m| *m > 0) {
+        builder = builder.max_log_files(max);
+    }
+    builder
+        .build(dir)
+        .map_err(|source| TelemetryError::LogFile {
+            dir: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// The tracer provider: spans exported over OTLP through a bounded, counted
+/// batch queue, or (with no endpoint) ids only, nothing recorded.
+fn tracer_provider(
+    config: &TelemetryConfig,
+    counters: &Arc<TelemetryCounters>,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let mut resource = Resource::builder();
+    if env_nonempty("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(config.service_name.clone());
+    }
+    resource = resource.with_attribute(opentelemetry::KeyValue::new(
+        "service.instance.id",
+        config.instance_id.clone(),
+    ));
+    let provider = SdkTracerProvider::builder().with_resource(resource.build());
+    if config.otlp.is_none() {
+        // Nothing would receive the spans: keep their ids (for logs and
+        // headers) but skip recording them.
+        return Ok(provider.with_sampler(Sampler::AlwaysOff).build());
+    }
+    let max_in_flight = env_nonempty("OTEL_BSP_MAX_QUEUE_SIZE")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SPAN_QUEUE_SPANS);
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(max_in_flight)
+        .build();
+    let env = |name: &str| std::env::var(name).ok();
+    let exporter = otlp::OtlpSpanExporter::new(otlp::ExportConfig::from_env(&env)?)?;
+    let processor = BatchSpanProcessor::builder(CountingExporter::new(exporter, counters.clone()))
+        .with_batch_config(batch)
+        .build();
+    let processor = CountingProcessor::new(processor, counters.clone(), max_in_flight);
+    Ok(provider.with_span_processor(processor).build())
 }
 
 /// Installs the subscriber for the whole process.

@@ -183,7 +183,7 @@ pub(super) fn parse_close(payload: Bytes) -> Result<Option<CloseFrame>, WsError>
 // build frames with the same code (its `upgrade` is theirs alone).
 #[cfg(test)]
 #[allow(dead_code)]
-#[path = "../../tests/common/raw_ws.rs"]
+#[path = "../../tests/it/common/raw_ws.rs"]
 mod raw_ws;
 
 #[cfg(test)]

@@ -3,9 +3,7 @@
 //! publish, direct messages and kicks, the registry's expiry, and Redis
 //! lost and restored mid-run.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::net::SocketAddr;

@@ -4,9 +4,7 @@
 //! on debug sessions. All at message sample ratio 0, so that everything a
 //! test finds was recorded because of its tier, not by chance.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;

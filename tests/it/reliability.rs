@@ -1,9 +1,7 @@
 //! Hostile input and faults against the in-process server: each case has a
 //! defined answer, and the server is fine afterwards.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use proptest::prelude::*;
 use serde_json::json;
@@ -213,6 +211,7 @@ async fn huge_or_many_headers_are_refused_before_any_session() {
     assert!(with_msg(&server.log_lines(), "session opened").len() == 1);
 }
 
+#[cfg(feature = "fault-injection")]
 #[tokio::test]
 async fn a_panicking_handler_closes_only_its_session_with_1011() {
     let mut server = TestServer::start_with_config(ServerConfig {

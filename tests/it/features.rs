@@ -2,9 +2,7 @@
 //! clients: channels, direct messages, the admin API, auth, limits and
 //! metrics.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! and spans exported over OTLP to a real collector (rotel, from PyPI;
 //! `scripts/test.sh` installs it and sets `ROTEL_AGENT`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashSet;

@@ -9,9 +9,7 @@
 //! - the Loki, Tempo and Grafana files are parsed and their cross-references
 //!   checked (a stand-in for running them, labelled as such).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};

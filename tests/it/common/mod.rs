@@ -6,8 +6,6 @@
 //! with `set_default` sees every task the server spawns. Logs are silent
 //! unless `TEST_LOG` is set (then they also go to stdout).
 
-#![allow(dead_code)]
-
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -111,10 +109,6 @@ impl TestServer {
             state,
             _subscriber: default,
         }
-    }
-
-    pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
     }
 
     pub fn url(&self, path_and_query: &str) -> String {

@@ -4,9 +4,7 @@
 //! refuses its messages, and how `wstrace logs` answers short ids, several
 //! directories and missing files.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::io::{BufRead, Write};
 use std::process::{Command, Stdio};

@@ -1,9 +1,7 @@
 //! The traced session, end to end: trace identity at the upgrade, carried
 //! through the reader, writer and heartbeat tasks into every JSON line.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,27 @@
+//! The integration tests, one binary (as zero2prod has it): one link step,
+//! one harness in `common/`, one module per area.
+//!
+//! - [`session`]: in-process server and real WebSocket clients: trace
+//!   identity through every task.
+//! - [`features`]: channels, direct messages, the admin API, auth, limits,
+//!   metrics.
+//! - [`reliability`]: hostile input, fuzzing, panics, rotation, log volume.
+//! - [`sampling`]: the flight recorder, debug sessions, the debug cap.
+//! - [`process`]: the real binary: SIGTERM, stdout, OTLP to a real
+//!   collector (rotel), doctor, health.
+//! - [`tools`]: the client (pipes, a pseudo-terminal), load, logs.
+//! - [`pipeline`]: `vector.toml` and its VRL (the `vrl` crate), compose,
+//!   promtool, the Loki/Tempo/Grafana files, Grafana's query grammars.
+//! - [`cluster`]: real redis-server, real instances, real nginx.
+//! - [`architecture`]: the crate's layers, and no import cycles.
+
+mod architecture;
+mod cluster;
+mod common;
+mod features;
+mod pipeline;
+mod process;
+mod reliability;
+mod sampling;
+mod session;
+mod tools;

@@ -243,6 +243,21 @@ impl Metrics {
 
     /// This server's own metrics, as a table of descriptors.
     pub fn families(&self, hub: HubGauges) -> Vec<Family> {
+        let mut families = self.session_families();
+        families.extend(self.message_families(hub));
+        families.extend(self.refusal_families());
+        if let Some(kib) = resident_kib(std::process::id()) {
+            families.push(Family::gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                count(kib * 1024),
+            ));
+        }
+        families
+    }
+
+    /// Sessions: open, opened, closed by code and by whom.
+    fn session_families(&self) -> Vec<Family> {
         let closed = lock(&self.sessions_closed)
             .iter()
             .map(|((code, by), n)| {
@@ -253,11 +268,7 @@ impl Metrics {
                 )
             })
             .collect();
-        let rejected = lock(&self.upgrades_rejected)
-            .iter()
-            .map(|(reason, n)| Sample::labelled(vec![("reason", reason.to_string())], count(*n)))
-            .collect();
-        let mut families = vec![
+        vec![
             Family::gauge(
                 "wstrace_sessions_active",
                 "Open WebSocket sessions.",
@@ -274,6 +285,12 @@ impl Metrics {
                 Kind::Counter,
                 closed,
             ),
+        ]
+    }
+
+    /// Frames by type and size, and the channels they go through.
+    fn message_families(&self, hub: HubGauges) -> Vec<Family> {
+        vec![
             Family::of(
                 "wstrace_messages_received_total",
                 "Frames received, by type.",
@@ -305,6 +322,17 @@ impl Metrics {
                 "Subscriptions over all channels.",
                 hub.subscriptions as i64,
             ),
+        ]
+    }
+
+    /// What was refused or cut: rate limits, sizes, slow readers, upgrades,
+    /// debug sessions; and the admin requests and flight recordings.
+    fn refusal_families(&self) -> Vec<Family> {
+        let rejected = lock(&self.upgrades_rejected)
+            .iter()
+            .map(|(reason, n)| Sample::labelled(vec![("reason", reason.to_string())], count(*n)))
+            .collect();
+        vec![
             Family::counter(
                 "wstrace_rate_limited_total",
                 "Frames refused by the per-session rate limit.",
@@ -346,15 +374,7 @@ impl Metrics {
                 "Flight recorder lines written: sessions that failed after sending or receiving messages.",
                 self.flight_recordings.load(Relaxed),
             ),
-        ];
-        if let Some(kib) = resident_kib(std::process::id()) {
-            families.push(Family::gauge(
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes.",
-                count(kib * 1024),
-            ));
-        }
-        families
+        ]
     }
 }
 

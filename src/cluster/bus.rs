@@ -148,6 +148,49 @@ async fn reregister(context: &ClusterContext, cluster: &Cluster) -> usize {
 
 /// Delivers one envelope from another instance to the sessions here.
 fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
+    let Some(envelope) = open_envelope(context, cluster, payload) else {
+        return;
+    };
+    cluster.counters.received.fetch_add(1, Relaxed);
+    let origin = span_context(&envelope.origin).unwrap_or_else(SpanContext::empty_context);
+    let span = deliver_span(cluster, &envelope);
+    let _entered = span.enter();
+    match envelope.action {
+        Action::Deliver {
+            to,
+            message_id,
+            frame,
+            channel,
+            from_session,
+        } => {
+            let delivery = Arc::new(Delivery {
+                id: uuid::Uuid::parse_str(&message_id).ok(),
+                message_id,
+                frame: frame.into(),
+                channel,
+                from_session,
+                origin,
+                sampled: envelope.sampled,
+            });
+            fan_out(context, &to, &delivery);
+        }
+        Action::Kick {
+            session_id,
+            code,
+            reason,
+        } => kick(context, session_id, code, reason, &origin),
+        Action::Debug {
+            session_id,
+            minutes,
+            requested_by,
+        } => switch_debug(context, session_id, minutes, &requested_by, &origin),
+    }
+}
+
+/// The envelope, if it is sealed with this cluster's key, from another
+/// instance, and within what an admin request or a publish may carry; a
+/// bad one is counted and logged, never acted on.
+fn open_envelope(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) -> Option<Envelope> {
     let opened = cluster
         .sealer
         .open(payload)
@@ -159,130 +202,116 @@ fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
                 .map(|()| Some(envelope)),
             None => Ok(None),
         });
-    let envelope = match opened {
-        Ok(Some(envelope)) => envelope,
-        Ok(None) => return,
-        Err(error) => {
-            cluster.counters.malformed.fetch_add(1, Relaxed);
-            ClusterEnvelopeDropped {
-                error: &error,
-                bytes: payload.len(),
-            }
-            .emit();
-            return;
+    opened.unwrap_or_else(|error| {
+        cluster.counters.malformed.fetch_add(1, Relaxed);
+        ClusterEnvelopeDropped {
+            error: &error,
+            bytes: payload.len(),
         }
+        .emit();
+        None
+    })
+}
+
+/// A sampled envelope's `redis.deliver` span, the child of the publishing
+/// instance's `redis.publish` (its `hop`); none for the others.
+fn deliver_span(cluster: &Cluster, envelope: &Envelope) -> tracing::Span {
+    if !envelope.sampled {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "redis.deliver",
+        otel.kind = "consumer",
+        messaging.system = "redis",
+        messaging.operation = "receive",
+        cluster.instance_id = cluster.instance_id(),
+        cluster.from_instance = envelope.from_instance.as_str(),
+    );
+    if let Some(hop) = envelope.hop.as_deref().and_then(span_context) {
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(hop));
+    }
+    span
+}
+
+/// A message from another instance, to this instance's receivers.
+fn fan_out(context: &ClusterContext, to: &Audience, delivery: &Arc<Delivery>) {
+    let router = &context.router;
+    let receivers: Vec<SharedRecipient> = match to {
+        Audience::Channel { channel } => router.local(crate::routing::Audience::Channel(channel)),
+        Audience::All => router.local(crate::routing::Audience::All),
+        Audience::Sessions { session_ids } => session_ids
+            .iter()
+            .filter_map(|id| router.hub().get(*id))
+            .collect(),
     };
-    cluster.counters.received.fetch_add(1, Relaxed);
-    let origin = span_context(&envelope.origin).unwrap_or_else(SpanContext::empty_context);
-    let span = if envelope.sampled {
-        let span = tracing::info_span!(
-            parent: None,
-            "redis.deliver",
-            otel.kind = "consumer",
-            messaging.system = "redis",
-            messaging.operation = "receive",
-            cluster.instance_id = cluster.instance_id(),
-            cluster.from_instance = envelope.from_instance.as_str(),
-        );
-        if let Some(hop) = envelope.hop.as_deref().and_then(span_context) {
-            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(hop));
+    let report = router.fan_out(&receivers, delivery);
+    if delivery.sampled {
+        ClusterMessageDelivered {
+            message_id: &delivery.message_id,
+            delivered: report.delivered,
+            dropped: report.dropped,
+            link: &delivery.origin,
         }
-        span
-    } else {
-        tracing::Span::none()
+        .emit();
+    }
+}
+
+/// An admin close from another instance, for a session here.
+fn kick(
+    context: &ClusterContext,
+    session_id: uuid::Uuid,
+    code: u16,
+    reason: String,
+    origin: &SpanContext,
+) {
+    let Some(session) = context.router.hub().get(session_id) else {
+        RemoteActionForGoneSession {
+            session_id,
+            action: "kick",
+        }
+        .emit();
+        return;
     };
-    let _entered = span.enter();
-    match envelope.action {
-        Action::Deliver {
-            to,
-            message_id,
-            frame,
-            channel,
-            from_session,
-        } => {
-            let router = &context.router;
-            let receivers: Vec<SharedRecipient> = match &to {
-                Audience::Channel { channel } => {
-                    router.local(crate::routing::Audience::Channel(channel))
-                }
-                Audience::All => router.local(crate::routing::Audience::All),
-                Audience::Sessions { session_ids } => session_ids
-                    .iter()
-                    .filter_map(|id| router.hub().get(*id))
-                    .collect(),
-            };
-            let delivery = Arc::new(Delivery {
-                id: uuid::Uuid::parse_str(&message_id).ok(),
-                message_id,
-                frame: frame.into(),
-                channel,
-                from_session,
-                origin,
-                sampled: envelope.sampled,
-            });
-            let report = router.fan_out(&receivers, &delivery);
-            if envelope.sampled {
-                ClusterMessageDelivered {
-                    message_id: &delivery.message_id,
-                    delivered: report.delivered,
-                    dropped: report.dropped,
-                    link: &delivery.origin,
-                }
-                .emit();
-            }
-        }
-        Action::Kick {
+    session.admin_touched("close", origin);
+    session.close_by_admin(code, reason);
+    AdminClosedSession {
+        session_id,
+        code,
+        forwarded_to: None,
+        from_elsewhere: true,
+    }
+    .emit();
+}
+
+/// An admin debug switch from another instance, for a session here.
+fn switch_debug(
+    context: &ClusterContext,
+    session_id: uuid::Uuid,
+    minutes: Option<u32>,
+    requested_by: &str,
+    origin: &SpanContext,
+) {
+    let Some(session) = context.router.hub().get(session_id) else {
+        RemoteActionForGoneSession {
             session_id,
-            code,
-            reason,
-        } => {
-            let Some(session) = context.router.hub().get(session_id) else {
-                RemoteActionForGoneSession {
-                    session_id,
-                    action: "kick",
-                }
-                .emit();
-                return;
-            };
-            session.admin_touched("close", &origin);
-            session.close_by_admin(code, reason);
-            AdminClosedSession {
-                session_id,
-                code,
-                forwarded_to: None,
-                from_elsewhere: true,
-            }
-            .emit();
+            action: "debug",
         }
-        Action::Debug {
+        .emit();
+        return;
+    };
+    let change = match minutes {
+        Some(minutes) => DebugChange::On { minutes },
+        None => DebugChange::Off,
+    };
+    // The requester answered already; the refusal is told here.
+    if let Err(refused) = session.set_debug(change, requested_by, origin, &context.debug_slots) {
+        RemoteDebugRefused {
             session_id,
-            minutes,
-            requested_by,
-        } => {
-            let Some(session) = context.router.hub().get(session_id) else {
-                RemoteActionForGoneSession {
-                    session_id,
-                    action: "debug",
-                }
-                .emit();
-                return;
-            };
-            let change = match minutes {
-                Some(minutes) => DebugChange::On { minutes },
-                None => DebugChange::Off,
-            };
-            // The requester answered already; the refusal is told here.
-            if let Err(refused) =
-                session.set_debug(change, &requested_by, &origin, &context.debug_slots)
-            {
-                RemoteDebugRefused {
-                    session_id,
-                    error: &refused,
-                    metrics: context.router.metrics(),
-                }
-                .emit();
-            }
+            error: &refused,
+            metrics: context.router.metrics(),
         }
+        .emit();
     }
 }
 

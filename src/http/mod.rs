@@ -80,23 +80,7 @@ impl Server {
         let shutdown = state.shutdown.clone();
         let mut signal = std::pin::pin!(signal);
         let upkeep = tokio::spawn(run_upkeep(state.clone()));
-        let cluster_tasks = state.cluster().and_then(|cluster| {
-            let stats_of = Arc::downgrade(&state);
-            let context = ClusterContext {
-                router: state.router.clone(),
-                shutdown: state.shutdown.clone(),
-                report_every: state.config.limits.telemetry_report_interval,
-                // The content's limit, plus the frame's own fields.
-                max_frame_bytes: state.config.limits.max_message_bytes + 16 * 1024,
-                debug_slots: state.debug_slots.clone(),
-                stats: Box::new(move || {
-                    stats_of
-                        .upgrade()
-                        .map_or(serde_json::Value::Null, |state| state.instance_stats())
-                }),
-            };
-            ClusterTasks::start(cluster.clone(), context)
-        });
+        let cluster_tasks = start_cluster_tasks(&state);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -111,63 +95,105 @@ impl Server {
                 _ = &mut signal => break,
                 _ = shutdown.cancelled() => break,
             };
-            let _ = stream.set_nodelay(true);
-            let app = app.clone();
-            let service = TowerToHyperService::new(tower::service_fn(
-                move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    app.clone().oneshot(request.map(axum::body::Body::new))
-                },
-            ));
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(state.config.limits.header_read_timeout)
-                .serve_connection(TokioIo::new(linger::LingeringStream::new(stream)), service)
-                .with_upgrades();
-            let shutdown = shutdown.clone();
-            connections.spawn(async move {
-                let mut connection = std::pin::pin!(connection);
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    _ = shutdown.cancelled() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
-                };
-                if let Err(error) = result {
-                    tracing::debug!(%error, %peer, "http connection ended with an error");
-                }
-            });
+            connections.spawn(serve_connection(&app, &state, stream, peer));
         }
         drop(listener);
         upkeep.abort();
-        shutdown.cancel();
-        // After the flag: a session that joins the hub later sees it.
-        for session in state.hub().sessions() {
-            session.shut_down();
+        shut_down(&state, connections, cluster_tasks).await;
+        Ok(())
+    }
+}
+
+/// Cluster mode's tasks (receiving, upkeep), when it is on.
+fn start_cluster_tasks(state: &Arc<ServerState>) -> Option<ClusterTasks> {
+    let cluster = state.cluster()?;
+    let stats_of = Arc::downgrade(state);
+    let context = ClusterContext {
+        router: state.router.clone(),
+        shutdown: state.shutdown.clone(),
+        report_every: state.config.limits.telemetry_report_interval,
+        // The content's limit, plus the frame's own fields.
+        max_frame_bytes: state.config.limits.max_message_bytes + 16 * 1024,
+        debug_slots: state.debug_slots.clone(),
+        stats: Box::new(move || {
+            stats_of
+                .upgrade()
+                .map_or(serde_json::Value::Null, |state| state.instance_stats())
+        }),
+    };
+    ClusterTasks::start(cluster.clone(), context)
+}
+
+/// One HTTP connection, served until it ends or the server shuts down
+/// (then gracefully: a request in flight is answered).
+fn serve_connection(
+    app: &Router,
+    state: &ServerState,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> impl Future<Output = ()> + Send + 'static {
+    let _ = stream.set_nodelay(true);
+    let app = app.clone();
+    let service = TowerToHyperService::new(tower::service_fn(
+        move |mut request: Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        },
+    ));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.limits.header_read_timeout)
+        .serve_connection(TokioIo::new(linger::LingeringStream::new(stream)), service)
+        .with_upgrades();
+    let shutdown = state.shutdown.clone();
+    async move {
+        let mut connection = std::pin::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, %peer, "http connection ended with an error");
         }
-        state.sessions.close();
-        crate::events::StoppedAccepting {
+    }
+}
+
+/// The graceful shutdown: every session is sent 1001 (swept through the
+/// hub), then the connections and sessions are waited for up to
+/// `--shutdown-timeout`, then cluster mode sends what it still holds.
+async fn shut_down(
+    state: &ServerState,
+    connections: tokio_util::task::TaskTracker,
+    cluster_tasks: Option<ClusterTasks>,
+) {
+    state.shutdown.cancel();
+    // After the flag: a session that joins the hub later sees it.
+    for session in state.hub().sessions() {
+        session.shut_down();
+    }
+    state.sessions.close();
+    crate::events::StoppedAccepting {
+        open_sessions: state.sessions.len(),
+    }
+    .emit();
+    let timeout = state.config.limits.shutdown_timeout;
+    connections.close();
+    let drained = async {
+        connections.wait().await;
+        state.sessions.wait().await;
+    };
+    if tokio::time::timeout(timeout, drained).await.is_err() {
+        crate::events::ShutdownTimedOut {
             open_sessions: state.sessions.len(),
+            timeout_ms: timeout.as_millis() as u64,
         }
         .emit();
-        let timeout = state.config.limits.shutdown_timeout;
-        connections.close();
-        let drained = async {
-            connections.wait().await;
-            state.sessions.wait().await;
-        };
-        if tokio::time::timeout(timeout, drained).await.is_err() {
-            crate::events::ShutdownTimedOut {
-                open_sessions: state.sessions.len(),
-                timeout_ms: timeout.as_millis() as u64,
-            }
-            .emit();
-        }
-        if let Some(cluster_tasks) = cluster_tasks {
-            cluster_tasks.finish(timeout).await;
-        }
-        Ok(())
+    }
+    if let Some(cluster_tasks) = cluster_tasks {
+        cluster_tasks.finish(timeout).await;
     }
 }
 

@@ -289,102 +289,20 @@ fn normal_close(reason: &str) -> Message {
 
 pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
     check_url(&args.url)?;
-    let mut request = args
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| ClientError::Usage(format!("invalid URL {:?}: {e}", args.url)))?;
-    let headers = request.headers_mut();
-    if let Some(tp) = &args.traceparent {
-        headers.insert(
-            "traceparent",
-            tp.parse()
-                .map_err(|_| ClientError::Usage("bad --traceparent".into()))?,
-        );
-    }
-    if let Some(token) = &args.token {
-        let value = format!("Bearer {}", token.expose());
-        headers.insert(
-            "authorization",
-            value
-                .parse()
-                .map_err(|_| ClientError::Usage("bad --token".into()))?,
-        );
-    }
-    for header in &args.headers {
-        let (name, value) = header
-            .split_once(':')
-            .ok_or_else(|| ClientError::Usage(format!("--header needs `Name: value`: {header}")))?;
-        let name: tokio_tungstenite::tungstenite::http::HeaderName = name
-            .trim()
-            .parse()
-            .map_err(|_| ClientError::Usage(format!("bad header name {name}")))?;
-        headers.insert(
-            name,
-            value
-                .trim()
-                .parse()
-                .map_err(|_| ClientError::Usage("bad header value".into()))?,
-        );
-    }
-    let (ws, response) =
-        tokio::time::timeout(args.timeout, tokio_tungstenite::connect_async(request))
-            .await
-            .map_err(|_| ClientError::Connect("no answer in time".into()))?
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(r) => ClientError::Connect(format!(
-                    "upgrade refused with HTTP {}: {}",
-                    r.status(),
-                    String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
-                )),
-                other => ClientError::Connect(other.to_string()),
-            })?;
-    let header_trace = response
-        .headers()
-        .get("x-trace-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let (ws, header_trace) = connect(&args).await?;
     let (mut tx, mut rx) = ws.split();
     let mut pings: HashMap<String, Instant> = HashMap::new();
     let mut next_ping = 0u64;
 
-    // The welcome frame names the session.
-    let welcome = tokio::time::timeout(args.timeout, rx.next()).await;
-    match welcome {
-        Ok(Some(Ok(Message::Text(text)))) => {
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            println!(
-                "connected session_id={} trace_id={} instance_id={}",
-                v["session_id"].as_str().unwrap_or("?"),
-                v["trace_id"].as_str().unwrap_or(&header_trace),
-                v["instance_id"].as_str().unwrap_or("?")
-            );
-        }
-        _ => return Err(ClientError::Closed("no welcome frame".into())),
-    }
+    print_welcome(&mut rx, args.timeout, &header_trace).await?;
 
-    use std::io::IsTerminal;
-    let interactive = args.send.is_empty();
-    // Input from a pipe or file: its replies are waited for at its end.
-    let piped = interactive && !std::io::stdin().is_terminal();
-    let color = std::io::stdout().is_terminal();
-    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<Typed>(16);
-    let mut out = Output::Stdout;
-    if interactive && !piped {
-        eprintln!("type /help for commands");
-        match LineEditor::start(lines_tx.clone()) {
-            Some(printer) => out = Output::AbovePrompt(printer),
-            None => read_plain_lines(lines_tx),
-        }
-    } else if interactive {
-        read_plain_lines(lines_tx);
-    } else {
-        for line in args.send.clone() {
-            let _ = lines_tx.send(Typed::Line(line)).await;
-        }
-        drop(lines_tx);
-    }
+    let Terminal {
+        interactive,
+        piped,
+        color,
+        mut lines,
+        mut out,
+    } = start_input(&args).await;
 
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut received = 0usize;
@@ -405,11 +323,7 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
         }
         tokio::select! {
             _ = &mut interrupted => {
-                let _ = tx.send(normal_close("interrupted")).await;
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while let Some(Ok(_)) = rx.next().await {}
-                })
-                .await;
+                close_normally(&mut tx, &mut rx, "interrupted", Duration::from_secs(1)).await;
                 return Err(ClientError::Interrupted);
             }
             _ = tokio::time::sleep_until(quiet_until.unwrap_or(deadline)), if quiet_until.is_some() => break,
@@ -448,45 +362,236 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
                 }
                 sent += 1;
             }
-            frame = rx.next() => match frame {
-                Some(Ok(Message::Text(text))) => {
+            frame = rx.next() => match show_frame(frame, &mut out, &mut pings, color)? {
+                Shown::Text => {
                     received += 1;
                     if let Some(quiet) = &mut quiet_until {
                         *quiet = (tokio::time::Instant::now() + PIPED_QUIET).min(drain_deadline);
                     }
-                    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    let rtt = v["id"].as_str().and_then(|id| pings.remove(id));
-                    out.line(match rtt {
-                        Some(sent) if v["type"] == "pong" => format!("[{}] < {text}  rtt={:.3}ms", stamp(), sent.elapsed().as_secs_f64() * 1e3),
-                        _ if color && v["type"] == "error" => format!("[{}] < \x1b[31m{text}\x1b[0m", stamp()),
-                        _ => format!("[{}] < {text}", stamp()),
-                    });
                 }
-                Some(Ok(Message::Binary(bytes))) => {
-                    received += 1;
-                    out.line(format!("[{}] < binary {} bytes", stamp(), bytes.len()));
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                    out.line(format!("[{}] closed by server: {why}", stamp()));
-                    return Err(ClientError::Closed(why));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(ClientError::Closed(e.to_string())),
-                None => return Err(ClientError::Closed("connection ended".into())),
+                Shown::Binary => received += 1,
+                Shown::Nothing => {}
             },
             _ = tokio::time::sleep_until(deadline), if !interactive => {
                 return Err(ClientError::Timeout { got: received, want: args.expect });
             }
         }
     }
-    let _ = tx.send(normal_close("")).await;
-    // Let the close handshake finish, briefly.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = rx.next().await {}
-    })
-    .await;
+    close_normally(&mut tx, &mut rx, "", Duration::from_secs(2)).await;
     Ok(())
+}
+
+/// The upgrade request: the URL, with `--traceparent`, `--token` and each
+/// `--header`.
+fn upgrade_request(
+    args: &ClientArgs,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, ClientError> {
+    let mut request = args
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ClientError::Usage(format!("invalid URL {:?}: {e}", args.url)))?;
+    let headers = request.headers_mut();
+    if let Some(tp) = &args.traceparent {
+        headers.insert(
+            "traceparent",
+            tp.parse()
+                .map_err(|_| ClientError::Usage("bad --traceparent".into()))?,
+        );
+    }
+    if let Some(token) = &args.token {
+        let value = format!("Bearer {}", token.expose());
+        headers.insert(
+            "authorization",
+            value
+                .parse()
+                .map_err(|_| ClientError::Usage("bad --token".into()))?,
+        );
+    }
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| ClientError::Usage(format!("--header needs `Name: value`: {header}")))?;
+        let name: tokio_tungstenite::tungstenite::http::HeaderName = name
+            .trim()
+            .parse()
+            .map_err(|_| ClientError::Usage(format!("bad header name {name}")))?;
+        headers.insert(
+            name,
+            value
+                .trim()
+                .parse()
+                .map_err(|_| ClientError::Usage("bad header value".into()))?,
+        );
+    }
+    Ok(request)
+}
+
+/// Connects, or says why not (a refused upgrade with its status and body).
+async fn connect(
+    args: &ClientArgs,
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+        String,
+    ),
+    ClientError,
+> {
+    let request = upgrade_request(args)?;
+    let (ws, response) =
+        tokio::time::timeout(args.timeout, tokio_tungstenite::connect_async(request))
+            .await
+            .map_err(|_| ClientError::Connect("no answer in time".into()))?
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => ClientError::Connect(format!(
+                    "upgrade refused with HTTP {}: {}",
+                    r.status(),
+                    String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
+                )),
+                other => ClientError::Connect(other.to_string()),
+            })?;
+    let header_trace = response
+        .headers()
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    Ok((ws, header_trace))
+}
+
+/// The welcome frame names the session; its line is the client's banner.
+async fn print_welcome<S>(
+    rx: &mut S,
+    timeout: Duration,
+    header_trace: &str,
+) -> Result<(), ClientError>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let welcome = tokio::time::timeout(timeout, rx.next()).await;
+    match welcome {
+        Ok(Some(Ok(Message::Text(text)))) => {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            println!(
+                "connected session_id={} trace_id={} instance_id={}",
+                v["session_id"].as_str().unwrap_or("?"),
+                v["trace_id"].as_str().unwrap_or(header_trace),
+                v["instance_id"].as_str().unwrap_or("?")
+            );
+        }
+        _ => return Err(ClientError::Closed("no welcome frame".into())),
+    }
+
+    Ok(())
+}
+
+/// Where the client's lines come from and how its output is shown.
+struct Terminal {
+    /// No `--send`: lines come from the terminal or a pipe.
+    interactive: bool,
+    /// Input from a pipe or file: its replies are waited for at its end.
+    piped: bool,
+    color: bool,
+    lines: tokio::sync::mpsc::Receiver<Typed>,
+    out: Output,
+}
+
+async fn start_input(args: &ClientArgs) -> Terminal {
+    use std::io::IsTerminal;
+    let interactive = args.send.is_empty();
+    // Input from a pipe or file: its replies are waited for at its end.
+    let piped = interactive && !std::io::stdin().is_terminal();
+    let color = std::io::stdout().is_terminal();
+    let (lines_tx, lines) = tokio::sync::mpsc::channel::<Typed>(16);
+    let mut out = Output::Stdout;
+    if interactive && !piped {
+        eprintln!("type /help for commands");
+        match LineEditor::start(lines_tx.clone()) {
+            Some(printer) => out = Output::AbovePrompt(printer),
+            None => read_plain_lines(lines_tx),
+        }
+    } else if interactive {
+        read_plain_lines(lines_tx);
+    } else {
+        for line in args.send.clone() {
+            let _ = lines_tx.send(Typed::Line(line)).await;
+        }
+        drop(lines_tx);
+    }
+
+    Terminal {
+        interactive,
+        piped,
+        color,
+        lines,
+        out,
+    }
+}
+
+/// Sends a Close 1000 and lets the close handshake finish, briefly.
+async fn close_normally<T, R>(tx: &mut T, rx: &mut R, reason: &str, wait: Duration)
+where
+    T: futures_util::Sink<Message> + Unpin,
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let _ = tx.send(normal_close(reason)).await;
+    let _ = tokio::time::timeout(wait, async { while let Some(Ok(_)) = rx.next().await {} }).await;
+}
+
+/// What [`show_frame`] showed.
+enum Shown {
+    Text,
+    Binary,
+    /// A control frame: not shown, not counted.
+    Nothing,
+}
+
+/// Shows one data frame from the server; a close or a broken connection
+/// ends the client with why.
+fn show_frame(
+    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    out: &mut Output,
+    pings: &mut HashMap<String, Instant>,
+    color: bool,
+) -> Result<Shown, ClientError> {
+    match frame {
+        Some(Ok(Message::Text(text))) => {
+            out.line(show_text(&text, pings, color));
+            Ok(Shown::Text)
+        }
+        Some(Ok(Message::Binary(bytes))) => {
+            out.line(format!("[{}] < binary {} bytes", stamp(), bytes.len()));
+            Ok(Shown::Binary)
+        }
+        Some(Ok(Message::Close(frame))) => {
+            let why = frame
+                .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                .unwrap_or_default();
+            out.line(format!("[{}] closed by server: {why}", stamp()));
+            Err(ClientError::Closed(why))
+        }
+        Some(Ok(_)) => Ok(Shown::Nothing),
+        Some(Err(e)) => Err(ClientError::Closed(e.to_string())),
+        None => Err(ClientError::Closed("connection ended".into())),
+    }
+}
+
+/// One text frame from the server as a line: a pong with its round-trip
+/// time, an error in red in a terminal.
+fn show_text(text: &str, pings: &mut HashMap<String, Instant>, color: bool) -> String {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let rtt = v["id"].as_str().and_then(|id| pings.remove(id));
+    match rtt {
+        Some(sent) if v["type"] == "pong" => format!(
+            "[{}] < {text}  rtt={:.3}ms",
+            stamp(),
+            sent.elapsed().as_secs_f64() * 1e3
+        ),
+        _ if color && v["type"] == "error" => format!("[{}] < \x1b[31m{text}\x1b[0m", stamp()),
+        _ => format!("[{}] < {text}", stamp()),
+    }
 }
 
 #[cfg(test)]

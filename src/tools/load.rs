@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpSocket;
@@ -376,142 +377,175 @@ async fn connection(args: LoadArgs, addr: SocketAddr, i: usize, shared: Shared) 
         Err(reason) => return lock(&shared).failure(reason),
     };
     lock(&shared).report.connections.ok += 1;
-    let (mut tx, mut rx) = ws.split();
-    let due: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let (tx, rx) = ws.split();
+    let flow = Flow {
+        due: Arc::default(),
+        window: Arc::new(tokio::sync::Semaphore::new(args.window.max(1))),
+        refused: Arc::default(),
+        stop: Arc::default(),
+        shared,
+    };
+    let receiver = tokio::spawn(read_replies(rx, flow.clone()));
+    let (tx, stalled) = watch_for_stalls(send_pings(tx, args, flow.clone()), &flow).await;
+    // Wait (bounded) for the outstanding replies, then close. Refused
+    // requests stay in `due`: they will not be answered.
+    let drain_until = Instant::now() + Duration::from_secs(5);
+    let unanswered = || (lock_due(&flow).len() as u64).saturating_sub(flow.refused.load(Relaxed));
+    while !stalled && unanswered() > 0 && Instant::now() < drain_until && !receiver.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    flow.stop.notify_one();
+    if let Ok(rx) = receiver.await
+        && let Ok(ws) = tx.reunite(rx)
+    {
+        close(ws, &flow.shared).await;
+    }
+}
+
+/// What one connection's sender and receiver share.
+#[derive(Clone)]
+struct Flow {
+    /// When each unanswered ping was due (sustained) or sent (throughput).
+    due: Arc<Mutex<HashMap<u64, Instant>>>,
+    /// Room for pings in flight (`--window`); closed when the connection
+    /// stalls, which stops the sender.
+    window: Arc<tokio::sync::Semaphore>,
+    /// Pings the server refused with an error frame: never answered.
+    refused: Arc<AtomicU64>,
+    /// Tells the receiver to stop reading.
+    stop: Arc<tokio::sync::Notify>,
+    shared: Shared,
+}
+
+fn lock_due(flow: &Flow) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
+    flow.due.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type Sender = futures_util::stream::SplitSink<Ws, Message>;
+type Receiver = futures_util::stream::SplitStream<Ws>;
+
+/// Sends pings: `-m` of them within the window (throughput), or at the
+/// connection's share of `--rate` for `--duration` (sustained, open loop).
+async fn send_pings(mut tx: Sender, args: LoadArgs, flow: Flow) -> Sender {
     let total = match args.scenario {
         Scenario::Throughput => args.messages as u64,
         _ => u64::MAX,
     };
-    let window = Arc::new(tokio::sync::Semaphore::new(args.window.max(1)));
-    let sender = {
-        let (due, shared, window, args) =
-            (due.clone(), shared.clone(), window.clone(), args.clone());
-        async move {
-            let interval = Duration::from_secs_f64(args.connections as f64 / args.rate.max(0.001));
-            let end = Instant::now() + args.duration;
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let mut id = 0u64;
-            while id < total {
-                let when = match args.scenario {
-                    Scenario::Sustained => {
-                        let tick = ticks.tick().await.into_std();
-                        if tick >= end {
-                            break;
-                        }
-                        tick
-                    }
-                    _ => {
-                        // Closed when the connection stalls: stop sending.
-                        let Ok(permit) = window.acquire().await else {
-                            break;
-                        };
-                        permit.forget();
-                        Instant::now()
-                    }
-                };
-                due.lock().unwrap().insert(id, when);
-                let frame = format!(r#"{{"type":"ping","id":"{id}"}}"#);
-                if tx.send(Message::Text(frame.into())).await.is_err() {
+    let interval = Duration::from_secs_f64(args.connections as f64 / args.rate.max(0.001));
+    let end = Instant::now() + args.duration;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut id = 0u64;
+    while id < total {
+        let when = match args.scenario {
+            Scenario::Sustained => {
+                let tick = ticks.tick().await.into_std();
+                if tick >= end {
                     break;
                 }
-                lock(&shared).report.messages.sent += 1;
-                id += 1;
+                tick
             }
-            (tx, id)
-        }
-    };
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let receiver = {
-        let (due, shared, window, stop, refused) = (
-            due.clone(),
-            shared.clone(),
-            window.clone(),
-            stop.clone(),
-            refused.clone(),
-        );
-        async move {
-            loop {
-                let message = tokio::select! {
-                    message = rx.next() => message,
-                    _ = stop.notified() => break,
+            _ => {
+                // Closed when the connection stalls: stop sending.
+                let Ok(permit) = flow.window.acquire().await else {
+                    break;
                 };
-                let Some(Ok(message)) = message else { break };
-                match message {
-                    Message::Text(text) => {
-                        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                        if v["type"] == "error" {
-                            // A refused request is never answered: count it,
-                            // and let the next one go.
-                            let code = v["code"].as_str().unwrap_or("unknown").to_owned();
-                            *lock(&shared).report.error_frames.entry(code).or_default() += 1;
-                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            window.add_permits(1);
-                            continue;
-                        }
-                        let Some(id) = v["id"].as_str().and_then(|s| s.parse::<u64>().ok()) else {
-                            continue;
-                        };
-                        if let Some(sent) = due.lock().unwrap().remove(&id) {
-                            let mut t = lock(&shared);
-                            t.report.messages.received += 1;
-                            t.latency(sent.elapsed().as_micros() as u64);
-                            window.add_permits(1);
-                        }
-                    }
-                    Message::Close(frame) => {
-                        let code = frame.map_or(1005, |f| f.code.into());
-                        *lock(&shared).report.close_codes.entry(code).or_default() += 1;
-                        break;
-                    }
-                    _ => {}
-                }
+                permit.forget();
+                Instant::now()
             }
-            rx
+        };
+        lock_due(&flow).insert(id, when);
+        let frame = format!(r#"{{"type":"ping","id":"{id}"}}"#);
+        if tx.send(Message::Text(frame.into())).await.is_err() {
+            break;
         }
+        lock(&flow.shared).report.messages.sent += 1;
+        id += 1;
+    }
+    tx
+}
+
+/// Reads replies until the server closes or `stop`: pongs are latencies,
+/// error frames are counted by code.
+async fn read_replies(mut rx: Receiver, flow: Flow) -> Receiver {
+    loop {
+        let message = tokio::select! {
+            message = rx.next() => message,
+            _ = flow.stop.notified() => break,
+        };
+        let Some(Ok(message)) = message else { break };
+        match message {
+            Message::Text(text) => on_reply(&text, &flow),
+            Message::Close(frame) => {
+                let code = frame.map_or(1005, |f| f.code.into());
+                *lock(&flow.shared)
+                    .report
+                    .close_codes
+                    .entry(code)
+                    .or_default() += 1;
+                break;
+            }
+            _ => {}
+        }
+    }
+    rx
+}
+
+fn on_reply(text: &str, flow: &Flow) {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+    if v["type"] == "error" {
+        // A refused request is never answered: count it, and let the next
+        // one go.
+        let code = v["code"].as_str().unwrap_or("unknown").to_owned();
+        *lock(&flow.shared)
+            .report
+            .error_frames
+            .entry(code)
+            .or_default() += 1;
+        flow.refused.fetch_add(1, Relaxed);
+        flow.window.add_permits(1);
+        return;
+    }
+    let Some(id) = v["id"].as_str().and_then(|s| s.parse::<u64>().ok()) else {
+        return;
     };
-    let receiver = tokio::spawn(receiver);
-    // A sender waiting on replies that never come (its requests refused,
-    // the server stuck) stops after STALL_TIMEOUT without progress.
+    if let Some(sent) = lock_due(flow).remove(&id) {
+        let mut t = lock(&flow.shared);
+        t.report.messages.received += 1;
+        t.latency(sent.elapsed().as_micros() as u64);
+        flow.window.add_permits(1);
+    }
+}
+
+/// Runs the sender; one waiting on replies that never come (its requests
+/// refused, the server stuck) is stopped after STALL_TIMEOUT without
+/// progress. Returns the sender's half and whether it stalled.
+async fn watch_for_stalls(
+    sender: impl std::future::Future<Output = Sender>,
+    flow: &Flow,
+) -> (Sender, bool) {
     let progress = |shared: &Shared| {
         let t = lock(shared);
         t.report.messages.received + t.report.error_frames.values().sum::<u64>()
     };
     let mut sender = std::pin::pin!(sender);
-    let mut last = (progress(&shared), Instant::now());
+    let mut last = (progress(&flow.shared), Instant::now());
     let mut stalled = false;
-    let tx = loop {
+    loop {
         tokio::select! {
-            (tx, _) = &mut sender => break tx,
+            tx = &mut sender => return (tx, stalled),
             () = tokio::time::sleep(Duration::from_millis(250)), if !stalled => {
-                let now = progress(&shared);
+                let now = progress(&flow.shared);
                 if now != last.0 {
                     last = (now, Instant::now());
                 } else if last.1.elapsed() >= STALL_TIMEOUT {
-                    lock(&shared).report.stalled += 1;
+                    lock(&flow.shared).report.stalled += 1;
                     // The sender stops at its next wait for room.
                     stalled = true;
-                    window.close();
+                    flow.window.close();
                 }
             }
         }
-    };
-    // Wait (bounded) for the outstanding replies, then close. Refused
-    // requests stay in `due`: they will not be answered.
-    let drain_until = Instant::now() + Duration::from_secs(5);
-    let unanswered = || {
-        (due.lock().unwrap().len() as u64)
-            .saturating_sub(refused.load(std::sync::atomic::Ordering::Relaxed))
-    };
-    while !stalled && unanswered() > 0 && Instant::now() < drain_until && !receiver.is_finished() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.notify_one();
-    if let Ok(rx) = receiver.await
-        && let Ok(ws) = tx.reunite(rx)
-    {
-        close(ws, &shared).await;
     }
 }
 

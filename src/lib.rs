@@ -2,7 +2,7 @@
 //! end, by one trace ID.
 //!
 //! Map of the crate, top to bottom: a module uses only modules below it
-//! (`tests/architecture.rs` enforces it).
+//! (`tests/it/architecture.rs` enforces it).
 //!
 //! - Entry: [`cli`] (the command line; every flag also has a `WSTRACE_*`
 //!   variable) and [`app`] (`wstrace serve`, from telemetry setup to
@@ -22,7 +22,7 @@
 //!     counters; [`session::outbound`]: its queue and message sampling;
 //!     [`session::flight`]: its flight recorder.
 //!   - reader, writer and heartbeat tasks; one handler per client frame
-//!     type in `commands/`.
+//!     type in `commands/`, which sees only the session's `context`.
 //! - [`state`]: the server's settings ([`state::ServerConfig`]) and what
 //!   its parts share while it runs ([`state::ServerState`]).
 //! - [`cluster`]: cluster mode over Redis, plugged into routing.
@@ -37,7 +37,8 @@
 //!     [`routing::forward`]: the seam cluster mode plugs into.
 //! - Foundations, used by all of the above:
 //!   - [`protocol`]: the JSON frames of protocol v1 and their kinds.
-//!   - [`events`]: one type per documented log line, with its metric.
+//!   - [`events`]: one type per documented log line, with its metric, one
+//!     file per part of the server, one `InternalEvent::emit`.
 //!   - [`telemetry`]: the tracing stack (bunyan JSON lines with
 //!     `trace_id`/`span_id`/`session_id`, lossless writers, OTLP export),
 //!     the guard that flushes it, and [`telemetry::logfile`] to read the

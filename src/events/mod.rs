@@ -6,7 +6,7 @@
 //! [`InternalEvent::emit`], writes the line and bumps the metric that counts
 //! the same thing, so the two never disagree. An event that counts carries
 //! the server's `&Metrics` as a field.
-//! The README, `vector.toml`'s tests, `wstrace logs` and the test suites
+//! The docs, `vector.toml`'s tests, `wstrace logs` and the test suites
 //! refer to these constants instead of repeating the strings.
 //!
 //! Each line's `target` names the task that writes it (`wstrace::session`,

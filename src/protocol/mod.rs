@@ -3,7 +3,7 @@
 //! Client → server: `ping`, `echo`, `subscribe`, `unsubscribe`, `publish`,
 //! `direct`. Server → client: `welcome` (always the first frame), `pong`,
 //! `echo`, `subscribed`, `unsubscribed`, `message`, `error`. Binary frames
-//! are echoed back verbatim (see README, "Protocol").
+//! are echoed back verbatim (see docs/protocol.md).
 //!
 //! Decoding never panics and never fails the session: anything that is not a
 //! valid client frame becomes a [`DecodeError`] that the session answers with

@@ -142,7 +142,7 @@ impl Reader {
         let debug = self.ctx.session.stats.debug().is_on();
         let sampled = debug || self.sampler.sample();
         let (kind, frame) = match data {
-            // Binary frames are echoed verbatim (documented in README).
+            // Binary frames are echoed verbatim (documented in docs/protocol.md).
             Data::Binary(bytes) => (FrameKind::Binary, Err(bytes)),
             Data::Text(text) => {
                 let frame = protocol::decode(text);

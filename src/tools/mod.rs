@@ -9,7 +9,7 @@
 //! - [`logs`]: `wstrace logs`, search and tail of the JSON log files.
 //! - [`doctor`]: `wstrace doctor`, one session followed through the
 //!   production pipeline.
-//! - [`http_client`]: the small HTTP/1.1 client they share.
+//! - [`http_client`]: the GET they share, over hyper-util's client.
 
 pub mod client;
 pub mod doctor;

@@ -788,26 +788,47 @@ fn grafana_substitute(query: &str) -> String {
         .replace("$__range", "1h")
 }
 
-/// Every LogQL and TraceQL query the project ships: the README's ```logql
-/// and ```traceql blocks, the dashboard's Loki and Tempo targets, the
-/// provisioned Tempo → Loki query, and the one `wstrace doctor` runs.
+/// The Markdown files a user reads: the README and every page of `docs/`.
+fn documents() -> Vec<String> {
+    let mut pages: Vec<String> = std::fs::read_dir(repo().join("docs"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "md"))
+        .map(|path| format!("docs/{}", path.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    pages.sort();
+    pages.insert(0, "README.md".into());
+    pages
+}
+
+/// Every LogQL and TraceQL query the project ships: the ```logql and
+/// ```traceql blocks of the README and `docs/`, the dashboard's Loki and
+/// Tempo targets, the provisioned Tempo → Loki query, and the one
+/// `wstrace doctor` runs.
 fn shipped_queries() -> Vec<Query> {
     let mut queries = Vec::new();
-    let readme = read("README.md");
-    let mut fence: Option<&'static str> = None;
-    for (number, line) in readme.lines().enumerate() {
-        match (fence, line.trim()) {
-            (None, "```logql") => fence = Some("logql"),
-            (None, "```traceql") => fence = Some("traceql"),
-            (Some(_), "```") => fence = None,
-            (Some(lang), text) if !text.is_empty() => queries.push(Query {
-                origin: format!("README.md:{}", number + 1),
-                lang,
-                text: grafana_substitute(text),
-            }),
-            _ => {}
+    for page in documents() {
+        let mut fence: Option<&'static str> = None;
+        for (number, line) in read(&page).lines().enumerate() {
+            match (fence, line.trim()) {
+                (None, "```logql") => fence = Some("logql"),
+                (None, "```traceql") => fence = Some("traceql"),
+                (Some(_), "```") => fence = None,
+                (Some(lang), text) if !text.is_empty() => queries.push(Query {
+                    origin: format!("{page}:{}", number + 1),
+                    lang,
+                    text: grafana_substitute(text),
+                }),
+                _ => {}
+            }
         }
     }
+    assert!(
+        queries
+            .iter()
+            .any(|q| q.origin.starts_with("docs/pipeline.md")),
+        "the pipeline page's queries were read"
+    );
     let dashboard: serde_json::Value =
         serde_json::from_str(&read("grafana/dashboards/wstrace-sessions.json")).unwrap();
     for panel in dashboard["panels"].as_array().unwrap() {
@@ -933,7 +954,8 @@ fn shipped_queries_parse_with_grafanas_grammars() {
     assert!(!parse(&broken)[0]["errors"].as_array().unwrap().is_empty());
 }
 
-/// TraceQL in the README names only attributes the server's spans carry.
+/// TraceQL in the README and `docs/` names only attributes the server's
+/// spans carry.
 #[test]
 fn readme_traceql_uses_attributes_the_server_sets() {
     let session_span = read("src/session/mod.rs");
@@ -955,4 +977,54 @@ fn readme_traceql_uses_attributes_the_server_sets() {
             );
         }
     }
+}
+
+/// Every relative link in the README and `docs/` names a file that exists
+/// (and an anchor, when it has one, a heading of that file), and the README
+/// stays a front door.
+#[test]
+fn documentation_links_resolve() {
+    let anchor_of = |heading: &str| -> String {
+        heading
+            .trim_start_matches('#')
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    };
+    let mut checked = 0;
+    for page in documents() {
+        let text = read(&page);
+        let base = std::path::Path::new(&page).parent().unwrap().to_path_buf();
+        for (at, _) in text.match_indices("](") {
+            let target: String = text[at + 2..].chars().take_while(|c| *c != ')').collect();
+            if target.starts_with("http") || target.starts_with('#') || target.contains(' ') {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let path = base.join(file);
+            let linked = std::fs::read_to_string(repo().join(&path))
+                .unwrap_or_else(|_| panic!("{page}: link to {target}: no such file"));
+            if !anchor.is_empty() {
+                let anchors: Vec<String> = linked
+                    .lines()
+                    .filter(|l| l.starts_with('#'))
+                    .map(anchor_of)
+                    .collect();
+                assert!(
+                    anchors.iter().any(|a| a == anchor),
+                    "{page}: link to {target}: no such heading in {file} ({anchors:?})"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} links found");
+    let readme_lines = read("README.md").lines().count();
+    assert!(
+        readme_lines <= 250,
+        "README.md has {readme_lines} lines: move depth into docs/"
+    );
 }

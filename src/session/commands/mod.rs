@@ -1,10 +1,11 @@
 //! One handler per client frame type, in the manner of mini-redis's
 //! `cmd/`. The reader decodes and samples a frame, then [`dispatch`]
-//! hands it to its handler.
+//! hands it to its handler with the session's [`Context`]: what a handler
+//! may touch, never the reader itself.
 //!
 //! A new message type is a variant of `protocol::ClientFrame` (and its row
-//! in `protocol`'s kind table), a file here, and its arm below; the
-//! compiler points at each.
+//! in `protocol`'s kind table), its arm in `protocol/one_pass.rs`, a file
+//! here, and its arm below; the compiler points at each.
 
 mod direct;
 mod echo;

@@ -20,6 +20,44 @@ pub enum ServeError {
     Serve(std::io::Error),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ServeError {
+    /// 64 (`EX_USAGE`, as for a bad flag) when the settings cannot work,
+    /// whatever the environment; 1 when something outside failed.
+    pub fn exit_code(&self) -> u8 {
+        use crate::cluster::ClusterError;
+        let usage = match self {
+            ServeError::Usage(_) => true,
+            ServeError::Telemetry(error) => error.is_usage(),
+            ServeError::Cluster(error) => {
+                matches!(
+                    error,
+                    ClusterError::InvalidUrl { .. } | ClusterError::TtlTooShort { .. }
+                )
+            }
+            ServeError::Bind { .. } | ServeError::Serve(_) => false,
+        };
+        if usage {
+            crate::tools::client::EXIT_USAGE
+        } else {
+            1
+        }
+    }
+}
+
+/// Settings that contradict each other, refused before anything starts.
+fn check_settings(settings: &ServerConfig) -> Result<(), ServeError> {
+    if settings.proxy_protocol && settings.trusted_proxies.is_empty() {
+        return Err(ServeError::Usage(
+            "--proxy-protocol needs --trusted-proxy (WSTRACE_TRUSTED_PROXIES): the load \
+             balancers' addresses, the only peers whose PROXY header is believed"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
@@ -28,6 +66,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     config.log_rotation = args.log_rotation;
     config.log_max_files = (args.log_max_files > 0).then_some(args.log_max_files);
     let mut server_config = args.server_config();
+    check_settings(&server_config)?;
     config.instance_id = server_config.instance_id.clone();
     let (subscriber, mut guard) = telemetry::get_subscriber(&config)?;
     telemetry::init_subscriber(subscriber)?;

@@ -396,17 +396,59 @@ fn normalize_origin(origin: &str) -> String {
 /// may itself be a key) becomes `:***`. Used for every URL the server
 /// prints (Redis, the OTLP endpoint).
 pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, url),
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Some((credentials, host)) = authority.rsplit_once('@') else {
+    let Some((scheme, credentials, host)) = split_credentials(url) else {
         return url.to_string();
     };
     let user = credentials.split_once(':').map_or("", |(user, _)| user);
-    let scheme = scheme.map(|s| format!("{s}://")).unwrap_or_default();
-    format!("{scheme}{user}:***@{host}{path}")
+    // A user name with URL metacharacters may be a password typed without
+    // its colon: hide it too.
+    let user = if user.contains(['/', '?', '#', '@']) {
+        ""
+    } else {
+        user
+    };
+    format!("{scheme}{user}:***@{host}")
+}
+
+/// `(scheme://, credentials, host and the rest)` of a URL with
+/// credentials. The credentials end at the **last** `@`: a password may
+/// hold `@`, `/`, `#` or `?` unescaped, and cutting at the first `/`
+/// would print the rest of it.
+fn split_credentials(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let (credentials, host) = rest.rsplit_once('@')?;
+    Some((scheme, credentials, host))
+}
+
+/// Whether the URL's credentials hold characters that end a URL's
+/// authority (`/ ? # @`, and `:` in the password is fine): a URL parser
+/// then reads part of the password as host or path. They must be
+/// percent-encoded.
+pub fn credentials_need_encoding(url: &str) -> bool {
+    split_credentials(url)
+        .is_some_and(|(_, credentials, _)| credentials.contains(['/', '?', '#', '@']))
+}
+
+/// `text` with the URL's password taken out, as written and as
+/// percent-decoded: for error messages of libraries that were given the
+/// URL (and might quote any part of it).
+pub fn scrub_password(text: &str, url: &str) -> String {
+    let Some((_, credentials, _)) = split_credentials(url) else {
+        return text.to_string();
+    };
+    let password = credentials.split_once(':').map_or(credentials, |(_, p)| p);
+    if password.is_empty() {
+        return text.to_string();
+    }
+    let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+    let mut scrubbed = text.replace(password, "***");
+    if !decoded.is_empty() {
+        scrubbed = scrubbed.replace(decoded.as_ref(), "***");
+    }
+    scrubbed
 }
 
 #[cfg(test)]
@@ -542,6 +584,36 @@ mod tests {
         assert_eq!(redact_url("http://127.0.0.1:4317"), "http://127.0.0.1:4317");
         assert_eq!(redact_url("not a url"), "not a url");
         assert!(!redact_url("redis://u:p@ss@h/1").contains("p@ss"));
+        // Metacharacters in the password: nothing of it is printed.
+        for url in [
+            "redis://:p@ss/w#rd@cache:6379/0",
+            "redis://app:p@ss/w#rd?x@cache:6379",
+            "redis://:p/ss@cache",
+            "redis://:p%40ss@cache",
+        ] {
+            let shown = redact_url(url);
+            assert!(
+                shown.ends_with("@cache:6379/0")
+                    || shown.ends_with("@cache:6379")
+                    || shown.ends_with("@cache"),
+                "{shown}"
+            );
+            for part in ["p@ss", "w#rd", "p/ss", "p%40ss", "ss/"] {
+                assert!(!shown.contains(part), "{url} shown as {shown}");
+            }
+        }
+        assert_eq!(
+            redact_url("redis://:p@ss/w#rd@cache:6379/0"),
+            "redis://:***@cache:6379/0"
+        );
+    }
+
+    #[test]
+    fn passwords_are_scrubbed_from_library_errors() {
+        let url = "redis://:p%40ss/w#rd@cache:6379";
+        let error = "Invalid URL p%40ss/w#rd and p@ss/w#rd";
+        assert_eq!(scrub_password(error, url), "Invalid URL *** and ***");
+        assert_eq!(scrub_password("fine", "redis://cache"), "fine");
     }
     use serde_json::json;
 

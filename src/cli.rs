@@ -229,6 +229,24 @@ pub struct ServeArgs {
     )]
     pub allowed_hosts: Vec<String>,
 
+    /// Proxy in front of the server whose `Forwarded` / `X-Forwarded-For`
+    /// says who the client is: a CIDR range or an address (repeatable, or
+    /// comma-separated in the variable). Unset: those headers are ignored
+    /// and the client is the TCP peer (docs/production.md).
+    #[arg(
+        long = "trusted-proxy",
+        env = "WSTRACE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = crate::client_address::parse_range
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Every connection opens with a PROXY protocol header (v1 or v2), as a
+    /// TCP load balancer sends it; it names the client. Needs
+    /// --trusted-proxy: a header from any other peer is refused.
+    #[arg(long, env = "WSTRACE_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
+
     /// Bearer token for the admin API under /api. Unset: the API answers
     /// 403. Prefer the variable: flags show in `ps`.
     #[arg(long, env = "WSTRACE_ADMIN_TOKEN", hide_env_values = true)]
@@ -335,6 +353,10 @@ impl ServeArgs {
             },
             allowed_origins: self.allowed_origins.clone(),
             allowed_hosts: self.allowed_hosts.clone(),
+            trusted_proxies: crate::client_address::TrustedProxies::new(
+                self.trusted_proxies.clone(),
+            ),
+            proxy_protocol: self.proxy_protocol,
             telemetry: None,
             log_dir: self.log_file.then(|| self.log_dir.clone()),
             log_max_bytes: (self.log_max_bytes > 0).then_some(self.log_max_bytes),

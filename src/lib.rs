@@ -47,6 +47,8 @@
 //!   - [`error`]: every failure and its close code or HTTP status.
 //!   - [`auth`]: JWT, the Origin allowlist, secrets that never print.
 //!   - [`trace_context`]: W3C `traceparent` parsing and formatting.
+//!   - [`client_address`]: who the client is behind trusted proxies
+//!     (`Forwarded`, `X-Forwarded-For`, a PROXY header's source).
 //!   - [`websocket`]: RFC 6455, server side: the handshake's answer, and a
 //!     connection as a reading `Stream` and a writing `Sink` of messages.
 //!   - [`sampling`]: the tiers of message tracing, and debug sessions.
@@ -59,6 +61,7 @@ pub mod app;
 pub mod auth;
 pub mod caps;
 pub mod cli;
+pub mod client_address;
 pub mod cluster;
 pub mod error;
 pub mod events;

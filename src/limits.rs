@@ -91,6 +91,12 @@ pub const LOG_SEARCH_MAX_BYTES: u64 = 512 * 1024 * 1024;
 /// Longest `traceparent` value we will even try to parse. Version 00 is
 /// exactly 55 bytes; later versions may append fields.
 pub const MAX_TRACEPARENT_BYTES: usize = 512;
+/// Longest `Forwarded` or `X-Forwarded-For` (all values together) read from
+/// a trusted proxy: a few dozen hops. A longer one is ignored and counted.
+pub const MAX_FORWARDED_HEADER_BYTES: usize = 4 * 1024;
+/// Longest PROXY protocol header accepted (v1 is at most 107 bytes; v2 is
+/// 16 plus its addresses and TLVs).
+pub const MAX_PROXY_HEADER_BYTES: usize = 1024;
 
 /// The limits one running server applies, resolved from CLI and environment.
 #[derive(Debug, Clone)]

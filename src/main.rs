@@ -46,9 +46,15 @@ fn main() -> ExitCode {
         }
     };
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
-        Command::Serve(args) => runtime
-            .block_on(wstrace::app::serve(args))
-            .map_err(Into::into),
+        Command::Serve(args) => {
+            return match runtime.block_on(wstrace::app::serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("wstrace: {error}");
+                    ExitCode::from(error.exit_code())
+                }
+            };
+        }
         Command::Health { url } => runtime.block_on(health(&url)),
         Command::Doctor(args) => runtime
             .block_on(wstrace::tools::doctor::run(args))

@@ -189,6 +189,9 @@ pub struct Metrics {
     /// timeout.
     pub write_timeouts: AtomicU64,
     upgrades_rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Client-address headers from trusted proxies that could not be
+    /// used, by where (header or `proxy-protocol`) and why.
+    client_address_errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub admin_requests: AtomicU64,
     /// Debug sessions refused by `--max-debug-sessions`.
     pub debug_refused: AtomicU64,
@@ -239,6 +242,12 @@ impl Metrics {
 
     pub fn upgrade_rejected(&self, reason: &'static str) {
         *lock(&self.upgrades_rejected).entry(reason).or_default() += 1;
+    }
+
+    pub fn client_address_error(&self, source: &'static str, reason: &'static str) {
+        *lock(&self.client_address_errors)
+            .entry((source, reason))
+            .or_default() += 1;
     }
 
     /// This server's own metrics, as a table of descriptors.
@@ -332,6 +341,16 @@ impl Metrics {
             .iter()
             .map(|(reason, n)| Sample::labelled(vec![("reason", reason.to_string())], count(*n)))
             .collect();
+        let address_errors = lock(&self.client_address_errors)
+            .iter()
+            .map(|((source, reason), n)| {
+                let labels = vec![
+                    ("source", source.to_string()),
+                    ("reason", reason.to_string()),
+                ];
+                Sample::labelled(labels, count(*n))
+            })
+            .collect();
         vec![
             Family::counter(
                 "wstrace_rate_limited_total",
@@ -358,6 +377,12 @@ impl Metrics {
                 "Upgrade requests refused, by reason.",
                 Kind::Counter,
                 rejected,
+            ),
+            Family::of(
+                "wstrace_client_address_errors_total",
+                "Client addresses from trusted proxies that could not be read (the TCP peer was used, or the connection refused), by source and reason.",
+                Kind::Counter,
+                address_errors,
             ),
             Family::counter(
                 "wstrace_admin_requests_total",

@@ -32,6 +32,10 @@ pub struct ServerConfig {
     /// `Host` names the server answers to; empty: loopback names when it
     /// listens on loopback, any otherwise (see [`HostPolicy`]).
     pub allowed_hosts: Vec<String>,
+    /// Proxies whose forwarding headers name the client (`--trusted-proxy`).
+    pub trusted_proxies: crate::client_address::TrustedProxies,
+    /// Connections open with a PROXY protocol header (`--proxy-protocol`).
+    pub proxy_protocol: bool,
     /// The telemetry stack's counters, for `/metrics`.
     pub telemetry: Option<Arc<TelemetryCounters>>,
     /// Where this server's log files are, for the explorer's log search.
@@ -70,6 +74,8 @@ impl Default for ServerConfig {
             jwt_rules: JwtRules::default(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
+            trusted_proxies: Default::default(),
+            proxy_protocol: false,
             telemetry: None,
             log_dir: None,
             log_max_bytes: None,

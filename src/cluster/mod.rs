@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{Secret, redact_url};
+use crate::auth::{Secret, redact_url, scrub_password};
 use crate::error::HttpError;
 use crate::metrics::{Family, count};
 use crate::routing::{ForwardError, Router};
@@ -197,12 +197,20 @@ impl Cluster {
     /// Connects and subscribes, or says why it cannot: cluster mode does
     /// not start without Redis.
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
-        let url = redact_url(config.redis_url.expose());
-        let client = redis::Client::open(config.redis_url.expose()).map_err(|e| {
-            ClusterError::InvalidUrl {
-                url: url.clone(),
-                reason: e.to_string(),
-            }
+        let secret_url = config.redis_url.expose();
+        let url = redact_url(secret_url);
+        // The redis crate's errors may quote the URL it was given.
+        let reason = |error: &dyn std::fmt::Display| scrub_password(&error.to_string(), secret_url);
+        if crate::auth::credentials_need_encoding(secret_url) {
+            return Err(ClusterError::InvalidUrl {
+                url,
+                reason: "its password holds / ? # or @: percent-encode them (%2F %3F %23 %40)"
+                    .into(),
+            });
+        }
+        let client = redis::Client::open(secret_url).map_err(|e| ClusterError::InvalidUrl {
+            url: url.clone(),
+            reason: reason(&e),
         })?;
         let unreachable = |reason: String| ClusterError::Unreachable {
             url: url.clone(),
@@ -219,7 +227,7 @@ impl Cluster {
         )
         .await
         .map_err(|_| unreachable(format!("no answer within {:?}", config.timeout * 4)))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(reason(&e)))?;
         let (outgoing, outgoing_jobs) = tokio::sync::mpsc::channel(publisher::QUEUE_ENVELOPES);
         let cluster = Self {
             outgoing,
@@ -238,11 +246,11 @@ impl Cluster {
         let _: String = cluster
             .call(redis::cmd("PING").query_async(&mut cluster.commands.clone()))
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(reason(&e)))?;
         let subscription = cluster
             .subscribe()
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(reason(&e)))?;
         *lock(&cluster.first_subscription) = Some(subscription);
         Ok(cluster)
     }

@@ -31,6 +31,69 @@ impl InternalEvent for TraceparentIgnored<'_> {
     }
 }
 
+/// A `Forwarded` or `X-Forwarded-For` from a trusted proxy that could not
+/// be read: the request's client is the proxy itself.
+#[derive(Debug)]
+pub struct ForwardedHeaderIgnored<'a> {
+    pub header: &'static str,
+    pub reason: &'static str,
+    pub length: usize,
+    pub metrics: &'a Metrics,
+}
+
+impl ForwardedHeaderIgnored<'_> {
+    pub const MESSAGE: &'static str =
+        "ignoring unreadable forwarding header from a trusted proxy; the client is the proxy";
+}
+
+impl InternalEvent for ForwardedHeaderIgnored<'_> {
+    fn emit(self) {
+        self.metrics.client_address_error(self.header, self.reason);
+        let Some(suppressed) = process_budget(&CLIENT_ADDRESS_ERRORS) else {
+            return;
+        };
+        tracing::warn!(
+            target: HTTP,
+            message = Self::MESSAGE,
+            lines_suppressed = suppressed,
+            header = self.header,
+            header.length = self.length,
+            reason = self.reason
+        );
+    }
+}
+
+/// A connection refused with `--proxy-protocol`: no valid PROXY header, or
+/// one from a peer outside `--trusted-proxy`.
+#[derive(Debug)]
+pub struct ProxyHeaderRefused<'a> {
+    pub peer: std::net::SocketAddr,
+    pub reason: &'static str,
+    pub metrics: &'a Metrics,
+}
+
+impl ProxyHeaderRefused<'_> {
+    pub const MESSAGE: &'static str =
+        "connection refused: no valid PROXY protocol header from a trusted proxy";
+}
+
+impl InternalEvent for ProxyHeaderRefused<'_> {
+    fn emit(self) {
+        self.metrics
+            .client_address_error("proxy-protocol", self.reason);
+        let Some(suppressed) = process_budget(&CLIENT_ADDRESS_ERRORS) else {
+            return;
+        };
+        tracing::warn!(
+            target: HTTP,
+            message = Self::MESSAGE,
+            lines_suppressed = suppressed,
+            network.peer.address = %self.peer.ip(),
+            reason = self.reason
+        );
+    }
+}
+
 /// An HTTP request answered with a 4xx or 5xx status.
 #[derive(Debug)]
 pub struct HttpRequestRefused<'a> {

@@ -5,23 +5,23 @@
 //! span). A session an admin request touches logs a line in its own trace
 //! with a span link back to the request, so the two stories join up.
 
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
+use super::trace::RequestTrace;
 use crate::auth::secret_matches;
 use crate::cluster::forward::{forward_debug, kick};
 use crate::error::{HttpError, close_code};
@@ -181,10 +181,10 @@ struct DebugRequest {
     requested_by: Option<String>,
 }
 
-fn requested_by(given: Option<String>, peer: SocketAddr) -> String {
+fn requested_by(given: Option<String>, client: &RequestTrace) -> String {
     match given.filter(|s| !s.trim().is_empty()) {
         Some(name) => name.chars().take(MAX_REQUESTED_BY_CHARS).collect(),
-        None => format!("admin at {}", peer.ip()),
+        None => format!("admin at {}", client.client.ip),
     }
 }
 
@@ -193,7 +193,7 @@ fn requested_by(given: Option<String>, peer: SocketAddr) -> String {
 /// that holds it.
 async fn debug_session(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(trace): Extension<RequestTrace>,
     Path(id): Path<String>,
     request: Result<Json<DebugRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, HttpError> {
@@ -209,7 +209,7 @@ async fn debug_session(
             "minutes must be 1-{MAX_DEBUG_MINUTES}"
         )));
     }
-    let by = requested_by(request.requested_by, peer);
+    let by = requested_by(request.requested_by, &trace);
     let change = DebugChange::On {
         minutes: request.minutes,
     };
@@ -219,11 +219,11 @@ async fn debug_session(
 /// `DELETE /api/sessions/{id}/debug`: back to ordinary sampling.
 async fn end_debug_session(
     State(state): State<Arc<ServerState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(trace): Extension<RequestTrace>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, HttpError> {
     let session_id = parse_id(&id)?;
-    let by = requested_by(None, peer);
+    let by = requested_by(None, &trace);
     switch_debug(&state, session_id, DebugChange::Off, &by).await
 }
 

@@ -2,6 +2,8 @@
 //! endpoints that are not sessions.
 //!
 //! - [`trace`]: the server span of every request.
+//! - [`proxy_protocol`]: the PROXY header of a TCP load balancer (who the
+//!   client then is: `crate::client_address`).
 //! - [`upgrade`]: `GET /ws` (and `/echo`): checks, then a session.
 //! - [`api`]: the admin REST API under `/api`.
 //! - [`explorer`]: the session explorer page at `GET /`, and the log
@@ -15,6 +17,7 @@
 pub mod api;
 pub mod explorer;
 pub mod linger;
+pub mod proxy_protocol;
 pub mod trace;
 pub mod upgrade;
 
@@ -125,38 +128,81 @@ fn start_cluster_tasks(state: &Arc<ServerState>) -> Option<ClusterTasks> {
 }
 
 /// One HTTP connection, served until it ends or the server shuts down
-/// (then gracefully: a request in flight is answered).
+/// (then gracefully: a request in flight is answered). With
+/// `--proxy-protocol` it first reads the balancer's PROXY header.
 fn serve_connection(
     app: &Router,
-    state: &ServerState,
-    stream: tokio::net::TcpStream,
+    state: &Arc<ServerState>,
+    mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
     let app = app.clone();
-    let service = TowerToHyperService::new(tower::service_fn(
-        move |mut request: Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request.map(axum::body::Body::new))
-        },
-    ));
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(state.config.limits.header_read_timeout)
-        .serve_connection(TokioIo::new(linger::LingeringStream::new(stream)), service)
-        .with_upgrades();
-    let shutdown = state.shutdown.clone();
+    let state = state.clone();
     async move {
+        let proxied = match state.config.proxy_protocol {
+            true => match proxy_header(&state, &mut stream, peer).await {
+                Some(proxied) => proxied,
+                None => return,
+            },
+            false => None,
+        };
+        let service = TowerToHyperService::new(tower::service_fn(
+            move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(client) = proxied {
+                    request
+                        .extensions_mut()
+                        .insert(crate::client_address::ProxiedClient(client));
+                }
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            },
+        ));
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.config.limits.header_read_timeout)
+            .serve_connection(TokioIo::new(linger::LingeringStream::new(stream)), service)
+            .with_upgrades();
         let mut connection = std::pin::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
-            _ = shutdown.cancelled() => {
+            _ = state.shutdown.cancelled() => {
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
         };
         if let Err(error) = result {
             tracing::debug!(%error, %peer, "http connection ended with an error");
+        }
+    }
+}
+
+/// The connection's PROXY header: `Some(client)` to serve it (`None`
+/// inside for a balancer's own `LOCAL` check), or `None` (refused, with a
+/// counted line) when the peer is not trusted or the header is not valid.
+async fn proxy_header(
+    state: &ServerState,
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<Option<SocketAddr>> {
+    let refuse = |reason| {
+        crate::events::ProxyHeaderRefused {
+            peer,
+            reason,
+            metrics: &state.metrics,
+        }
+        .emit()
+    };
+    if !state.config.trusted_proxies.contains(peer.ip()) {
+        refuse("untrusted_peer");
+        return None;
+    }
+    let timeout = state.config.limits.header_read_timeout;
+    match proxy_protocol::read_header(stream, timeout).await {
+        Ok(client) => Some(client),
+        Err(error) => {
+            refuse(error.as_str());
+            None
         }
     }
 }
@@ -256,7 +302,10 @@ fn router(state: Arc<ServerState>) -> Router {
     }
     routes
         .nest("/api", api::router(state.clone()))
-        .layer(middleware::from_fn(trace::trace_http))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            trace::trace_http,
+        ))
         .route("/", get(explorer::page))
         .route("/explorer/app.js", get(explorer::script))
         .route("/explorer/config.json", get(explorer::config))

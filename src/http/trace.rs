@@ -2,16 +2,21 @@
 //! trace when it sent a valid `traceparent`, and answers with the trace
 //! identity in `x-trace-id` and `traceresponse`.
 
-use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::trace::TraceContextExt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::events::{HttpRequestRefused, InternalEvent, TraceparentIgnored};
+use crate::client_address::{self, ClientAddress, ProxiedClient};
+use crate::events::{
+    ForwardedHeaderIgnored, HttpRequestRefused, InternalEvent, TraceparentIgnored,
+};
+use crate::state::ServerState;
 use crate::trace_context::{self, IncomingTrace};
 
 pub const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
@@ -34,12 +39,16 @@ pub struct RequestTrace {
     /// The caller's trace context asks for a debug session
     /// (`tracestate: wstrace=debug`, sampled).
     pub client_debug: bool,
+    /// Who the client is: the TCP peer, or what a trusted proxy said.
+    pub client: ClientAddress,
 }
 
 /// Opens the HTTP server span, continuing the caller's trace when it sent a
 /// valid `traceparent`, and answers with the trace identity in
-/// `x-trace-id` and `traceresponse`.
+/// `x-trace-id` and `traceresponse`. The span names the client (behind
+/// trusted proxies, the one they name) and the TCP peer apart.
 pub async fn trace_http(
+    State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
     next: Next,
@@ -58,6 +67,13 @@ pub async fn trace_http(
         .chars()
         .take(MAX_USER_AGENT_CHARS)
         .collect();
+    let proxied = request.extensions().get::<ProxiedClient>().map(|p| p.0);
+    let (client, ignored) = client_address::resolve(
+        peer,
+        proxied,
+        request.headers(),
+        &state.config.trusted_proxies,
+    );
     // Never the query: it may carry tokens.
     let span = tracing::info_span!(
         "http.request",
@@ -71,11 +87,24 @@ pub async fn trace_http(
         url.scheme = "http",
         user_agent.original = user_agent.as_str(),
         // Formatted once, not once per layer.
-        client.address = peer.ip().to_string().as_str(),
+        client.address = client.ip.to_string().as_str(),
         // An OpenTelemetry integer (see `SessionInfo::span`).
-        client.port = i64::from(peer.port()),
+        client.port = client.port.map(i64::from),
+        network.peer.address = peer.ip().to_string().as_str(),
+        network.peer.port = i64::from(peer.port()),
         otel.status_code = tracing::field::Empty,
     );
+    if let Some(ignored) = ignored {
+        span.in_scope(|| {
+            ForwardedHeaderIgnored {
+                header: ignored.header,
+                reason: ignored.reason,
+                length: ignored.length,
+                metrics: &state.metrics,
+            }
+            .emit()
+        });
+    }
     let incoming = trace_context::extract(request.headers(), request.uri());
     if let Some(parent) = incoming.parent() {
         // Cannot fail: the span was created just above and not yet entered.
@@ -105,6 +134,7 @@ pub async fn trace_http(
         user_agent,
         origin,
         client_debug: incoming.asks_for_debug(),
+        client,
     });
 
     let mut response = next.run(request).instrument(span.clone()).await;

@@ -125,12 +125,13 @@ async fn upgrade_session(
         trace.client_debug,
     );
     let user = subject.map(|s| s.user);
-    let held = take_slots(&state, peer, user.as_ref())?;
+    let held = take_slots(&state, trace.client.ip, user.as_ref())?;
     let limits = &state.config.limits;
     let info = SessionInfo {
         session_id: Uuid::now_v7(),
         trace_id: trace.trace_id,
         peer,
+        client: trace.client.ip,
         user,
         upgrade: UpgradeInfo {
             user_agent: trace.user_agent,
@@ -201,15 +202,16 @@ fn authenticate(
         })
 }
 
-/// What a session holds while it lives: a slot of its address, of its
-/// user, and of the connection cap, each refused with its own status.
+/// What a session holds while it lives: a slot of its client's address
+/// (behind a trusted proxy, the client's, not the proxy's), of its user,
+/// and of the connection cap, each refused with its own status.
 fn take_slots(
     state: &ServerState,
-    peer: SocketAddr,
+    client: std::net::IpAddr,
     user: Option<&String>,
 ) -> Result<Held, HttpError> {
     let limits = &state.config.limits;
-    let ip_slot = state.caps.per_ip.try_take(peer.ip()).ok_or_else(|| {
+    let ip_slot = state.caps.per_ip.try_take(client).ok_or_else(|| {
         let limit = limits.max_sessions_per_ip;
         refuse(state, Refusal::PerIpLimit { limit });
         HttpError::TooManySessions {

@@ -61,7 +61,12 @@ pub struct SessionView {
     pub instance_id: String,
     pub trace_id: String,
     pub user: Option<String>,
+    /// The TCP peer, `ip:port` (behind a proxy, the proxy).
     pub peer: String,
+    /// The client's address: the peer's, or whom a trusted proxy named.
+    /// (Default: an entry from an instance that predates it.)
+    #[serde(default)]
+    pub client: String,
     pub connected_at_ms: u64,
     pub idle_ms: u64,
     pub channels: Vec<String>,

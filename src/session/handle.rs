@@ -31,7 +31,10 @@ pub struct SessionHandle {
     pub id: Uuid,
     pub trace_id: String,
     pub user: Option<String>,
+    /// The TCP peer (behind a proxy, the proxy).
     pub peer: SocketAddr,
+    /// The client: the peer, or whom a trusted proxy named.
+    pub client: std::net::IpAddr,
     pub connected_at: SystemTime,
     /// The `ws.session` span: the explicit parent of lines logged on the
     /// session's behalf by other tasks (deliveries, admin actions).
@@ -49,7 +52,7 @@ impl SessionHandle {
         id: Uuid,
         trace_id: String,
         user: Option<String>,
-        peer: SocketAddr,
+        (peer, client): (SocketAddr, std::net::IpAddr),
         span: tracing::Span,
         span_context: SpanContext,
         stats: Arc<SessionStats>,
@@ -61,6 +64,7 @@ impl SessionHandle {
             trace_id,
             user,
             peer,
+            client,
             connected_at: SystemTime::now(),
             span,
             span_context,
@@ -129,6 +133,7 @@ impl Recipient for SessionHandle {
             trace_id: self.trace_id.clone(),
             user: self.user.clone(),
             peer: self.peer.to_string(),
+            client: self.client.to_string(),
             connected_at_ms: protocol::unix_ms(self.connected_at),
             idle_ms: self.idle_for().as_millis() as u64,
             channels: Vec::new(),
@@ -239,7 +244,7 @@ mod tests {
             Uuid::now_v7(),
             "0".repeat(32),
             None,
-            "127.0.0.1:4242".parse().unwrap(),
+            ("127.0.0.1:4242".parse().unwrap(), [127, 0, 0, 1].into()),
             tracing::Span::none(),
             SpanContext::empty_context(),
             Arc::new(SessionStats::new()),

@@ -80,7 +80,10 @@ pub struct SessionInfo {
     pub session_id: Uuid,
     /// The session's trace id, as sent in the welcome frame.
     pub trace_id: String,
+    /// The TCP peer (behind a proxy, the proxy).
     pub peer: SocketAddr,
+    /// The client: the peer, or whom a trusted proxy named.
+    pub client: std::net::IpAddr,
     /// The JWT subject, when auth is on.
     pub user: Option<String>,
     /// How the upgrade arrived, for the `session opened` line.
@@ -131,6 +134,7 @@ impl SessionInfo {
                 .session_id
                 .hyphenated()
                 .encode_lower(&mut Uuid::encode_buffer()),
+            client.address = self.client.to_string().as_str(),
             net.peer.ip = self.peer.ip().to_string().as_str(),
             // As `i64`: the OpenTelemetry layer records other integers as
             // strings, through `Debug`.
@@ -268,7 +272,7 @@ impl Session {
             info.session_id,
             info.trace_id,
             info.user,
-            info.peer,
+            (info.peer, info.client),
             span,
             span_context,
             stats.clone(),
@@ -573,6 +577,7 @@ mod tests {
             session_id: Uuid::now_v7(),
             trace_id: "0".repeat(32),
             peer: "127.0.0.1:4242".parse().unwrap(),
+            client: [127, 0, 0, 1].into(),
             user: None,
             upgrade: UpgradeInfo::default(),
             mode: SessionMode::Protocol,

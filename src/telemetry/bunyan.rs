@@ -144,6 +144,17 @@ where
     Some(ids)
 }
 
+/// The line's `msg`: the event's message, or else the name a library gave
+/// the event (`BatchSpanProcessor.ExportError`): OpenTelemetry's SDK logs
+/// with a name and fields and no message, and `"msg":""` tells a reader
+/// nothing. tracing's own default name (`event file.rs:12`) is no message.
+fn message<'a>(message: &'a str, meta: &'static tracing::Metadata<'static>) -> &'a str {
+    if message.is_empty() && !meta.name().starts_with("event ") {
+        return meta.name();
+    }
+    message
+}
+
 /// An event's message, and its other fields serialized as they are
 /// visited (no `serde_json::Value` per field).
 #[derive(Default)]
@@ -229,7 +240,7 @@ where
         line.clear();
         line.extend_from_slice(self.head.as_bytes());
         line.extend_from_slice(b",\"msg\":");
-        write_json(&mut line, fields.message.as_str());
+        write_json(&mut line, message(&fields.message, meta));
         let _ = write!(line, ",\"level\":{}", bunyan_level(meta.level()));
         line.extend_from_slice(self.process.as_bytes());
         let _ = write!(
@@ -305,5 +316,29 @@ mod tests {
         for key in ["session_id", "close_code", "net.peer.ip", "ws.message.id"] {
             assert!(is_logged(key), "{key}");
         }
+    }
+
+    #[test]
+    fn a_named_event_without_a_message_is_said_by_its_name() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt;
+        struct Messages(Arc<Mutex<Vec<String>>>);
+        impl<S: Subscriber> Layer<S> for Messages {
+            fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+                let said = message("", event.metadata()).to_string();
+                self.0.lock().unwrap().push(said);
+            }
+        }
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Messages(said.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            // As OpenTelemetry's SDK logs an export failure.
+            tracing::error!(name: "BatchSpanProcessor.ExportError", error = "refused");
+            tracing::error!(error = "refused");
+        });
+        assert_eq!(
+            *said.lock().unwrap(),
+            ["BatchSpanProcessor.ExportError", ""]
+        );
     }
 }

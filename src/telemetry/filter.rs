@@ -63,6 +63,23 @@ impl GlobalFilter {
     }
 }
 
+/// A bare word in the directives that is neither a level nor one of
+/// wstrace's targets: `RUST_LOG=verbose` parses (as "target `verbose` at
+/// trace") and then lets no line of the server through, which looks like a
+/// server that logs nothing. Refused at start instead.
+pub fn unknown_bare_word(directives: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.contains(['=', '[', '{']))
+        .find(|word| {
+            !LEVELS.iter().any(|level| word.eq_ignore_ascii_case(level))
+                && word.parse::<u8>().is_err()
+                && !word.starts_with("wstrace")
+        })
+}
+
 /// Plain `target=level` and bare levels or targets: no span (`[…]`) or
 /// field (`{…}`) part, nothing quoted.
 fn only_targets_and_levels(directives: &str) -> bool {
@@ -72,6 +89,24 @@ fn only_targets_and_levels(directives: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_words_must_be_levels_or_wstrace_targets() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,hyper=debug",
+            "wstrace",
+            "wstrace::session",
+            "debug,[ws.session]=trace",
+            "",
+        ] {
+            assert_eq!(unknown_bare_word(ok), None, "{ok}");
+        }
+        assert_eq!(unknown_bare_word("verbose"), Some("verbose"));
+        assert_eq!(unknown_bare_word("info, loud ,hyper=warn"), Some("loud"));
+    }
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::{Context, SubscriberExt};
     use tracing_subscriber::registry::Registry;

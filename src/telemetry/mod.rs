@@ -209,17 +209,36 @@ pub enum TelemetryError {
         dir: PathBuf,
         source: tracing_appender::rolling::InitError,
     },
-    #[error("invalid log filter {filter:?}: {source}")]
+    #[error("RUST_LOG={filter:?} is not a valid log filter: {source}")]
     Filter {
         filter: String,
         source: tracing_subscriber::filter::ParseError,
     },
+    #[error(
+        "RUST_LOG={filter:?}: {word:?} is neither a level (trace, debug, info, warn, error, off) \
+         nor a wstrace target, and would let no server line through; write LEVEL or \
+         TARGET=LEVEL, e.g. RUST_LOG=info,wstrace::session=debug"
+    )]
+    FilterWord { filter: String, word: String },
     #[error("cannot build the OTLP span exporter: {0}")]
     Exporter(#[from] otlp::ExporterConfigError),
     #[error("cannot start a log writer thread: {0}")]
     LogThread(io::Error),
     #[error("a global tracing subscriber is already installed")]
     AlreadyInstalled,
+}
+
+impl TelemetryError {
+    /// The settings themselves are wrong (exit 64), not the machine.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            TelemetryError::Filter { .. } | TelemetryError::FilterWord { .. } => true,
+            TelemetryError::Exporter(error) => {
+                !matches!(error, otlp::ExporterConfigError::NoRuntime)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Flushes telemetry when dropped: spans first, then log lines.
@@ -328,6 +347,12 @@ pub fn get_subscriber(
     ),
     TelemetryError,
 > {
+    if let Some(word) = filter::unknown_bare_word(&config.filter) {
+        return Err(TelemetryError::FilterWord {
+            filter: config.filter.clone(),
+            word: word.to_string(),
+        });
+    }
     let filter = GlobalFilter::parse(&config.filter).map_err(|source| TelemetryError::Filter {
         filter: config.filter.clone(),
         source,

@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
         "error",
         "auth",
         "trace_context",
+        "client_address",
         "websocket",
         "protocol",
         "limits",

@@ -667,7 +667,8 @@ fn cluster_mode_refuses_to_start_without_redis_and_hides_the_password() {
         .args(["--redis-url", &format!("redis://127.0.0.1:{port}")])
         .output()
         .unwrap();
-    assert_eq!(short.status.code(), Some(1));
+    // Settings that cannot work: a usage error, as for a bad flag.
+    assert_eq!(short.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&short.stderr);
     assert!(
         stderr.contains("must be longer than --heartbeat-interval"),
@@ -745,9 +746,13 @@ async fn stand_in_nginx_runs_the_compose_proxy_config_over_both_instances() {
     let Some(redis) = RedisServer::start() else {
         return eprintln!("skipped: redis-server is not installed");
     };
-    let jwt = [("WSTRACE_JWT_SECRET", JWT_SECRET)];
-    let a = node(&redis, "inst-a", &jwt);
-    let b = node(&redis, "inst-b", &jwt);
+    // nginx (127.0.0.1) is the instances' trusted proxy.
+    let settings = [
+        ("WSTRACE_JWT_SECRET", JWT_SECRET),
+        ("WSTRACE_TRUSTED_PROXIES", "127.0.0.1"),
+    ];
+    let a = node(&redis, "inst-a", &settings);
+    let b = node(&redis, "inst-b", &settings);
     let Some(nginx) = Nginx::start([&a.addr, &b.addr]) else {
         return eprintln!("skipped: nginx is not installed");
     };
@@ -763,7 +768,19 @@ async fn stand_in_nginx_runs_the_compose_proxy_config_over_both_instances() {
                 .headers_mut()
                 .insert("traceparent", traceparent.parse().unwrap());
         }
-        let (mut client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        // Each client from an address of its own, 127.0.0.2 to .5.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 2 + i], 0)))
+            .unwrap();
+        let stream = socket
+            .connect(format!("127.0.0.1:{}", nginx.port).parse().unwrap())
+            .await
+            .unwrap();
+        let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+        let (mut client, response) = tokio_tungstenite::client_async(request, stream)
+            .await
+            .unwrap();
         let welcome = next_json(&mut client).await;
         let trace_id = welcome["trace_id"].as_str().unwrap().to_owned();
         // The trace ID survives the proxy, and so does the caller's trace.
@@ -800,6 +817,21 @@ async fn stand_in_nginx_runs_the_compose_proxy_config_over_both_instances() {
         instances,
         ["inst-a", "inst-b"],
         "least_conn spreads sessions"
+    );
+    // nginx's X-Forwarded-For names each client; the TCP peer is nginx.
+    let mut client_addresses: Vec<&str> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            assert!(s["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{s}");
+            s["client"].as_str().unwrap()
+        })
+        .collect();
+    client_addresses.sort();
+    assert_eq!(
+        client_addresses,
+        ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
     );
 
     // A publish reaches the room on both instances.

@@ -7,6 +7,8 @@
 //!   metrics.
 //! - [`reliability`]: hostile input, fuzzing, panics, rotation, log volume.
 //! - [`sampling`]: the flight recorder, debug sessions, the debug cap.
+//! - [`proxies`]: client addresses behind trusted proxies (headers and the
+//!   PROXY protocol), from chosen loopback source addresses.
 //! - [`process`]: the real binary: SIGTERM, stdout, OTLP to a real
 //!   collector (rotel), doctor, health.
 //! - [`tools`]: the client (pipes, a pseudo-terminal), load, logs.
@@ -21,6 +23,7 @@ mod common;
 mod features;
 mod pipeline;
 mod process;
+mod proxies;
 mod reliability;
 mod sampling;
 mod session;

@@ -405,7 +405,8 @@ fn an_otlp_setting_this_build_cannot_honour_is_a_clear_startup_error() {
             .env(setting, value)
             .output()
             .unwrap();
-        assert_eq!(output.status.code(), Some(1), "{setting}");
+        // A setting that cannot work: a usage error, as for a bad flag.
+        assert_eq!(output.status.code(), Some(64), "{setting}");
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert!(
             stderr.contains("cannot build the OTLP span exporter"),
@@ -1181,4 +1182,70 @@ async fn clients_that_stop_reading_pin_bounded_memory() {
             .iter()
             .all(|l| l["close_code"] == 1008 && l["closed_by"] == "policy")
     );
+}
+
+/// Settings that cannot work stop `serve` before it listens, with exit 64
+/// and a message that names what to fix; a Redis password never shows in
+/// the message, whatever characters it holds.
+#[test]
+fn unusable_settings_are_refused_at_start_with_exit_64() {
+    let serve = |envs: &[(&str, &str)], args: &[&str]| {
+        let log_dir = tempfile::tempdir().unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-stdout", "false"])
+            .arg("--log-dir")
+            .arg(log_dir.path())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = serve(&[("RUST_LOG", "verbose")], &[]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("RUST_LOG=\"verbose\""), "{stderr}");
+    let (code, stderr) = serve(
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:43l7")],
+        &[],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && stderr.contains("43l7"),
+        "{stderr}"
+    );
+    let (code, stderr) = serve(&[], &["--proxy-protocol"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("--trusted-proxy"), "{stderr}");
+    let (code, stderr) = serve(&[], &["--trusted-proxy", "10.0.0.0/33"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("10.0.0.0/33"), "{stderr}");
+    // A password with URL metacharacters: a URL parser would read part of
+    // it as the host. Refused with the fix, and none of it printed.
+    let port = free_port();
+    let url = format!("redis://:p@ss/w#rd@127.0.0.1:{port}/0");
+    let (code, stderr) = serve(&[], &["--redis-url", &url]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("percent-encode"), "{stderr}");
+    // Encoded, but nothing listens on the port: cluster mode cannot start
+    // (exit 1: the environment, not the settings), without the password.
+    let url = format!("redis://:p%40ss%2Fw%23rd@127.0.0.1:{port}/0");
+    let (code, stderr2) = serve(
+        &[("WSTRACE_REDIS_TIMEOUT", "200ms")],
+        &["--redis-url", &url],
+    );
+    assert_eq!(code, Some(1), "{stderr2}");
+    assert!(
+        stderr2.contains("cannot reach Redis at redis://:***@127.0.0.1:"),
+        "{stderr2}"
+    );
+    for part in ["p@ss", "ss/w", "w#rd", "p%40ss", "%2Fw"] {
+        assert!(
+            !stderr.contains(part) && !stderr2.contains(part),
+            "{part} in {stderr} / {stderr2}"
+        );
+    }
 }

@@ -70,7 +70,7 @@ async function loadSessions() {
                              "data-session": s.session_id, title: "trace " + s.trace_id });
       row.append(el("td", { class: "mono" }, s.session_id.slice(-12)), el("td", { class: "mono" }, s.instance_id || "-"),
                  el("td", {}, s.user || "-"),
-                 el("td", { class: "mono" }, s.peer), el("td", {}, `${s.messages_in}/${s.messages_out}`),
+                 el("td", { class: "mono", title: `TCP peer ${s.peer}` }, s.client || s.peer), el("td", {}, `${s.messages_in}/${s.messages_out}`),
                  el("td", { class: "channels" }, (s.channels || []).join(", ") || "-"));
       row.addEventListener("click", () => {
         selectedSession = s.session_id;

@@ -62,6 +62,8 @@ impl Protocol {
 pub struct ExportConfig {
     pub protocol: Protocol,
     pub endpoint: String,
+    /// The variable the endpoint came from, for errors.
+    pub endpoint_variable: &'static str,
     pub timeout: Duration,
     /// `OTEL_EXPORTER_OTLP_HEADERS`: sent with every request, lower-cased
     /// keys. Never printed: it is where collectors' API keys go.
@@ -70,8 +72,12 @@ pub struct ExportConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExporterConfigError {
-    #[error("invalid OTLP endpoint {endpoint:?}: {reason}")]
-    Endpoint { endpoint: String, reason: String },
+    #[error("{variable}={endpoint:?} is not a usable OTLP endpoint: {reason}")]
+    Endpoint {
+        variable: &'static str,
+        endpoint: String,
+        reason: String,
+    },
     #[error(
         "OTLP endpoint {endpoint:?} uses https, and this build has no TLS: use http:// (a collector on the same host or network) or a collector that terminates TLS"
     )]
@@ -106,6 +112,11 @@ impl ExportConfig {
         }
         let traces_endpoint = non_empty(env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"));
         let endpoint = non_empty(env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let endpoint_variable = match (&traces_endpoint, &endpoint) {
+            (Some(_), _) => "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            (None, Some(_)) => "OTEL_EXPORTER_OTLP_ENDPOINT",
+            (None, None) => "the default OTLP endpoint",
+        };
         let endpoint = match protocol {
             Protocol::Grpc => {
                 let insecure = first_set(env, "INSECURE")
@@ -142,6 +153,7 @@ impl ExportConfig {
         Ok(Self {
             protocol,
             endpoint,
+            endpoint_variable,
             timeout,
             headers,
         })
@@ -243,7 +255,10 @@ impl SpanExporter for OtlpSpanExporter {
         let body = self.encode(&batch);
         drop(batch);
         let response = self.transport.send(body).await.map_err(|error| {
-            OTelSdkError::InternalFailure(format!("OTLP export failed: {error}"))
+            OTelSdkError::InternalFailure(format!(
+                "OTLP export to {} failed: {error}",
+                self.endpoint_for_display
+            ))
         })?;
         if let Some((rejected_spans, error_message)) = partial_success(&response) {
             // Per the specification this is not retried; say it, since
@@ -485,7 +500,17 @@ mod tests {
         for protocol in ["grpc", "http/protobuf"] {
             assert!(refuse(protocol, "https://tempo:4317").contains("no TLS"));
             let bad = refuse(protocol, "http://bad host:4317");
-            assert!(bad.contains("invalid OTLP endpoint"), "{bad}");
+            assert!(bad.contains("is not a usable OTLP endpoint"), "{bad}");
+            assert!(
+                bad.starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="),
+                "names the variable: {bad}"
+            );
+            let port = refuse(protocol, "http://tempo:43l7");
+            assert!(
+                port.contains(r#"the port "43l7" is not a number"#),
+                "{port}"
+            );
+            assert!(refuse(protocol, "http://[::1]:4317x").contains("not a number"));
             let scheme = refuse(protocol, "ftp://tempo:4317");
             assert!(scheme.contains("must be http"), "{scheme}");
         }
@@ -665,7 +690,9 @@ mod tests {
             let scope = opentelemetry::InstrumentationScope::builder("wstrace").build();
             let batch = vec![encode::tests::span_data(&scope, "ws.session", 1)];
             let error = exporter.export(batch).await.unwrap_err().to_string();
-            assert!(error.contains("OTLP export failed"), "{protocol}: {error}");
+            let names_the_endpoint = format!("OTLP export to http://127.0.0.1:{port}");
+            assert!(error.contains(&names_the_endpoint), "{protocol}: {error}");
+            assert!(error.contains("failed"), "{protocol}: {error}");
         }
     }
 

@@ -52,9 +52,31 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// A port that is not a number (`:43l7`) fails here, at start, and not at
+/// every export.
+fn check_port(uri: &http::Uri) -> Result<(), String> {
+    let Some(authority) = uri.authority() else {
+        return Err("it has no host".into());
+    };
+    let host_and_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h);
+    if host_and_port.ends_with(']') {
+        return Ok(());
+    }
+    match host_and_port.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_err() => {
+            Err(format!("the port {port:?} is not a number from 0 to 65535"))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Transport {
     pub(super) fn new(config: &ExportConfig) -> Result<Self, ExporterConfigError> {
         let invalid = |reason: String| ExporterConfigError::Endpoint {
+            variable: config.endpoint_variable,
             endpoint: crate::auth::redact_url(&config.endpoint),
             reason,
         };
@@ -62,6 +84,7 @@ impl Transport {
             .endpoint
             .parse()
             .map_err(|error: http::uri::InvalidUri| invalid(error.to_string()))?;
+        check_port(&uri).map_err(invalid)?;
         match uri.scheme_str() {
             Some("http") => {}
             Some("https") => {

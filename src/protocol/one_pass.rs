@@ -129,6 +129,7 @@ impl<'de> Visitor<'de> for SlotsVisitor {
         f.write_str("a JSON object")
     }
 
+    #[inline]
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut slots = Slots::default();
         while let Some(key) = map.next_key::<Key>()? {
@@ -162,6 +163,7 @@ enum Key {
 }
 
 impl<'de> de::Deserialize<'de> for Key {
+    #[inline]
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_str(KeyVisitor)
     }
@@ -192,6 +194,7 @@ impl Visitor<'_> for KeyVisitor {
 struct SlotValue<'a>(Slot<'a>);
 
 impl<'de> de::Deserialize<'de> for SlotValue<'de> {
+    #[inline]
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(SlotValueVisitor)
     }

@@ -5,14 +5,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real tools the tests use: rotel (OTLP collector, PyPI); promtool
+# Real tools the tests use: rotel (OTLP collector, PyPI) and Python's
+# websockets (a real wss:// client, PyPI); openssl (Debian) to make test
+# certificates; promtool
 # (Prometheus, Debian) to validate /metrics and the Prometheus config;
 # docker-compose (Debian) to validate docker-compose.yml offline; chromium
 # (Debian) to load the explorer page in a real headless browser;
 # redis-server (Debian) for cluster mode; nginx (Debian) to run the compose
 # stack's WebSocket proxy config in front of two real instances; node with
 # @grafana/lezer-logql and @grafana/lezer-traceql (npm) to parse queries.
-if ! python3 -c 'import rotel' 2>/dev/null; then
+if ! python3 -c 'import rotel, websockets' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
 fi
 ROTEL_AGENT="$(python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
@@ -24,6 +26,7 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         apt-get update -qq

@@ -22,6 +22,8 @@ pub enum ServeError {
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ServeError {
@@ -30,7 +32,8 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         use crate::cluster::ClusterError;
         let usage = match self {
-            ServeError::Usage(_) => true,
+            // A certificate that does not load is the settings' fault.
+            ServeError::Usage(_) | ServeError::Tls(_) => true,
             ServeError::Telemetry(error) => error.is_usage(),
             ServeError::Cluster(error) => {
                 matches!(
@@ -67,6 +70,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     config.log_max_files = (args.log_max_files > 0).then_some(args.log_max_files);
     let mut server_config = args.server_config();
     check_settings(&server_config)?;
+    if let Some(files) = args.tls_files() {
+        server_config.tls = Some(std::sync::Arc::new(crate::tls::Tls::load(files)?));
+    }
     config.instance_id = server_config.instance_id.clone();
     let (subscriber, mut guard) = telemetry::get_subscriber(&config)?;
     telemetry::init_subscriber(subscriber)?;
@@ -129,6 +135,7 @@ async fn run(
         admin_api: settings.admin_token.is_some(),
         jwt_auth: settings.jwt_secret.is_some(),
         cluster: settings.cluster.is_some(),
+        tls: settings.tls.is_some(),
         message_sample_ratio: settings.message_sample_ratio,
     }
     .emit();
@@ -159,6 +166,10 @@ fn ready_line(
     config: &TelemetryConfig,
 ) -> String {
     let on_off = |on: bool| if on { "on" } else { "off" };
+    let (ws, http) = match settings.tls {
+        Some(_) => ("wss", "https"),
+        None => ("ws", "http"),
+    };
     let logs = config
         .log_dir
         .as_ref()
@@ -169,7 +180,7 @@ fn ready_line(
         format!("to {}", o.endpoint_for_display)
     });
     format!(
-        "wstrace is listening on ws://{addr}/ws · explorer http://{addr}/ · {logs} · \
+        "wstrace is listening on {ws}://{addr}/ws · explorer {http}://{addr}/ · {logs} · \
          admin API {} · JWT auth {} · cluster {} · OTLP {otlp} · Ctrl-C stops it",
         on_off(settings.admin_token.is_some()),
         on_off(settings.jwt_secret.is_some()),

@@ -247,6 +247,15 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
 
+    /// Serve `wss://` and `https://` with this certificate chain (PEM,
+    /// leaf first); needs --tls-key. Both files are read again on SIGHUP.
+    #[arg(long, env = "WSTRACE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "WSTRACE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Bearer token for the admin API under /api. Unset: the API answers
     /// 403. Prefer the variable: flags show in `ps`.
     #[arg(long, env = "WSTRACE_ADMIN_TOKEN", hide_env_values = true)]
@@ -357,6 +366,7 @@ impl ServeArgs {
                 self.trusted_proxies.clone(),
             ),
             proxy_protocol: self.proxy_protocol,
+            tls: None,
             telemetry: None,
             log_dir: self.log_file.then(|| self.log_dir.clone()),
             log_max_bytes: (self.log_max_bytes > 0).then_some(self.log_max_bytes),
@@ -368,6 +378,14 @@ impl ServeArgs {
             #[cfg(feature = "fault-injection")]
             fault_panic_on_echo: None,
         }
+    }
+
+    /// `--tls-cert` and `--tls-key`, when given (clap requires both).
+    pub fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
     }
 
     /// The flag, or a fresh default (call once per process).

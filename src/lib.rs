@@ -47,6 +47,8 @@
 //!   - [`error`]: every failure and its close code or HTTP status.
 //!   - [`auth`]: JWT, the Origin allowlist, secrets that never print.
 //!   - [`trace_context`]: W3C `traceparent` parsing and formatting.
+//!   - [`tls`]: the listener's certificate (`--tls-cert`), reloaded on
+//!     SIGHUP.
 //!   - [`client_address`]: who the client is behind trusted proxies
 //!     (`Forwarded`, `X-Forwarded-For`, a PROXY header's source).
 //!   - [`websocket`]: RFC 6455, server side: the handshake's answer, and a
@@ -76,6 +78,7 @@ pub mod shutdown;
 pub mod state;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
 pub mod tools;
 pub mod trace_context;
 pub mod websocket;

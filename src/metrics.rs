@@ -192,6 +192,8 @@ pub struct Metrics {
     /// Client-address headers from trusted proxies that could not be
     /// used, by where (header or `proxy-protocol`) and why.
     client_address_errors: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Connections to the TLS listener that failed their handshake.
+    pub tls_handshake_failures: AtomicU64,
     pub admin_requests: AtomicU64,
     /// Debug sessions refused by `--max-debug-sessions`.
     pub debug_refused: AtomicU64,
@@ -383,6 +385,11 @@ impl Metrics {
                 "Client addresses from trusted proxies that could not be read (the TCP peer was used, or the connection refused), by source and reason.",
                 Kind::Counter,
                 address_errors,
+            ),
+            Family::counter(
+                "wstrace_tls_handshake_failures_total",
+                "Connections to the TLS listener (--tls-cert) closed because their handshake failed or timed out.",
+                self.tls_handshake_failures.load(Relaxed),
             ),
             Family::counter(
                 "wstrace_admin_requests_total",

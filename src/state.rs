@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub trusted_proxies: crate::client_address::TrustedProxies,
     /// Connections open with a PROXY protocol header (`--proxy-protocol`).
     pub proxy_protocol: bool,
+    /// `wss://` and `https://` on the listener (`--tls-cert`): loaded
+    /// before the server is built, like `cluster`.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// The telemetry stack's counters, for `/metrics`.
     pub telemetry: Option<Arc<TelemetryCounters>>,
     /// Where this server's log files are, for the explorer's log search.
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             allowed_hosts: Vec::new(),
             trusted_proxies: Default::default(),
             proxy_protocol: false,
+            tls: None,
             telemetry: None,
             log_dir: None,
             log_max_bytes: None,

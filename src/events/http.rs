@@ -94,6 +94,69 @@ impl InternalEvent for ProxyHeaderRefused<'_> {
     }
 }
 
+/// A connection to the TLS listener that did not complete its handshake
+/// (a plain-HTTP client, an unknown CA at the client, a scanner).
+#[derive(Debug)]
+pub struct TlsHandshakeFailed<'a> {
+    pub peer: std::net::SocketAddr,
+    pub reason: &'a str,
+    pub metrics: &'a Metrics,
+}
+
+impl TlsHandshakeFailed<'_> {
+    pub const MESSAGE: &'static str = "TLS handshake failed; connection closed";
+}
+
+impl InternalEvent for TlsHandshakeFailed<'_> {
+    fn emit(self) {
+        self.metrics
+            .tls_handshake_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(suppressed) = process_budget(&TLS_REFUSALS) else {
+            return;
+        };
+        tracing::warn!(
+            target: HTTP,
+            message = Self::MESSAGE,
+            lines_suppressed = suppressed,
+            network.peer.address = %self.peer.ip(),
+            reason = self.reason
+        );
+    }
+}
+
+/// The certificate and key were read again (SIGHUP).
+#[derive(Debug)]
+pub struct TlsReloaded<'a> {
+    pub cert: &'a std::path::Path,
+}
+
+impl TlsReloaded<'_> {
+    pub const MESSAGE: &'static str = "TLS certificate reloaded";
+}
+
+impl InternalEvent for TlsReloaded<'_> {
+    fn emit(self) {
+        tracing::info!(target: HTTP, message = Self::MESSAGE, cert = %self.cert.display());
+    }
+}
+
+/// The files did not load on SIGHUP: the certificate in use stays.
+#[derive(Debug)]
+pub struct TlsReloadFailed<'a> {
+    pub error: &'a crate::tls::TlsError,
+}
+
+impl TlsReloadFailed<'_> {
+    pub const MESSAGE: &'static str = "TLS reload failed; the certificate in use stays";
+}
+
+impl InternalEvent for TlsReloadFailed<'_> {
+    fn emit(self) {
+        tracing::error!(target: HTTP, message = Self::MESSAGE, error = %self.error);
+    }
+}
+
 /// An HTTP request answered with a 4xx or 5xx status.
 #[derive(Debug)]
 pub struct HttpRequestRefused<'a> {

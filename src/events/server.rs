@@ -12,6 +12,8 @@ pub struct Listening<'a> {
     pub admin_api: bool,
     pub jwt_auth: bool,
     pub cluster: bool,
+    /// `--tls-cert`: `wss://` and `https://`.
+    pub tls: bool,
     pub message_sample_ratio: f64,
 }
 
@@ -22,11 +24,13 @@ impl Listening<'_> {
 impl InternalEvent for Listening<'_> {
     fn emit(self) {
         let addr = self.listen;
+        let scheme = if self.tls { "wss" } else { "ws" };
         tracing::info!(
             target: SERVER,
             message = Self::MESSAGE,
             listen = %addr,
-            ws_url = %format_args!("ws://{addr}/ws"),
+            ws_url = %format_args!("{scheme}://{addr}/ws"),
+            tls = self.tls,
             log_dir = self.log_dir,
             otlp_endpoint = self.otlp_endpoint,
             version = env!("CARGO_PKG_VERSION"),

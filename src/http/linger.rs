@@ -47,18 +47,37 @@ impl LingeringStream {
     /// connection closes, lingering if it must, when both are gone.
     pub fn into_halves(self) -> (ReadingHalf, WritingHalf) {
         let shared = Arc::new(self);
-        (ReadingHalf(shared.clone()), WritingHalf(shared))
+        (
+            ReadingHalf::Plain(shared.clone()),
+            WritingHalf::Plain(shared),
+        )
     }
 }
 
-/// See [`LingeringStream::into_halves`].
+/// A connection over TLS (`--tls-cert`), the socket still lingering.
+pub type TlsConnection = tokio_rustls::server::TlsStream<LingeringStream>;
+
+/// The two halves of a TLS connection: TLS state is one object, so they
+/// share it behind tokio's split lock (what a plain socket avoids).
+pub fn tls_halves(connection: TlsConnection) -> (ReadingHalf, WritingHalf) {
+    let (reading, writing) = tokio::io::split(connection);
+    (ReadingHalf::Tls(reading), WritingHalf::Tls(writing))
+}
+
+/// See [`LingeringStream::into_halves`] and [`tls_halves`].
 #[derive(Debug)]
-pub struct ReadingHalf(Arc<LingeringStream>);
+pub enum ReadingHalf {
+    Plain(Arc<LingeringStream>),
+    Tls(tokio::io::ReadHalf<TlsConnection>),
+}
 
 /// See [`LingeringStream::into_halves`]. Shutting it down does nothing:
 /// the connection closes when both halves are gone.
 #[derive(Debug)]
-pub struct WritingHalf(Arc<LingeringStream>);
+pub enum WritingHalf {
+    Plain(Arc<LingeringStream>),
+    Tls(tokio::io::WriteHalf<TlsConnection>),
+}
 
 impl AsyncRead for ReadingHalf {
     fn poll_read(
@@ -66,7 +85,10 @@ impl AsyncRead for ReadingHalf {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let stream = self.0.shared();
+        let stream = match self.get_mut() {
+            ReadingHalf::Plain(stream) => stream.shared(),
+            ReadingHalf::Tls(tls) => return Pin::new(tls).poll_read(cx, buf),
+        };
         loop {
             ready!(stream.poll_read_ready(cx))?;
             // Readiness can be stale: `WouldBlock` clears it, and the next
@@ -84,8 +106,13 @@ impl AsyncRead for ReadingHalf {
 }
 
 impl crate::websocket::Readable for ReadingHalf {
+    /// Over TLS, decrypted input may wait inside the TLS state where the
+    /// socket shows none: such a reader keeps its buffer while it waits.
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.shared().poll_read_ready(cx)
+        match self {
+            ReadingHalf::Plain(stream) => stream.shared().poll_read_ready(cx),
+            ReadingHalf::Tls(_) => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -95,7 +122,10 @@ impl AsyncWrite for WritingHalf {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let stream = self.0.shared();
+        let stream = match self.get_mut() {
+            WritingHalf::Plain(stream) => stream.shared(),
+            WritingHalf::Tls(tls) => return Pin::new(tls).poll_write(cx, data),
+        };
         loop {
             ready!(stream.poll_write_ready(cx))?;
             match stream.try_write(data) {
@@ -105,8 +135,12 @@ impl AsyncWrite for WritingHalf {
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    /// A socket has nothing to flush; TLS has the records it holds.
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WritingHalf::Plain(_) => Poll::Ready(Ok(())),
+            WritingHalf::Tls(tls) => Pin::new(tls).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -83,6 +83,11 @@ impl Server {
         let shutdown = state.shutdown.clone();
         let mut signal = std::pin::pin!(signal);
         let upkeep = tokio::spawn(run_upkeep(state.clone()));
+        let tls_reload = state
+            .config
+            .tls
+            .clone()
+            .map(|tls| tokio::spawn(reload_on_sighup(tls)));
         let cluster_tasks = start_cluster_tasks(&state);
         loop {
             let (stream, peer) = tokio::select! {
@@ -102,8 +107,27 @@ impl Server {
         }
         drop(listener);
         upkeep.abort();
+        if let Some(task) = tls_reload {
+            task.abort();
+        }
         shut_down(&state, connections, cluster_tasks).await;
         Ok(())
+    }
+}
+
+/// Reads the certificate and key again on each SIGHUP (a renewed
+/// certificate without a restart); new connections get the new ones.
+async fn reload_on_sighup(tls: Arc<crate::tls::Tls>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let files = tls.files();
+        match tls.reload() {
+            Ok(()) => crate::events::TlsReloaded { cert: &files.cert }.emit(),
+            Err(error) => crate::events::TlsReloadFailed { error: &error }.emit(),
+        }
     }
 }
 
@@ -129,7 +153,8 @@ fn start_cluster_tasks(state: &Arc<ServerState>) -> Option<ClusterTasks> {
 
 /// One HTTP connection, served until it ends or the server shuts down
 /// (then gracefully: a request in flight is answered). With
-/// `--proxy-protocol` it first reads the balancer's PROXY header.
+/// `--proxy-protocol` it first reads the balancer's PROXY header; with
+/// `--tls-cert`, the TLS handshake (bounded by the header read timeout).
 fn serve_connection(
     app: &Router,
     state: &Arc<ServerState>,
@@ -147,33 +172,71 @@ fn serve_connection(
             },
             false => None,
         };
-        let service = TowerToHyperService::new(tower::service_fn(
-            move |mut request: Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                if let Some(client) = proxied {
-                    request
-                        .extensions_mut()
-                        .insert(crate::client_address::ProxiedClient(client));
+        match state.config.tls.clone() {
+            Some(tls) => {
+                let timeout = state.config.limits.header_read_timeout;
+                let handshake = tls.acceptor().accept(linger::LingeringStream::new(stream));
+                match tokio::time::timeout(timeout, handshake).await {
+                    Ok(Ok(connection)) => serve_http(app, state, connection, peer, proxied).await,
+                    Ok(Err(error)) => tls_refused(&state, peer, &error.to_string()),
+                    Err(_) => {
+                        tls_refused(&state, peer, "no handshake within --header-read-timeout")
+                    }
                 }
-                app.clone().oneshot(request.map(axum::body::Body::new))
-            },
-        ));
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(state.config.limits.header_read_timeout)
-            .serve_connection(TokioIo::new(linger::LingeringStream::new(stream)), service)
-            .with_upgrades();
-        let mut connection = std::pin::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = state.shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
             }
-        };
-        if let Err(error) = result {
-            tracing::debug!(%error, %peer, "http connection ended with an error");
+            None => {
+                let stream = linger::LingeringStream::new(stream);
+                serve_http(app, state, stream, peer, proxied).await
+            }
         }
+    }
+}
+
+fn tls_refused(state: &ServerState, peer: SocketAddr, reason: &str) {
+    crate::events::TlsHandshakeFailed {
+        peer,
+        reason,
+        metrics: &state.metrics,
+    }
+    .emit();
+}
+
+/// HTTP/1.1 (with upgrades) over a connection, plain or TLS.
+async fn serve_http<IO>(
+    app: Router,
+    state: Arc<ServerState>,
+    io: IO,
+    peer: SocketAddr,
+    proxied: Option<SocketAddr>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(tower::service_fn(
+        move |mut request: Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(client) = proxied {
+                request
+                    .extensions_mut()
+                    .insert(crate::client_address::ProxiedClient(client));
+            }
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        },
+    ));
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.limits.header_read_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = state.shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, %peer, "http connection ended with an error");
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::client_address::{self, ClientAddress, ProxiedClient};
+use crate::client_address::{self, AddressSource, ClientAddress, ProxiedClient};
 use crate::events::{
     ForwardedHeaderIgnored, HttpRequestRefused, InternalEvent, TraceparentIgnored,
 };
@@ -84,16 +84,21 @@ pub async fn trace_http(
         http.request.method = method.as_str(),
         http.route = route.as_str(),
         url.path = request.uri().path(),
-        url.scheme = "http",
+        url.scheme = if state.config.tls.is_some() { "https" } else { "http" },
         user_agent.original = user_agent.as_str(),
         // Formatted once, not once per layer.
         client.address = client.ip.to_string().as_str(),
         // An OpenTelemetry integer (see `SessionInfo::span`).
         client.port = client.port.map(i64::from),
-        network.peer.address = peer.ip().to_string().as_str(),
-        network.peer.port = i64::from(peer.port()),
         otel.status_code = tracing::field::Empty,
     );
+    if client.source != AddressSource::Peer {
+        // Behind a proxy the TCP peer is someone else: the span says both.
+        // (Span attributes only, and only then: a direct client's peer is
+        // `client.address`, and each declared field costs every request.)
+        span.set_attribute("network.peer.address", peer.ip().to_string());
+        span.set_attribute("network.peer.port", i64::from(peer.port()));
+    }
     if let Some(ignored) = ignored {
         span.in_scope(|| {
             ForwardedHeaderIgnored {

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::linger::{LingeringStream, ReadingHalf, WritingHalf};
+use super::linger::{LingeringStream, ReadingHalf, TlsConnection, WritingHalf, tls_halves};
 use super::trace::RequestTrace;
 use crate::auth;
 use crate::error::HttpError;
@@ -58,16 +58,26 @@ impl WebSocketRequest {
                     return;
                 }
             };
-            // The server serves every connection through a `LingeringStream`.
-            let parts = match upgraded.downcast::<TokioIo<LingeringStream>>() {
-                Ok(parts) => parts,
-                Err(_) => {
-                    UpgradeNotOurs.emit();
-                    return;
+            // The server serves every connection through a
+            // `LingeringStream`, under TLS when it has `--tls-cert`.
+            let (reading, writing, read_buf) = match upgraded.downcast::<TokioIo<LingeringStream>>()
+            {
+                Ok(parts) => {
+                    let (reading, writing) = parts.io.into_inner().into_halves();
+                    (reading, writing, parts.read_buf)
                 }
+                Err(upgraded) => match upgraded.downcast::<TokioIo<TlsConnection>>() {
+                    Ok(parts) => {
+                        let (reading, writing) = tls_halves(parts.io.into_inner());
+                        (reading, writing, parts.read_buf)
+                    }
+                    Err(_) => {
+                        UpgradeNotOurs.emit();
+                        return;
+                    }
+                },
             };
-            let (reading, writing) = parts.io.into_inner().into_halves();
-            let reader = MessageReader::new(reading, parts.read_buf, max_message_bytes);
+            let reader = MessageReader::new(reading, read_buf, max_message_bytes);
             session(MessageWriter::new(writing), reader).await;
         });
         Response::builder()

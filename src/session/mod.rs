@@ -515,7 +515,14 @@ fn log_closed(
     let span = otel.span();
     span.set_attributes([
         KeyValue::new("ws.connection.id", session_id.to_string()),
-        KeyValue::new("ws.protocol", "ws"),
+        KeyValue::new(
+            "ws.protocol",
+            if state.config.tls.is_some() {
+                "wss"
+            } else {
+                "ws"
+            },
+        ),
         KeyValue::new("ws.close.code", i64::from(decision.code)),
         KeyValue::new("ws.close.reason", decision.reason.clone()),
         KeyValue::new("ws.closed_by", decision.by.as_str()),

@@ -24,6 +24,7 @@ const LAYERS: &[&[&str]] = &[
         "auth",
         "trace_context",
         "client_address",
+        "tls",
         "websocket",
         "protocol",
         "limits",

@@ -11,6 +11,8 @@
 //!   PROXY protocol), from chosen loopback source addresses.
 //! - [`process`]: the real binary: SIGTERM, stdout, OTLP to a real
 //!   collector (rotel), doctor, health.
+//! - [`tls`]: `--tls-cert`: openssl-made certificates, rustls and Python
+//!   clients, SIGHUP reloads.
 //! - [`tools`]: the client (pipes, a pseudo-terminal), load, logs.
 //! - [`pipeline`]: `vector.toml` and its VRL (the `vrl` crate), compose,
 //!   promtool, the Loki/Tempo/Grafana files, Grafana's query grammars.
@@ -27,4 +29,5 @@ mod proxies;
 mod reliability;
 mod sampling;
 mod session;
+mod tls;
 mod tools;

@@ -299,6 +299,18 @@ fn stand_in_vector_config_holds_the_pipeline_settings() {
 
     let loki = &config["sinks"]["loki"];
     assert_eq!(loki["type"].as_str(), Some("loki"));
+    // An existing Loki from the environment, the stack's by default.
+    assert_eq!(
+        loki["endpoint"].as_str(),
+        Some("${LOKI_ENDPOINT:-http://loki:3100}")
+    );
+    assert_eq!(loki["tenant_id"].as_str(), Some("${LOKI_TENANT_ID:-}"));
+    assert_eq!(loki["auth"]["strategy"].as_str(), Some("basic"));
+    assert_eq!(loki["auth"]["user"].as_str(), Some("${LOKI_USER:-}"));
+    assert_eq!(
+        loki["auth"]["password"].as_str(),
+        Some("${LOKI_PASSWORD:-}")
+    );
     let labels: HashSet<&str> = loki["labels"]
         .as_table()
         .unwrap()
@@ -499,15 +511,35 @@ fn stand_in_grafana_dashboard_uses_provisioned_datasources_and_a_trace_id_box() 
     let dashboard: serde_json::Value =
         serde_json::from_str(&read("grafana/dashboards/wstrace-sessions.json")).unwrap();
     assert_eq!(dashboard["title"], "WebSocket sessions");
+    // Importable into any Grafana: every data source is a datasource
+    // variable of its type (no fixed uid), whose default is the uid
+    // provisioned here.
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
     let mut used = Vec::new();
-    collect_uids(&dashboard, &mut used);
+    collect_uids(&dashboard["panels"], &mut used);
     assert!(!used.is_empty());
     for uid in &used {
+        let name = uid
+            .strip_prefix("${")
+            .and_then(|u| u.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("dashboard names datasource {uid} by a fixed uid"));
+        let variable = variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no variable {name}"));
+        assert_eq!(variable["type"], "datasource");
+        assert_eq!(
+            variable["query"], name,
+            "a {name} variable lists {name} sources"
+        );
+        let default = variable["current"]["value"].as_str().unwrap();
         assert!(
-            uids.contains(uid),
-            "dashboard uses unknown datasource {uid}"
+            uids.contains(default),
+            "{name} defaults to unknown datasource {default}"
         );
     }
+    let explore = dashboard["links"][0]["url"].as_str().unwrap();
+    assert!(explore.contains("${tempo}"), "{explore}");
     let variable = &dashboard["templating"]["list"][0];
     assert_eq!(
         (variable["name"].as_str(), variable["type"].as_str()),
@@ -569,20 +601,46 @@ fn tool_accepts(program: &str, args: &[&str]) -> bool {
     true
 }
 
+/// The secrets `docker-compose.yml` requires (`${VAR:?message}`).
+const COMPOSE_SECRETS: [&str; 4] = [
+    "REDIS_PASSWORD",
+    "WSTRACE_CLUSTER_SECRET",
+    "WSTRACE_ADMIN_TOKEN",
+    "GRAFANA_ADMIN_PASSWORD",
+];
+
+fn docker_compose(args: &[&str], secrets: &[&str]) -> Option<std::process::Output> {
+    let mut command = std::process::Command::new(which("docker-compose")?);
+    command
+        .args(["-f", "docker-compose.yml"])
+        .args(args)
+        .current_dir(repo());
+    for name in COMPOSE_SECRETS {
+        command.env_remove(name);
+    }
+    for name in secrets {
+        command.env(name, format!("test-{}", name.to_lowercase()));
+    }
+    Some(command.output().unwrap())
+}
+
 #[test]
 fn docker_compose_validates() {
-    if !tool_accepts(
-        "docker-compose",
-        &["-f", "docker-compose.yml", "config", "-q"],
-    ) {
+    // Without its secrets the stack does not start, and says which.
+    let Some(missing) = docker_compose(&["config", "-q"], &COMPOSE_SECRETS[1..]) else {
         return;
-    }
+    };
+    assert!(!missing.status.success(), "started without REDIS_PASSWORD");
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(said.contains("set REDIS_PASSWORD in .env"), "{said}");
+    let valid = docker_compose(&["config", "-q"], &COMPOSE_SECRETS).unwrap();
+    assert!(
+        valid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&valid.stderr)
+    );
     // The resolved file, as docker-compose reads it (anchors merged).
-    let resolved = std::process::Command::new(which("docker-compose").unwrap())
-        .args(["-f", "docker-compose.yml", "config"])
-        .current_dir(repo())
-        .output()
-        .unwrap();
+    let resolved = docker_compose(&["config"], &COMPOSE_SECRETS).unwrap();
     let compose: serde_yaml::Value = serde_yaml::from_slice(&resolved.stdout).unwrap();
     let services = compose["services"].as_mapping().unwrap();
     let instances = ["wstrace-1", "wstrace-2"];
@@ -635,6 +693,7 @@ fn docker_compose_validates() {
             .skip_while(|a| *a != "--requirepass")
             .nth(1)
             .expect("redis runs with --requirepass");
+        assert_eq!(redis_password, "test-redis_password");
         assert_eq!(
             env["WSTRACE_REDIS_URL"].as_str(),
             Some(format!("redis://:{redis_password}@redis:6379").as_str())
@@ -707,15 +766,57 @@ fn docker_compose_validates() {
     let nofile = &proxy["ulimits"]["nofile"];
     let soft = nofile["soft"].as_u64().or_else(|| nofile.as_u64()).unwrap();
     assert!(soft >= needed, "proxy nofile {soft} < {needed}");
-    // Grafana: the anonymous user of this local stack can follow every
-    // Explore link (Viewers cannot); no toggles that Grafana 11 lacks.
+    // Grafana: the anonymous user is a Viewer that may use Explore (so it
+    // can follow every link) and change nothing; the admin password is the
+    // operator's; no toggles that Grafana 11 lacks.
     let grafana = &compose["services"]["grafana"]["environment"];
     assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("true"));
     assert_eq!(
         grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"].as_str(),
-        Some("Editor")
+        Some("Viewer")
+    );
+    assert_eq!(grafana["GF_USERS_VIEWERS_CAN_EDIT"].as_str(), Some("true"));
+    assert_eq!(
+        grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str(),
+        Some("test-grafana_admin_password")
     );
     assert!(grafana.get("GF_FEATURE_TOGGLES_ENABLE").is_none());
+    // Only the proxy and Grafana are published, on loopback by default.
+    for (name, service) in services {
+        let published: Vec<String> = service["ports"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|port| serde_yaml::to_string(port).unwrap())
+            .collect();
+        let name = name.as_str().unwrap();
+        match name {
+            "proxy" | "grafana" => {
+                assert_eq!(published.len(), 1, "{name}: {published:?}");
+                // `127.0.0.1:3000:3000/tcp` (short form) or `host_ip: 127.0.0.1`.
+                assert!(published[0].contains("127.0.0.1"), "{name}: {published:?}");
+            }
+            _ => assert!(published.is_empty(), "{name} is published: {published:?}"),
+        }
+    }
+    // The instances trust the proxy's fixed address, and only it; they
+    // answer only to the names clients and the scraper use.
+    let proxy_address = compose["services"]["proxy"]["networks"]["default"]["ipv4_address"]
+        .as_str()
+        .unwrap();
+    for name in instances {
+        let env = &compose["services"][name]["environment"];
+        assert_eq!(env["WSTRACE_TRUSTED_PROXIES"].as_str(), Some(proxy_address));
+        assert!(env.get("WSTRACE_ALLOWED_ORIGIN").is_none(), "no `*` origin");
+        let hosts = env["WSTRACE_ALLOWED_HOST"].as_str().unwrap();
+        for host in ["localhost", "proxy", name] {
+            assert!(hosts.split(',').any(|h| h == host), "{host} not in {hosts}");
+        }
+        assert_eq!(
+            env["WSTRACE_ADMIN_TOKEN"].as_str(),
+            Some("test-wstrace_admin_token")
+        );
+    }
     // The load generator goes through the proxy, like real clients.
     let load = compose["services"]["load"]["command"]
         .as_sequence()

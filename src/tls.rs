@@ -1,0 +1,105 @@
+//! TLS on the server's own listener (`--tls-cert`/`--tls-key`, PEM):
+//! `wss://` and `https://` on one port, rustls with the ring provider (no
+//! OpenSSL). The files are read again on SIGHUP; a set that does not load
+//! keeps the one in use.
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio_rustls::TlsAcceptor;
+
+use crate::sync::{read, write};
+
+/// The certificate chain and key files, as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the TLS certificate chain {path}: {reason}")]
+    Certificate { path: PathBuf, reason: String },
+    #[error("cannot read the TLS private key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+    #[error("the TLS certificate {cert} and key {key} do not go together: {reason}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+}
+
+/// The server's TLS settings, swapped whole when the files are reloaded.
+#[derive(Debug)]
+pub struct Tls {
+    files: TlsFiles,
+    config: RwLock<Arc<ServerConfig>>,
+}
+
+impl Tls {
+    pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
+        let config = server_config(&files)?;
+        Ok(Self {
+            files,
+            config: RwLock::new(config),
+        })
+    }
+
+    /// An acceptor with the settings in force now.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(read(&self.config).clone())
+    }
+
+    /// Reads the files again (SIGHUP); on failure the settings in use stay.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let config = server_config(&self.files)?;
+        *write(&self.config) = config;
+        Ok(())
+    }
+
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+}
+
+fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = certificates(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| TlsError::Key {
+        path: files.key.clone(),
+        reason: error.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mismatch = |error: rustls::Error| TlsError::Mismatch {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        reason: error.to_string(),
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(mismatch)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(mismatch)?;
+    // HTTP/1.1 only: the WebSocket upgrade is an HTTP/1.1 request.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let invalid = |reason: String| TlsError::Certificate {
+        path: path.to_owned(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(|error| invalid(error.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid(error.to_string()))?;
+    if chain.is_empty() {
+        return Err(invalid("no CERTIFICATE block in the file".into()));
+    }
+    Ok(chain)
+}

@@ -1,0 +1,337 @@
+//! TLS on the listener (`--tls-cert`/`--tls-key`): certificates made by the
+//! real `openssl` CLI, a rustls client in-process, Python's `websockets`
+//! and `ssl` against the real binary, rotel for the session span's
+//! `ws.protocol`, and a reload on SIGHUP.
+
+use crate::common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use wstrace::state::ServerConfig;
+use wstrace::tls::{Tls, TlsFiles};
+
+/// A test CA and a server certificate it signed for `localhost` and
+/// 127.0.0.1, made with the `openssl` CLI.
+pub struct TestCerts {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCerts {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = Self { dir };
+        certs.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=wstrace test CA",
+        ]);
+        certs.issue("server", "localhost");
+        certs
+    }
+
+    /// A new server certificate (and key) under `name`, with `common_name`.
+    pub fn issue(&self, name: &str, common_name: &str) {
+        std::fs::write(
+            self.path("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={common_name}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new(which("openssl").expect("openssl (scripts/test.sh installs it)"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.path("server.pem"),
+            key: self.path("server.key"),
+        }
+    }
+
+    /// A rustls client that trusts only the test CA.
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(self.path("ca.pem")).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+async fn tls_to(
+    certs: &TestCerts,
+    addr: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    certs.connector().connect(name, tcp).await.unwrap()
+}
+
+/// The next frame, which must be a JSON text frame (`next_json` for a
+/// stream that is not `MaybeTlsStream`).
+async fn next_text<S>(client: &mut tokio_tungstenite::WebSocketStream<S>) -> serde_json::Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match client.next().await {
+        Some(Ok(Message::Text(text))) => serde_json::from_str(&text).unwrap(),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn wss_and_https_share_the_listener_and_plain_clients_are_refused() {
+    let certs = TestCerts::new();
+    let mut server = TestServer::start_with_config(ServerConfig {
+        tls: Some(Arc::new(Tls::load(certs.files()).unwrap())),
+        ..test_config()
+    })
+    .await;
+    // A WebSocket session over TLS: welcome, then an echo.
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    let (mut client, _) = tokio_tungstenite::client_async(url, tls_to(&certs, server.addr).await)
+        .await
+        .unwrap();
+    let welcome = next_text(&mut client).await;
+    assert!(is_trace_id(welcome["trace_id"].as_str().unwrap()));
+    let echo = serde_json::json!({"type": "echo", "content": "over tls"});
+    client
+        .send(Message::Text(echo.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut client).await["content"], "over tls");
+    // HTTPS on the same port.
+    let mut https = tls_to(&certs, server.addr).await;
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nhost: localhost:{}\r\nconnection: close\r\n\r\n",
+        server.addr.port()
+    );
+    https.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    https.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Plain HTTP to the TLS port: no answer but a closed connection, counted.
+    let mut plain = TcpStream::connect(server.addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200"),
+        "plain HTTP was served"
+    );
+    let refused = server
+        .wait_for_line("handshake failure", |l| {
+            l["msg"] == wstrace::events::TlsHandshakeFailed::MESSAGE
+        })
+        .await;
+    assert_eq!(refused["network.peer.address"], "127.0.0.1");
+    let metrics = parse_prometheus(&wstrace::http::metrics_text(&server.state));
+    assert_eq!(metrics["wstrace_tls_handshake_failures_total"], 1.0);
+    client.close(None).await.unwrap();
+    server.stop().await;
+}
+
+#[test]
+fn files_that_do_not_load_are_refused_with_their_path() {
+    let certs = TestCerts::new();
+    let missing = TlsFiles {
+        cert: certs.path("nope.pem"),
+        key: certs.path("server.key"),
+    };
+    let error = Tls::load(missing).unwrap_err().to_string();
+    assert!(error.contains("nope.pem"), "{error}");
+    certs.issue("other", "localhost");
+    let mismatched = TlsFiles {
+        cert: certs.path("server.pem"),
+        key: certs.path("other.key"),
+    };
+    let error = Tls::load(mismatched).unwrap_err().to_string();
+    assert!(error.contains("do not go together"), "{error}");
+    let key_as_cert = TlsFiles {
+        cert: certs.path("server.key"),
+        key: certs.path("server.key"),
+    };
+    let error = Tls::load(key_as_cert).unwrap_err().to_string();
+    assert!(error.contains("no CERTIFICATE"), "{error}");
+}
+
+/// Python's own TLS and WebSocket stacks against the real binary; the
+/// session span says `ws.protocol=wss`; a renewed certificate is served
+/// after SIGHUP, and a broken one is refused while the old one stays.
+#[test]
+fn a_python_client_speaks_wss_and_sighup_reloads_the_certificate() {
+    let certs = TestCerts::new();
+    let collector = Collector::start();
+    let endpoint = format!("http://127.0.0.1:{}", collector.http);
+    let cert = certs.path("server.pem").display().to_string();
+    let key = certs.path("server.key").display().to_string();
+    let server = Wstrace::start(&[
+        ("WSTRACE_TLS_CERT", &cert),
+        ("WSTRACE_TLS_KEY", &key),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ]);
+    let port = server.addr.rsplit_once(':').unwrap().1.to_owned();
+    let python = |script: &str| {
+        let output = Command::new("python3")
+            .args([
+                "-c",
+                script,
+                &port,
+                &certs.path("ca.pem").display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "python: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let trace_id = python(PYTHON_SESSION);
+    let trace_id = trace_id.trim();
+    assert!(is_trace_id(trace_id), "{trace_id}");
+    assert_eq!(python(PYTHON_PEER_CN).trim(), "localhost");
+
+    certs.issue("server", "localhost renewed");
+    server.sighup();
+    wait_for(Duration::from_secs(10), "the reload line", || {
+        read_log_lines(server.log_dir.path())
+            .into_iter()
+            .find(|l| l["msg"] == wstrace::events::TlsReloaded::MESSAGE)
+    });
+    assert_eq!(python(PYTHON_PEER_CN).trim(), "localhost renewed");
+    std::fs::write(certs.path("server.pem"), "not a certificate").unwrap();
+    server.sighup();
+    wait_for(Duration::from_secs(10), "the failed reload line", || {
+        read_log_lines(server.log_dir.path())
+            .into_iter()
+            .find(|l| l["msg"] == wstrace::events::TlsReloadFailed::MESSAGE)
+    });
+    assert_eq!(
+        python(PYTHON_PEER_CN).trim(),
+        "localhost renewed",
+        "the certificate in use stays"
+    );
+
+    server.sigterm();
+    let (code, _, _) = server.wait();
+    assert_eq!(code, Some(0));
+    let session = wait_for(Duration::from_secs(20), "the session span", || {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s.trace_id == trace_id && s.name == "ws.session")
+    });
+    assert!(
+        session.body.contains("ws.protocol") && session.body.contains("wss"),
+        "{}",
+        session.body
+    );
+}
+
+/// One session with the `websockets` package: the welcome's trace id.
+const PYTHON_SESSION: &str = r#"
+import asyncio, json, ssl, sys
+import websockets
+async def main():
+    context = ssl.create_default_context(cafile=sys.argv[2])
+    async with websockets.connect(f"wss://localhost:{sys.argv[1]}/ws", ssl=context) as ws:
+        welcome = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "echo", "content": "from python"}))
+        assert json.loads(await ws.recv())["content"] == "from python"
+        print(welcome["trace_id"])
+asyncio.run(main())
+"#;
+
+/// The common name of the certificate the server presents.
+const PYTHON_PEER_CN: &str = r#"
+import socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[2])
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as raw:
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        subject = dict(item[0] for item in tls.getpeercert()["subject"])
+        print(subject["commonName"])
+"#;

@@ -41,6 +41,10 @@ pub enum Command {
             default_value = "http://127.0.0.1:8080/healthz"
         )]
         url: String,
+        /// A PEM file of CA certificates to trust for https://, beside the
+        /// system's.
+        #[arg(long, env = "WSTRACE_HEALTH_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
     /// Follow one session through wstrace, Vector, Loki, Tempo and Grafana,
     /// and name the first broken link.

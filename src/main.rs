@@ -55,10 +55,24 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Health { url } => runtime.block_on(health(&url)),
-        Command::Doctor(args) => runtime
-            .block_on(wstrace::tools::doctor::run(args))
-            .map_err(Into::into),
+        Command::Health { url, ca_cert } => {
+            return match runtime.block_on(health(&url, ca_cert.as_deref())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err((code, error)) => {
+                    eprintln!("wstrace health: {error}");
+                    ExitCode::from(code)
+                }
+            };
+        }
+        Command::Doctor(args) => {
+            return match runtime.block_on(wstrace::tools::doctor::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("wstrace doctor: {error}");
+                    ExitCode::from(error.exit_code())
+                }
+            };
+        }
         Command::Client(args) => {
             let result = runtime.block_on(wstrace::tools::client::run(args));
             // The line editor may still hold the terminal in raw mode.
@@ -71,10 +85,12 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Load(args) => runtime
-            .block_on(wstrace::tools::load::run(args))
-            .map_err(Into::into)
-            .and_then(|report| {
+        Command::Load(args) => match runtime.block_on(wstrace::tools::load::run(args)) {
+            Err(error) => {
+                eprintln!("wstrace load: {error}");
+                return ExitCode::from(error.exit_code());
+            }
+            Ok(report) => {
                 print!("{}", wstrace::tools::load::render(&report));
                 // The figures are printed either way; the exit code says
                 // whether the run went as asked.
@@ -82,7 +98,8 @@ fn main() -> ExitCode {
                     problems if problems.is_empty() => Ok(()),
                     problems => Err(problems.join("; ").into()),
                 }
-            }),
+            }
+        },
         Command::Logs(args) => wstrace::tools::logs::run(args).map_err(Into::into),
     };
     match result {
@@ -94,11 +111,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn health(url: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let response = wstrace::tools::http_client::get(url, std::time::Duration::from_secs(3)).await?;
-    if response.status == 200 {
-        Ok(())
-    } else {
-        Err(format!("{url} answered {}", response.status).into())
+/// Exit 0 on a 200; 64 for bad usage (a URL or CA file that cannot
+/// work), 1 for a server that is down or unhealthy.
+async fn health(url: &str, ca_cert: Option<&std::path::Path>) -> Result<(), (u8, String)> {
+    use wstrace::tools::http_client::{self, HttpClientError};
+    let usage = wstrace::tools::client::EXIT_USAGE;
+    let trust = wstrace::tools::tls::Trust::new(ca_cert).map_err(|e| (usage, e))?;
+    match http_client::get(url, std::time::Duration::from_secs(3), &trust).await {
+        Ok(response) if response.status == 200 => Ok(()),
+        Ok(response) => Err((1, format!("{url} answered {}", response.status))),
+        Err(error @ HttpClientError::BadUrl(_)) => Err((usage, error.to_string())),
+        Err(error) => Err((1, error.to_string())),
     }
 }

@@ -42,6 +42,10 @@ pub struct ClientArgs {
     /// With --send: give up after this long.
     #[arg(long, env = "WSTRACE_CLIENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// A PEM file of CA certificates to trust for wss://, beside the
+    /// system's.
+    #[arg(long, env = "WSTRACE_CLIENT_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 pub const EXIT_CONNECT: u8 = 2;
@@ -440,18 +444,24 @@ async fn connect(
     ClientError,
 > {
     let request = upgrade_request(args)?;
-    let (ws, response) =
-        tokio::time::timeout(args.timeout, tokio_tungstenite::connect_async(request))
-            .await
-            .map_err(|_| ClientError::Connect("no answer in time".into()))?
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(r) => ClientError::Connect(format!(
-                    "upgrade refused with HTTP {}: {}",
-                    r.status(),
-                    String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
-                )),
-                other => ClientError::Connect(other.to_string()),
-            })?;
+    let trust = super::tls::Trust::new(args.ca_cert.as_deref()).map_err(ClientError::Usage)?;
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        false,
+        Some(trust.websocket()),
+    );
+    let (ws, response) = tokio::time::timeout(args.timeout, connect)
+        .await
+        .map_err(|_| ClientError::Connect("no answer in time".into()))?
+        .map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(r) => ClientError::Connect(format!(
+                "upgrade refused with HTTP {}: {}",
+                r.status(),
+                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default())
+            )),
+            other => ClientError::Connect(other.to_string()),
+        })?;
     let header_trace = response
         .headers()
         .get("x-trace-id")

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::http_client::{self, encode_component};
+use super::tls::Trust;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DoctorArgs {
@@ -45,6 +46,10 @@ pub struct DoctorArgs {
         default_value = "http://127.0.0.1:3000"
     )]
     pub grafana: String,
+    /// A PEM file of CA certificates to trust for wss:// and https://,
+    /// beside the system's.
+    #[arg(long, env = "WSTRACE_DOCTOR_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// How long to wait for the log line and the trace to arrive.
     #[arg(long, env = "WSTRACE_DOCTOR_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -61,17 +66,31 @@ pub enum DoctorError {
     Tempo { url: String, why: String },
     #[error("step 4 (Grafana at {url}): {why}")]
     Grafana { url: String, why: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl DoctorError {
+    /// 64 for bad usage (as every subcommand), 1 for a broken link.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DoctorError::Usage(_) => super::client::EXIT_USAGE,
+            _ => 1,
+        }
+    }
 }
 
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_secs(1);
 
 pub async fn run(args: DoctorArgs) -> Result<(), DoctorError> {
+    let trust = Trust::new(args.ca_cert.as_deref()).map_err(DoctorError::Usage)?;
+    let trust = &trust;
     let trace_id = random_hex(16);
     let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
     println!("trace ID for this check: {trace_id}");
 
-    open_session(&args.url, &traceparent, &trace_id)
+    open_session(&args.url, &traceparent, &trace_id, trust)
         .await
         .map_err(|why| DoctorError::Wstrace {
             url: args.url.clone(),
@@ -80,7 +99,7 @@ pub async fn run(args: DoctorArgs) -> Result<(), DoctorError> {
     println!("ok   1. wstrace answered with trace {trace_id}");
 
     let deadline = Instant::now() + args.timeout;
-    find_in_loki(&args.loki, &trace_id, deadline)
+    find_in_loki(&args.loki, &trace_id, deadline, trust)
         .await
         .map_err(|why| DoctorError::Loki {
             url: args.loki.clone(),
@@ -88,7 +107,7 @@ pub async fn run(args: DoctorArgs) -> Result<(), DoctorError> {
         })?;
     println!("ok   2. Loki has the session's log lines");
 
-    find_in_tempo(&args.tempo, &trace_id, deadline)
+    find_in_tempo(&args.tempo, &trace_id, deadline, trust)
         .await
         .map_err(|why| DoctorError::Tempo {
             url: args.tempo.clone(),
@@ -97,7 +116,7 @@ pub async fn run(args: DoctorArgs) -> Result<(), DoctorError> {
     println!("ok   3. Tempo has the trace");
 
     let health = format!("{}/api/health", args.grafana.trim_end_matches('/'));
-    match http_client::get(&health, HTTP_TIMEOUT).await {
+    match http_client::get(&health, HTTP_TIMEOUT, trust).await {
         Ok(r) if r.status == 200 => {}
         Ok(r) => {
             return Err(DoctorError::Grafana {
@@ -117,13 +136,24 @@ pub async fn run(args: DoctorArgs) -> Result<(), DoctorError> {
     Ok(())
 }
 
-async fn open_session(url: &str, traceparent: &str, trace_id: &str) -> Result<(), String> {
+async fn open_session(
+    url: &str,
+    traceparent: &str,
+    trace_id: &str,
+    trust: &Trust,
+) -> Result<(), String> {
     let mut request = url.into_client_request().map_err(|e| e.to_string())?;
     request.headers_mut().insert(
         "traceparent",
         traceparent.parse().map_err(|_| "bad traceparent")?,
     );
-    let (mut ws, _) = tokio::time::timeout(HTTP_TIMEOUT, tokio_tungstenite::connect_async(request))
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        None,
+        false,
+        Some(trust.websocket()),
+    );
+    let (mut ws, _) = tokio::time::timeout(HTTP_TIMEOUT, connect)
         .await
         .map_err(|_| "no answer in time".to_owned())?
         .map_err(|e| e.to_string())?;
@@ -157,7 +187,12 @@ pub fn loki_query(trace_id: &str) -> String {
     format!(r#"{{service="wstrace"}} | trace_id="{trace_id}""#)
 }
 
-async fn find_in_loki(base: &str, trace_id: &str, deadline: Instant) -> Result<(), String> {
+async fn find_in_loki(
+    base: &str,
+    trace_id: &str,
+    deadline: Instant,
+    trust: &Trust,
+) -> Result<(), String> {
     let query = loki_query(trace_id);
     let start_ns = (std::time::SystemTime::now() - Duration::from_secs(600))
         .duration_since(std::time::UNIX_EPOCH)
@@ -168,7 +203,7 @@ async fn find_in_loki(base: &str, trace_id: &str, deadline: Instant) -> Result<(
         encode_component(&query)
     );
     poll(deadline, || async {
-        let response = http_client::get(&url, HTTP_TIMEOUT)
+        let response = http_client::get(&url, HTTP_TIMEOUT, trust)
             .await
             .map_err(|e| Fatal(format!("cannot query Loki: {e}")))?;
         if response.status != 200 {
@@ -196,10 +231,15 @@ async fn find_in_loki(base: &str, trace_id: &str, deadline: Instant) -> Result<(
     })
 }
 
-async fn find_in_tempo(base: &str, trace_id: &str, deadline: Instant) -> Result<(), String> {
+async fn find_in_tempo(
+    base: &str,
+    trace_id: &str,
+    deadline: Instant,
+    trust: &Trust,
+) -> Result<(), String> {
     let url = format!("{}/api/traces/{trace_id}", base.trim_end_matches('/'));
     poll(deadline, || async {
-        let response = http_client::get(&url, HTTP_TIMEOUT)
+        let response = http_client::get(&url, HTTP_TIMEOUT, trust)
             .await
             .map_err(|e| Fatal(format!("cannot query Tempo: {e}")))?;
         match response.status {

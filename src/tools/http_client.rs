@@ -1,6 +1,7 @@
 //! The tools' HTTP client (`wstrace health`, `wstrace doctor`): a GET over
-//! hyper-util's client, the one the OTLP/HTTP exporter uses. `http://` only
-//! for now; one request, one answer, bounded by a timeout.
+//! hyper-util's client, the one the OTLP/HTTP exporter uses, `http://` or
+//! `https://` (hyper-rustls, trusting what [`Trust`] trusts); one request,
+//! one answer, bounded by a timeout.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -9,9 +10,11 @@ use hyper_util::rt::TokioExecutor;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::time::Duration;
 
+use super::tls::Trust;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpClientError {
-    #[error("not an http:// URL: {0}")]
+    #[error("not an http:// or https:// URL with a host: {0}")]
     BadUrl(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect {
@@ -34,27 +37,39 @@ pub struct HttpResponse {
 fn parse_url(url: &str) -> Result<http::Uri, HttpClientError> {
     let bad = || HttpClientError::BadUrl(url.to_owned());
     let uri: http::Uri = url.parse().map_err(|_| bad())?;
-    let plain_http = uri.scheme_str() == Some("http");
+    let http = matches!(uri.scheme_str(), Some("http" | "https"));
     let has_host = uri.host().is_some_and(|host| !host.is_empty());
-    if plain_http && has_host {
+    if http && has_host {
         Ok(uri)
     } else {
         Err(bad())
     }
 }
 
-pub async fn get(url: &str, timeout: Duration) -> Result<HttpResponse, HttpClientError> {
+pub async fn get(
+    url: &str,
+    timeout: Duration,
+    trust: &Trust,
+) -> Result<HttpResponse, HttpClientError> {
     let uri = parse_url(url)?;
     let addr = uri
         .authority()
         .map_or_else(String::new, |a| a.as_str().to_owned());
-    tokio::time::timeout(timeout, fetch(uri, &addr))
+    tokio::time::timeout(timeout, fetch(uri, &addr, trust))
         .await
         .map_err(|_| HttpClientError::Timeout(addr.clone()))?
 }
 
-async fn fetch(uri: http::Uri, addr: &str) -> Result<HttpResponse, HttpClientError> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+async fn fetch(uri: http::Uri, addr: &str, trust: &Trust) -> Result<HttpResponse, HttpClientError> {
+    // hyper-rustls sets the ALPN protocols itself (`enable_http1`).
+    let mut tls = (*trust.config()).clone();
+    tls.alpn_protocols.clear();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
     let request = http::Request::get(uri)
         .header(
             http::header::USER_AGENT,
@@ -103,12 +118,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_http_urls_with_a_host_are_taken() {
+    fn only_http_and_https_urls_with_a_host_are_taken() {
         let uri = parse_url("http://loki:3100/ready?x=1").unwrap();
         assert_eq!(uri.authority().unwrap().as_str(), "loki:3100");
         assert_eq!(uri.path_and_query().unwrap().as_str(), "/ready?x=1");
         assert!(parse_url("http://localhost").is_ok());
-        assert!(parse_url("https://x").is_err());
+        assert!(parse_url("https://x").is_ok());
+        assert!(parse_url("ftp://x").is_err());
         assert!(parse_url("http:///x").is_err());
         assert!(parse_url("loki:3100").is_err());
     }
@@ -131,9 +147,13 @@ mod tests {
             }
         });
         let url = format!("http://{addr}/ready");
-        let plain = get(&url, Duration::from_secs(5)).await.unwrap();
+        let plain = get(&url, Duration::from_secs(5), &Trust::new(None).unwrap())
+            .await
+            .unwrap();
         assert_eq!((plain.status, plain.body.as_str()), (200, "ok"));
-        let chunked = get(&url, Duration::from_secs(5)).await.unwrap();
+        let chunked = get(&url, Duration::from_secs(5), &Trust::new(None).unwrap())
+            .await
+            .unwrap();
         assert_eq!((chunked.status, chunked.body.as_str()), (404, "abcde"));
         server.await.unwrap();
     }
@@ -143,9 +163,13 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let error = get(&format!("http://{addr}/"), Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let error = get(
+            &format!("http://{addr}/"),
+            Duration::from_secs(5),
+            &Trust::new(None).unwrap(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(error, HttpClientError::Connect { .. }), "{error}");
     }
 

@@ -12,6 +12,7 @@
 //! over several 127.0.0.x source addresses (`--source-ips`) to get past one
 //! address's ephemeral ports. Every run is bounded by `--max-duration`.
 
+use super::tls::Trust;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -33,8 +34,12 @@ pub enum Scenario {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
-    /// WebSocket URL of the server (ws:// only).
+    /// WebSocket URL of the server (ws:// or wss://).
     pub url: String,
+    /// A PEM file of CA certificates to trust for wss://, beside the
+    /// system's.
+    #[arg(long, env = "WSTRACE_LOAD_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     #[arg(long, env = "WSTRACE_LOAD_SCENARIO", default_value = "throughput")]
     pub scenario: Scenario,
     /// Connections (storm: how many to open in all), at least 1.
@@ -161,8 +166,10 @@ pub struct Latency {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("bad URL {0}: expected ws://host:port/path")]
+    #[error("bad URL {0}: expected ws://host:port/path or wss://host:port/path")]
     Url(String),
+    #[error("{0}")]
+    Tls(String),
     #[error(
         "{needed} file descriptors needed but the soft limit is {soft} (hard {hard}); {}",
         if needed <= hard { format!("raise it with `ulimit -n {needed}`") } else { format!("that is over the hard limit: use at most {} connections", hard.saturating_sub(64)) }
@@ -209,9 +216,20 @@ fn fd_limits() -> Option<(u64, u64)> {
     Some((numbers.next()?, numbers.next()?))
 }
 
+impl LoadError {
+    /// 64 for bad usage (as every subcommand), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LoadError::Url(_) | LoadError::Tls(_) => super::client::EXIT_USAGE,
+            LoadError::FdLimit { .. } | LoadError::Report(_) => 1,
+        }
+    }
+}
+
 fn target(url: &str) -> Result<SocketAddr, LoadError> {
     let rest = url
         .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("wss://"))
         .ok_or_else(|| LoadError::Url(url.to_owned()))?;
     let authority = rest.split('/').next().unwrap_or("");
     use std::net::ToSocketAddrs;
@@ -224,6 +242,7 @@ fn target(url: &str) -> Result<SocketAddr, LoadError> {
 
 pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
     let addr = target(&args.url)?;
+    let trust = Trust::new(args.ca_cert.as_deref()).map_err(LoadError::Tls)?;
     let open_at_once = match args.scenario {
         Scenario::Storm => args.concurrency.min(args.connections),
         _ => args.connections,
@@ -253,10 +272,13 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
     let progress = Progress::start(shared.clone(), &args);
     let work = async {
         match args.scenario {
-            Scenario::Storm => storm(&args, addr, &shared).await,
+            Scenario::Storm => storm(&args, addr, &shared, &trust).await,
             Scenario::Throughput | Scenario::Sustained => {
                 let tasks: Vec<_> = (0..args.connections)
-                    .map(|i| tokio::spawn(connection(args.clone(), addr, i, shared.clone())))
+                    .map(|i| {
+                        let (args, shared, trust) = (args.clone(), shared.clone(), trust.clone());
+                        tokio::spawn(connection(args, addr, i, shared, trust))
+                    })
                     .collect();
                 for task in tasks {
                     let _ = task.await;
@@ -302,9 +324,10 @@ fn source(args: &LoadArgs, addr: SocketAddr, i: usize) -> Option<IpAddr> {
     })
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn open(args: &LoadArgs, addr: SocketAddr, i: usize) -> Result<Ws, String> {
+async fn open(args: &LoadArgs, addr: SocketAddr, i: usize, trust: &Trust) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {}", e.kind()))?;
     if let Some(ip) = source(args, addr, i) {
         socket
@@ -316,14 +339,20 @@ async fn open(args: &LoadArgs, addr: SocketAddr, i: usize) -> Result<Ws, String>
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
-    let (mut ws, _) = tokio_tungstenite::client_async(args.url.as_str(), stream)
-        .await
-        .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(r) => {
-                format!("http {}", r.status().as_u16())
-            }
-            other => format!("handshake: {other}"),
-        })?;
+    // TLS for wss:// only; the connector is what the run trusts.
+    let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        args.url.as_str(),
+        stream,
+        None,
+        Some(trust.websocket()),
+    )
+    .await
+    .map_err(|e| match e {
+        tokio_tungstenite::tungstenite::Error::Http(r) => {
+            format!("http {}", r.status().as_u16())
+        }
+        other => format!("handshake: {other}"),
+    })?;
     match ws.next().await {
         Some(Ok(Message::Text(_))) => Ok(ws),
         _ => Err("no welcome frame".into()),
@@ -341,16 +370,16 @@ async fn close(mut ws: Ws, shared: &Shared) {
     }
 }
 
-async fn storm(args: &LoadArgs, addr: SocketAddr, shared: &Shared) {
+async fn storm(args: &LoadArgs, addr: SocketAddr, shared: &Shared, trust: &Trust) {
     let gate = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut tasks = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let permit = gate.clone().acquire_owned().await.expect("never closed");
-        let (args, shared) = (args.clone(), shared.clone());
+        let (args, shared, trust) = (args.clone(), shared.clone(), trust.clone());
         tasks.push(tokio::spawn(async move {
             lock(&shared).report.connections.attempted += 1;
             let start = Instant::now();
-            match open(&args, addr, i).await {
+            match open(&args, addr, i, &trust).await {
                 Ok(ws) => {
                     {
                         let mut t = lock(&shared);
@@ -370,9 +399,9 @@ async fn storm(args: &LoadArgs, addr: SocketAddr, shared: &Shared) {
 }
 
 /// One connection of the throughput or sustained scenario.
-async fn connection(args: LoadArgs, addr: SocketAddr, i: usize, shared: Shared) {
+async fn connection(args: LoadArgs, addr: SocketAddr, i: usize, shared: Shared, trust: Trust) {
     lock(&shared).report.connections.attempted += 1;
-    let ws = match open(&args, addr, i).await {
+    let ws = match open(&args, addr, i, &trust).await {
         Ok(ws) => ws,
         Err(reason) => return lock(&shared).failure(reason),
     };

@@ -16,6 +16,7 @@ pub mod doctor;
 pub mod http_client;
 pub mod load;
 pub mod logs;
+pub mod tls;
 
 /// The Close the tools end their sessions with: 1000, Normal Closure, so
 /// the server counts them as normal closes.

@@ -335,3 +335,80 @@ with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as raw:
         subject = dict(item[0] for item in tls.getpeercert()["subject"])
         print(subject["commonName"])
 "#;
+
+/// The tools over TLS against the real binary: `client`, `load` and
+/// `health` trust the system's roots plus `--ca-cert`; an untrusted server
+/// is a connect failure, and usage errors exit 64 in every tool.
+#[test]
+fn the_tools_speak_wss_and_https_with_a_private_ca() {
+    let certs = TestCerts::new();
+    let (cert, key) = (certs.path("server.pem"), certs.path("server.key"));
+    let server = Wstrace::start(&[
+        ("WSTRACE_TLS_CERT", cert.to_str().unwrap()),
+        ("WSTRACE_TLS_KEY", key.to_str().unwrap()),
+    ]);
+    let port = server.addr.rsplit_once(':').unwrap().1.to_owned();
+    let ca = certs.path("ca.pem").display().to_string();
+    let tool = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+            .args(args)
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    let wss = format!("wss://localhost:{port}/ws");
+    let (code, out) = tool(&[
+        "client",
+        &wss,
+        "--ca-cert",
+        &ca,
+        "--send",
+        "over tls",
+        "--expect",
+        "1",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("over tls"), "{out}");
+    // Not trusted without the CA: a connect failure (2), saying why.
+    let (code, out) = tool(&[
+        "client",
+        &wss,
+        "--send",
+        "x",
+        "--expect",
+        "1",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.to_lowercase().contains("certificate"), "{out}");
+    let https = format!("https://localhost:{port}/healthz");
+    assert_eq!(
+        tool(&["health", "--url", &https, "--ca-cert", &ca]).0,
+        Some(0)
+    );
+    assert_eq!(tool(&["health", "--url", &https]).0, Some(1), "untrusted");
+    let (code, out) = tool(&["load", &wss, "--ca-cert", &ca, "-c", "2", "-m", "10"]);
+    assert_eq!(code, Some(0), "{out}");
+    // Usage errors: 64, from every tool.
+    let not_a_cert = certs.path("server.key").display().to_string();
+    for args in [
+        vec!["client", &wss, "--ca-cert", &not_a_cert, "--send", "x"],
+        vec!["load", "ftp://localhost/ws"],
+        vec!["load", &wss, "--ca-cert", &not_a_cert],
+        vec!["health", "--url", "ftp://localhost/healthz"],
+        vec!["health", "--url", &https, "--ca-cert", &not_a_cert],
+        vec!["doctor", "--url", &wss, "--ca-cert", &not_a_cert],
+    ] {
+        let (code, out) = tool(&args);
+        assert_eq!(code, Some(64), "{args:?}: {out}");
+    }
+    server.sigterm();
+    assert_eq!(server.wait().0, Some(0));
+}

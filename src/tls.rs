@@ -1,11 +1,13 @@
-//! TLS on the server's own listener (`--tls-cert`/`--tls-key`, PEM):
-//! `wss://` and `https://` on one port, rustls with the ring provider (no
-//! OpenSSL). The files are read again on SIGHUP; a set that does not load
-//! keeps the one in use.
+//! TLS, rustls with the ring provider (no OpenSSL): the server's own
+//! listener (`--tls-cert`/`--tls-key`, PEM: `wss://` and `https://` on one
+//! port; the files are read again on SIGHUP, and a set that does not load
+//! keeps the one in use), and the client side the OTLP exporter and the
+//! tools share ([`client_config`]: the system's roots plus a CA file, and
+//! a client certificate for mTLS).
 
-use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use tokio_rustls::TlsAcceptor;
@@ -25,6 +27,8 @@ pub enum TlsError {
     Certificate { path: PathBuf, reason: String },
     #[error("cannot read the TLS private key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
+    #[error("cannot use the CA certificates in {path}: {reason}")]
+    Ca { path: PathBuf, reason: String },
     #[error("the TLS certificate {cert} and key {key} do not go together: {reason}")]
     Mismatch {
         cert: PathBuf,
@@ -87,6 +91,54 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     // HTTP/1.1 only: the WebSocket upgrade is an HTTP/1.1 request.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A client's trust and identity: the system's roots (what
+/// `rustls-native-certs` finds, honouring `SSL_CERT_FILE`/`SSL_CERT_DIR`)
+/// plus every certificate in `ca`, and `identity` (certificate chain, key)
+/// for servers that ask for one (mTLS). No ALPN protocols: each user sets
+/// its own.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<&TlsFiles>,
+) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(path) = ca {
+        let invalid = |reason: String| TlsError::Ca {
+            path: path.to_owned(),
+            reason,
+        };
+        let certs = certificates(path).map_err(|error| invalid(error.to_string()))?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|error| invalid(error.to_string()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TlsError::Ca {
+            path: PathBuf::new(),
+            reason: error.to_string(),
+        })?
+        .with_root_certificates(roots);
+    let Some(files) = identity else {
+        return Ok(builder.with_no_client_auth());
+    };
+    let chain = certificates(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| TlsError::Key {
+        path: files.key.clone(),
+        reason: error.to_string(),
+    })?;
+    builder
+        .with_client_auth_cert(chain, key)
+        .map_err(|error| TlsError::Mismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            reason: error.to_string(),
+        })
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -36,9 +36,9 @@ const LAYERS: &[&[&str]] = &[
 ];
 
 /// The tools are clients of the server, not parts of it: the protocol, the
-/// log line format (`telemetry`'s files, `events`' messages), and the
-/// secret wrapper for tokens are all they share.
-const TOOLS_MAY_USE: &[&str] = &["tools", "protocol", "telemetry", "events", "auth"];
+/// log line format (`telemetry`'s files, `events`' messages), the secret
+/// wrapper for tokens and a TLS client's trust are all they share.
+const TOOLS_MAY_USE: &[&str] = &["tools", "protocol", "telemetry", "events", "auth", "tls"];
 
 type Graph = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 

@@ -389,13 +389,14 @@ fn an_otlp_setting_this_build_cannot_honour_is_a_clear_startup_error() {
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "https://tempo:4317",
-            "this build has no TLS",
+            "TLS (https://) over OTLP/gRPC is not built yet",
         ),
         (
             "OTEL_EXPORTER_OTLP_COMPRESSION",
             "gzip",
-            "does not compress",
+            "gzip compression over OTLP/gRPC is not built yet",
         ),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "gzip or none"),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_wstrace"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-dir"])

@@ -412,3 +412,153 @@ fn the_tools_speak_wss_and_https_with_a_private_ca() {
     server.sigterm();
     assert_eq!(server.wait().0, Some(0));
 }
+
+/// What the stand-in collector below received: each request's
+/// `content-encoding` and body.
+type Received = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An OTLP/HTTP receiver over TLS (the test CA's certificate), written
+/// here to answer as a collector under load does: the first export gets
+/// 503 with `Retry-After: 0`, every later one 200.
+async fn flaky_https_collector(certs: &TestCerts) -> (u16, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = Tls::load(certs.files()).unwrap().acceptor();
+    let received: Received = Arc::default();
+    let log = received.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, log) = (acceptor.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                while let Some((encoding, body)) = read_post(&mut tls).await {
+                    let first = {
+                        let mut log = log.lock().unwrap();
+                        log.push((encoding, body));
+                        log.len() == 1
+                    };
+                    let answer: &[u8] = if first {
+                        b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 0\r\ncontent-length: 0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
+                    };
+                    if tls.write_all(answer).await.is_err() || tls.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, received)
+}
+
+/// One HTTP/1.1 request with a `content-length` body.
+async fn read_post<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(':')
+                .map(|v| v.trim().to_owned())
+        })
+    };
+    let length: usize = header("content-length")?.parse().ok()?;
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some((header("content-encoding").unwrap_or_default(), body))
+}
+
+/// OTLP/HTTP to an `https://` collector trusted through
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`, gzip-compressed; a 503 is retried
+/// (after its `Retry-After`) and the batch arrives once, nothing dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_to_an_https_collector_gzipped_and_a_503_is_retried() {
+    let certs = TestCerts::new();
+    let (port, received) = flaky_https_collector(&certs).await;
+    let endpoint = format!("https://localhost:{port}");
+    let ca = certs.path("ca.pem").display().to_string();
+    let server = Wstrace::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
+    let (mut client, _) = tokio_tungstenite::connect_async(server.url())
+        .await
+        .unwrap();
+    next_json(&mut client).await;
+    close_politely(&mut client).await;
+    let got = received.clone();
+    let exported = tokio::task::spawn_blocking(move || {
+        let addr = server.addr.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let exported = loop {
+            let metrics = scrape(&addr);
+            if metrics
+                .get("wstrace_spans_exported_total")
+                .copied()
+                .unwrap_or(0.0)
+                >= 2.0
+            {
+                break metrics;
+            }
+            let seen: Vec<String> = got
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(e, b)| format!("{e} {}", b.len()))
+                .collect();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no export succeeded; the collector saw {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        server.sigterm();
+        assert_eq!(server.wait().0, Some(0));
+        exported
+    })
+    .await
+    .unwrap();
+    assert_eq!(exported["wstrace_spans_dropped_total"], 0.0);
+    let received = received.lock().unwrap().clone();
+    assert!(
+        received.len() >= 2,
+        "the 503 was not retried: {} requests",
+        received.len()
+    );
+    for (encoding, body) in &received {
+        assert_eq!(encoding, "gzip");
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut decoded)
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&decoded).contains("ws.session"),
+            "not an OTLP request"
+        );
+    }
+    // The retry carries the same batch; once accepted it is not sent again.
+    assert_eq!(
+        received[0].1, received[1].1,
+        "the retry is the same request"
+    );
+    let repeats = received[1..]
+        .iter()
+        .filter(|(_, body)| *body == received[1].1)
+        .count();
+    assert_eq!(repeats, 1, "the accepted batch was sent again");
+}

@@ -11,6 +11,7 @@
 //! same `OTEL_EXPORTER_OTLP_*` variables, read the same way.
 
 mod encode;
+mod retry;
 mod transport;
 
 use bytes::Bytes;
@@ -68,6 +69,13 @@ pub struct ExportConfig {
     /// `OTEL_EXPORTER_OTLP_HEADERS`: sent with every request, lower-cased
     /// keys. Never printed: it is where collectors' API keys go.
     headers: Vec<(String, String)>,
+    /// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` (OTLP/HTTP).
+    pub gzip: bool,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: CA certificates to trust beside
+    /// the system's, for an `https://` endpoint.
+    pub ca_certificate: Option<std::path::PathBuf>,
+    /// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_CLIENT_KEY` (mTLS).
+    pub client_identity: Option<crate::tls::TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,14 +86,18 @@ pub enum ExporterConfigError {
         endpoint: String,
         reason: String,
     },
-    #[error(
-        "OTLP endpoint {endpoint:?} uses https, and this build has no TLS: use http:// (a collector on the same host or network) or a collector that terminates TLS"
-    )]
-    Tls { endpoint: String },
-    #[error(
-        "{variable}={value:?}: this build does not compress OTLP requests; unset it or set it to none"
-    )]
+    #[error("{variable}={value:?}: OTLP requests are compressed with gzip or none")]
     Compression { variable: String, value: String },
+    #[error(
+        "{what} over OTLP/gRPC is not built yet: use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+    )]
+    GrpcUnsupported { what: &'static str },
+    #[error("OTLP TLS settings: {0}")]
+    TlsFiles(String),
+    #[error(
+        "{0} is set without {1}: a client certificate needs its key, and the key its certificate"
+    )]
+    HalfIdentity(String, String),
     #[error("{variable}={value:?}: this build speaks OTLP over grpc and http/protobuf")]
     Protocol { variable: String, value: String },
     #[error("{header:?} is not a valid OTLP request header")]
@@ -103,13 +115,39 @@ impl ExportConfig {
     /// in milliseconds; headers as `key=value` pairs, percent-decoded.
     pub fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Self, ExporterConfigError> {
         let protocol = Protocol::from_env(env)?;
-        // Refused rather than ignored: whoever set it expects smaller
-        // requests than they would get.
-        if let Some((variable, value)) = first_set(env, "COMPRESSION")
-            && !value.trim().eq_ignore_ascii_case("none")
-        {
-            return Err(ExporterConfigError::Compression { variable, value });
-        }
+        // Anything but gzip or none is refused rather than ignored: whoever
+        // set it expects smaller requests than they would get.
+        let gzip = match first_set(env, "COMPRESSION") {
+            None => false,
+            Some((_, value)) if value.trim().eq_ignore_ascii_case("none") => false,
+            Some((_, value)) if value.trim().eq_ignore_ascii_case("gzip") => true,
+            Some((variable, value)) => {
+                return Err(ExporterConfigError::Compression { variable, value });
+            }
+        };
+        let ca_certificate = first_set(env, "CERTIFICATE").map(|(_, path)| path.into());
+        let client_identity = match (
+            first_set(env, "CLIENT_CERTIFICATE"),
+            first_set(env, "CLIENT_KEY"),
+        ) {
+            (None, None) => None,
+            (Some((_, cert)), Some((_, key))) => Some(crate::tls::TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            (Some((set, _)), None) => {
+                return Err(ExporterConfigError::HalfIdentity(
+                    set,
+                    "OTEL_EXPORTER_OTLP_CLIENT_KEY".into(),
+                ));
+            }
+            (None, Some((set, _))) => {
+                return Err(ExporterConfigError::HalfIdentity(
+                    set,
+                    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(),
+                ));
+            }
+        };
         let traces_endpoint = non_empty(env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"));
         let endpoint = non_empty(env("OTEL_EXPORTER_OTLP_ENDPOINT"));
         let endpoint_variable = match (&traces_endpoint, &endpoint) {
@@ -156,6 +194,9 @@ impl ExportConfig {
             endpoint_variable,
             timeout,
             headers,
+            gzip,
+            ca_certificate,
+            client_identity,
         })
     }
 }
@@ -211,6 +252,10 @@ pub struct OtlpSpanExporter {
     /// For `Debug` only; any password is redacted.
     endpoint_for_display: String,
     transport: Transport,
+    /// The export timeout: every attempt and retry of a batch fits in it.
+    timeout: Duration,
+    /// Where retries wait (the SDK calls the exporter from its own thread).
+    runtime: tokio::runtime::Handle,
     resource: EncodedResource,
     /// The last request's size, to allocate the next one at once.
     last_len: AtomicUsize,
@@ -224,6 +269,9 @@ impl OtlpSpanExporter {
         Ok(Self {
             endpoint_for_display: crate::auth::redact_url(&config.endpoint),
             transport: Transport::new(&config)?,
+            timeout: config.timeout,
+            runtime: tokio::runtime::Handle::try_current()
+                .map_err(|_| ExporterConfigError::NoRuntime)?,
             resource: EncodedResource::default(),
             last_len: AtomicUsize::new(0),
             shut_down: AtomicBool::new(false),
@@ -254,12 +302,14 @@ impl SpanExporter for OtlpSpanExporter {
         }
         let body = self.encode(&batch);
         drop(batch);
-        let response = self.transport.send(body).await.map_err(|error| {
-            OTelSdkError::InternalFailure(format!(
-                "OTLP export to {} failed: {error}",
-                self.endpoint_for_display
-            ))
-        })?;
+        let response = retry::send(&self.transport, &self.runtime, body, self.timeout)
+            .await
+            .map_err(|error| {
+                OTelSdkError::InternalFailure(format!(
+                    "OTLP export to {} failed: {error}",
+                    self.endpoint_for_display
+                ))
+            })?;
         if let Some((rejected_spans, error_message)) = partial_success(&response) {
             // Per the specification this is not retried; say it, since
             // these spans will not be found in the backend.
@@ -497,8 +547,9 @@ mod tests {
             .unwrap();
             exporter_in_a_runtime(config).unwrap_err().to_string()
         };
+        let grpc_tls = refuse("grpc", "https://tempo:4317");
+        assert!(grpc_tls.contains("not built yet"), "{grpc_tls}");
         for protocol in ["grpc", "http/protobuf"] {
-            assert!(refuse(protocol, "https://tempo:4317").contains("no TLS"));
             let bad = refuse(protocol, "http://bad host:4317");
             assert!(bad.contains("is not a usable OTLP endpoint"), "{bad}");
             assert!(
@@ -539,23 +590,27 @@ mod tests {
     }
 
     #[test]
-    fn compression_this_build_cannot_do_is_refused() {
+    fn gzip_or_none_and_nothing_else() {
         let error =
-            ExportConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")]))
+            ExportConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd")]))
                 .err()
                 .unwrap()
                 .to_string();
         assert!(
-            error.contains("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=\"gzip\""),
+            error.contains("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=\"zstd\""),
             "{error}"
         );
-        assert!(error.contains("does not compress"), "{error}");
+        assert!(error.contains("gzip or none"), "{error}");
+        let gzip = ExportConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "GZIP")]));
+        assert!(gzip.unwrap().gzip);
         // The trace-specific variable wins, as for every other setting.
         let none_wins = ExportConfig::from_env(&env(&[
             ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
         ]));
-        assert!(none_wins.is_ok());
+        assert!(!none_wins.unwrap().gzip);
+        let half = ExportConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_CLIENT_KEY", "k.pem")]));
+        assert!(half.err().unwrap().to_string().contains("needs its key"));
         let generic = ExportConfig::from_env(&env(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]));
         assert!(generic.is_err());
     }

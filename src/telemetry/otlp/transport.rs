@@ -8,6 +8,7 @@
 
 use bytes::{Buf, BufMut, Bytes};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -28,12 +29,65 @@ pub(super) enum Transport {
         metadata: MetadataMap,
     },
     Http {
-        client: Client<HttpConnector, Full<Bytes>>,
+        /// `http://` or `https://` (hyper-rustls, trusting the system's
+        /// roots plus `OTEL_EXPORTER_OTLP_CERTIFICATE`).
+        client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
         uri: http::Uri,
         headers: http::HeaderMap,
-        timeout: Duration,
+        gzip: bool,
         runtime: tokio::runtime::Handle,
     },
+}
+
+/// One failed attempt: why, and whether (and when) it is worth another.
+#[derive(Debug)]
+pub(super) struct SendError {
+    pub reason: String,
+    pub retryable: bool,
+    pub retry_after: Option<Duration>,
+}
+
+impl SendError {
+    fn permanent(reason: String) -> Self {
+        Self {
+            reason,
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// The gRPC codes the OTLP specification calls retryable.
+fn grpc_retryable(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Cancelled
+            | DeadlineExceeded
+            | ResourceExhausted
+            | Aborted
+            | OutOfRange
+            | Unavailable
+            | DataLoss
+    )
+}
+
+/// The status stands for a connection that could not be made (nothing
+/// listens, a refused or reset connection), not a collector's answer.
+fn unreachable(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() || error.is::<std::io::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// The HTTP statuses the OTLP specification calls retryable.
+fn http_retryable(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 502 | 503 | 504)
 }
 
 impl std::fmt::Debug for Transport {
@@ -85,14 +139,19 @@ impl Transport {
             .parse()
             .map_err(|error: http::uri::InvalidUri| invalid(error.to_string()))?;
         check_port(&uri).map_err(invalid)?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(ExporterConfigError::Tls {
-                    endpoint: crate::auth::redact_url(&config.endpoint),
+        match (uri.scheme_str(), config.protocol) {
+            (Some("http"), _) | (Some("https"), Protocol::HttpProtobuf) => {}
+            (Some("https"), Protocol::Grpc) => {
+                return Err(ExporterConfigError::GrpcUnsupported {
+                    what: "TLS (https://)",
                 });
             }
-            _ => return Err(invalid("the scheme must be http://".into())),
+            _ => return Err(invalid("the scheme must be http:// or https://".into())),
+        }
+        if config.gzip && config.protocol == Protocol::Grpc {
+            return Err(ExporterConfigError::GrpcUnsupported {
+                what: "gzip compression",
+            });
         }
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| ExporterConfigError::NoRuntime)?;
@@ -135,77 +194,136 @@ impl Transport {
                     http::header::USER_AGENT,
                     http::HeaderValue::from_static(USER_AGENT),
                 );
+                if config.gzip {
+                    headers.insert(
+                        http::header::CONTENT_ENCODING,
+                        http::HeaderValue::from_static("gzip"),
+                    );
+                }
+                let tls = crate::tls::client_config(
+                    config.ca_certificate.as_deref(),
+                    config.client_identity.as_ref(),
+                )
+                .map_err(|error| ExporterConfigError::TlsFiles(error.to_string()))?;
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .build();
                 Transport::Http {
-                    client: Client::builder(TokioExecutor::new()).build_http(),
+                    client: Client::builder(TokioExecutor::new()).build(connector),
                     uri,
                     headers,
-                    timeout: config.timeout,
+                    gzip: config.gzip,
                     runtime,
                 }
             }
         })
     }
 
-    /// Sends one encoded request; the response's body on success.
-    pub(super) async fn send(&self, body: Bytes) -> Result<Bytes, String> {
+    /// Sends one encoded request within `timeout`; the response's body on
+    /// success.
+    pub(super) async fn send(&self, body: Bytes, timeout: Duration) -> Result<Bytes, SendError> {
         match self {
             Transport::Grpc { client, metadata } => {
                 let mut client = client.clone();
                 client
                     .ready()
                     .await
-                    .map_err(|error| format!("gRPC channel: {error}"))?;
+                    .map_err(|error| SendError::permanent(format!("gRPC channel: {error}")))?;
                 let mut request = tonic::Request::new(body);
                 *request.metadata_mut() = metadata.clone();
+                request.set_timeout(timeout);
                 let path = http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH);
                 client
                     .unary(request, path, RawBytes)
                     .await
                     .map(tonic::Response::into_inner)
-                    .map_err(|status| format!("gRPC {:?}: {}", status.code(), status.message()))
+                    .map_err(|status| SendError {
+                        reason: format!("gRPC {:?}: {}", status.code(), status.message()),
+                        // A collector that answered; not one we could not
+                        // reach (tonic says UNAVAILABLE for both).
+                        retryable: grpc_retryable(status.code()) && !unreachable(&status),
+                        retry_after: None,
+                    })
             }
             Transport::Http {
                 client,
                 uri,
                 headers,
-                timeout,
+                gzip,
                 runtime,
             } => {
+                let body = if *gzip { gzipped(&body) } else { body };
                 let mut request = http::Request::post(uri.clone())
                     .body(Full::new(body))
-                    .map_err(|error| error.to_string())?;
+                    .map_err(|error| SendError::permanent(error.to_string()))?;
                 *request.headers_mut() = headers.clone();
-                let (client, timeout) = (client.clone(), *timeout);
+                let client = client.clone();
                 // On the runtime: the connection is its task, and the
                 // timeout its timer.
                 let exchange = runtime.spawn(async move {
-                    tokio::time::timeout(timeout, async move {
-                        let response = client
-                            .request(request)
-                            .await
-                            .map_err(|error| format!("HTTP: {error}"))?;
-                        let status = response.status();
-                        let body = response
-                            .into_body()
-                            .collect()
-                            .await
-                            .map_err(|error| format!("HTTP body: {error}"))?
-                            .to_bytes();
-                        if status.is_success() {
-                            Ok(body)
-                        } else {
-                            Err(format!("HTTP {status}"))
-                        }
-                    })
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+                    tokio::time::timeout(timeout, http_exchange(client, request))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(SendError::permanent(format!(
+                                "no answer within {timeout:?}"
+                            )))
+                        })
                 });
-                exchange
-                    .await
-                    .unwrap_or_else(|error| Err(format!("export task: {error}")))
+                exchange.await.unwrap_or_else(|error| {
+                    Err(SendError::permanent(format!("export task: {error}")))
+                })
             }
         }
     }
+}
+
+async fn http_exchange(
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    request: http::Request<Full<Bytes>>,
+) -> Result<Bytes, SendError> {
+    let response = client
+        .request(request)
+        .await
+        // Not retried: nothing answered (the batch is dropped and counted
+        // at once, as when the collector is down), unlike a collector that
+        // says it is busy.
+        .map_err(|error| SendError::permanent(format!("HTTP: {error}")))?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers().get(http::header::RETRY_AFTER));
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|error| SendError::permanent(format!("HTTP body: {error}")))?
+        .to_bytes();
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(SendError {
+        reason: format!("HTTP {status}"),
+        retryable: http_retryable(status),
+        retry_after,
+    })
+}
+
+/// `Retry-After` in seconds (the form collectors send); a date is ignored.
+pub(super) fn retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
+    let seconds: u64 = value?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds))
+}
+
+/// The request body, gzip-compressed (`OTEL_EXPORTER_OTLP_COMPRESSION`).
+fn gzipped(body: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    Bytes::from(encoder.finish().unwrap_or_default())
 }
 
 /// Request and response bodies as bytes: the request is encoded already,
@@ -240,5 +358,24 @@ impl Decoder for RawBytes {
     type Error = tonic::Status;
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let header = |v: &str| http::HeaderValue::from_str(v).unwrap();
+        assert_eq!(
+            retry_after(Some(&header("2"))),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_after(Some(&header("Wed, 21 Oct 2026 07:28:00 GMT"))),
+            None
+        );
+        assert_eq!(retry_after(None), None);
     }
 }

@@ -81,17 +81,32 @@ impl InternalEvent for ProxyHeaderRefused<'_> {
     fn emit(self) {
         self.metrics
             .client_address_error("proxy-protocol", self.reason);
-        let Some(suppressed) = process_budget(&CLIENT_ADDRESS_ERRORS) else {
-            return;
-        };
-        tracing::warn!(
-            target: HTTP,
-            message = Self::MESSAGE,
-            lines_suppressed = suppressed,
-            network.peer.address = %self.peer.ip(),
-            reason = self.reason
+        connection_closed(
+            Self::MESSAGE,
+            &CLIENT_ADDRESS_ERRORS,
+            self.peer,
+            self.reason,
         );
     }
+}
+
+/// The line of a connection closed before any HTTP: who, and why.
+fn connection_closed(
+    message: &'static str,
+    budget: &'static LazyLock<Mutex<LineBudget>>,
+    peer: std::net::SocketAddr,
+    reason: &str,
+) {
+    let Some(suppressed) = process_budget(budget) else {
+        return;
+    };
+    tracing::warn!(
+        target: HTTP,
+        message,
+        lines_suppressed = suppressed,
+        network.peer.address = %peer.ip(),
+        reason
+    );
 }
 
 /// A connection to the TLS listener that did not complete its handshake
@@ -112,16 +127,7 @@ impl InternalEvent for TlsHandshakeFailed<'_> {
         self.metrics
             .tls_handshake_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(suppressed) = process_budget(&TLS_REFUSALS) else {
-            return;
-        };
-        tracing::warn!(
-            target: HTTP,
-            message = Self::MESSAGE,
-            lines_suppressed = suppressed,
-            network.peer.address = %self.peer.ip(),
-            reason = self.reason
-        );
+        connection_closed(Self::MESSAGE, &TLS_REFUSALS, self.peer, self.reason);
     }
 }
 

@@ -15,6 +15,15 @@ use tokio_tungstenite::tungstenite::Message;
 use wstrace::state::ServerConfig;
 use wstrace::tls::{Tls, TlsFiles};
 
+/// `openssl req` arguments for a new P-256 key without a passphrase.
+const NEW_EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
 /// A test CA and a server certificate it signed for `localhost` and
 /// 127.0.0.1, made with the `openssl` CLI.
 pub struct TestCerts {
@@ -25,14 +34,7 @@ impl TestCerts {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let certs = Self { dir };
-        certs.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
+        let ca = [
             "-keyout",
             "ca.key",
             "-out",
@@ -41,7 +43,8 @@ impl TestCerts {
             "2",
             "-subj",
             "/CN=wstrace test CA",
-        ]);
+        ];
+        certs.openssl(&[&["req", "-x509"][..], &NEW_EC_KEY, &ca].concat());
         certs.issue("server", "localhost");
         certs
     }
@@ -59,20 +62,9 @@ impl TestCerts {
             format!("{name}.csr"),
             format!("{name}.pem"),
         );
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={common_name}"),
-        ]);
+        let subject = format!("/CN={common_name}");
+        let request = ["-keyout", &key, "-out", &csr, "-subj", &subject];
+        self.openssl(&[&["req"][..], &NEW_EC_KEY, &request].concat());
         self.openssl(&[
             "x509",
             "-req",

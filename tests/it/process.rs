@@ -386,17 +386,17 @@ fn unusable_log_dir_is_a_clear_startup_error() {
 fn an_otlp_setting_this_build_cannot_honour_is_a_clear_startup_error() {
     let dir = tempfile::tempdir().unwrap();
     for (setting, value, says) in [
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "https://tempo:4317",
-            "TLS (https://) over OTLP/gRPC is not built yet",
-        ),
-        (
-            "OTEL_EXPORTER_OTLP_COMPRESSION",
-            "gzip",
-            "gzip compression over OTLP/gRPC is not built yet",
-        ),
         ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "gzip or none"),
+        (
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "/nonexistent/client.pem",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/nonexistent/ca.pem",
+            "/nonexistent/ca.pem",
+        ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_wstrace"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-dir"])

@@ -554,3 +554,79 @@ async fn spans_go_to_an_https_collector_gzipped_and_a_503_is_retried() {
         .count();
     assert_eq!(repeats, 1, "the accepted batch was sent again");
 }
+
+/// OTLP/gRPC over TLS, gzip-compressed, to a real collector: nginx
+/// (Debian's, terminating TLS with the test CA's certificate and passing
+/// gRPC on with `grpc_pass`) in front of rotel.
+#[test]
+fn spans_go_over_grpc_with_tls_and_gzip_through_nginx_to_rotel() {
+    let certs = TestCerts::new();
+    let collector = Collector::start();
+    let port = free_port();
+    let nginx_dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| nginx_dir.path().join(name).display().to_string();
+    let config = format!(
+        "error_log {log} warn;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {body};\n\
+         server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+         location / {{ grpc_pass grpc://127.0.0.1:{grpc}; }}\n  }}\n}}\n",
+        log = path("error.log"),
+        body = path("body"),
+        cert = certs.path("server.pem").display(),
+        key = certs.path("server.key").display(),
+        grpc = collector.grpc,
+    );
+    std::fs::write(path("nginx.conf"), config).unwrap();
+    let program = ["/usr/sbin/nginx"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| which("nginx"))
+        .expect("nginx (scripts/test.sh installs it)");
+    let mut nginx = Command::new(program)
+        .args(["-c", &path("nginx.conf"), "-p", &path("")])
+        .args(["-g", &format!("daemon off; pid {};", path("nginx.pid"))])
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "nginx to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    let endpoint = format!("https://localhost:{port}");
+    let ca = certs.path("ca.pem").display().to_string();
+    let server = Wstrace::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
+    let client = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(["client", &server.url(), "--send", "hello", "--expect", "1"])
+        .output()
+        .unwrap();
+    assert!(client.status.success());
+    let trace_id = String::from_utf8_lossy(&client.stdout)
+        .split("trace_id=")
+        .nth(1)
+        .map(|rest| rest.chars().take(32).collect::<String>())
+        .expect("the client prints its trace id");
+    server.sigterm();
+    let (code, _, log_dir) = server.wait();
+    assert_eq!(code, Some(0));
+    let session = wait_for(Duration::from_secs(20), "the session span at rotel", || {
+        collector
+            .spans()
+            .into_iter()
+            .find(|s| s.trace_id == trace_id && s.name == "ws.session")
+    });
+    assert!(session.body.contains("ws.protocol"), "{}", session.body);
+    let dropped = read_log_lines(log_dir.path())
+        .into_iter()
+        .filter(|l| l["msg"] == wstrace::events::SpansDropped::MESSAGE)
+        .count();
+    assert_eq!(dropped, 0, "spans were dropped");
+    // SIGTERM: the master stops its workers (SIGKILL would orphan them).
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.id().to_string()])
+        .status();
+    let _ = nginx.wait();
+}

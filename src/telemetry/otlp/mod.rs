@@ -69,7 +69,7 @@ pub struct ExportConfig {
     /// `OTEL_EXPORTER_OTLP_HEADERS`: sent with every request, lower-cased
     /// keys. Never printed: it is where collectors' API keys go.
     headers: Vec<(String, String)>,
-    /// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` (OTLP/HTTP).
+    /// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip`.
     pub gzip: bool,
     /// `OTEL_EXPORTER_OTLP_CERTIFICATE`: CA certificates to trust beside
     /// the system's, for an `https://` endpoint.
@@ -88,10 +88,6 @@ pub enum ExporterConfigError {
     },
     #[error("{variable}={value:?}: OTLP requests are compressed with gzip or none")]
     Compression { variable: String, value: String },
-    #[error(
-        "{what} over OTLP/gRPC is not built yet: use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
-    )]
-    GrpcUnsupported { what: &'static str },
     #[error("OTLP TLS settings: {0}")]
     TlsFiles(String),
     #[error(
@@ -547,8 +543,6 @@ mod tests {
             .unwrap();
             exporter_in_a_runtime(config).unwrap_err().to_string()
         };
-        let grpc_tls = refuse("grpc", "https://tempo:4317");
-        assert!(grpc_tls.contains("not built yet"), "{grpc_tls}");
         for protocol in ["grpc", "http/protobuf"] {
             let bad = refuse(protocol, "http://bad host:4317");
             assert!(bad.contains("is not a usable OTLP endpoint"), "{bad}");

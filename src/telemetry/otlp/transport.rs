@@ -72,6 +72,16 @@ fn grpc_retryable(code: tonic::Code) -> bool {
     )
 }
 
+/// The system's roots plus `OTEL_EXPORTER_OTLP_CERTIFICATE`, and the
+/// client certificate if one is set (mTLS).
+fn tls_config(config: &ExportConfig) -> Result<rustls::ClientConfig, ExporterConfigError> {
+    crate::tls::client_config(
+        config.ca_certificate.as_deref(),
+        config.client_identity.as_ref(),
+    )
+    .map_err(|error| ExporterConfigError::TlsFiles(error.to_string()))
+}
+
 /// The status stands for a connection that could not be made (nothing
 /// listens, a refused or reset connection), not a collector's answer.
 fn unreachable(status: &tonic::Status) -> bool {
@@ -139,20 +149,14 @@ impl Transport {
             .parse()
             .map_err(|error: http::uri::InvalidUri| invalid(error.to_string()))?;
         check_port(&uri).map_err(invalid)?;
-        match (uri.scheme_str(), config.protocol) {
-            (Some("http"), _) | (Some("https"), Protocol::HttpProtobuf) => {}
-            (Some("https"), Protocol::Grpc) => {
-                return Err(ExporterConfigError::GrpcUnsupported {
-                    what: "TLS (https://)",
-                });
-            }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             _ => return Err(invalid("the scheme must be http:// or https://".into())),
-        }
-        if config.gzip && config.protocol == Protocol::Grpc {
-            return Err(ExporterConfigError::GrpcUnsupported {
-                what: "gzip compression",
-            });
-        }
+        };
+        // Built (and its files read) whatever the scheme: a CA or client
+        // certificate that cannot be used is said at start, not never.
+        let tls = tls_config(config)?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| ExporterConfigError::NoRuntime)?;
         let mut headers = http::HeaderMap::new();
@@ -177,13 +181,26 @@ impl Transport {
                 let endpoint = Endpoint::from(uri)
                     .user_agent(USER_AGENT)
                     .map_err(|error| invalid(error.to_string()))?;
+                let endpoint = endpoint.timeout(config.timeout);
                 // Spawns the channel's worker: the reason for the runtime.
                 let _entered = runtime.enter();
-                let channel = endpoint.timeout(config.timeout).connect_lazy();
-                Transport::Grpc {
-                    client: tonic::client::Grpc::new(channel),
-                    metadata,
+                let channel = if https {
+                    // HTTP/2 over rustls (ALPN h2), trusting what the
+                    // HTTP transport trusts.
+                    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(tls)
+                        .https_only()
+                        .enable_http2()
+                        .build();
+                    endpoint.connect_with_connector_lazy(connector)
+                } else {
+                    endpoint.connect_lazy()
+                };
+                let mut client = tonic::client::Grpc::new(channel);
+                if config.gzip {
+                    client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
                 }
+                Transport::Grpc { client, metadata }
             }
             Protocol::HttpProtobuf => {
                 headers.insert(
@@ -200,11 +217,6 @@ impl Transport {
                         http::HeaderValue::from_static("gzip"),
                     );
                 }
-                let tls = crate::tls::client_config(
-                    config.ca_certificate.as_deref(),
-                    config.client_identity.as_ref(),
-                )
-                .map_err(|error| ExporterConfigError::TlsFiles(error.to_string()))?;
                 let connector = hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_or_http()

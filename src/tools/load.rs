@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,6 +41,10 @@ pub struct LoadArgs {
     /// system's.
     #[arg(long, env = "WSTRACE_LOAD_CA_CERT")]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// Extra upgrade header `Name: value` (repeatable), e.g. the
+    /// `X-Forwarded-For` a proxy would add.
+    #[arg(long = "header", env = "WSTRACE_LOAD_HEADER", value_delimiter = '\n')]
+    pub headers: Vec<String>,
     #[arg(long, env = "WSTRACE_LOAD_SCENARIO", default_value = "throughput")]
     pub scenario: Scenario,
     /// Connections (storm: how many to open in all), at least 1.
@@ -170,6 +175,8 @@ pub enum LoadError {
     Url(String),
     #[error("{0}")]
     Tls(String),
+    #[error("bad --header {0:?}: expected Name: value")]
+    Header(String),
     #[error(
         "{needed} file descriptors needed but the soft limit is {soft} (hard {hard}); {}",
         if needed <= hard { format!("raise it with `ulimit -n {needed}`") } else { format!("that is over the hard limit: use at most {} connections", hard.saturating_sub(64)) }
@@ -220,10 +227,18 @@ impl LoadError {
     /// 64 for bad usage (as every subcommand), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            LoadError::Url(_) | LoadError::Tls(_) => super::client::EXIT_USAGE,
+            LoadError::Url(_) | LoadError::Tls(_) | LoadError::Header(_) => {
+                super::client::EXIT_USAGE
+            }
             LoadError::FdLimit { .. } | LoadError::Report(_) => 1,
         }
     }
+}
+
+/// `Name: value`, as `--header` takes it.
+fn parse_header(header: &str) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let (name, value) = header.split_once(':')?;
+    Some((name.trim().parse().ok()?, value.trim().parse().ok()?))
 }
 
 fn target(url: &str) -> Result<SocketAddr, LoadError> {
@@ -243,6 +258,9 @@ fn target(url: &str) -> Result<SocketAddr, LoadError> {
 pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
     let addr = target(&args.url)?;
     let trust = Trust::new(args.ca_cert.as_deref()).map_err(LoadError::Tls)?;
+    if let Some(bad) = args.headers.iter().find(|h| parse_header(h).is_none()) {
+        return Err(LoadError::Header(bad.clone()));
+    }
     let open_at_once = match args.scenario {
         Scenario::Storm => args.concurrency.min(args.connections),
         _ => args.connections,
@@ -339,9 +357,18 @@ async fn open(args: &LoadArgs, addr: SocketAddr, i: usize, trust: &Trust) -> Res
         .await
         .map_err(|e| format!("connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
+    let mut request = args
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("request: {e}"))?;
+    // Checked in `run`: every header parses.
+    for (name, value) in args.headers.iter().filter_map(|h| parse_header(h)) {
+        request.headers_mut().append(name, value);
+    }
     // TLS for wss:// only; the connector is what the run trusts.
     let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
-        args.url.as_str(),
+        request,
         stream,
         None,
         Some(trust.websocket()),

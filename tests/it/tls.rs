@@ -393,6 +393,7 @@ fn the_tools_speak_wss_and_https_with_a_private_ca() {
     for args in [
         vec!["client", &wss, "--ca-cert", &not_a_cert, "--send", "x"],
         vec!["load", "ftp://localhost/ws"],
+        vec!["load", &wss, "--header", "no colon"],
         vec!["load", &wss, "--ca-cert", &not_a_cert],
         vec!["health", "--url", "ftp://localhost/healthz"],
         vec!["health", "--url", &https, "--ca-cert", &not_a_cert],

@@ -54,7 +54,7 @@ impl TestCerts {
         std::fs::write(
             self.path("ext.cnf"),
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+             keyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .unwrap();
         let (key, csr, pem) = (
@@ -556,9 +556,10 @@ async fn spans_go_to_an_https_collector_gzipped_and_a_503_is_retried() {
     assert_eq!(repeats, 1, "the accepted batch was sent again");
 }
 
-/// OTLP/gRPC over TLS, gzip-compressed, to a real collector: nginx
-/// (Debian's, terminating TLS with the test CA's certificate and passing
-/// gRPC on with `grpc_pass`) in front of rotel.
+/// OTLP/gRPC over mutual TLS, gzip-compressed, to a real collector: nginx
+/// (Debian's, terminating TLS with the test CA's certificate, requiring a
+/// client certificate from that CA, and passing gRPC on with
+/// `grpc_pass`) in front of rotel.
 #[test]
 fn spans_go_over_grpc_with_tls_and_gzip_through_nginx_to_rotel() {
     let certs = TestCerts::new();
@@ -569,11 +570,13 @@ fn spans_go_over_grpc_with_tls_and_gzip_through_nginx_to_rotel() {
     let config = format!(
         "error_log {log} warn;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {body};\n\
          server {{\n    listen 127.0.0.1:{port} ssl http2;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+         ssl_client_certificate {ca};\n    ssl_verify_client on;\n\
          location / {{ grpc_pass grpc://127.0.0.1:{grpc}; }}\n  }}\n}}\n",
         log = path("error.log"),
         body = path("body"),
         cert = certs.path("server.pem").display(),
         key = certs.path("server.key").display(),
+        ca = certs.path("ca.pem").display(),
         grpc = collector.grpc,
     );
     std::fs::write(path("nginx.conf"), config).unwrap();
@@ -593,10 +596,15 @@ fn spans_go_over_grpc_with_tls_and_gzip_through_nginx_to_rotel() {
     });
     let endpoint = format!("https://localhost:{port}");
     let ca = certs.path("ca.pem").display().to_string();
+    let client_cert = certs.path("server.pem").display().to_string();
+    let client_key = certs.path("server.key").display().to_string();
     let server = Wstrace::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        // The test CA's certificate is for clients too.
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &client_cert),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &client_key),
         ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ]);

@@ -378,6 +378,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_is_worth_another_attempt() {
+        for status in [429, 502, 503, 504] {
+            assert!(
+                http_retryable(http::StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+        for status in [400, 401, 403, 404, 413, 500] {
+            assert!(
+                !http_retryable(http::StatusCode::from_u16(status).unwrap()),
+                "{status}"
+            );
+        }
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::Aborted,
+        ] {
+            assert!(grpc_retryable(code), "{code:?}");
+            // A collector's own answer: retried.
+            assert!(!unreachable(&tonic::Status::new(code, "busy")), "{code:?}");
+        }
+        for code in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::Unauthenticated,
+            tonic::Code::Unimplemented,
+        ] {
+            assert!(!grpc_retryable(code), "{code:?}");
+        }
+        // UNAVAILABLE because nothing answered: failed at once.
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let status = tonic::Status::from_error(Box::new(refused));
+        assert!(unreachable(&status), "{status:?}");
+    }
+
+    #[test]
     fn retry_after_is_read_in_seconds() {
         let header = |v: &str| http::HeaderValue::from_str(v).unwrap();
         assert_eq!(

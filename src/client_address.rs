@@ -67,17 +67,6 @@ pub enum AddressSource {
     XForwardedFor,
 }
 
-impl AddressSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AddressSource::Peer => "peer",
-            AddressSource::ProxyProtocol => "proxy_protocol",
-            AddressSource::Forwarded => "forwarded",
-            AddressSource::XForwardedFor => "x_forwarded_for",
-        }
-    }
-}
-
 /// The client of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress {
@@ -122,7 +111,7 @@ pub fn resolve(
         port: Some(peer.port()),
         source: AddressSource::Peer,
     };
-    if trusted.is_empty() || !trusted.contains(peer.ip()) {
+    if !trusted.contains(peer.ip()) {
         return (direct, None);
     }
     let (name, source, parse): (_, _, HopParser) = if headers.contains_key(FORWARDED) {

@@ -45,68 +45,44 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
-        Command::Serve(args) => {
-            return match runtime.block_on(wstrace::app::serve(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("wstrace: {error}");
-                    ExitCode::from(error.exit_code())
-                }
-            };
-        }
-        Command::Health { url, ca_cert } => {
-            return match runtime.block_on(health(&url, ca_cert.as_deref())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err((code, error)) => {
-                    eprintln!("wstrace health: {error}");
-                    ExitCode::from(code)
-                }
-            };
-        }
-        Command::Doctor(args) => {
-            return match runtime.block_on(wstrace::tools::doctor::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("wstrace doctor: {error}");
-                    ExitCode::from(error.exit_code())
-                }
-            };
-        }
+    // Every command's failure: who says it, its exit code, and why.
+    let outcome: Result<(), (&str, u8, String)> = match cli.command {
+        Command::Serve(args) => runtime
+            .block_on(wstrace::app::serve(args))
+            .map_err(|e| ("wstrace", e.exit_code(), e.to_string())),
+        Command::Health { url, ca_cert } => runtime
+            .block_on(health(&url, ca_cert.as_deref()))
+            .map_err(|(code, e)| ("wstrace health", code, e)),
+        Command::Doctor(args) => runtime
+            .block_on(wstrace::tools::doctor::run(args))
+            .map_err(|e| ("wstrace doctor", e.exit_code(), e.to_string())),
         Command::Client(args) => {
             let result = runtime.block_on(wstrace::tools::client::run(args));
             // The line editor may still hold the terminal in raw mode.
             wstrace::tools::client::restore_terminal();
-            return match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("wstrace client: {error}");
-                    ExitCode::from(error.exit_code())
-                }
-            };
+            result.map_err(|e| ("wstrace client", e.exit_code(), e.to_string()))
         }
         Command::Load(args) => match runtime.block_on(wstrace::tools::load::run(args)) {
-            Err(error) => {
-                eprintln!("wstrace load: {error}");
-                return ExitCode::from(error.exit_code());
-            }
+            Err(e) => Err(("wstrace load", e.exit_code(), e.to_string())),
             Ok(report) => {
                 print!("{}", wstrace::tools::load::render(&report));
                 // The figures are printed either way; the exit code says
                 // whether the run went as asked.
                 match report.problems() {
                     problems if problems.is_empty() => Ok(()),
-                    problems => Err(problems.join("; ").into()),
+                    problems => Err(("wstrace", 1, problems.join("; "))),
                 }
             }
         },
-        Command::Logs(args) => wstrace::tools::logs::run(args).map_err(Into::into),
+        Command::Logs(args) => {
+            wstrace::tools::logs::run(args).map_err(|e| ("wstrace", 1, e.to_string()))
+        }
     };
-    match result {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("wstrace: {error}");
-            ExitCode::FAILURE
+        Err((who, code, why)) => {
+            eprintln!("{who}: {why}");
+            ExitCode::from(code)
         }
     }
 }

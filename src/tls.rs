@@ -71,17 +71,9 @@ impl Tls {
 }
 
 fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = certificates(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| TlsError::Key {
-        path: files.key.clone(),
-        reason: error.to_string(),
-    })?;
+    let (chain, key) = files.load()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mismatch = |error: rustls::Error| TlsError::Mismatch {
-        cert: files.cert.clone(),
-        key: files.key.clone(),
-        reason: error.to_string(),
-    };
+    let mismatch = |error| files.mismatch(error);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(mismatch)?
@@ -127,18 +119,31 @@ pub fn client_config(
     let Some(files) = identity else {
         return Ok(builder.with_no_client_auth());
     };
-    let chain = certificates(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|error| TlsError::Key {
-        path: files.key.clone(),
-        reason: error.to_string(),
-    })?;
+    let (chain, key) = files.load()?;
     builder
         .with_client_auth_cert(chain, key)
-        .map_err(|error| TlsError::Mismatch {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
+        .map_err(|error| files.mismatch(error))
+}
+
+impl TlsFiles {
+    /// The certificate chain and its private key, read from the files.
+    fn load(&self) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let chain = certificates(&self.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|error| TlsError::Key {
+            path: self.key.clone(),
             reason: error.to_string(),
-        })
+        })?;
+        Ok((chain, key))
+    }
+
+    /// rustls refused the pair (a key that is not the certificate's).
+    fn mismatch(&self, error: rustls::Error) -> TlsError {
+        TlsError::Mismatch {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            reason: error.to_string(),
+        }
+    }
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

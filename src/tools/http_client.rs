@@ -61,11 +61,8 @@ pub async fn get(
 }
 
 async fn fetch(uri: http::Uri, addr: &str, trust: &Trust) -> Result<HttpResponse, HttpClientError> {
-    // hyper-rustls sets the ALPN protocols itself (`enable_http1`).
-    let mut tls = (*trust.config()).clone();
-    tls.alpn_protocols.clear();
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config((*trust.config()).clone())
         .https_or_http()
         .enable_http1()
         .build();

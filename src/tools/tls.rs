@@ -21,10 +21,10 @@ impl Trust {
     /// A `ca_cert` that holds no certificate is an error: the run would
     /// otherwise fail later with "unknown issuer".
     pub fn new(ca_cert: Option<&Path>) -> Result<Self, String> {
-        let mut config = crate::tls::client_config(ca_cert, None)
+        // No ALPN: a WebSocket upgrade is HTTP/1.1, which a server assumes
+        // when none is offered, and hyper-rustls sets its own.
+        let config = crate::tls::client_config(ca_cert, None)
             .map_err(|error| format!("--ca-cert: {error}"))?;
-        // HTTP/1.1 for the WebSocket upgrade (hyper-rustls sets its own).
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             config: Arc::new(config),
         })

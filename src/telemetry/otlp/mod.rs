@@ -296,7 +296,7 @@ impl SpanExporter for OtlpSpanExporter {
         if self.shut_down.load(Relaxed) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
-        let body = self.encode(&batch);
+        let body = self.transport.body(self.encode(&batch));
         drop(batch);
         let response = retry::send(&self.transport, &self.runtime, body, self.timeout)
             .await

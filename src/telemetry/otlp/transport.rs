@@ -233,8 +233,18 @@ impl Transport {
         })
     }
 
-    /// Sends one encoded request within `timeout`; the response's body on
-    /// success.
+    /// The request body as sent: gzip-compressed once for OTLP/HTTP with
+    /// `OTEL_EXPORTER_OTLP_COMPRESSION=gzip`, before any attempt (gRPC
+    /// compresses in tonic).
+    pub(super) fn body(&self, encoded: Bytes) -> Bytes {
+        match self {
+            Transport::Http { gzip: true, .. } => gzipped(&encoded),
+            _ => encoded,
+        }
+    }
+
+    /// Sends one request body (see [`Transport::body`]) within
+    /// `timeout`; the response's body on success.
     pub(super) async fn send(&self, body: Bytes, timeout: Duration) -> Result<Bytes, SendError> {
         match self {
             Transport::Grpc { client, metadata } => {
@@ -263,10 +273,9 @@ impl Transport {
                 client,
                 uri,
                 headers,
-                gzip,
                 runtime,
+                ..
             } => {
-                let body = if *gzip { gzipped(&body) } else { body };
                 let mut request = http::Request::post(uri.clone())
                     .body(Full::new(body))
                     .map_err(|error| SendError::permanent(error.to_string()))?;
@@ -321,7 +330,7 @@ async fn http_exchange(
 }
 
 /// `Retry-After` in seconds (the form collectors send); a date is ignored.
-pub(super) fn retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
+fn retry_after(value: Option<&http::HeaderValue>) -> Option<Duration> {
     let seconds: u64 = value?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(seconds))
 }

@@ -68,6 +68,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         TelemetryConfig::from_env(args.log_file.then(|| args.log_dir.clone()), args.log_stdout);
     config.log_rotation = args.log_rotation;
     config.log_max_files = (args.log_max_files > 0).then_some(args.log_max_files);
+    config.log_buffer_bytes = args.log_buffer_bytes;
     let mut server_config = args.server_config();
     check_settings(&server_config)?;
     if let Some(files) = args.tls_files() {
@@ -86,14 +87,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Err(error) = &result {
         crate::events::ServeFailed { error }.emit();
     }
-    // The last line says how many lines came before it: a reader can check
-    // that the file holds every one.
-    let written = guard
-        .counters()
-        .log_lines_written
-        .load(std::sync::atomic::Ordering::Relaxed);
+    // The last line says how many lines came before it in this run's
+    // files (and how many the files could not take): a reader can check
+    // that the files hold every one.
+    guard.drain_logs();
+    let counters = guard.counters();
+    let (written, dropped) = counters.log_lines_of_first_output();
     TelemetryFlushing {
         log_lines_before: written,
+        log_lines_dropped: dropped,
     }
     .emit();
     guard.shutdown();

@@ -113,6 +113,13 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_LOG_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
     pub log_stdout: bool,
 
+    /// Bytes of log lines each output (file, stdout) may hold while it
+    /// writes. A full buffer makes logging wait, at most 1 s for stdout
+    /// and 30 s for the file; an output that takes nothing for that long
+    /// has its lines dropped and counted until it takes lines again.
+    #[arg(long, env = "WSTRACE_LOG_BUFFER_BYTES", default_value_t = crate::limits::DEFAULT_LOG_BUFFER_BYTES)]
+    pub log_buffer_bytes: usize,
+
     /// Interval between server pings (e.g. 30s, 500ms).
     #[arg(long, env = "WSTRACE_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,

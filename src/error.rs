@@ -151,6 +151,14 @@ pub enum HttpError {
     /// The connection cannot be taken over (not HTTP/1.1).
     #[error("this connection cannot be upgraded to a websocket; use HTTP/1.1")]
     NotUpgradable,
+    /// Admin content larger than a client message may be.
+    #[error("content is {size} bytes; the limit is {limit} (--max-message-bytes)")]
+    ContentTooLarge { size: usize, limit: usize },
+    /// Refused by the HTTP layer itself (an unknown route, a wrong method,
+    /// a body that is not JSON): rewritten into this shape by
+    /// `http::json_errors`.
+    #[error("{message}")]
+    Rejected { status: StatusCode, message: String },
 }
 
 impl HttpError {
@@ -165,6 +173,8 @@ impl HttpError {
             HttpError::HostNotAllowed => StatusCode::MISDIRECTED_REQUEST,
             HttpError::BadRequest(_) | HttpError::NotAnUpgrade(_) => StatusCode::BAD_REQUEST,
             HttpError::NotUpgradable => StatusCode::UPGRADE_REQUIRED,
+            HttpError::ContentTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HttpError::Rejected { status, .. } => *status,
             HttpError::Busy(_)
             | HttpError::TooManySessions { .. }
             | HttpError::TooManyDebugSessions(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -188,6 +198,17 @@ impl HttpError {
             HttpError::TooManyDebugSessions(_) => "too_many_debug_sessions",
             HttpError::NotAnUpgrade(_) => "not_a_websocket_upgrade",
             HttpError::NotUpgradable => "not_upgradable",
+            HttpError::ContentTooLarge { .. } => "content_too_large",
+            HttpError::Rejected { status, .. } => match *status {
+                StatusCode::BAD_REQUEST => "bad_request",
+                StatusCode::NOT_FOUND => "not_found",
+                StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+                StatusCode::PAYLOAD_TOO_LARGE => "content_too_large",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+                StatusCode::UNPROCESSABLE_ENTITY => "unprocessable_body",
+                status if status.is_server_error() => "internal_error",
+                _ => "rejected",
+            },
         }
     }
 }

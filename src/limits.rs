@@ -62,12 +62,24 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Frames queued for one session's writer. When a client stops reading the
 /// reader stops too (backpressure) instead of buffering without bound.
 pub const OUTBOUND_QUEUE_FRAMES: usize = 64;
-/// Bytes of log lines a writer thread may hold before producers block
-/// (never drop): see `telemetry::line_writer`. About 30,000 session lines.
-pub const LOG_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes of log lines each output's writer thread may hold before logging
+/// waits for it (`--log-buffer-bytes`): see `telemetry::line_writer`. About
+/// 30,000 session lines.
+pub const DEFAULT_LOG_BUFFER_BYTES: usize = 16 * 1024 * 1024;
+/// A full stdout buffer makes logging wait at most this long; then stdout
+/// counts as stalled (a reader that stopped reading) and its lines are
+/// dropped and counted until it takes some again. Files and serving go on.
+pub const LOG_STDOUT_STALL: Duration = Duration::from_secs(1);
+/// The same for the log file: a disk that takes nothing for this long is
+/// broken, not busy.
+pub const LOG_FILE_STALL: Duration = Duration::from_secs(30);
 /// Finished spans waiting for OTLP export (`OTEL_BSP_MAX_QUEUE_SIZE`
 /// overrides). Beyond it spans are dropped and counted in `/metrics`.
 pub const SPAN_QUEUE_SPANS: usize = 16 * 1024;
+/// Most of an OTLP export response that is read (an
+/// `ExportTraceServiceResponse` is a few bytes; a hostile collector's
+/// endless body is cut here, on both transports).
+pub const OTLP_RESPONSE_MAX_BYTES: usize = 64 * 1024;
 /// How often dropped log lines or spans, if any, are reported: at most one
 /// warning per interval, so a dead collector cannot flood the logs.
 pub const DEFAULT_TELEMETRY_REPORT_INTERVAL: Duration = Duration::from_secs(10);

@@ -402,8 +402,8 @@ pub(crate) async fn run(plan: Plan) -> String {
             continue;
         }
         let metrics = scrape(server).await;
-        let written = metrics["wstrace_log_lines_written_total"] as u64;
-        rows[i].lines_dropped = metrics["wstrace_log_lines_dropped_total"] as u64;
+        let written = metrics[r#"wstrace_log_lines_written_total{output="file"}"#] as u64;
+        rows[i].lines_dropped = metrics[r#"wstrace_log_lines_dropped_total{output="file"}"#] as u64;
         rows[i].spans_exported = metrics["wstrace_spans_exported_total"] as u64;
         let spans_dropped = metrics["wstrace_spans_dropped_total"] as u64;
         if spans_dropped > 0 {

@@ -91,6 +91,7 @@ impl InternalEvent for OpenFileLimit {
 #[derive(Debug)]
 pub struct TelemetryFlushing {
     pub log_lines_before: u64,
+    pub log_lines_dropped: u64,
 }
 
 impl TelemetryFlushing {
@@ -102,7 +103,8 @@ impl InternalEvent for TelemetryFlushing {
         tracing::info!(
             target: SERVER,
             message = Self::MESSAGE,
-            log_lines_before = self.log_lines_before
+            log_lines_before = self.log_lines_before,
+            log_lines_dropped = self.log_lines_dropped
         );
     }
 }
@@ -110,6 +112,9 @@ impl InternalEvent for TelemetryFlushing {
 /// Spans were dropped since the last report (a collector that is down).
 #[derive(Debug)]
 pub struct SpansDropped {
+    /// The last export's failure, naming the endpoint (none when only the
+    /// queue was full).
+    pub reason: Option<String>,
     pub dropped: u64,
     pub dropped_total: u64,
     pub export_failed_total: u64,
@@ -127,6 +132,7 @@ impl InternalEvent for SpansDropped {
         tracing::warn!(
             target: HTTP,
             message = Self::MESSAGE,
+            reason = self.reason.as_deref(),
             dropped = self.dropped,
             dropped_total = self.dropped_total,
             export_failed_total = self.export_failed_total,
@@ -161,15 +167,18 @@ impl InternalEvent for LogFilesPruned {
     }
 }
 
-/// Log lines could not be written since the last report.
+/// One log output lost lines since the last report (a full disk, a
+/// stdout nobody reads); the others did not.
 #[derive(Debug)]
 pub struct LogLinesDropped {
+    pub output: &'static str,
+    pub cause: Option<String>,
     pub dropped: u64,
     pub dropped_total: u64,
 }
 
 impl LogLinesDropped {
-    pub const MESSAGE: &'static str = "log lines dropped: the log writer is gone";
+    pub const MESSAGE: &'static str = "log lines dropped by one log output";
 }
 
 impl InternalEvent for LogLinesDropped {
@@ -177,9 +186,28 @@ impl InternalEvent for LogLinesDropped {
         tracing::error!(
             target: HTTP,
             message = Self::MESSAGE,
+            output = self.output,
+            cause = self.cause.as_deref(),
             dropped = self.dropped,
             dropped_total = self.dropped_total
         );
+    }
+}
+
+/// The log file (or its directory) was deleted while open; a new one was
+/// started and the lines went there.
+#[derive(Debug)]
+pub struct LogFileRecreated {
+    pub times: u64,
+}
+
+impl LogFileRecreated {
+    pub const MESSAGE: &'static str = "log file was deleted; started a new one";
+}
+
+impl InternalEvent for LogFileRecreated {
+    fn emit(self) {
+        tracing::warn!(target: HTTP, message = Self::MESSAGE, times = self.times);
     }
 }
 

@@ -346,6 +346,7 @@ async fn send(
             ));
         }
     };
+    check_content_size(&state, &body.content)?;
     let delivery = Delivery::new(
         Sender::Admin,
         None,
@@ -378,6 +379,7 @@ async fn broadcast(
     {
         return Err(HttpError::BadRequest("invalid channel name".into()));
     }
+    check_content_size(&state, &body.content)?;
     let delivery = Delivery::new(
         Sender::Admin,
         body.channel.clone(),
@@ -391,6 +393,20 @@ async fn broadcast(
     };
     let routed = deliver(&state, audience, &delivery, "broadcast").await;
     Ok(report(&delivery, routed))
+}
+
+/// Admin content obeys the limit a client's message does: a session (here
+/// or on another instance) is never sent a frame larger than a client could
+/// have caused.
+fn check_content_size(state: &ServerState, content: &str) -> Result<(), HttpError> {
+    let limit = state.config.limits.max_message_bytes;
+    if content.len() > limit {
+        return Err(HttpError::ContentTooLarge {
+            size: content.len(),
+            limit,
+        });
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -38,7 +38,9 @@ use tower::ServiceExt;
 
 use crate::cluster::{ClusterContext, ClusterTasks};
 use crate::error::HttpError;
-use crate::events::{InternalEvent, LogFilesPruned, LogLinesDropped, SpansDropped};
+use crate::events::{
+    InternalEvent, LogFileRecreated, LogFilesPruned, LogLinesDropped, SpansDropped,
+};
 use crate::state::{ServerConfig, ServerState};
 
 pub use trace::{TRACERESPONSE, X_TRACE_ID};
@@ -315,7 +317,9 @@ async fn run_upkeep(state: Arc<ServerState>) {
     let counters = state.config.telemetry.clone();
     let interval = state.config.limits.telemetry_report_interval;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    let (mut spans_before, mut lines_before) = (0, 0);
+    let mut spans_before = 0;
+    // (dropped, recreated) of each log output at the last report.
+    let mut outputs_before = Vec::new();
     loop {
         ticks.tick().await;
         if let (Some(dir), Some(max_bytes)) = (&state.config.log_dir, state.config.log_max_bytes) {
@@ -336,9 +340,13 @@ async fn run_upkeep(state: Arc<ServerState>) {
         }
         let Some(counters) = &counters else { continue };
         let spans = counters.spans_dropped();
-        let lines = counters.log_lines_dropped.load(Relaxed);
         if spans > spans_before {
             SpansDropped {
+                reason: counters
+                    .last_export_error
+                    .lock()
+                    .ok()
+                    .and_then(|mut last| last.take()),
                 dropped: spans - spans_before,
                 dropped_total: spans,
                 export_failed_total: counters.spans_export_failed.load(Relaxed),
@@ -347,14 +355,36 @@ async fn run_upkeep(state: Arc<ServerState>) {
             }
             .emit();
         }
-        if lines > lines_before {
+        spans_before = spans;
+        report_log_outputs(counters, &mut outputs_before);
+    }
+}
+
+/// Says which log output lost lines since the last report, and why, and
+/// whether the log file had to be started again. Said through the outputs
+/// that still work: a stuck stdout's losses reach the file.
+fn report_log_outputs(
+    counters: &crate::telemetry::TelemetryCounters,
+    before: &mut Vec<(u64, u64)>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    before.resize(counters.log_outputs.len(), (0, 0));
+    for (output, (dropped_before, recreated_before)) in counters.log_outputs.iter().zip(before) {
+        let dropped = output.counts.dropped();
+        let recreated = output.counts.recreated.load(Relaxed);
+        if dropped > *dropped_before {
             LogLinesDropped {
-                dropped: lines - lines_before,
-                dropped_total: lines,
+                output: output.name,
+                cause: output.counts.take_cause(),
+                dropped: dropped - *dropped_before,
+                dropped_total: dropped,
             }
             .emit();
         }
-        (spans_before, lines_before) = (spans, lines);
+        if recreated > *recreated_before {
+            LogFileRecreated { times: recreated }.emit();
+        }
+        (*dropped_before, *recreated_before) = (dropped, recreated);
     }
 }
 
@@ -377,7 +407,41 @@ fn router(state: Arc<ServerState>) -> Router {
         // Liveness probes use whatever name reaches the server, and the
         // answer tells a rebinding page nothing worth having.
         .route("/healthz", get(healthz))
+        .layer(middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Every error answer is `{"error":{"code","message"}}`. The server's own
+/// errors already are (`HttpError`); axum's rejections (a body that is not
+/// JSON, too large, the wrong content type), unknown routes and wrong
+/// methods come back as text or empty, and are rewritten here, keeping
+/// their status and headers (`Allow` on a 405).
+async fn json_errors(request: Request, next: middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Rejection texts are one short sentence.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let rewritten = HttpError::Rejected { status, message }.into_response();
+    let (rewritten_parts, body) = rewritten.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.extend(rewritten_parts.headers);
+    Response::from_parts(parts, body)
 }
 
 /// Every route but `/healthz` answers only to the `Host` names the server

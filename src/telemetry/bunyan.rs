@@ -16,9 +16,7 @@
 use crate::trace_context::push_hex;
 use opentelemetry::trace::{SpanId, TraceId};
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
@@ -27,7 +25,6 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
-use super::TelemetryCounters;
 use super::span_fields::{Entries, SpanFields};
 
 /// Keys written by the layer itself; span or event fields with these names
@@ -61,7 +58,6 @@ pub struct BunyanJsonLayer<W> {
     /// the subscriber is a scoped default, as in tests.) Weak, because the
     /// dispatcher owns this layer.
     dispatch: OnceLock<WeakDispatch>,
-    counters: Arc<TelemetryCounters>,
     /// `{"v":0,"name":…`: the start of every line, serialized once.
     head: String,
     /// `,"hostname":…,"pid":…,"instance_id":…`: the same on every line.
@@ -71,16 +67,10 @@ pub struct BunyanJsonLayer<W> {
 }
 
 impl<W> BunyanJsonLayer<W> {
-    pub fn new(
-        name: impl Into<String>,
-        instance_id: impl Into<String>,
-        make_writer: W,
-        counters: Arc<TelemetryCounters>,
-    ) -> Self {
+    pub fn new(name: impl Into<String>, instance_id: impl Into<String>, make_writer: W) -> Self {
         let json = |value: &str| serde_json::Value::from(value).to_string();
         Self {
             make_writer,
-            counters,
             dispatch: OnceLock::new(),
             head: format!("{{\"v\":0,\"name\":{}", json(&name.into())),
             process: format!(
@@ -269,13 +259,8 @@ where
         }
         line.extend_from_slice(fields.fields.text().as_bytes());
         line.extend_from_slice(b"}\n");
-        // The writers are lossless (they block when full); an error here
-        // means the writer thread is gone, i.e. the process is exiting.
-        let counter = match self.make_writer.make_writer_for(meta).write_all(&line) {
-            Ok(()) => &self.counters.log_lines_written,
-            Err(_) => &self.counters.log_lines_dropped,
-        };
-        counter.fetch_add(1, Relaxed);
+        // Each output counts what it could not take (`LineCounts`).
+        let _ = self.make_writer.make_writer_for(meta).write_all(&line);
         if line.capacity() <= KEPT_LINE_CAPACITY {
             // Not kept when the thread is exiting (its slot is gone).
             let _ = LINE.try_with(|kept| kept.set(line));

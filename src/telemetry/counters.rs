@@ -9,15 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::metrics::{Family, count};
+use super::LogOutputCounts;
+use super::line_writer::LineCounts;
+use crate::metrics::{Family, Kind, Sample, count};
 
 #[derive(Debug, Default)]
 pub struct TelemetryCounters {
-    /// Log lines handed to the writers (each to every output).
-    pub log_lines_written: AtomicU64,
-    /// Log lines lost: a writer thread gone, or an output that failed (a
-    /// full disk).
-    pub log_lines_dropped: AtomicU64,
+    /// Each log output (file, stdout) and what it did with its lines.
+    pub log_outputs: Vec<LogOutputCounts>,
     /// Recorded spans that ended and went to the export queue.
     pub spans_queued: AtomicU64,
     /// Spans the collector accepted.
@@ -26,6 +25,9 @@ pub struct TelemetryCounters {
     pub spans_export_failed: AtomicU64,
     /// Spans not queued because the export queue was full.
     pub spans_dropped_queue_full: AtomicU64,
+    /// Why the last export failed (it names the endpoint): said by the
+    /// periodic report, not once per failure.
+    pub last_export_error: std::sync::Mutex<Option<String>>,
 }
 
 impl TelemetryCounters {
@@ -36,19 +38,38 @@ impl TelemetryCounters {
         )
     }
 
-    /// Every span that will never reach the collector.
+    /// (written, dropped) of the first output: the file when there is one.
+    pub fn log_lines_of_first_output(&self) -> (u64, u64) {
+        self.log_outputs.first().map_or((0, 0), |output| {
+            (output.counts.written.load(Relaxed), output.counts.dropped())
+        })
+    }
+
     /// The telemetry pipeline's metrics, for `/metrics`.
     pub fn families(&self) -> Vec<Family> {
+        let per_output = |count_of: fn(&LineCounts) -> u64| {
+            self.log_outputs
+                .iter()
+                .map(|o| {
+                    Sample::labelled(
+                        vec![("output", o.name.to_owned())],
+                        count(count_of(&o.counts)),
+                    )
+                })
+                .collect()
+        };
         vec![
-            Family::counter(
+            Family::of(
                 "wstrace_log_lines_written_total",
-                "Log lines written.",
-                self.log_lines_written.load(Relaxed),
+                "Log lines an output (file, stdout) took.",
+                Kind::Counter,
+                per_output(|c| c.written.load(Relaxed)),
             ),
-            Family::counter(
+            Family::of(
                 "wstrace_log_lines_dropped_total",
-                "Log lines that could not be written.",
-                self.log_lines_dropped.load(Relaxed),
+                "Log lines an output could not take (full disk, stalled reader).",
+                Kind::Counter,
+                per_output(LineCounts::dropped),
             ),
             Family::counter(
                 "wstrace_spans_exported_total",
@@ -92,7 +113,13 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
         let result = self.inner.export(batch).await;
         match &result {
             Ok(()) => self.counters.spans_exported.fetch_add(n, Relaxed),
-            Err(_) => self.counters.spans_export_failed.fetch_add(n, Relaxed),
+            Err(error) => {
+                let mut last = self.counters.last_export_error.lock();
+                if let Ok(last) = last.as_mut() {
+                    **last = Some(error.to_string());
+                }
+                self.counters.spans_export_failed.fetch_add(n, Relaxed)
+            }
         };
         result
     }

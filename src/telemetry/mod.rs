@@ -15,10 +15,14 @@
 //!                           daily-rolling file
 //! ```
 //!
-//! Log lines go to `tracing-appender`'s rolling files (and stdout) through
-//! our own batching writer threads ([`line_writer`](mod@line_writer)), which are lossless:
-//! when a burst fills the buffer, the logging task blocks rather than
-//! dropping a line. Spans leave through `otlp`'s exporter, which writes
+//! Log lines go to the rolling files ([`rolling_file`](mod@rolling_file)) and
+//! stdout through a batching writer thread per output
+//! ([`line_writer`](mod@line_writer)): when a burst fills an output's
+//! buffer the logging task waits for it, but never longer than that
+//! output's stall bound; after it, that output's lines are dropped and
+//! counted (per output, in `/metrics` and the upkeep's reports) until it
+//! takes lines again, so a stuck stdout stops neither serving nor the
+//! files. Spans leave through `otlp`'s exporter, which writes
 //! each batch's OTLP request straight from the SDK's span data. The
 //! [`TelemetryGuard`] flushes spans first (their export may itself log),
 //! then the log writers.
@@ -30,6 +34,7 @@ pub mod line_writer;
 pub mod logfile;
 mod otel_spans;
 mod otlp;
+mod rolling_file;
 mod span_fields;
 
 pub use bunyan::{BunyanJsonLayer, JSON_VALUED_FIELDS, RESERVED as BUNYAN_FIELDS, bunyan_level};
@@ -46,16 +51,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tracing::Subscriber;
-use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::events::InternalEvent;
-use crate::limits::{LOG_QUEUE_BYTES, SPAN_QUEUE_SPANS};
+use crate::limits::{LOG_FILE_STALL, LOG_STDOUT_STALL, SPAN_QUEUE_SPANS};
 use filter::GlobalFilter;
-use line_writer::{LineCounts, LineWriter, LineWriterGuard, line_writer};
+use line_writer::{LineCounts, LineOutput, LineWriter, LineWriterGuard, Stream, line_writer};
 use otel_spans::OtelSpans;
+use rolling_file::RollingFile;
 
 const DEFAULT_SERVICE_NAME: &str = "wstrace";
 /// Log files are `<prefix>.YYYY-MM-DD.log` (or `.YYYY-MM-DD-HH[-MM]`).
@@ -80,6 +85,8 @@ pub struct TelemetryConfig {
     pub log_max_files: Option<usize>,
     /// Also write every line to stdout.
     pub log_stdout: bool,
+    /// Bytes each output's writer may hold (`--log-buffer-bytes`).
+    pub log_buffer_bytes: usize,
     /// Filter directives, `RUST_LOG` syntax.
     pub filter: String,
     /// `instance_id` on every log line and `service.instance.id` on every
@@ -102,6 +109,7 @@ impl TelemetryConfig {
             log_rotation: LogRotation::Daily,
             log_max_files: None,
             log_stdout,
+            log_buffer_bytes: crate::limits::DEFAULT_LOG_BUFFER_BYTES,
             filter: env_nonempty("RUST_LOG").unwrap_or_else(|| DEFAULT_FILTER.to_string()),
             instance_id: default_instance_id(),
             otlp: OtlpConfig::from_env(),
@@ -117,21 +125,12 @@ pub fn default_instance_id() -> String {
 }
 
 /// Deletes the oldest of wstrace's own log files in `dir`
-/// (`<prefix>.….log`, as tracing-appender names and prunes them) until
+/// (`<prefix>.….log`, as `rolling_file` names them) until
 /// they take at most `max_bytes` together; the newest (the one being
 /// written) is never deleted, and neither is any other program's file in a
 /// shared directory. Returns (files deleted, bytes freed).
 pub fn prune_log_dir(dir: &std::path::Path, prefix: &str, max_bytes: u64) -> (usize, u64) {
-    let Ok(mut files) = logfile::log_files(&[dir.to_path_buf()]) else {
-        return (0, 0);
-    };
-    let ours = |file: &PathBuf| {
-        file.file_name()
-            .and_then(|name| name.to_str())
-            .and_then(|name| name.strip_prefix(prefix))
-            .is_some_and(|rest| rest.starts_with('.') && rest.ends_with(".log"))
-    };
-    files.retain(ours);
+    let mut files = own_log_files(dir, prefix);
     let size = |f: &PathBuf| std::fs::metadata(f).map_or(0, |m| m.len());
     let mut total: u64 = files.iter().map(size).sum();
     // Name order is time order; keep the newest.
@@ -151,6 +150,20 @@ pub fn prune_log_dir(dir: &std::path::Path, prefix: &str, max_bytes: u64) -> (us
     (deleted, freed)
 }
 
+/// wstrace's own log files in `dir` (`<prefix>.….log`), oldest first.
+fn own_log_files(dir: &std::path::Path, prefix: &str) -> Vec<PathBuf> {
+    let Ok(mut files) = logfile::log_files(&[dir.to_path_buf()]) else {
+        return Vec::new();
+    };
+    files.retain(|file| {
+        file.file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_prefix(prefix))
+            .is_some_and(|rest| rest.starts_with('.') && rest.ends_with(".log"))
+    });
+    files
+}
+
 /// When the log file rolls over to a new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogRotation {
@@ -159,17 +172,6 @@ pub enum LogRotation {
     #[default]
     Daily,
     Never,
-}
-
-impl From<LogRotation> for Rotation {
-    fn from(r: LogRotation) -> Self {
-        match r {
-            LogRotation::Minutely => Rotation::MINUTELY,
-            LogRotation::Hourly => Rotation::HOURLY,
-            LogRotation::Daily => Rotation::DAILY,
-            LogRotation::Never => Rotation::NEVER,
-        }
-    }
 }
 
 /// OTLP trace export. Endpoint, protocol (`grpc` or `http/protobuf`),
@@ -204,11 +206,8 @@ fn env_nonempty(name: &str) -> Option<String> {
 pub enum TelemetryError {
     #[error("cannot create log directory {dir}: {source}")]
     LogDir { dir: PathBuf, source: io::Error },
-    #[error("cannot open rolling log file in {dir}: {source}")]
-    LogFile {
-        dir: PathBuf,
-        source: tracing_appender::rolling::InitError,
-    },
+    #[error("cannot open a log file in {dir}: {source}")]
+    LogFile { dir: PathBuf, source: io::Error },
     #[error("RUST_LOG={filter:?} is not a valid log filter: {source}")]
     Filter {
         filter: String,
@@ -246,8 +245,6 @@ impl TelemetryError {
 pub struct TelemetryGuard {
     tracer_provider: Option<SdkTracerProvider>,
     log_writers: Vec<LineWriterGuard>,
-    /// Lines each output's writer thread is done with, to wait for them.
-    flushed: Vec<Arc<LineCounts>>,
     counters: Arc<TelemetryCounters>,
 }
 
@@ -261,6 +258,49 @@ impl TelemetryGuard {
         self.counters.clone()
     }
 
+    /// Waits until every line handed to the outputs is written (or failed),
+    /// at most `LOG_DRAIN_TIMEOUT`, and not for an output that takes
+    /// nothing for its stall bound (a stdout nobody reads must not stop
+    /// shutdown either). Returns which outputs drained, and says on stderr
+    /// how many lines the others still hold.
+    pub fn drain_logs(&self) -> Vec<bool> {
+        let outputs = &self.counters.log_outputs;
+        let started = std::time::Instant::now();
+        let mut progress: Vec<_> = outputs.iter().map(|o| (o.counts.done(), started)).collect();
+        loop {
+            let now = std::time::Instant::now();
+            let mut waiting = false;
+            for (output, (done, since)) in outputs.iter().zip(&mut progress) {
+                if output.counts.drained() {
+                    continue;
+                }
+                if output.counts.done() != *done {
+                    (*done, *since) = (output.counts.done(), now);
+                }
+                waiting |= now - *since < output.stall;
+            }
+            if !waiting || now - started > LOG_DRAIN_TIMEOUT {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        outputs
+            .iter()
+            .map(|output| {
+                let behind = output
+                    .counts
+                    .queued
+                    .load(Relaxed)
+                    .saturating_sub(output.counts.done());
+                if behind > 0 {
+                    // The log writers are what is stuck; stderr is all that is left.
+                    eprintln!("wstrace: {behind} log lines not written to {}", output.name);
+                }
+                behind == 0
+            })
+            .collect()
+    }
+
     /// Exports every finished span, then writes every queued log line.
     /// Safe to call once; also what `Drop` does.
     pub fn shutdown(&mut self) {
@@ -271,24 +311,14 @@ impl TelemetryGuard {
             crate::events::SpanExportIncomplete { error: &error }.emit();
         }
         // Every line handed to the writers must be written before their
-        // guards are dropped.
-        let queued = self.counters.log_lines_written.load(Relaxed);
-        let deadline = std::time::Instant::now() + LOG_DRAIN_TIMEOUT;
-        while self.flushed.iter().any(|f| f.done() < queued) && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(2));
+        // guards are dropped; a writer stuck in its output is left behind
+        // (joining it would never return).
+        let drained = self.drain_logs();
+        for (writer, drained) in self.log_writers.drain(..).zip(drained) {
+            if !drained {
+                writer.abandon();
+            }
         }
-        if let Some(behind) = self
-            .flushed
-            .iter()
-            .map(|f| queued.saturating_sub(f.done()))
-            .max()
-            && behind > 0
-        {
-            // The log writers are what is stuck; stderr is all that is left.
-            eprintln!("wstrace: {behind} log lines not written after {LOG_DRAIN_TIMEOUT:?}");
-        }
-        self.log_writers.clear();
     }
 }
 
@@ -317,22 +347,16 @@ impl io::Write for LogOutputsWriter<'_> {
         Ok(buf.len())
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        // Every output gets the line: one that cannot take it (and counts
+        // that) does not keep it from the others.
         for output in self.0 {
-            output.write_line(buf)?;
+            let _ = output.write_line(buf);
         }
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-fn lossless<W: io::Write + Send + 'static>(
-    output: W,
-    name: &str,
-    counters: &Arc<TelemetryCounters>,
-) -> Result<(LineWriter, LineWriterGuard, Arc<LineCounts>), TelemetryError> {
-    line_writer(output, name, LOG_QUEUE_BYTES, counters.clone()).map_err(TelemetryError::LogThread)
 }
 
 /// Builds the subscriber and the guard that flushes it. Nothing global is
@@ -357,8 +381,11 @@ pub fn get_subscriber(
         filter: config.filter.clone(),
         source,
     })?;
-    let counters = Arc::new(TelemetryCounters::default());
-    let outputs = LogOutputSet::open(config, &counters)?;
+    let outputs = LogOutputSet::open(config)?;
+    let counters = Arc::new(TelemetryCounters {
+        log_outputs: outputs.counts,
+        ..TelemetryCounters::default()
+    });
     let provider = tracer_provider(config, &counters)?;
     let tracer = provider.tracer(DEFAULT_SERVICE_NAME);
 
@@ -381,7 +408,6 @@ pub fn get_subscriber(
             config.service_name.clone(),
             config.instance_id.clone(),
             LogOutputs(outputs.writers),
-            counters.clone(),
         ));
 
     Ok((
@@ -389,69 +415,80 @@ pub fn get_subscriber(
         TelemetryGuard {
             tracer_provider: Some(provider),
             log_writers: outputs.guards,
-            flushed: outputs.flushed,
             counters,
         },
     ))
 }
 
-/// The log outputs (rolling files, stdout), each behind its own lossless
-/// writer thread, with what the guard needs to flush them.
+/// The log outputs (rolling files, stdout), each behind its own writer
+/// thread, with what the guard needs to flush them.
 struct LogOutputSet {
     writers: Vec<LineWriter>,
     guards: Vec<LineWriterGuard>,
-    flushed: Vec<Arc<LineCounts>>,
+    counts: Vec<LogOutputCounts>,
 }
 
 impl LogOutputSet {
-    fn open(
-        config: &TelemetryConfig,
-        counters: &Arc<TelemetryCounters>,
-    ) -> Result<Self, TelemetryError> {
+    fn open(config: &TelemetryConfig) -> Result<Self, TelemetryError> {
         let mut set = Self {
             writers: Vec::new(),
             guards: Vec::new(),
-            flushed: Vec::new(),
+            counts: Vec::new(),
         };
         if let Some(dir) = &config.log_dir {
-            let file = rolling_file(config, dir)?;
-            set.push(lossless(file, "wstrace-log-file", counters)?);
+            std::fs::create_dir_all(dir).map_err(|source| TelemetryError::LogDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            let file = RollingFile::open(
+                dir,
+                &config.log_file_prefix,
+                config.log_rotation,
+                config.log_max_files,
+            )
+            .map_err(|source| TelemetryError::LogFile {
+                dir: dir.clone(),
+                source,
+            })?;
+            // A disk that takes nothing for this long is broken, not busy.
+            set.push("file", file, config.log_buffer_bytes, LOG_FILE_STALL)?;
         }
         if config.log_stdout {
-            set.push(lossless(io::stdout(), "wstrace-log-stdout", counters)?);
+            // A reader that stops reading must not stop the server.
+            let stdout = Stream(io::stdout());
+            set.push("stdout", stdout, config.log_buffer_bytes, LOG_STDOUT_STALL)?;
         }
         Ok(set)
     }
 
-    fn push(&mut self, (writer, guard, flushed): (LineWriter, LineWriterGuard, Arc<LineCounts>)) {
+    fn push(
+        &mut self,
+        name: &'static str,
+        output: impl LineOutput,
+        buffer: usize,
+        stall: std::time::Duration,
+    ) -> Result<(), TelemetryError> {
+        let thread = format!("wstrace-log-{name}");
+        let (writer, guard, counts) =
+            line_writer(output, &thread, buffer, stall).map_err(TelemetryError::LogThread)?;
         self.writers.push(writer);
         self.guards.push(guard);
-        self.flushed.push(flushed);
+        self.counts.push(LogOutputCounts {
+            name,
+            counts,
+            stall,
+        });
+        Ok(())
     }
 }
 
-/// `<dir>/<prefix>.<date>.log`, rolled as configured.
-fn rolling_file(
-    config: &TelemetryConfig,
-    dir: &std::path::Path,
-) -> Result<RollingFileAppender, TelemetryError> {
-    std::fs::create_dir_all(dir).map_err(|source| TelemetryError::LogDir {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    let mut builder = RollingFileAppender::builder()
-        .rotation(config.log_rotation.into())
-        .filename_prefix(&config.log_file_prefix)
-        .filename_suffix("log");
-    if let Some(max) = config.log_max_files.filter(|m| *m > 0) {
-        builder = builder.max_log_files(max);
-    }
-    builder
-        .build(dir)
-        .map_err(|source| TelemetryError::LogFile {
-            dir: dir.to_path_buf(),
-            source,
-        })
+/// One log output's name (`file`, `stdout`) and what it did with its lines.
+#[derive(Debug, Clone)]
+pub struct LogOutputCounts {
+    pub name: &'static str,
+    pub counts: Arc<LineCounts>,
+    /// Its stall bound: shutdown waits no longer than this for progress.
+    pub stall: std::time::Duration,
 }
 
 /// The tracer provider: spans exported over OTLP through a bounded, counted
@@ -515,6 +552,7 @@ mod tests {
             log_rotation: LogRotation::Never,
             log_max_files: None,
             log_stdout: false,
+            log_buffer_bytes: crate::limits::DEFAULT_LOG_BUFFER_BYTES,
             filter: "info".into(),
             instance_id: "test-0001".into(),
             otlp: None,
@@ -533,7 +571,7 @@ mod tests {
         guard.shutdown();
         let text = std::fs::read_to_string(dir.path().join("burst.log")).unwrap();
         assert_eq!(text.lines().count(), 100_000);
-        assert_eq!(guard.counters().log_lines_dropped.load(Relaxed), 0);
+        assert_eq!(guard.counters().log_lines_of_first_output(), (100_000, 0));
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum HandshakeError {
     UnsupportedVersion,
     #[error("missing `Sec-WebSocket-Key`")]
     NoKey,
+    #[error("`Sec-WebSocket-Key` must be one base64 value of 16 bytes")]
+    BadKey,
 }
 
 /// Checks an upgrade request and returns its `Sec-WebSocket-Accept` value.
@@ -31,17 +33,30 @@ pub fn check_request(method: &Method, headers: &HeaderMap) -> Result<HeaderValue
     if !has_token(headers, header::UPGRADE, "websocket") {
         return Err(HandshakeError::NoUpgradeWebsocket);
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
+    // Exactly one version, 13: "13, 8" or two version headers are not a
+    // version this server speaks.
+    if single(headers, header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
         return Err(HandshakeError::UnsupportedVersion);
     }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or(HandshakeError::NoKey)?;
+    if !headers.contains_key(header::SEC_WEBSOCKET_KEY) {
+        return Err(HandshakeError::NoKey);
+    }
+    let key = single(headers, header::SEC_WEBSOCKET_KEY).ok_or(HandshakeError::BadKey)?;
+    // RFC 6455 4.2.1: the key is a base64-encoded 16-byte nonce.
+    let nonce = base64::engine::general_purpose::STANDARD
+        .decode(key.as_bytes())
+        .map_err(|_| HandshakeError::BadKey)?;
+    if nonce.len() != 16 {
+        return Err(HandshakeError::BadKey);
+    }
     Ok(accept_key(key.as_bytes()))
+}
+
+/// The header's value if it appears exactly once.
+fn single(headers: &HeaderMap, name: header::HeaderName) -> Option<&HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let value = values.next()?;
+    values.next().is_none().then_some(value)
 }
 
 /// Whether a comma-separated header has `token`, in any case.
@@ -106,11 +121,52 @@ mod tests {
             headers.remove(&name);
             assert_eq!(check_request(&Method::GET, &headers), Err(error));
         }
+        for version in ["8", "13, 8", "8, 13", " 13"] {
+            let mut headers = upgrade_headers();
+            headers.insert(header::SEC_WEBSOCKET_VERSION, version.parse().unwrap());
+            assert_eq!(
+                check_request(&Method::GET, &headers),
+                Err(HandshakeError::UnsupportedVersion),
+                "{version:?}"
+            );
+        }
         let mut headers = upgrade_headers();
-        headers.insert(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
+        headers.append(header::SEC_WEBSOCKET_VERSION, "8".parse().unwrap());
         assert_eq!(
             check_request(&Method::GET, &headers),
-            Err(HandshakeError::UnsupportedVersion)
+            Err(HandshakeError::UnsupportedVersion),
+            "13 and 8 as two headers"
+        );
+    }
+
+    #[test]
+    fn a_key_that_is_not_a_16_byte_nonce_is_refused() {
+        // Empty, not base64, 4 bytes, 17 bytes, unpadded.
+        let bad = [
+            "",
+            "not base64!!",
+            "AAAAAA==",
+            "AAAAAAAAAAAAAAAAAAAAAAA=",
+            "dGhlIHNhbXBsZSBub25jZQ",
+        ];
+        for key in bad {
+            let mut headers = upgrade_headers();
+            headers.insert(header::SEC_WEBSOCKET_KEY, key.parse().unwrap());
+            assert_eq!(
+                check_request(&Method::GET, &headers),
+                Err(HandshakeError::BadKey),
+                "{key:?}"
+            );
+        }
+        let mut headers = upgrade_headers();
+        headers.append(
+            header::SEC_WEBSOCKET_KEY,
+            "AAAAAAAAAAAAAAAAAAAAAA==".parse().unwrap(),
+        );
+        assert_eq!(
+            check_request(&Method::GET, &headers),
+            Err(HandshakeError::BadKey),
+            "two keys"
         );
     }
 }

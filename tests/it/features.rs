@@ -302,6 +302,111 @@ async fn admin_api_is_disabled_without_a_token_and_refuses_wrong_ones() {
     assert_no_secret_in_logs(&server, &[ADMIN_TOKEN]);
 }
 
+/// Every error of every route is `{"error":{"code","message"}}` with its
+/// status: the server's own, axum's body rejections, unknown routes and
+/// wrong methods.
+#[tokio::test]
+async fn every_error_answer_is_the_json_error_shape() {
+    let mut server = TestServer::start_with_config(traced_config()).await;
+    let (token, host) = (admin()[0].1, server.addr);
+    let post = |path: &str, content_type: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\
+             authorization: {token}\r\n{content_type}content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let json_type = "content-type: application/json\r\n";
+    let huge = format!(r#"{{"content":"{}"}}"#, "x".repeat(3 * 1024 * 1024));
+    let cases = [
+        (
+            post("/api/send", json_type, "{not json"),
+            400,
+            "bad_request",
+        ),
+        (
+            post("/api/send", "", r#"{"content":"x"}"#),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            post("/api/send", json_type, r#"{"content":7}"#),
+            422,
+            "unprocessable_body",
+        ),
+        (
+            post("/api/send", json_type, &huge),
+            413,
+            "content_too_large",
+        ),
+        (
+            post("/api/sessions", json_type, "{}"),
+            405,
+            "method_not_allowed",
+        ),
+        (post("/no/such/route", json_type, "{}"), 404, "not_found"),
+        (
+            format!("GET /api/nothing-here HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"),
+            404,
+            "not_found",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let response = raw_http(server.addr, &request).await;
+        let first = request.lines().next().unwrap().to_owned();
+        assert_eq!(response.status, status, "{first}: {}", response.body);
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/json"),
+            "{first}"
+        );
+        let error = &response.json()["error"];
+        assert_eq!(error["code"], code, "{first}: {}", response.body);
+        assert!(!error["message"].as_str().unwrap().is_empty(), "{first}");
+        if status == 405 {
+            assert!(response.header("allow").is_some(), "405 keeps Allow");
+        }
+    }
+    server.stop().await;
+}
+
+/// Admin content obeys `--max-message-bytes` like a client's message: 413,
+/// and the session gets nothing.
+#[tokio::test]
+async fn admin_content_over_the_message_limit_is_413_and_not_sent() {
+    let mut server = TestServer::start_with_config(traced_config()).await;
+    let mut peer = join(&server).await;
+    subscribe(&mut peer, "news").await;
+    let limit = wstrace::limits::DEFAULT_MAX_MESSAGE_BYTES;
+    let big = "x".repeat(limit + 1);
+    for (path, body) in [
+        (
+            "/api/send",
+            json!({"session_id": peer.session_id, "content": big}),
+        ),
+        ("/api/broadcast", json!({"channel": "news", "content": big})),
+        ("/api/broadcast", json!({"content": big})),
+    ] {
+        let response = http(server.addr, "POST", path, &admin(), Some(body)).await;
+        assert_eq!(response.status, 413, "{path}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "content_too_large");
+    }
+    assert_silent(&mut peer.client).await;
+    // At the limit it is delivered.
+    let at_limit = "y".repeat(limit);
+    let sent = http(
+        server.addr,
+        "POST",
+        "/api/send",
+        &admin(),
+        Some(json!({"session_id": peer.session_id, "content": at_limit})),
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.body);
+    assert_eq!(next_json(&mut peer.client).await["content"], at_limit);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn admin_api_lists_sends_broadcasts_kicks_and_cleans_up() {
     let mut server = TestServer::start_with_config(traced_config()).await;
@@ -1047,8 +1152,8 @@ async fn metrics_parse_and_match_what_happened() {
     assert_eq!(m["wstrace_message_size_bytes_count{direction=\"in\"}"], 6.0);
     assert_eq!(m["wstrace_channels"], 1.0);
     assert_eq!(m["wstrace_channel_subscriptions"], 1.0);
-    assert!(m["wstrace_log_lines_written_total"] > 5.0);
-    assert_eq!(m["wstrace_log_lines_dropped_total"], 0.0);
+    assert!(m[r#"wstrace_log_lines_written_total{output="file"}"#] > 5.0);
+    assert_eq!(m[r#"wstrace_log_lines_dropped_total{output="file"}"#], 0.0);
     if let Some(promtool) = which("promtool") {
         let checked = std::process::Command::new(promtool)
             .args(["check", "metrics"])

@@ -11,6 +11,9 @@
 //!   PROXY protocol), from chosen loopback source addresses.
 //! - [`process`]: the real binary: SIGTERM, stdout, OTLP to a real
 //!   collector (rotel), doctor, health.
+//! - [`faults`]: what a broken world does to the real binary: a stuck
+//!   stdout, a hostile collector, a frozen Redis, a full or deleted log
+//!   directory, slow readers.
 //! - [`tls`]: `--tls-cert`: openssl-made certificates, rustls and Python
 //!   clients, SIGHUP reloads.
 //! - [`tools`]: the client (pipes, a pseudo-terminal), load, logs.
@@ -22,6 +25,7 @@
 mod architecture;
 mod cluster;
 mod common;
+mod faults;
 mod features;
 mod pipeline;
 mod process;

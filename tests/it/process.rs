@@ -940,10 +940,6 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     let _ = live.wait();
 }
 
-fn server_rss_kib(pid: u32) -> u64 {
-    wstrace::metrics::resident_kib(pid).expect("/proc is readable")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_messages_leave_server_memory_flat() {
     let server = Wstrace::start(&[("WSTRACE_MAX_MESSAGE_BYTES", "65536")]);

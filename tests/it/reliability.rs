@@ -211,6 +211,51 @@ async fn huge_or_many_headers_are_refused_before_any_session() {
     assert!(with_msg(&server.log_lines(), "session opened").len() == 1);
 }
 
+/// RFC 6455 4.2.1: a key that is not one base64 16-byte nonce, or a version
+/// list that is not exactly 13, is a 400 with the JSON error body, never a
+/// 101.
+#[tokio::test]
+async fn malformed_keys_and_versions_get_400_not_101() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = TestServer::start().await;
+    let good_key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let v13 = "Sec-WebSocket-Version: 13\r\n";
+    let cases = [
+        format!("Sec-WebSocket-Key: \r\n{v13}"),
+        format!("Sec-WebSocket-Key: not*base64*at*all!\r\n{v13}"),
+        format!("Sec-WebSocket-Key: AAAAAA==\r\n{v13}"),
+        format!("{good_key}Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n{v13}"),
+        format!("{good_key}Sec-WebSocket-Version: 13, 8\r\n"),
+        format!("{good_key}{v13}Sec-WebSocket-Version: 8\r\n"),
+    ];
+    for headers in cases {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             {headers}Connection: close\r\n\r\n",
+            server.addr
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+            .await
+            .unwrap()
+            .unwrap();
+        let response = String::from_utf8_lossy(&response);
+        assert!(
+            response.starts_with("HTTP/1.1 400"),
+            "{headers:?}: {response}"
+        );
+        assert!(
+            response.contains(r#""code":"not_a_websocket_upgrade""#),
+            "{response}"
+        );
+    }
+    still_serves(&server).await;
+    server.stop().await;
+    assert!(with_msg(&server.log_lines(), "session opened").len() == 1);
+}
+
 #[cfg(feature = "fault-injection")]
 #[tokio::test]
 async fn a_panicking_handler_closes_only_its_session_with_1011() {
@@ -300,16 +345,9 @@ async fn every_log_line_emitted_at_saturation_is_on_disk() {
     }
     server.stop().await;
     let counters = server.state.config.telemetry.clone().unwrap();
-    let written = counters
-        .log_lines_written
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let (written, dropped) = counters.log_lines_of_first_output();
     let on_disk = server.log_lines().len() as u64;
-    assert_eq!(
-        counters
-            .log_lines_dropped
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(dropped, 0);
     assert_eq!(on_disk, written, "every line counted as written is on disk");
     // 400 sessions × (opened + 10 received + closed) at least.
     assert!(on_disk >= 400 * 12, "{on_disk}");

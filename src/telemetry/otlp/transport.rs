@@ -7,7 +7,7 @@
 //! batch thread, which calls the exporter, only waits for the answer.
 
 use bytes::{Buf, BufMut, Bytes};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,6 +18,7 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{ExportConfig, ExporterConfigError, Protocol};
+use crate::limits::OTLP_RESPONSE_MAX_BYTES;
 
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const USER_AGENT: &str = concat!("wstrace/", env!("CARGO_PKG_VERSION"));
@@ -93,6 +94,12 @@ fn unreachable(status: &tonic::Status) -> bool {
         source = error.source();
     }
     false
+}
+
+/// tonic refused a response over `OTLP_RESPONSE_MAX_BYTES` (as
+/// OUT_OF_RANGE, which would otherwise be retried).
+fn response_too_large(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::OutOfRange && status.message().contains("length too large")
 }
 
 /// The HTTP statuses the OTLP specification calls retryable.
@@ -196,7 +203,9 @@ impl Transport {
                 } else {
                     endpoint.connect_lazy()
                 };
-                let mut client = tonic::client::Grpc::new(channel);
+                // tonic checks a message's length prefix before reading it.
+                let mut client = tonic::client::Grpc::new(channel)
+                    .max_decoding_message_size(OTLP_RESPONSE_MAX_BYTES);
                 if config.gzip {
                     client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
                 }
@@ -265,7 +274,9 @@ impl Transport {
                         reason: format!("gRPC {:?}: {}", status.code(), status.message()),
                         // A collector that answered; not one we could not
                         // reach (tonic says UNAVAILABLE for both).
-                        retryable: grpc_retryable(status.code()) && !unreachable(&status),
+                        retryable: grpc_retryable(status.code())
+                            && !unreachable(&status)
+                            && !response_too_large(&status),
                         retry_after: None,
                     })
             }
@@ -313,12 +324,18 @@ async fn http_exchange(
         .map_err(|error| SendError::permanent(format!("HTTP: {error}")))?;
     let status = response.status();
     let retry_after = retry_after(response.headers().get(http::header::RETRY_AFTER));
-    let body = response
-        .into_body()
+    // Read no more than an OTLP response can need: a collector that
+    // streams a huge body must not make the exporter buffer it.
+    let body = match Limited::new(response.into_body(), OTLP_RESPONSE_MAX_BYTES)
         .collect()
         .await
-        .map_err(|error| SendError::permanent(format!("HTTP body: {error}")))?
-        .to_bytes();
+    {
+        Ok(body) => body.to_bytes(),
+        // The status already said whether the spans were taken; what
+        // follows it is not worth reading (the connection is dropped).
+        Err(error) if error.is::<LengthLimitError>() => Bytes::new(),
+        Err(error) => return Err(SendError::permanent(format!("HTTP body: {error}"))),
+    };
     if status.is_success() {
         return Ok(body);
     }

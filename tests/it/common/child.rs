@@ -16,36 +16,51 @@ pub struct Wstrace {
     /// Drains stdout as the server runs, as any real consumer would (a
     /// full pipe would otherwise stall the stdout writer).
     pub stdout: Option<std::thread::JoinHandle<String>>,
+    /// Or holds it unread: a consumer that stopped reading.
+    _stuck_stdout: Option<std::process::ChildStdout>,
 }
 
 impl Wstrace {
     pub fn start(envs: &[(&str, &str)]) -> Self {
-        Self::start_configured(envs, |_| {})
+        Self::start_configured(envs, |_| {}, true)
     }
 
     /// Starts the server with an open-file limit of `soft`/`hard`, as a
     /// shell's `ulimit -n` would leave it.
     pub fn start_with_open_files(envs: &[(&str, &str)], soft: u64, hard: u64) -> Self {
         use std::os::unix::process::CommandExt;
-        Self::start_configured(envs, move |command| {
-            // SAFETY: only setrlimit, which is async-signal-safe, runs
-            // between fork and exec.
-            unsafe {
-                command.pre_exec(move || {
-                    let limit = libc::rlimit {
-                        rlim_cur: soft,
-                        rlim_max: hard,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        })
+        Self::start_configured(
+            envs,
+            move |command| {
+                // SAFETY: only setrlimit, which is async-signal-safe, runs
+                // between fork and exec.
+                unsafe {
+                    command.pre_exec(move || {
+                        let limit = libc::rlimit {
+                            rlim_cur: soft,
+                            rlim_max: hard,
+                        };
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            },
+            true,
+        )
     }
 
-    fn start_configured(envs: &[(&str, &str)], configure: impl FnOnce(&mut Command)) -> Self {
+    /// Starts the server with a stdout pipe that nobody reads.
+    pub fn start_with_stuck_stdout(envs: &[(&str, &str)]) -> Self {
+        Self::start_configured(envs, |_| {}, false)
+    }
+
+    fn start_configured(
+        envs: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+        drain_stdout: bool,
+    ) -> Self {
         let log_dir = tempfile::tempdir().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_wstrace"));
         command
@@ -56,8 +71,6 @@ impl Wstrace {
                 "--shutdown-timeout",
                 "5s",
             ])
-            .arg("--log-dir")
-            .arg(log_dir.path())
             .env_remove("RUST_LOG")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -66,16 +79,30 @@ impl Wstrace {
         for (key, value) in envs {
             command.env(key, value);
         }
+        // WSTRACE_LOG_DIR in `envs` (a test's own directory) wins.
+        let log_path = envs
+            .iter()
+            .find(|(key, _)| *key == "WSTRACE_LOG_DIR")
+            .map_or_else(
+                || log_dir.path().to_path_buf(),
+                |(_, dir)| PathBuf::from(dir),
+            );
+        command.arg("--log-dir").arg(&log_path);
         configure(&mut command);
         let mut child = command.spawn().expect("spawn wstrace");
         let mut pipe = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        });
+        let (stdout, stuck_stdout) = if drain_stdout {
+            let drain = std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            });
+            (Some(drain), None)
+        } else {
+            (None, Some(pipe))
+        };
         let listening = wait_for(Duration::from_secs(20), "wstrace listening", || {
-            read_log_lines(log_dir.path())
+            read_log_lines(&log_path)
                 .into_iter()
                 .find(|l| l["msg"] == wstrace::events::Listening::MESSAGE)
         });
@@ -84,7 +111,8 @@ impl Wstrace {
             child,
             log_dir,
             addr,
-            stdout: Some(stdout),
+            stdout,
+            _stuck_stdout: stuck_stdout,
         }
     }
 
@@ -125,7 +153,10 @@ impl Wstrace {
             assert!(Instant::now() < deadline, "wstrace did not exit");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let stdout = self.stdout.take().unwrap().join().unwrap();
+        let stdout = self
+            .stdout
+            .take()
+            .map_or_else(String::new, |t| t.join().unwrap());
         let log_dir = std::mem::replace(&mut self.log_dir, tempfile::tempdir().unwrap());
         (status.code(), stdout, log_dir)
     }
@@ -179,6 +210,10 @@ pub fn rotel_agent() -> PathBuf {
         "rotel is not installed: `pip install rotel` (scripts/test.sh does it)"
     );
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+pub fn server_rss_kib(pid: u32) -> u64 {
+    wstrace::metrics::resident_kib(pid).expect("/proc is readable")
 }
 
 pub fn free_port() -> u16 {

@@ -22,6 +22,7 @@ use wstrace::state::{ServerConfig, ServerState};
 use wstrace::telemetry::{TelemetryConfig, TelemetryGuard, get_subscriber};
 
 pub mod child;
+pub mod hostile_collector;
 pub mod raw_ws;
 #[allow(unused_imports)]
 pub use child::*;
@@ -84,6 +85,7 @@ impl TestServer {
             log_rotation,
             log_max_files: None,
             log_stdout: std::env::var_os("TEST_LOG").is_some(),
+            log_buffer_bytes: wstrace::limits::DEFAULT_LOG_BUFFER_BYTES,
             filter: "info,wstrace=debug".into(),
             instance_id: server_config.instance_id.clone(),
             otlp: None,
@@ -179,10 +181,10 @@ impl TestServer {
 }
 
 pub fn read_log_lines(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new(); // not made yet (or deleted)
+    };
+    let mut files: Vec<PathBuf> = entries.map(|e| e.unwrap().path()).collect();
     files.sort();
     let mut lines = Vec::new();
     for file in files {
@@ -298,8 +300,6 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> HttpResponse {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     for (name, value) in headers {
@@ -309,6 +309,14 @@ pub async fn http(
         request.push_str("content-type: application/json\r\n");
     }
     request.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    raw_http(addr, &request).await
+}
+
+/// Sends `request` as written (it should ask for `connection: close`) and
+/// reads the whole answer.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))

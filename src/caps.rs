@@ -66,11 +66,17 @@ impl<K: Eq + Hash + Clone> Drop for Slot<K> {
     }
 }
 
-/// The caps a server applies at the upgrade.
+/// The caps a server applies: to TCP connections at accept, to sessions
+/// at the upgrade.
 #[derive(Debug)]
 pub struct SessionCaps {
     pub per_ip: Arc<Counter<IpAddr>>,
     pub per_user: Arc<Counter<String>>,
+    /// Connections of any kind (plain HTTP, slow readers, sessions) from
+    /// one peer address that is not a trusted proxy: the same limit as
+    /// its sessions, so idle or never-reading HTTP connections cannot take
+    /// every file descriptor either.
+    pub connections_per_ip: Arc<Counter<IpAddr>>,
 }
 
 impl SessionCaps {
@@ -78,6 +84,7 @@ impl SessionCaps {
         Self {
             per_ip: Counter::new(per_ip),
             per_user: Counter::new(per_user),
+            connections_per_ip: Counter::new(per_ip),
         }
     }
 }

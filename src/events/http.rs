@@ -285,6 +285,37 @@ impl InternalEvent for UpgradeRefused<'_> {
     }
 }
 
+/// A TCP connection refused at accept: its address already holds
+/// `--max-sessions-per-ip` connections (plain HTTP or sessions). Counted
+/// as an upgrade rejection with reason `per_ip_connections`.
+#[derive(Debug)]
+pub struct ConnectionRefused<'a> {
+    pub peer: std::net::SocketAddr,
+    pub limit: usize,
+    /// The server's metrics, which this line's counter is in.
+    pub metrics: &'a Metrics,
+}
+
+impl ConnectionRefused<'_> {
+    pub const MESSAGE: &'static str = "connection refused: too many from this address";
+}
+
+impl InternalEvent for ConnectionRefused<'_> {
+    fn emit(self) {
+        self.metrics.upgrade_rejected("per_ip_connections");
+        let Some(suppressed) = process_budget(&CONNECTION_REFUSALS) else {
+            return;
+        };
+        tracing::warn!(
+            target: HTTP,
+            message = Self::MESSAGE,
+            net.peer.ip = %self.peer.ip(),
+            limit = self.limit,
+            lines_suppressed = suppressed
+        );
+    }
+}
+
 /// A request for a `Host` name the server is not for (DNS rebinding);
 /// counted as an upgrade rejection with reason `host`.
 #[derive(Debug)]

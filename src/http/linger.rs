@@ -11,6 +11,7 @@
 //! closes too, for a bounded time and a bounded number of bytes. A
 //! connection with no input waiting (a clean close) just closes.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,12 +25,58 @@ use crate::limits::{LINGER_MAX_BYTES, LINGER_TIMEOUT};
 #[derive(Debug)]
 pub struct LingeringStream {
     stream: Option<TcpStream>,
+    /// While serving plain HTTP: a peer that takes no byte of a response
+    /// for this long (it never reads) is cut. Sessions have their own
+    /// write timeout (`session::writer`), so an upgrade ends this.
+    write_stall: Option<WriteStall>,
+}
+
+#[derive(Debug)]
+struct WriteStall {
+    limit: std::time::Duration,
+    /// Running while a write waits for the peer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl LingeringStream {
     pub fn new(stream: TcpStream) -> Self {
         Self {
             stream: Some(stream),
+            write_stall: None,
+        }
+    }
+
+    /// Cuts the connection when a write makes no progress for `limit`.
+    pub fn with_write_stall(mut self, limit: std::time::Duration) -> Self {
+        self.write_stall = Some(WriteStall { limit, timer: None });
+        self
+    }
+
+    /// The connection became a session, which times its own writes.
+    pub fn end_write_stall(&mut self) {
+        self.write_stall = None;
+    }
+
+    /// A write that is `Pending` starts (or checks) the stall timer; one
+    /// that made progress stops it.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        let Some(stall) = &mut self.write_stall else {
+            return poll;
+        };
+        if poll.is_ready() {
+            stall.timer = None;
+            return poll;
+        }
+        let limit = stall.limit;
+        let timer = stall
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer took nothing for --write-timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -164,7 +211,8 @@ impl AsyncWrite for LingeringStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.stream()).poll_write(cx, buf)
+        let poll = Pin::new(self.stream()).poll_write(cx, buf);
+        self.watch(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -172,7 +220,8 @@ impl AsyncWrite for LingeringStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.stream()).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(self.stream()).poll_write_vectored(cx, bufs);
+        self.watch(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -207,6 +256,18 @@ impl Drop for LingeringStream {
             runtime.spawn(linger(stream));
         }
     }
+}
+
+/// Answers a connection the server will not serve with `response`, then
+/// closes it lingering, so the answer is not wiped out by a reset when the
+/// peer's request arrives after it. Bounded by `LINGER_TIMEOUT`.
+pub fn refuse(mut stream: TcpStream, response: Vec<u8>) {
+    tokio::spawn(async move {
+        let written = tokio::time::timeout(LINGER_TIMEOUT, stream.write_all(&response)).await;
+        if matches!(written, Ok(Ok(()))) {
+            linger(stream).await;
+        }
+    });
 }
 
 async fn linger(mut stream: TcpStream) {

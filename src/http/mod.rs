@@ -105,7 +105,10 @@ impl Server {
                 _ = &mut signal => break,
                 _ = shutdown.cancelled() => break,
             };
-            connections.spawn(serve_connection(&app, &state, stream, peer));
+            let Some((stream, slot)) = connection_slot(&state, stream, peer) else {
+                continue;
+            };
+            connections.spawn(serve_connection(&app, &state, stream, peer, slot));
         }
         drop(listener);
         upkeep.abort();
@@ -115,6 +118,44 @@ impl Server {
         shut_down(&state, connections, cluster_tasks).await;
         Ok(())
     }
+}
+
+/// The peer's place under the per-address cap (none is needed for a
+/// trusted proxy, which carries many clients). At the cap the connection
+/// gets a 429 in the JSON error shape and is closed.
+fn connection_slot(
+    state: &ServerState,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<(
+    tokio::net::TcpStream,
+    Option<crate::caps::Slot<std::net::IpAddr>>,
+)> {
+    if state.config.trusted_proxies.contains(peer.ip()) {
+        return Some((stream, None));
+    }
+    if let Some(slot) = state.caps.connections_per_ip.try_take(peer.ip()) {
+        return Some((stream, Some(slot)));
+    }
+    let limit = state.caps.connections_per_ip.limit();
+    crate::events::ConnectionRefused {
+        peer,
+        limit,
+        metrics: &state.metrics,
+    }
+    .emit();
+    let body = json!({ "error": {
+        "code": "too_many_connections",
+        "message": format!("at most {limit} connections from this address; close one or retry later"),
+    }})
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    linger::refuse(stream, response.into_bytes());
+    None
 }
 
 /// Reads the certificate and key again on each SIGHUP (a renewed
@@ -162,11 +203,15 @@ fn serve_connection(
     state: &Arc<ServerState>,
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    slot: Option<crate::caps::Slot<std::net::IpAddr>>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let _ = stream.set_nodelay(true);
     let app = app.clone();
     let state = state.clone();
     async move {
+        // Held for the connection's life, session or not.
+        let _slot = slot;
+        let write_stall = state.config.limits.write_timeout;
         let proxied = match state.config.proxy_protocol {
             true => match proxy_header(&state, &mut stream, peer).await {
                 Some(proxied) => proxied,
@@ -177,7 +222,8 @@ fn serve_connection(
         match state.config.tls.clone() {
             Some(tls) => {
                 let timeout = state.config.limits.header_read_timeout;
-                let handshake = tls.acceptor().accept(linger::LingeringStream::new(stream));
+                let stream = linger::LingeringStream::new(stream).with_write_stall(write_stall);
+                let handshake = tls.acceptor().accept(stream);
                 match tokio::time::timeout(timeout, handshake).await {
                     Ok(Ok(connection)) => serve_http(app, state, connection, peer, proxied).await,
                     Ok(Err(error)) => tls_refused(&state, peer, &error.to_string()),
@@ -187,7 +233,7 @@ fn serve_connection(
                 }
             }
             None => {
-                let stream = linger::LingeringStream::new(stream);
+                let stream = linger::LingeringStream::new(stream).with_write_stall(write_stall);
                 serve_http(app, state, stream, peer, proxied).await
             }
         }

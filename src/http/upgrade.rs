@@ -68,7 +68,9 @@ impl WebSocketRequest {
                 }
                 Err(upgraded) => match upgraded.downcast::<TokioIo<TlsConnection>>() {
                     Ok(parts) => {
-                        let (reading, writing) = tls_halves(parts.io.into_inner());
+                        let mut connection = parts.io.into_inner();
+                        connection.get_mut().0.end_write_stall();
+                        let (reading, writing) = tls_halves(connection);
                         (reading, writing, parts.read_buf)
                     }
                     Err(_) => {

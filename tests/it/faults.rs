@@ -305,3 +305,96 @@ async fn a_deleted_log_directory_is_recreated_and_loses_nothing() {
     let last = lines.last().unwrap();
     assert_eq!(last["log_lines_dropped"], 0);
 }
+
+/// Connections pipelining requests with a tiny receive buffer and never
+/// reading: each is cut once a response write makes no progress for
+/// `--write-timeout`, and their slots under the per-address cap come back.
+#[tokio::test]
+async fn http_connections_that_never_read_are_cut_at_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let mut server = TestServer::start_with_config(wstrace::state::ServerConfig {
+        limits: wstrace::limits::Limits {
+            write_timeout: Duration::from_secs(1),
+            ..test_limits()
+        },
+        ..test_config()
+    })
+    .await;
+    let request = format!(
+        "GET /explorer/app.js HTTP/1.1\r\nhost: {}\r\n\r\n",
+        server.addr
+    )
+    .repeat(200);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(2048).unwrap();
+        let mut stream = socket.connect(server.addr).await.unwrap();
+        // The requests fit the server's buffers; the answers do not fit ours.
+        let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(request.as_bytes()))
+            .await;
+        held.push(stream);
+    }
+    let caps = &server.state.caps.connections_per_ip;
+    let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    assert!(caps.open(&local) >= 20, "{}", caps.open(&local));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while caps.open(&local) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} never-reading connections still open",
+            caps.open(&local)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(held);
+    let health = http(server.addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(health.status, 200);
+    server.stop().await;
+}
+
+/// Connections of any kind count toward the per-address cap: past it, a
+/// new connection gets a 429 in the JSON error shape at once, and one
+/// more is allowed as soon as one closes.
+#[tokio::test]
+async fn connections_past_the_per_address_cap_get_429_at_accept() {
+    let mut server = TestServer::start_with_config(wstrace::state::ServerConfig {
+        limits: wstrace::limits::Limits {
+            max_sessions_per_ip: 5,
+            ..test_limits()
+        },
+        ..test_config()
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let caps = server.state.caps.connections_per_ip.clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while caps.open(&local) < 5 {
+        assert!(Instant::now() < deadline, "accepted {}", caps.open(&local));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = http(server.addr, "GET", "/healthz", &[], None).await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "too_many_connections");
+    idle.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while caps.open(&local) >= 5 {
+        assert!(Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        http(server.addr, "GET", "/healthz", &[], None).await.status,
+        200
+    );
+    drop(idle);
+    server.stop().await;
+    let m = parse_prometheus(&wstrace::http::metrics_text(&server.state));
+    assert_eq!(
+        m[r#"wstrace_upgrades_rejected_total{reason="per_ip_connections"}"#],
+        1.0
+    );
+}

@@ -76,6 +76,10 @@ pub const LOG_FILE_STALL: Duration = Duration::from_secs(30);
 /// Finished spans waiting for OTLP export (`OTEL_BSP_MAX_QUEUE_SIZE`
 /// overrides). Beyond it spans are dropped and counted in `/metrics`.
 pub const SPAN_QUEUE_SPANS: usize = 16 * 1024;
+/// Bytes of sealed envelopes waiting for Redis (cluster mode): a frozen
+/// Redis cannot make an instance hold more; beyond it publishes fail at
+/// once with `cluster_unavailable`.
+pub const CLUSTER_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Most of an OTLP export response that is read (an
 /// `ExportTraceServiceResponse` is a few bytes; a hostile collector's
 /// endless body is cut here, on both transports).

@@ -112,6 +112,7 @@ pub async fn run_bus(context: Arc<ClusterContext>, cluster: Arc<Cluster>) {
                     }
                     None => break "connection closed",
                 },
+                _ = cluster.stalled() => break "a command got no answer within --redis-timeout",
                 _ = pings.tick() => {
                     let ping = tokio::time::timeout(cluster.timeout, sink.ping::<redis::Value>());
                     if !matches!(ping.await, Ok(Ok(_))) {

@@ -121,7 +121,8 @@ fn enqueue(
     );
     cluster.enqueue(PublishJob {
         channel,
-        envelope,
+        wire: cluster.seal(&envelope),
+        sampled: envelope.sampled,
         span,
         reply_to,
     })

@@ -76,17 +76,29 @@ pub enum ClusterError {
     #[error("Redis did not answer within {0:?}")]
     Timeout(Duration),
     #[error(
-        "{} envelopes are already waiting for Redis",
-        publisher::QUEUE_ENVELOPES
+        "{} envelopes or {} bytes are already waiting for Redis",
+        publisher::QUEUE_ENVELOPES,
+        crate::limits::CLUSTER_QUEUE_BYTES
     )]
     Backlog,
     #[error("Redis command failed: {0}")]
     Command(String),
+    /// The connection failed after the command was sent: it may have run.
+    #[error("Redis connection failed after the command was sent: {0}")]
+    Unanswered(String),
 }
 
 impl From<ClusterError> for ForwardError {
     fn from(error: ClusterError) -> Self {
-        ForwardError(error.to_string())
+        ForwardError {
+            // A call that timed out was sent; every other failure means
+            // it was not (or, for a command error, not carried out).
+            outcome_unknown: matches!(
+                error,
+                ClusterError::Timeout(_) | ClusterError::Unanswered(_)
+            ),
+            reason: error.to_string(),
+        }
     }
 }
 
@@ -166,7 +178,15 @@ pub struct Cluster {
     instance_id: String,
     url_for_display: String,
     client: redis::Client,
-    commands: ConnectionManager,
+    /// Commands and publishes. Replaced after Redis stalls: the old
+    /// connection's timed-out commands are dropped with it, not kept
+    /// buffered until Redis resumes.
+    commands: Mutex<ConnectionManager>,
+    manager_config: ConnectionManagerConfig,
+    /// Notified when a call times out: the bus task treats Redis as lost.
+    stalled: tokio::sync::Notify,
+    /// Bytes of sealed envelopes in the outgoing queue.
+    queued_bytes: std::sync::atomic::AtomicUsize,
     session_ttl: Duration,
     timeout: Duration,
     /// Whether the pub/sub connection is up: while it is not, calls fail at
@@ -223,7 +243,7 @@ impl Cluster {
             .set_max_delay(Duration::from_secs(2));
         let commands = tokio::time::timeout(
             config.timeout * 4,
-            ConnectionManager::new_with_config(client.clone(), manager_config),
+            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
         )
         .await
         .map_err(|_| unreachable(format!("no answer within {:?}", config.timeout * 4)))?
@@ -235,7 +255,10 @@ impl Cluster {
             instance_id: config.instance_id,
             url_for_display: url.clone(),
             client,
-            commands,
+            commands: Mutex::new(commands),
+            manager_config,
+            stalled: tokio::sync::Notify::new(),
+            queued_bytes: Default::default(),
             session_ttl: config.session_ttl,
             timeout: config.timeout,
             up: AtomicBool::new(true),
@@ -244,7 +267,7 @@ impl Cluster {
             first_subscription: Mutex::new(None),
         };
         let _: String = cluster
-            .call(redis::cmd("PING").query_async(&mut cluster.commands.clone()))
+            .call(redis::cmd("PING").query_async(&mut cluster.connection()))
             .await
             .map_err(|e| unreachable(reason(&e)))?;
         let subscription = cluster
@@ -321,19 +344,42 @@ impl Cluster {
         lock(&self.outgoing_jobs).take()
     }
 
-    /// Queues an envelope for the publisher task, or fails at once.
+    /// Queues an envelope for the publisher task, or fails at once: while
+    /// Redis is down, or when the queue holds `QUEUE_ENVELOPES` envelopes
+    /// or `CLUSTER_QUEUE_BYTES` bytes.
     pub fn enqueue(&self, job: publisher::PublishJob) -> Result<(), ClusterError> {
+        let bytes = job.wire.len();
         let refused = if !self.is_up() {
             ClusterError::Down
+        } else if self.queued_bytes.fetch_add(bytes, Relaxed) + bytes
+            > crate::limits::CLUSTER_QUEUE_BYTES
+        {
+            self.queued_bytes.fetch_sub(bytes, Relaxed);
+            ClusterError::Backlog
         } else {
             match self.outgoing.try_send(job) {
                 Ok(()) => return Ok(()),
-                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => ClusterError::Backlog,
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => ClusterError::Down,
+                Err(refused) => {
+                    self.queued_bytes.fetch_sub(bytes, Relaxed);
+                    match refused {
+                        tokio::sync::mpsc::error::TrySendError::Full(_) => ClusterError::Backlog,
+                        tokio::sync::mpsc::error::TrySendError::Closed(_) => ClusterError::Down,
+                    }
+                }
             }
         };
         self.counters.publish_failures.fetch_add(1, Relaxed);
         Err(refused)
+    }
+
+    /// Seals an envelope for the wire.
+    pub fn seal(&self, envelope: &Envelope) -> String {
+        self.sealer.seal(envelope)
+    }
+
+    /// The publisher sent (or gave up on) jobs of this many bytes.
+    pub fn dequeued(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Relaxed);
     }
 
     /// Runs one Redis call: at once `Down` while the connection is known to
@@ -347,15 +393,32 @@ impl Cluster {
         }
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(ClusterError::Command(error.to_string())),
-            Err(_) => Err(ClusterError::Timeout(self.timeout)),
+            Ok(Err(error)) if error.is_timeout() => Err(self.stall()),
+            // Redis answered with an error: the command did not run.
+            Ok(Err(error)) if error.code().is_some() => {
+                Err(ClusterError::Command(error.to_string()))
+            }
+            Ok(Err(error)) => Err(ClusterError::Unanswered(error.to_string())),
+            Err(_) => Err(self.stall()),
         }
+    }
+
+    /// A stalled Redis (frozen, or its link) is known within one timeout:
+    /// later calls fail at once, not after piling up in the connection,
+    /// until the bus task has made a new one.
+    fn stall(&self) -> ClusterError {
+        self.set_up(false);
+        self.stalled.notify_one();
+        ClusterError::Timeout(self.timeout)
     }
 
     /// Waits (bounded) until the command connection answers again after
     /// Redis came back: its first call after a loss fails while it
     /// reconnects, and that call should not be a message.
     async fn await_commands(&self) -> bool {
+        if !self.renew_commands().await {
+            return false;
+        }
         for _ in 0..20 {
             let mut connection = self.connection();
             let command = redis::cmd("PING");
@@ -369,26 +432,40 @@ impl Cluster {
     }
 
     fn connection(&self) -> ConnectionManager {
-        self.commands.clone()
+        lock(&self.commands).clone()
+    }
+
+    /// A fresh command connection, in place of one that stalled.
+    async fn renew_commands(&self) -> bool {
+        let fresh =
+            ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone());
+        match tokio::time::timeout(self.timeout * 2, fresh).await {
+            Ok(Ok(fresh)) => {
+                *lock(&self.commands) = fresh;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Resolves when a call has timed out since the last time.
+    pub async fn stalled(&self) {
+        self.stalled.notified().await;
     }
 
     /// Publishes an envelope; returns how many instances received it.
     pub async fn publish(&self, channel: &str, envelope: &Envelope) -> Result<u64, ClusterError> {
-        let receivers = self.publish_batch(&[(channel, envelope)]).await?;
+        let wire = self.seal(envelope);
+        let receivers = self.publish_batch(&[(channel, &wire)]).await?;
         Ok(receivers.first().copied().unwrap_or_default())
     }
 
-    /// Publishes envelopes in one pipeline, in order; returns how many
-    /// instances received each.
-    pub async fn publish_batch(
-        &self,
-        envelopes: &[(&str, &Envelope)],
-    ) -> Result<Vec<u64>, ClusterError> {
+    /// Publishes sealed envelopes in one pipeline, in order; returns how
+    /// many instances received each.
+    pub async fn publish_batch(&self, sealed: &[(&str, &str)]) -> Result<Vec<u64>, ClusterError> {
         let mut pipe = redis::pipe();
-        for (channel, envelope) in envelopes {
-            pipe.cmd("PUBLISH")
-                .arg(*channel)
-                .arg(self.sealer.seal(envelope));
+        for (channel, wire) in sealed {
+            pipe.cmd("PUBLISH").arg(*channel).arg(*wire);
         }
         let mut connection = self.connection();
         let result = self
@@ -398,7 +475,7 @@ impl Cluster {
             Ok(_) => &self.counters.published,
             Err(_) => &self.counters.publish_failures,
         };
-        counter.fetch_add(envelopes.len() as u64, Relaxed);
+        counter.fetch_add(sealed.len() as u64, Relaxed);
         result
     }
 }

@@ -18,7 +18,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
-use super::envelope::Envelope;
 use crate::routing::{ForwardError, SharedRecipient};
 
 /// Envelopes waiting for Redis.
@@ -29,7 +28,11 @@ const BATCH: usize = 256;
 /// One envelope on its way out.
 pub struct PublishJob {
     pub channel: String,
-    pub envelope: Envelope,
+    /// The sealed envelope, as Redis gets it (and as the queue's byte
+    /// bound counts it).
+    pub wire: String,
+    /// The publisher's sampling decision, for its error frame.
+    pub sampled: bool,
     /// The `redis.publish` span (disabled when unsampled): open from the
     /// publish until Redis answers.
     pub span: tracing::Span,
@@ -60,22 +63,26 @@ pub async fn run_publisher(
         if received == 0 {
             return;
         }
-        let envelopes: Vec<(&str, &Envelope)> = batch
+        let sealed: Vec<(&str, &str)> = batch
             .iter()
-            .map(|job| (job.channel.as_str(), &job.envelope))
+            .map(|job| (job.channel.as_str(), job.wire.as_str()))
             .collect();
-        let result = cluster.publish_batch(&envelopes).await;
+        let result = cluster.publish_batch(&sealed).await;
+        cluster.dequeued(batch.iter().map(|job| job.wire.len()).sum());
+        let (receivers, error) = match result {
+            Ok(receivers) => (Some(receivers), None),
+            Err(error) => (None, Some(ForwardError::from(error))),
+        };
         for (i, job) in batch.drain(..).enumerate() {
-            match &result {
-                Ok(receivers) => {
+            match &receivers {
+                Some(receivers) => {
                     let receivers = receivers.get(i).copied().unwrap_or_default();
                     job.span.record("cluster.receivers", receivers);
                 }
-                Err(error) => {
+                None => {
                     job.span.record("otel.status_code", "error");
-                    if let Some(reply_to) = &job.reply_to {
-                        let error = ForwardError(error.to_string());
-                        reply_to.notify(&error.to_frame(), job.envelope.sampled);
+                    if let (Some(reply_to), Some(error)) = (&job.reply_to, &error) {
+                        reply_to.notify(&error.to_frame(), job.sampled);
                     }
                 }
             }

@@ -242,6 +242,9 @@ pub enum ErrorCode {
     /// Cluster mode, Redis unreachable: the message reached this instance's
     /// sessions only, or its recipient may be on another instance.
     ClusterUnavailable,
+    /// Cluster mode, Redis stopped answering after the message was sent:
+    /// other instances may or may not get it. Resending may duplicate.
+    ClusterDeliveryUnknown,
 }
 
 impl ErrorCode {
@@ -257,6 +260,7 @@ impl ErrorCode {
             ErrorCode::NoSuchRecipient => "no_such_recipient",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ClusterUnavailable => "cluster_unavailable",
+            ErrorCode::ClusterDeliveryUnknown => "cluster_delivery_unknown",
         }
     }
 }

@@ -10,25 +10,49 @@ use crate::protocol::{ErrorCode, ServerFrame};
 
 /// Why other instances were not reached (cluster mode, Redis trouble).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct ForwardError(pub String);
+#[error("{reason}")]
+pub struct ForwardError {
+    pub reason: String,
+    /// Sent, but Redis did not answer in time: the other instances may
+    /// still get it (a frozen Redis runs what it already read when it
+    /// resumes). Otherwise it was not sent.
+    pub outcome_unknown: bool,
+}
 
 impl ForwardError {
+    /// Not sent: Redis was known to be down, or the queue full.
+    pub fn not_sent(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            outcome_unknown: false,
+        }
+    }
+
     /// What the publishing session is told: the message reached this
-    /// instance's sessions only.
+    /// instance's sessions, and the other instances did not get it
+    /// (`cluster_unavailable`, safe to resend) or may have
+    /// (`cluster_delivery_unknown`, resending may duplicate).
     pub fn to_frame(&self) -> ServerFrame {
-        ServerFrame::Error {
-            code: ErrorCode::ClusterUnavailable,
-            message: format!(
-                "other instances were not reached: {self}; sessions on this instance got the message"
+        let (code, what) = match self.outcome_unknown {
+            false => (
+                ErrorCode::ClusterUnavailable,
+                "other instances were not reached",
             ),
+            true => (
+                ErrorCode::ClusterDeliveryUnknown,
+                "other instances may or may not have got the message",
+            ),
+        };
+        ServerFrame::Error {
+            code,
+            message: format!("{what}: {self}; sessions on this instance got the message"),
         }
     }
 }
 
 impl From<ForwardError> for crate::error::HttpError {
     fn from(error: ForwardError) -> Self {
-        crate::error::HttpError::ClusterUnavailable(error.0)
+        crate::error::HttpError::ClusterUnavailable(error.reason)
     }
 }
 

@@ -613,6 +613,119 @@ async fn losing_redis_keeps_local_delivery_and_cross_instance_delivery_resumes()
     );
 }
 
+/// Redis frozen (SIGSTOP) while sessions publish large messages: A sees
+/// it within `--redis-timeout` (redis_up 0), its memory stays bounded (the
+/// queue is bounded in bytes and timed-out pipelines are dropped with
+/// their connection), and the codes tell the truth: no message answered
+/// `cluster_unavailable` ever reaches B; only `cluster_delivery_unknown`
+/// ones may. After SIGCONT delivery resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_detected_bounds_memory_and_codes_tell_the_truth() {
+    let Some(redis) = RedisServer::start() else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let fast = [
+        ("WSTRACE_TELEMETRY_REPORT_INTERVAL", "500ms"),
+        ("WSTRACE_REDIS_TIMEOUT", "500ms"),
+        ("WSTRACE_MESSAGES_PER_SECOND", "0"),
+    ];
+    let a = node(&redis, "inst-a", &fast);
+    let b = node(&redis, "inst-b", &fast);
+    let (mut remote, _, _) = join(&b, None).await;
+    subscribe(&mut remote, "big").await;
+    let mut publishers = Vec::new();
+    for _ in 0..4 {
+        publishers.push(join(&a, None).await.0);
+    }
+    let padding = "x".repeat(60 * 1024);
+    let publish = |n: usize| json!({"type": "publish", "channel": "big", "content": format!("{n:05} {padding}")});
+    send_json(&mut publishers[0], publish(0)).await;
+    assert!(
+        next_json(&mut remote).await["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("00000")
+    );
+
+    let rss_before = metric(&a, "process_resident_memory_bytes").await;
+    redis.freeze(true);
+    let frozen_at = std::time::Instant::now();
+    let mut detected = None;
+    // ~2 s of 4 × 60 KiB messages every 10 ms: ~48 MiB offered.
+    let mut n = 1;
+    while frozen_at.elapsed() < Duration::from_secs(2) {
+        for publisher in &mut publishers {
+            send_json(publisher, publish(n)).await;
+            n += 1;
+        }
+        if detected.is_none() && metric(&a, "wstrace_cluster_redis_up").await == 0.0 {
+            detected = Some(frozen_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let grown = metric(&a, "process_resident_memory_bytes").await - rss_before;
+    let detected = detected.expect("redis_up never went to 0");
+    eprintln!("frozen Redis: detected after {detected:?}, A's RSS grew {grown} bytes");
+    assert!(
+        detected < Duration::from_millis(1500),
+        "detected after {detected:?}"
+    );
+    assert!(grown < 40.0 * 1024.0 * 1024.0, "RSS grew {grown} bytes");
+    // What each publisher was told, by message number.
+    let (mut unavailable, mut unknown) = (Vec::new(), Vec::new());
+    for publisher in &mut publishers {
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_millis(300), publisher.next()).await
+        {
+            let Message::Text(text) = frame else { continue };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            match frame["code"].as_str() {
+                Some("cluster_unavailable") => unavailable.push(frame),
+                Some("cluster_delivery_unknown") => unknown.push(frame),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        !unavailable.is_empty(),
+        "publishes after the detection are refused"
+    );
+    let refused = unavailable.len() + unknown.len();
+
+    redis.freeze(false);
+    wait_until("A and B to recover", Duration::from_secs(20), || async {
+        metric(&a, "wstrace_cluster_redis_up").await == 1.0
+            && metric(&b, "wstrace_cluster_redis_up").await == 1.0
+    })
+    .await;
+    // Whatever Redis had already read arrives now; then the marker.
+    send_json(
+        &mut publishers[0],
+        json!({"type": "publish", "channel": "big", "content": "marker"}),
+    )
+    .await;
+    let mut received = 0;
+    loop {
+        let frame = next_json(&mut remote).await;
+        let content = frame["content"].as_str().unwrap().to_owned();
+        if content == "marker" {
+            break;
+        }
+        received += 1;
+    }
+    // Every message is either told as refused or delivered, never both.
+    let sent = n - 1;
+    assert!(
+        received + unavailable.len() <= sent,
+        "{received} delivered + {} told not sent > {sent} sent",
+        unavailable.len()
+    );
+    assert!(
+        received + refused >= sent,
+        "{received} + {refused} < {sent}"
+    );
+}
+
 #[test]
 fn cluster_mode_refuses_to_start_without_redis_and_hides_the_password() {
     let port = free_port();

@@ -94,6 +94,7 @@ fn a_collector_streaming_an_endless_answer_cannot_grow_memory() {
         .bytes_sent
         .load(std::sync::atomic::Ordering::Relaxed);
     let after = server_rss_kib(server.child.id());
+    eprintln!("endless body: exporter took {sent} bytes; RSS {before} → {after} KiB");
     // Loopback moves GiBs in 2 s: only the cap keeps this small.
     assert!(sent < 64 * 1024 * 1024, "the exporter took {sent} bytes");
     assert!(after < before + 64 * 1024, "RSS {before} → {after} KiB");

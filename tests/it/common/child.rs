@@ -316,6 +316,15 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// SIGSTOP (`true`) or SIGCONT: a Redis that is frozen, not gone (its
+    /// sockets stay open and take bytes until their buffers fill).
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success());
+    }
+
     /// `None` when redis-server is not installed (a failure instead under
     /// `WSTRACE_REQUIRE_TOOLS`).
     pub fn start() -> Option<Self> {

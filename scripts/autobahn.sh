@@ -34,7 +34,9 @@ port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 "$CARGO_TARGET_DIR/debug/wstrace" serve --listen "127.0.0.1:$port" --log-dir "$work/logs" --log-stdout false \
     --echo-endpoint --messages-per-second 0 --max-message-bytes 2097152 &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
+# Wait for the server to exit before removing its log directory: it writes
+# its last lines while it shuts down.
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$work" || true' EXIT
 for _ in $(seq 50); do
     "$CARGO_TARGET_DIR/debug/wstrace" health --url "http://127.0.0.1:$port/healthz" 2>/dev/null && break
     sleep 0.1

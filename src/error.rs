@@ -120,6 +120,9 @@ pub enum HttpError {
     TooManyConnections { limit: usize },
     #[error("at most {limit} sessions {what}; close one or retry later")]
     TooManySessions { what: &'static str, limit: usize },
+    /// At accept: the address holds `--max-sessions-per-ip` connections.
+    #[error("at most {limit} connections from this address; close one or retry later")]
+    TooManyConnectionsFromAddress { limit: usize },
     #[error("server is shutting down")]
     ShuttingDown,
     #[error("{0}")]
@@ -177,13 +180,15 @@ impl HttpError {
             HttpError::Rejected { status, .. } => *status,
             HttpError::Busy(_)
             | HttpError::TooManySessions { .. }
+            | HttpError::TooManyConnectionsFromAddress { .. }
             | HttpError::TooManyDebugSessions(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     pub fn code(&self) -> &'static str {
         match self {
-            HttpError::TooManyConnections { .. } => "too_many_connections",
+            HttpError::TooManyConnections { .. }
+            | HttpError::TooManyConnectionsFromAddress { .. } => "too_many_connections",
             HttpError::ShuttingDown => "shutting_down",
             HttpError::Unauthorized(e) => e.code(),
             HttpError::OriginNotAllowed => "origin_not_allowed",
@@ -213,11 +218,17 @@ impl HttpError {
     }
 }
 
+impl HttpError {
+    /// The body every error answer has.
+    pub fn body(&self) -> serde_json::Value {
+        json!({ "error": { "code": self.code(), "message": self.to_string() } })
+    }
+}
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        let mut response = (status, Json(body)).into_response();
+        let mut response = (status, Json(self.body())).into_response();
         let headers = response.headers_mut();
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

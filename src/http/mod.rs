@@ -144,14 +144,13 @@ fn connection_slot(
         metrics: &state.metrics,
     }
     .emit();
-    let body = json!({ "error": {
-        "code": "too_many_connections",
-        "message": format!("at most {limit} connections from this address; close one or retry later"),
-    }})
-    .to_string();
+    // Written by hand: there is no HTTP connection to answer through yet.
+    let error = HttpError::TooManyConnectionsFromAddress { limit };
+    let body = error.body().to_string();
     let response = format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+        "HTTP/1.1 {}\r\ncontent-type: application/json\r\n\
          retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        error.status(),
         body.len()
     );
     linger::refuse(stream, response.into_bytes());

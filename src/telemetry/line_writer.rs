@@ -278,23 +278,19 @@ fn run(shared: &Shared, mut output: impl LineOutput, counts: &LineCounts) {
             }
             counts.lost(&counts.failed, lines - kept, || describe(&error));
         }
-        // It took a batch: it is not stalled (any more).
-        {
-            let mut state = lock(shared);
-            state.stalled = false;
-        }
-        shared.room.notify_all();
         batch.clear();
         if batch.capacity() > KEPT_CAPACITY {
             batch = Vec::new();
         }
-        if !closed {
-            // Let the next lines gather; a writer that fills half the
-            // buffer meanwhile cuts this short.
-            let state = lock(shared);
-            if state.buffer.len() < shared.max_bytes / 2 && !state.closed {
-                drop(shared.lines.wait_timeout(state, LINGER));
-            }
+        // It took a batch: it is not stalled (any more), and writers
+        // waiting for room may go on.
+        let mut state = lock(shared);
+        state.stalled = false;
+        shared.room.notify_all();
+        // Let the next lines gather; a writer that fills half the buffer
+        // meanwhile cuts this short.
+        if !closed && state.buffer.len() < shared.max_bytes / 2 && !state.closed {
+            drop(shared.lines.wait_timeout(state, LINGER));
         }
     }
 }
@@ -332,14 +328,15 @@ impl LineWriter {
             }
         }
         if state.closed || state.stalled {
-            let why = if state.closed {
-                "the log writer has stopped".to_owned()
-            } else {
-                format!("the output took nothing for {:?}", shared.stall)
-            };
+            let closed = state.closed;
             drop(state);
-            self.counts.lost(&self.counts.refused, 1, || why.clone());
-            return Err(io::Error::new(io::ErrorKind::WouldBlock, why));
+            // Said once per report (the cause is kept only if none is):
+            // nothing is formatted per dropped line.
+            self.counts.lost(&self.counts.refused, 1, || match closed {
+                true => "the log writer has stopped".to_owned(),
+                false => format!("the output took nothing for {:?}", shared.stall),
+            });
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         state.buffer.extend_from_slice(line);
         state.lines += 1;

@@ -118,7 +118,7 @@ impl LineOutput for RollingFile {
             }
             recreated = true;
         }
-        let (kept, result) = self.append(batch);
+        let (mut kept, mut result) = self.append(batch);
         if result.is_ok() && self.deleted() {
             // Deleted while we wrote: those lines went where no one can
             // read them. Write them again, to a new file.
@@ -126,12 +126,7 @@ impl LineOutput for RollingFile {
                 return Batch::failed(error);
             }
             recreated = true;
-            let (kept, result) = self.append(batch);
-            return Batch {
-                kept,
-                error: result.err(),
-                recreated,
-            };
+            (kept, result) = self.append(batch);
         }
         Batch {
             kept,

@@ -105,6 +105,17 @@ fn a_collector_streaming_an_endless_answer_cannot_grow_memory() {
     assert_eq!(server.wait().0, Some(0));
 }
 
+/// SIGTERM, then the exit (off the async threads), which must be 0;
+/// returns the server's own log directory.
+async fn stopped(server: Wstrace) -> tempfile::TempDir {
+    server.sigterm();
+    let (code, _, log_dir) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    log_dir
+}
+
 /// Opens `count` sessions one after another, each echoing once.
 async fn sessions(addr: &str, count: usize) {
     use futures_util::{SinkExt, StreamExt};
@@ -154,11 +165,8 @@ async fn a_stdout_nobody_reads_stops_neither_serving_nor_the_file() {
     assert!(metrics[r#"wstrace_log_lines_dropped_total{output="stdout"}"#] > 0.0);
     assert_eq!(metrics[DROPPED_TO_FILE], 0.0);
     tokio::time::sleep(Duration::from_millis(700)).await; // one report
-    server.sigterm();
-    let (code, _, log_dir) = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap();
-    assert_eq!(code, Some(0), "shutdown does not wait on the stuck stdout");
+    // Exit 0: shutdown does not wait on the stuck stdout.
+    let log_dir = stopped(server).await;
     let lines = read_log_lines(log_dir.path());
     assert_eq!(
         with_msg(&lines, wstrace::events::SessionClosed::MESSAGE).len(),
@@ -244,11 +252,7 @@ async fn a_full_disk_leaves_no_torn_line_and_counts_exactly() {
     sessions(&addr, 20).await;
     tokio::time::sleep(Duration::from_millis(700)).await; // one report
     let dropped = metrics_of(&addr).await[DROPPED_TO_FILE];
-    server.sigterm();
-    let (code, _, _) = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap();
-    assert_eq!(code, Some(0));
+    stopped(server).await;
     // read_log_lines fails on any line that is not one JSON object.
     let lines = read_log_lines(&log_dir);
     let last = lines.last().unwrap();
@@ -289,11 +293,7 @@ async fn a_deleted_log_directory_is_recreated_and_loses_nothing() {
     std::fs::remove_dir_all(&log_dir).unwrap();
     sessions(&addr, 10).await;
     tokio::time::sleep(Duration::from_millis(700)).await; // one report
-    server.sigterm();
-    let (code, _, _) = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap();
-    assert_eq!(code, Some(0));
+    stopped(server).await;
     let lines = read_log_lines(&log_dir);
     assert_eq!(
         with_msg(&lines, wstrace::events::SessionClosed::MESSAGE).len(),

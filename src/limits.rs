@@ -163,3 +163,14 @@ impl Default for Limits {
         }
     }
 }
+
+/// How long an admin send or broadcast waits for the other instances to
+/// say what they delivered; those that do not answer in time are reported
+/// as unconfirmed.
+pub const CLUSTER_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a cluster-wide log search waits for the other instances; those
+/// that do not answer in time are named in its `partial` list.
+pub const CLUSTER_LOG_SEARCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The largest log search answer one instance sends another (lines are
+/// dropped from the end, and the answer marked truncated, to fit).
+pub const CLUSTER_ANSWER_MAX_BYTES: usize = 4 * 1024 * 1024;

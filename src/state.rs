@@ -118,7 +118,7 @@ pub struct ServerState {
     /// Sessions per client address and per user.
     pub caps: crate::caps::SessionCaps,
     /// `/api/logs` reads the log directory: one search at a time.
-    pub log_search: Semaphore,
+    pub log_search: Arc<crate::telemetry::log_search::LogSearch>,
     /// The cap on debug sessions (`--max-debug-sessions`).
     pub debug_slots: Arc<DebugSlots>,
 }
@@ -157,7 +157,9 @@ impl ServerState {
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             started: Instant::now(),
-            log_search: Semaphore::new(1),
+            log_search: Arc::new(crate::telemetry::log_search::LogSearch::new(
+                config.log_dir.clone(),
+            )),
             debug_slots: DebugSlots::new(config.limits.max_debug_sessions),
             caps: crate::caps::SessionCaps::new(
                 config.limits.max_sessions_per_ip,

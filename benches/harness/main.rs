@@ -4,6 +4,7 @@
 //! cargo bench --bench harness            # full run (BENCHMARKS.md)
 //! cargo test --bench harness             # smoke run: tiny counts, seconds
 //! WSTRACE_BENCH_ONLY=cluster cargo bench --bench harness   # fan-out via Redis
+//! WSTRACE_BENCH_ONLY=instances cargo bench --bench harness # cost per instance as the cluster grows
 //! WSTRACE_BENCH_ONLY=sweep cargo bench --bench harness     # sample ratios, debug sessions
 //! WSTRACE_BENCH_ONLY=sweep WSTRACE_BENCH_BASELINE=/tmp/wstrace-before \
 //!     cargo bench --bench harness                          # ...and another build beside it
@@ -35,11 +36,13 @@ mod raw_ws;
 
 mod client;
 mod cluster;
+mod instances;
 mod report;
 mod servers;
 
 use client::*;
 use cluster::*;
+use instances::*;
 use report::*;
 use servers::*;
 

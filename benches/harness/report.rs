@@ -327,6 +327,7 @@ pub(crate) async fn run(plan: Plan) -> String {
         Ok("sweep") => return sweep(&plan).await,
         Ok("lifecycle") => return lifecycle(&plan).await,
         Ok("cluster") => return cluster(&plan).await,
+        Ok("instances") => return instances(&plan).await,
         _ => {}
     }
     let work = tempfile::tempdir().unwrap();

@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::envelope::{Action, Audience, Envelope};
-use super::{Cluster, ClusterContext};
+use super::envelope::{Action, Answer, Audience, Envelope, Question};
+use super::{Cluster, ClusterContext, interest};
 use crate::events::{
     AdminClosedSession, ClusterDeliveryFailing, ClusterEnvelopeDropped, ClusterMessageDelivered,
     InternalEvent, RedisLost, RedisReconnected, RemoteActionForGoneSession, RemoteDebugRefused,
@@ -81,9 +81,24 @@ pub async fn run_bus(context: Arc<ClusterContext>, cluster: Arc<Cluster>) {
                 }
             }
         };
+        let (mut sink, mut messages) = pubsub.split();
+        // A new connection hears no channel yet: it joins every channel
+        // with subscribers here before Redis counts as up again, so a
+        // publish made once it is up reaches them.
+        if let Err(cause) = sync_interest(&context, &cluster, &mut sink).await {
+            tracing::debug!(
+                cause,
+                "Redis pub/sub is back but its subscriptions are not yet; retrying"
+            );
+            cluster.set_up(false);
+            cluster.interest.lost();
+            lost_at.get_or_insert_with(Instant::now);
+            continue;
+        }
         if let Some(lost) = lost_at.take() {
             if !cluster.await_commands().await {
                 tracing::debug!("Redis pub/sub is back but commands are not yet; retrying");
+                cluster.interest.lost();
                 lost_at = Some(lost);
                 continue;
             }
@@ -98,11 +113,15 @@ pub async fn run_bus(context: Arc<ClusterContext>, cluster: Arc<Cluster>) {
             }
             .emit();
         }
-        let (mut sink, mut messages) = pubsub.split();
         let mut pings = tokio::time::interval(ping_every);
         pings.tick().await;
         let cause = loop {
             tokio::select! {
+                _ = cluster.interest.sync_due() => {
+                    if let Err(cause) = sync_interest(&context, &cluster, &mut sink).await {
+                        break cause;
+                    }
+                }
                 message = messages.next() => match message {
                     Some(message) => {
                         deliver(&context, &cluster, message.get_payload_bytes());
@@ -123,6 +142,7 @@ pub async fn run_bus(context: Arc<ClusterContext>, cluster: Arc<Cluster>) {
             }
         };
         cluster.set_up(false);
+        cluster.interest.lost();
         lost_at = Some(Instant::now());
         RedisLost {
             redis: cluster.redis_url(),
@@ -130,6 +150,47 @@ pub async fn run_bus(context: Arc<ClusterContext>, cluster: Arc<Cluster>) {
         }
         .emit();
     }
+}
+
+/// Subscribes the channels that gained their first subscriber here and
+/// unsubscribes those that lost their last (see [`super::interest`]).
+async fn sync_interest(
+    context: &ClusterContext,
+    cluster: &Cluster,
+    sink: &mut redis::aio::PubSubSink,
+) -> Result<(), &'static str> {
+    /// Channels per SUBSCRIBE: a reconnect with thousands of channels
+    /// sends several commands, not one huge one.
+    const PER_COMMAND: usize = 1000;
+    let difference = cluster
+        .interest
+        .difference(&context.router.hub().channel_names());
+    let redis_channels = |names: &[String]| {
+        names
+            .iter()
+            .map(|c| interest::redis_channel(c))
+            .collect::<Vec<_>>()
+    };
+    for names in difference.join.chunks(PER_COMMAND) {
+        let subscribe = sink.subscribe(redis_channels(names));
+        if !matches!(
+            tokio::time::timeout(cluster.timeout, subscribe).await,
+            Ok(Ok(()))
+        ) {
+            return Err("a channel subscription got no answer");
+        }
+    }
+    for names in difference.leave.chunks(PER_COMMAND) {
+        let unsubscribe = sink.unsubscribe(redis_channels(names));
+        if !matches!(
+            tokio::time::timeout(cluster.timeout, unsubscribe).await,
+            Ok(Ok(()))
+        ) {
+            return Err("a channel unsubscription got no answer");
+        }
+    }
+    cluster.interest.confirm(&difference);
+    Ok(())
 }
 
 /// Writes every local session back into the registry.
@@ -147,22 +208,33 @@ async fn reregister(context: &ClusterContext, cluster: &Cluster) -> usize {
     count
 }
 
-/// Delivers one envelope from another instance to the sessions here.
-fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
-    let Some(envelope) = open_envelope(context, cluster, payload) else {
+/// Acts on one envelope from another instance.
+fn deliver(context: &Arc<ClusterContext>, cluster: &Arc<Cluster>, payload: &[u8]) {
+    let Some(mut envelope) = open_envelope(context, cluster, payload) else {
         return;
     };
     cluster.counters.received.fetch_add(1, Relaxed);
     let origin = span_context(&envelope.origin).unwrap_or_else(SpanContext::empty_context);
     let span = deliver_span(cluster, &envelope);
     let _entered = span.enter();
-    match envelope.action {
+    // What the answers below need of the envelope; the action is moved out.
+    let action = std::mem::replace(
+        &mut envelope.action,
+        Action::Answer {
+            request_id: uuid::Uuid::nil(),
+            answer: Answer::Failed {
+                error: String::new(),
+            },
+        },
+    );
+    match action {
         Action::Deliver {
             to,
             message_id,
             frame,
             channel,
             from_session,
+            ack,
         } => {
             let delivery = Arc::new(Delivery {
                 id: uuid::Uuid::parse_str(&message_id).ok(),
@@ -173,7 +245,31 @@ fn deliver(context: &ClusterContext, cluster: &Cluster, payload: &[u8]) {
                 origin,
                 sampled: envelope.sampled,
             });
-            fan_out(context, &to, &delivery);
+            let report = fan_out(context, &to, &delivery);
+            if let Some(request_id) = ack {
+                let answer = Answer::Delivered {
+                    delivered: report.delivered,
+                    dropped: report.dropped,
+                };
+                cluster.answer(&envelope, request_id, answer);
+            }
+        }
+        Action::Ask {
+            request_id,
+            question: Question::Logs { q },
+        } => {
+            let (context, cluster) = (context.clone(), cluster.clone());
+            tokio::spawn(async move {
+                let answer = search_logs_here(&context, &q).await;
+                cluster.answer(&envelope, request_id, answer);
+            });
+        }
+        Action::Answer { request_id, answer } => {
+            let answered = super::ask::Answered {
+                instance_id: envelope.from_instance,
+                answer,
+            };
+            cluster.pending.answered(request_id, answered);
         }
         Action::Kick {
             session_id,
@@ -235,8 +331,34 @@ fn deliver_span(cluster: &Cluster, envelope: &Envelope) -> tracing::Span {
     span
 }
 
+/// This instance's log search, for another instance, within what one
+/// answer may hold (lines dropped from the end, and marked truncated).
+async fn search_logs_here(context: &ClusterContext, q: &str) -> Answer {
+    let mut found = match context.log_search.search(q).await {
+        Ok(found) => found,
+        Err(error) => {
+            return Answer::Failed {
+                error: error.to_string(),
+            };
+        }
+    };
+    while found.to_string().len() > crate::limits::CLUSTER_ANSWER_MAX_BYTES {
+        let Some(lines) = found["lines"].as_array_mut() else {
+            break;
+        };
+        let keep = lines.len() / 2;
+        lines.truncate(keep);
+        found["truncated"] = true.into();
+    }
+    Answer::Logs { found }
+}
+
 /// A message from another instance, to this instance's receivers.
-fn fan_out(context: &ClusterContext, to: &Audience, delivery: &Arc<Delivery>) {
+fn fan_out(
+    context: &ClusterContext,
+    to: &Audience,
+    delivery: &Arc<Delivery>,
+) -> crate::routing::FanOut {
     let router = &context.router;
     let receivers: Vec<SharedRecipient> = match to {
         Audience::Channel { channel } => router.local(crate::routing::Audience::Channel(channel)),
@@ -256,6 +378,7 @@ fn fan_out(context: &ClusterContext, to: &Audience, delivery: &Arc<Delivery>) {
         }
         .emit();
     }
+    report
 }
 
 /// An admin close from another instance, for a session here.

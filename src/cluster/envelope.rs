@@ -44,7 +44,21 @@ pub enum Action {
         channel: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         from_session: Option<Uuid>,
+        /// Answer with what was delivered ([`Answer::Delivered`]) to this
+        /// request of the publishing instance (admin sends, which report
+        /// it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ack: Option<Uuid>,
     },
+    /// A question for the instances that hear it; each answers the asker
+    /// on the asker's own channel.
+    Ask {
+        request_id: Uuid,
+        question: Question,
+    },
+    /// One instance's answer to an [`Action::Ask`] or an acknowledged
+    /// delivery.
+    Answer { request_id: Uuid, answer: Answer },
     /// Close a session (admin `DELETE /api/sessions/{id}`).
     Kick {
         session_id: Uuid,
@@ -60,6 +74,29 @@ pub enum Action {
         requested_by: String,
     },
 }
+
+/// What one instance asks the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Question {
+    /// The lines of a trace or session in the instance's log files (`q`:
+    /// a trace or session id, full or short, as `GET /api/logs` takes it).
+    Logs { q: String },
+}
+
+/// One instance's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Answer {
+    /// What an acknowledged delivery reached there.
+    Delivered { delivered: usize, dropped: usize },
+    /// The instance's log search: the body its own `GET /api/logs` answers.
+    Logs { found: serde_json::Value },
+    /// The instance could not answer.
+    Failed { error: String },
+}
+
+impl Eq for Answer {}
 
 /// Who, on the receiving instance, gets a delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +223,18 @@ impl Action {
                     ));
                 }
             }
+            Action::Ask {
+                question: Question::Logs { q },
+                ..
+            } => {
+                if !crate::telemetry::logfile::valid_search_id(q) {
+                    return Err(EnvelopeError::Invalid(
+                        "log search for something that is not an id",
+                    ));
+                }
+            }
+            // Matched to a request of this instance, or ignored.
+            Action::Answer { .. } => {}
             Action::Deliver { frame, .. } => {
                 if frame.len() > max_frame_bytes {
                     return Err(EnvelopeError::Invalid(
@@ -274,6 +323,7 @@ mod tests {
                 frame: r#"{"type":"message","content":"hi"}"#.into(),
                 channel: Some("news".into()),
                 from_session: Some(Uuid::nil()),
+                ack: None,
             },
         }
     }
@@ -307,6 +357,7 @@ mod tests {
             frame: "{}".into(),
             channel: None,
             from_session: None,
+            ack: None,
         };
         let json = serde_json::to_string(&all).unwrap();
         assert_eq!(
@@ -363,6 +414,7 @@ mod tests {
             frame: frame.into(),
             channel: None,
             from_session: None,
+            ack: None,
         };
         let message = r#"{"type":"message","id":"m","content":"hi","ts":1,"traceparent":"t"}"#;
         assert!(deliver(message).validate(1024).is_ok());

@@ -11,11 +11,11 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
-use super::envelope::{self, Action, ENVELOPE_VERSION, Envelope};
+use super::envelope::{self, Action, Answer, ENVELOPE_VERSION, Envelope};
 use super::publisher::PublishJob;
 use super::{Cluster, ClusterError};
 use crate::routing::{
-    Audience, Delivery, ForwardError, Forwarded, Forwarder, SessionView, SharedRecipient,
+    Audience, Delivery, ForwardError, Forwarded, Forwarder, Requester, SessionView, SharedRecipient,
 };
 use crate::sampling::DebugChange;
 use crate::trace_context::format_traceparent;
@@ -26,7 +26,7 @@ impl Forwarder for Cluster {
         audience: Audience<'a>,
         delivery: &'a Delivery,
         local_found: usize,
-        reply_to: Option<SharedRecipient>,
+        requester: Requester,
     ) -> BoxFuture<'a, Result<Forwarded, ForwardError>> {
         Box::pin(async move {
             let mut forwarded = Forwarded::default();
@@ -36,11 +36,22 @@ impl Forwarder for Cluster {
                 delivery,
                 local_found,
                 &mut forwarded,
-                reply_to,
+                requester,
             )
             .await?;
             Ok(forwarded)
         })
+    }
+
+    fn listen<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), ForwardError>> {
+        Box::pin(async move {
+            let up = || self.is_up();
+            Ok(self.interest.wait_for(channel, self.timeout, up).await?)
+        })
+    }
+
+    fn interest_changed(&self) {
+        self.interest.changed();
     }
 
     fn register(&self, view: SessionView, first: bool) -> BoxFuture<'_, Result<(), ForwardError>> {
@@ -62,19 +73,32 @@ async fn forward(
     delivery: &Delivery,
     local_found: usize,
     routed: &mut Forwarded,
-    reply_to: Option<SharedRecipient>,
+    requester: Requester,
 ) -> Result<(), ClusterError> {
+    let admin = matches!(requester, Requester::Admin);
     match audience {
         Audience::Channel(channel) => {
             let to = envelope::Audience::Channel {
                 channel: channel.to_string(),
             };
-            enqueue(cluster, to, delivery, reply_to)?;
-            routed.queued_for_all = true;
+            let redis_channel = super::interest::redis_channel(channel);
+            // This instance hears the channel while it has subscribers.
+            let hears_itself = cluster.interest.is_confirmed(channel);
+            to_all(
+                cluster,
+                redis_channel,
+                to,
+                delivery,
+                hears_itself,
+                routed,
+                requester,
+            )
+            .await?;
         }
         Audience::All => {
-            enqueue(cluster, envelope::Audience::All, delivery, reply_to)?;
-            routed.queued_for_all = true;
+            let to = envelope::Audience::All;
+            let bus = Cluster::bus_channel();
+            to_all(cluster, bus, to, delivery, true, routed, requester).await?;
         }
         // Session ids are unique: found here, it is nowhere else.
         Audience::Session(_) if local_found > 0 => {}
@@ -82,7 +106,8 @@ async fn forward(
             if let Some(view) = cluster.lookup(id).await?
                 && view.instance_id != cluster.instance_id()
             {
-                send_to_sessions(cluster, &view.instance_id, vec![id], delivery, routed).await?;
+                let ids = vec![id];
+                send_to_sessions(cluster, &view.instance_id, ids, delivery, routed, admin).await?;
             }
         }
         Audience::User(user) => {
@@ -96,26 +121,76 @@ async fn forward(
                 }
             }
             for (instance, ids) in by_instance {
-                send_to_sessions(cluster, &instance, ids, delivery, routed).await?;
+                send_to_sessions(cluster, &instance, ids, delivery, routed, admin).await?;
             }
         }
     }
     Ok(())
 }
 
-/// Hands a delivery for every instance to the publisher task.
-fn enqueue(
+/// A channel publish or a broadcast: a session's is queued; an admin's is
+/// published at once and the instances that heard it say what they
+/// delivered.
+async fn to_all(
     cluster: &Cluster,
+    channel: String,
     to: envelope::Audience,
     delivery: &Delivery,
-    reply_to: Option<SharedRecipient>,
+    hears_itself: bool,
+    routed: &mut Forwarded,
+    requester: Requester,
 ) -> Result<(), ClusterError> {
-    let channel = Cluster::bus_channel();
+    match requester {
+        Requester::Session(reply_to) => {
+            enqueue(cluster, channel, to, delivery, reply_to)?;
+            routed.queued_for_all = true;
+        }
+        Requester::Admin => {
+            let action = |id| deliver_action(to, delivery, Some(id));
+            confirmed(cluster, &channel, action, hears_itself, delivery, routed).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes an acknowledged delivery and adds up the answers.
+async fn confirmed(
+    cluster: &Cluster,
+    channel: &str,
+    action: impl FnOnce(Uuid) -> Action,
+    hears_itself: bool,
+    delivery: &Delivery,
+    routed: &mut Forwarded,
+) -> Result<usize, ClusterError> {
+    let timeout = crate::limits::CLUSTER_ANSWER_TIMEOUT;
+    let gathered = cluster
+        .ask(channel, action, hears_itself, &delivery.origin, timeout)
+        .await?;
+    routed.instances += gathered.heard_by;
+    routed.unconfirmed += gathered.unanswered();
+    for answered in &gathered.answers {
+        if let Answer::Delivered { delivered, dropped } = answered.answer {
+            routed.elsewhere.delivered += delivered;
+            routed.elsewhere.dropped += dropped;
+        }
+    }
+    Ok(gathered.heard_by)
+}
+
+/// Hands a delivery for the instances that hear `channel` to the
+/// publisher task.
+fn enqueue(
+    cluster: &Cluster,
+    channel: String,
+    to: envelope::Audience,
+    delivery: &Delivery,
+    reply_to: SharedRecipient,
+) -> Result<(), ClusterError> {
     let span = publish_span(cluster, &channel, delivery.sampled);
     let envelope = envelope(
         cluster,
         &span,
-        deliver_action(to, delivery),
+        deliver_action(to, delivery, None),
         delivery.sampled,
         &delivery.origin,
     );
@@ -124,20 +199,37 @@ fn enqueue(
         wire: cluster.seal(&envelope),
         sampled: envelope.sampled,
         span,
-        reply_to,
+        reply_to: Some(reply_to),
     })
 }
 
+/// A direct message to sessions on `instance`; an admin's waits for that
+/// instance to say what it delivered.
 async fn send_to_sessions(
     cluster: &Cluster,
     instance: &str,
     session_ids: Vec<Uuid>,
     delivery: &Delivery,
     routed: &mut Forwarded,
+    admin: bool,
 ) -> Result<(), ClusterError> {
     let count = session_ids.len();
     let to = envelope::Audience::Sessions { session_ids };
-    let receivers = publish(cluster, &Cluster::instance_channel(instance), to, delivery).await?;
+    let channel = Cluster::instance_channel(instance);
+    let receivers = if admin {
+        let action = |id| deliver_action(to, delivery, Some(id));
+        confirmed(cluster, &channel, action, false, delivery, routed).await? as u64
+    } else {
+        let action = deliver_action(to, delivery, None);
+        send(
+            cluster,
+            &channel,
+            action,
+            delivery.sampled,
+            &delivery.origin,
+        )
+        .await?
+    };
     // Nobody listening: the instance died and its registry entries have
     // not expired yet.
     if receivers > 0 {
@@ -146,24 +238,15 @@ async fn send_to_sessions(
     Ok(())
 }
 
-fn deliver_action(to: envelope::Audience, delivery: &Delivery) -> Action {
+fn deliver_action(to: envelope::Audience, delivery: &Delivery, ack: Option<Uuid>) -> Action {
     Action::Deliver {
         to,
         message_id: delivery.message_id.clone(),
         frame: delivery.frame.to_string(),
         channel: delivery.channel.clone(),
         from_session: delivery.from_session,
+        ack,
     }
-}
-
-async fn publish(
-    cluster: &Cluster,
-    channel: &str,
-    to: envelope::Audience,
-    delivery: &Delivery,
-) -> Result<u64, ClusterError> {
-    let action = deliver_action(to, delivery);
-    send(cluster, channel, action, delivery.sampled, &delivery.origin).await
 }
 
 /// The `redis.publish` span, when sampled; the parent of the receiving
@@ -197,6 +280,19 @@ fn envelope(
         origin: format_traceparent(origin),
         hop: sampled.then(|| format_traceparent(span.context().span().span_context())),
         sampled,
+        action,
+    }
+}
+
+/// An unsampled envelope of this instance that continues `origin` (a
+/// `traceparent`): answers to other instances' requests.
+pub fn envelope_for(cluster: &Cluster, action: Action, origin: &str) -> Envelope {
+    Envelope {
+        v: ENVELOPE_VERSION,
+        from_instance: cluster.instance_id().to_string(),
+        origin: origin.to_string(),
+        hop: None,
+        sampled: false,
         action,
     }
 }

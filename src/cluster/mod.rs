@@ -4,6 +4,10 @@
 //! - [`envelope`]: what one instance tells the others over Redis pub/sub.
 //! - [`registry`]: which session lives on which instance (a Redis key per
 //!   session, with a TTL the session's heartbeat refreshes).
+//! - [`interest`]: which channels this instance hears (those with
+//!   subscribers here), each on a Redis channel of its own.
+//! - [`ask`]: request and response between instances (what an admin send
+//!   delivered elsewhere, the cluster-wide log search).
 //! - [`bus`]: the receiving side (subscribe, deliver, reconnect with
 //!   backoff) and the instance's own upkeep.
 //! - [`publisher`]: the sending side: one bounded queue, pipelined
@@ -17,9 +21,11 @@
 //! `wstrace_cluster_*` metrics, a warning per interval) and comes back by
 //! itself when Redis does.
 
+pub mod ask;
 pub mod bus;
 pub mod envelope;
 pub mod forward;
+pub mod interest;
 pub mod publisher;
 pub mod registry;
 
@@ -193,6 +199,10 @@ pub struct Cluster {
     /// once instead of each waiting out the timeout.
     up: AtomicBool,
     pub counters: ClusterCounters,
+    /// The channels this instance hears, as Redis has confirmed them.
+    pub interest: interest::Interest,
+    /// This instance's requests waiting for other instances' answers.
+    pub pending: ask::Pending,
     /// Signs outgoing envelopes and checks incoming ones.
     pub sealer: envelope::Sealer,
     /// The subscription made by [`Cluster::connect`], until the bus task
@@ -263,6 +273,8 @@ impl Cluster {
             timeout: config.timeout,
             up: AtomicBool::new(true),
             counters: ClusterCounters::default(),
+            interest: interest::Interest::default(),
+            pending: ask::Pending::default(),
             sealer: envelope::Sealer::new(config.secret.clone()),
             first_subscription: Mutex::new(None),
         };
@@ -303,8 +315,10 @@ impl Cluster {
         self.up.store(up, Relaxed);
     }
 
-    /// The channel every instance listens on: channel publishes and
-    /// broadcasts.
+    /// The channel every instance listens on: broadcasts to everyone.
+    /// Channel publishes go to the channel's own Redis channel
+    /// ([`interest::redis_channel`]), which only instances with
+    /// subscribers of it hear.
     pub fn bus_channel() -> String {
         format!("{PREFIX}:bus")
     }
@@ -316,7 +330,7 @@ impl Cluster {
     }
 
     /// A new pub/sub connection, subscribed to the bus and this instance's
-    /// own channel.
+    /// own channel (the bus task then adds the channels, see [`interest`]).
     async fn subscribe(&self) -> Result<PubSub, ClusterError> {
         let subscribe = async {
             let mut pubsub = self.client.get_async_pubsub().await?;
@@ -493,6 +507,8 @@ pub struct ClusterContext {
     pub max_frame_bytes: usize,
     /// The cap on this instance's debug sessions.
     pub debug_slots: Arc<crate::sampling::DebugSlots>,
+    /// This instance's log files, searched when another instance asks.
+    pub log_search: Arc<crate::telemetry::log_search::LogSearch>,
 }
 
 /// The background tasks of cluster mode, which live as long as the server.

@@ -188,8 +188,10 @@ impl Cluster {
         Ok(keys)
     }
 
-    /// This instance's stats, for the cluster view of `/api/stats`.
+    /// This instance's stats, for the cluster view of `/api/stats`, with
+    /// the time they were taken (`as_of`).
     pub async fn publish_stats(&self, stats: &Value) -> Result<(), ClusterError> {
+        let stats = stamped(stats.clone());
         let mut connection = self.connection();
         let result = self
             .call(connection.set_ex::<_, _, ()>(
@@ -209,11 +211,33 @@ impl Cluster {
         self.count_failure(result)
     }
 
-    /// The stats of every live instance, ordered by instance id.
+    /// The stats of every live instance, ordered by instance id, each with
+    /// `as_of` and its age now (`age_ms`).
     pub async fn instance_stats(&self) -> Result<Vec<Value>, ClusterError> {
         let keys = self.scan(&format!("{PREFIX}:instance:*")).await?;
-        self.read_json(&keys).await
+        let mut stats: Vec<Value> = self.read_json(&keys).await?;
+        let now = unix_ms();
+        for entry in &mut stats {
+            if let Some(at) = entry["as_of_unix_ms"].as_u64() {
+                entry["age_ms"] = now.saturating_sub(at).into();
+            }
+        }
+        Ok(stats)
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Stats with the time they were taken.
+pub fn stamped(mut stats: Value) -> Value {
+    let now = std::time::SystemTime::now();
+    stats["as_of"] = humantime::format_rfc3339_millis(now).to_string().into();
+    stats["as_of_unix_ms"] = unix_ms().into();
+    stats
 }
 
 #[cfg(test)]

@@ -297,7 +297,15 @@ async fn stats(State(state): State<Arc<ServerState>>) -> Json<Value> {
     let mut stats = state.instance_stats();
     if let Some(cluster) = state.cluster() {
         let view = match cluster.instance_stats().await {
-            Ok(instances) => {
+            Ok(mut instances) => {
+                // This instance's own entry, fresh rather than as last written.
+                let fresh = crate::cluster::registry::stamped(stats.clone());
+                for entry in &mut instances {
+                    if entry["instance_id"] == fresh["instance_id"] {
+                        *entry = fresh.clone();
+                        entry["age_ms"] = 0.into();
+                    }
+                }
                 let sessions: u64 = instances
                     .iter()
                     .filter_map(|i| i["sessions_active"].as_u64())
@@ -456,18 +464,30 @@ async fn deliver(
 ) -> Routed {
     let record =
         |receiver: &dyn crate::routing::Recipient| receiver.admin_touched(action, &delivery.origin);
-    state.router.route(audience, delivery, record, None).await
+    let requester = crate::routing::Requester::Admin;
+    state
+        .router
+        .route(audience, delivery, record, requester)
+        .await
 }
 
-/// The fan-out counts; `cluster_error` when other instances were not
-/// reached.
+/// What happened: delivered here, and in cluster mode handed to how many
+/// other instances and what those that answered in time delivered
+/// (`unconfirmed_instances` did not say); `cluster_error` when other
+/// instances were not reached.
 fn report(delivery: &Delivery, routed: Routed) -> Json<Value> {
     let mut body = json!({
         "message_id": delivery.message_id,
-        "delivered": routed.local.delivered,
-        "dropped": routed.local.dropped,
+        "delivered": routed.local.delivered + routed.elsewhere.delivered,
+        "dropped": routed.local.dropped + routed.elsewhere.dropped,
+        "here": { "delivered": routed.local.delivered, "dropped": routed.local.dropped },
         "remote_sessions": routed.remote_sessions,
-        "queued_for_other_instances": routed.queued_for_cluster,
+        "forwarded_to_instances": routed.instances,
+        "elsewhere": {
+            "delivered": routed.elsewhere.delivered,
+            "dropped": routed.elsewhere.dropped,
+            "unconfirmed_instances": routed.unconfirmed,
+        },
     });
     if let Some(error) = routed.cluster_error {
         body["cluster_error"] = error.to_string().into();

@@ -184,6 +184,7 @@ fn start_cluster_tasks(state: &Arc<ServerState>) -> Option<ClusterTasks> {
         // The content's limit, plus the frame's own fields.
         max_frame_bytes: state.config.limits.max_message_bytes + 16 * 1024,
         debug_slots: state.debug_slots.clone(),
+        log_search: state.log_search.clone(),
         stats: Box::new(move || {
             stats_of
                 .upgrade()

@@ -50,6 +50,20 @@ impl ForwardError {
     }
 }
 
+impl ForwardError {
+    /// What a subscriber is told when its channel's publishes from other
+    /// instances do not reach this one yet.
+    pub fn to_listen_frame(&self) -> ServerFrame {
+        ServerFrame::Error {
+            code: ErrorCode::ClusterUnavailable,
+            message: format!(
+                "subscribed on this instance; publishes from other instances arrive once Redis \
+                 answers: {self}"
+            ),
+        }
+    }
+}
+
 impl From<ForwardError> for crate::error::HttpError {
     fn from(error: ForwardError) -> Self {
         crate::error::HttpError::ClusterUnavailable(error.reason)
@@ -63,6 +77,24 @@ pub struct Forwarded {
     pub remote_sessions: usize,
     /// Queued for every other instance (channel publishes, broadcasts).
     pub queued_for_all: bool,
+    /// Other instances that got it (Redis's count; admin requests).
+    pub instances: usize,
+    /// What they delivered, summed over those that answered in time
+    /// (admin requests).
+    pub elsewhere: super::FanOut,
+    /// Instances that got it but did not say what they delivered in time.
+    pub unconfirmed: usize,
+}
+
+/// Who routes a message, and so how its forward is reported.
+#[derive(Debug, Clone)]
+pub enum Requester {
+    /// A session: the forward is queued and never waited for; a failure
+    /// later is told to the session as an error frame.
+    Session(SharedRecipient),
+    /// An admin request: it waits for the other instances to say what they
+    /// delivered, and reports it.
+    Admin,
 }
 
 /// Hands messages to other instances. Futures are boxed: they sit in
@@ -70,18 +102,26 @@ pub struct Forwarded {
 pub trait Forwarder: Send + Sync + std::fmt::Debug {
     /// Forwards `delivery` to `audience` on the other instances.
     /// `local_found` is how many recipients this instance had (a session
-    /// found here is nowhere else); `reply_to` gets an error frame if a
-    /// queued forward fails later.
+    /// found here is nowhere else).
     fn forward<'a>(
         &'a self,
         audience: Audience<'a>,
         delivery: &'a Delivery,
         local_found: usize,
-        reply_to: Option<SharedRecipient>,
+        requester: Requester,
     ) -> BoxFuture<'a, Result<Forwarded, ForwardError>>;
 
     /// Puts a session in the registry (`first`: only if it is not there).
     fn register(&self, view: SessionView, first: bool) -> BoxFuture<'_, Result<(), ForwardError>>;
+
+    /// Hears `channel`'s publishes from other instances from now on: returns
+    /// once Redis has confirmed it (or at once, with the reason, when it
+    /// cannot yet; it will once Redis is back). Called when a session here
+    /// joins a channel.
+    fn listen<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), ForwardError>>;
+
+    /// A channel may have lost its last subscriber here: stop hearing it.
+    fn interest_changed(&self);
 
     /// Takes a session out of the registry.
     fn unregister<'a>(

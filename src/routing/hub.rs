@@ -201,6 +201,15 @@ impl Hub {
         report
     }
 
+    /// The channels with at least one subscriber here.
+    pub fn channel_names(&self) -> std::collections::HashSet<String> {
+        read(&self.channels).keys().cloned().collect()
+    }
+
+    pub fn has_channel(&self, channel: &str) -> bool {
+        read(&self.channels).contains_key(channel)
+    }
+
     /// (channel, subscriber count), sorted by name.
     pub fn channel_list(&self) -> Vec<(String, usize)> {
         let mut list: Vec<_> = read(&self.channels)

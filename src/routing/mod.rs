@@ -17,7 +17,7 @@ pub mod hub;
 pub mod recipient;
 
 pub use delivery::{Delivery, Sender};
-pub use forward::{ForwardError, Forwarded, Forwarder};
+pub use forward::{ForwardError, Forwarded, Forwarder, Requester};
 pub use hub::{FanOut, Hub, SubscribeError};
 pub use recipient::{DeliveryError, Recipient, SessionView, SharedRecipient};
 
@@ -45,6 +45,11 @@ pub struct Routed {
     pub remote_sessions: usize,
     /// Queued for every other instance (channel publishes, broadcasts).
     pub queued_for_cluster: bool,
+    /// Admin requests: other instances that got it, what they delivered
+    /// (those that answered in time), and how many did not answer.
+    pub instances: usize,
+    pub elsewhere: FanOut,
+    pub unconfirmed: usize,
     /// Why it may not have reached the other instances.
     pub cluster_error: Option<ForwardError>,
 }
@@ -115,11 +120,37 @@ impl Router {
         }
     }
 
+    /// Joins a channel here and, in cluster mode, returns once this
+    /// instance hears the channel's publishes from the others. `Ok(Err(_))`:
+    /// joined here, but other instances' publishes do not arrive yet.
+    pub async fn subscribe(
+        &self,
+        id: Uuid,
+        channel: &str,
+        limit: usize,
+    ) -> Result<Result<(), ForwardError>, SubscribeError> {
+        self.hub.subscribe(id, channel, limit)?;
+        Ok(match &self.forwarder {
+            Some(forwarder) => forwarder.listen(channel).await,
+            None => Ok(()),
+        })
+    }
+
+    /// Leaves a channel; false if the session was not subscribed.
+    pub fn unsubscribe(&self, id: Uuid, channel: &str) -> bool {
+        let left = self.hub.unsubscribe(id, channel);
+        if left && let Some(forwarder) = &self.forwarder {
+            forwarder.interest_changed();
+        }
+        left
+    }
+
     /// A session that stops taking deliveries. On a registry failure its
     /// entry expires within one TTL.
     pub async fn leave(&self, id: Uuid, user: Option<&str>) {
         self.hub.remove(id);
         if let Some(forwarder) = &self.forwarder {
+            forwarder.interest_changed();
             let _ = forwarder.unregister(id, user).await;
         }
     }
@@ -140,15 +171,14 @@ impl Router {
     }
 
     /// Delivers on this instance, then forwards to the others. `on_local`
-    /// sees each local recipient before its delivery is queued; `reply_to`
-    /// (the publishing session) gets an error frame if a queued forward
-    /// fails later.
+    /// sees each local recipient before its delivery is queued; see
+    /// [`Requester`] for what the forward waits for.
     pub async fn route(
         &self,
         audience: Audience<'_>,
         delivery: &Arc<Delivery>,
         on_local: impl Fn(&dyn Recipient),
-        reply_to: Option<SharedRecipient>,
+        requester: Requester,
     ) -> Routed {
         let local = self.local(audience);
         local.iter().for_each(|session| on_local(&**session));
@@ -162,12 +192,15 @@ impl Router {
             return routed;
         };
         match forwarder
-            .forward(audience, delivery, routed.local_found, reply_to)
+            .forward(audience, delivery, routed.local_found, requester)
             .await
         {
             Ok(forwarded) => {
                 routed.remote_sessions = forwarded.remote_sessions;
                 routed.queued_for_cluster = forwarded.queued_for_all;
+                routed.instances = forwarded.instances;
+                routed.elsewhere = forwarded.elsewhere;
+                routed.unconfirmed = forwarded.unconfirmed;
             }
             Err(error) => routed.cluster_error = Some(error),
         }

@@ -13,7 +13,7 @@ use super::outbound::{Outbound, OutboundQueue};
 use crate::events::{FrameRefused, InternalEvent, LineBudget};
 use crate::metrics::Metrics;
 use crate::protocol::{ErrorCode, FrameKind, ServerFrame};
-use crate::routing::{Audience, Delivery, ForwardError, Routed, Router, Sender, SharedRecipient};
+use crate::routing::{Audience, Delivery, ForwardError, Requester, Routed, Router, Sender};
 use crate::websocket::Message;
 
 /// The outbound queue is closed: the session is ending.
@@ -135,12 +135,8 @@ impl Context {
             .room_for(delivery.frame.len())
             .await
             .map_err(|_| Gone)?;
-        let reply_to: SharedRecipient = self.session.clone();
-        Ok(Box::pin(
-            self.router
-                .route(audience, delivery, |_| {}, Some(reply_to)),
-        )
-        .await)
+        let requester = Requester::Session(self.session.clone());
+        Ok(Box::pin(self.router.route(audience, delivery, |_| {}, requester)).await)
     }
 
     /// Tells the client when other instances were not reached.

@@ -143,6 +143,12 @@ pub fn search(paths: &[PathBuf], filter: &Filter) -> std::io::Result<Vec<LogLine
     Ok(out)
 }
 
+/// What a log search may look for: a trace or session id, full or short
+/// (hex digits and dashes, at most 64).
+pub fn valid_search_id(q: &str) -> bool {
+    !q.is_empty() && q.len() <= 64 && q.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
 /// Bounds of one [`search_for`].
 #[derive(Debug, Clone, Copy)]
 pub struct SearchLimits {

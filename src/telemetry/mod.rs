@@ -31,6 +31,7 @@ mod bunyan;
 mod counters;
 mod filter;
 pub mod line_writer;
+pub mod log_search;
 pub mod logfile;
 mod otel_spans;
 mod otlp;

@@ -107,6 +107,94 @@ fn user_token(user: &str) -> String {
     JwtVerifier::new(Secret::new(JWT_SECRET)).sign(&json!({"sub": user}))
 }
 
+/// Instances subscribed (in Redis) to a wstrace channel's Redis channel.
+fn redis_listeners(redis: &RedisServer, channel: &str) -> u64 {
+    let redis_channel = format!("wstrace:ch:{channel}");
+    let reply = redis.cli(&["PUBSUB", "NUMSUB", &redis_channel]);
+    reply.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_hears_only_the_channels_its_sessions_subscribe_to() {
+    let Some(redis) = RedisServer::start() else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let fast = [("WSTRACE_MESSAGES_PER_SECOND", "0")];
+    let a = node(&redis, "inst-a", &fast);
+    let b = node(&redis, "inst-b", &fast);
+    let (mut publisher, _, _) = join(&a, None).await;
+    let (mut first, _, _) = join(&b, None).await;
+    let (mut second, _, _) = join(&b, None).await;
+    let publish = |channel: &str, n: usize| json!({"type": "publish", "channel": channel, "content": format!("{channel} {n}")});
+
+    // Nobody on B listens: B is not sent A's publishes at all.
+    assert_eq!(redis_listeners(&redis, "room"), 0);
+    for n in 0..20 {
+        send_json(&mut publisher, publish("room", n)).await;
+    }
+    // (A publishes through a queue: wait until Redis has them all.)
+    wait_until("A to publish", Duration::from_secs(5), || async {
+        metric(&a, "wstrace_cluster_published_total").await >= 20.0
+    })
+    .await;
+    // The first subscriber makes B listen before `subscribed` is answered,
+    // so the very next publish from A reaches it.
+    subscribe(&mut first, "room").await;
+    assert_eq!(redis_listeners(&redis, "room"), 1);
+    subscribe(&mut second, "room").await;
+    assert_eq!(
+        redis_listeners(&redis, "room"),
+        1,
+        "one subscription per instance"
+    );
+    send_json(&mut publisher, publish("room", 100)).await;
+    for receiver in [&mut first, &mut second] {
+        assert_eq!(next_json(receiver).await["content"], "room 100");
+    }
+    assert_eq!(
+        metric(&b, "wstrace_cluster_received_total").await,
+        1.0,
+        "B received the one publish made while it had subscribers, none of the 20 before"
+    );
+
+    // The last one to leave (by unsubscribing, or by closing) ends B's
+    // subscription; the channel is re-joined when someone comes back.
+    send_json(
+        &mut first,
+        json!({"type": "unsubscribe", "channel": "room"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut first).await["type"], "unsubscribed");
+    assert_eq!(redis_listeners(&redis, "room"), 1, "one subscriber left");
+    second.close(None).await.unwrap();
+    wait_until("B to leave the channel", Duration::from_secs(5), || async {
+        redis_listeners(&redis, "room") == 0
+    })
+    .await;
+    for n in 200..220 {
+        send_json(&mut publisher, publish("room", n)).await;
+    }
+    wait_until("A to publish", Duration::from_secs(5), || async {
+        metric(&a, "wstrace_cluster_published_total").await >= 41.0
+    })
+    .await;
+    subscribe(&mut first, "room").await;
+    send_json(&mut publisher, publish("room", 300)).await;
+    assert_eq!(next_json(&mut first).await["content"], "room 300");
+    assert_quiet(&mut first, "a subscriber, after the one message").await;
+    assert_eq!(metric(&b, "wstrace_cluster_received_total").await, 2.0);
+    // Broadcasts to everyone still reach every instance.
+    let broadcast = admin(
+        &a,
+        "POST",
+        "/api/broadcast",
+        Some(json!({"content": "all"})),
+    )
+    .await;
+    assert_eq!(broadcast.status, 200, "{}", broadcast.body);
+    assert_eq!(next_json(&mut first).await["content"], "all");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_reaches_subscribers_on_every_instance_and_no_one_else() {
     let Some(redis) = RedisServer::start() else {
@@ -319,7 +407,14 @@ async fn direct_messages_admin_sends_and_kicks_cross_instances() {
     )
     .await;
     assert_eq!(sent.status, 200, "{}", sent.body);
-    assert_eq!(sent.json()["remote_sessions"], 1);
+    let report = sent.json();
+    // B said what it delivered: the report is what happened, not a guess.
+    assert_eq!(report["remote_sessions"], 1, "{report}");
+    assert_eq!(report["forwarded_to_instances"], 1, "{report}");
+    assert_eq!(report["here"]["delivered"], 0, "{report}");
+    assert_eq!(report["elsewhere"]["delivered"], 1, "{report}");
+    assert_eq!(report["elsewhere"]["unconfirmed_instances"], 0, "{report}");
+    assert_eq!(report["delivered"], 1, "{report}");
     assert_eq!(next_json(&mut alice_b).await["content"], "from ops");
 
     // ...and kicks it; B closes it with the code, and logs the admin
@@ -450,6 +545,88 @@ async fn the_debug_switch_reaches_a_session_on_another_instance() {
     let unknown = format!("/api/sessions/{}/debug", uuid::Uuid::now_v7());
     let missing = admin(&a, "POST", &unknown, Some(json!({"minutes": 5}))).await;
     assert_eq!(missing.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_search_broadcast_and_stats_cover_every_instance_and_name_the_silent() {
+    let Some(redis) = RedisServer::start() else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let a = node(&redis, "inst-a", &[]);
+    let b = node(&redis, "inst-b", &[]);
+    let (mut on_a, _, _) = join(&a, None).await;
+    let (mut on_b, b_session, b_trace) = join(&b, None).await;
+    subscribe(&mut on_a, "ops").await;
+    subscribe(&mut on_b, "ops").await;
+
+    // A broadcast through A reports what B delivered too.
+    let body = json!({"channel": "ops", "content": "deploy at noon"});
+    let sent = admin(&a, "POST", "/api/broadcast", Some(body)).await.json();
+    assert_eq!(sent["here"]["delivered"], 1, "{sent}");
+    assert_eq!(sent["forwarded_to_instances"], 1, "{sent}");
+    assert_eq!(sent["elsewhere"]["delivered"], 1, "{sent}");
+    assert_eq!(sent["delivered"], 2, "{sent}");
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(next_json(client).await["content"], "deploy at noon");
+    }
+
+    // A session on B, searched through A: B's lines, merged, and B named.
+    let path = format!("/api/logs?q={b_trace}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let found = admin(&a, "GET", &path, None).await.json();
+        if found["lines"].as_array().is_some_and(|l| !l.is_empty()) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "B's lines through A: {found}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(found["scope"], "cluster", "{found}");
+    assert_eq!(found["partial"], false, "{found}");
+    let lines = found["lines"].as_array().unwrap();
+    assert!(
+        lines.iter().all(|l| l["trace_id"] == b_trace.as_str()),
+        "{found}"
+    );
+    assert!(lines.iter().any(|l| l["session_id"] == b_session.as_str()));
+    let instances: Vec<&str> = found["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(instances.len(), 2, "{found}");
+    let short = &b_session[..8];
+    let by_short = admin(&a, "GET", &format!("/api/logs?q={short}"), None)
+        .await
+        .json();
+    assert!(
+        !by_short["lines"].as_array().unwrap().is_empty(),
+        "{by_short}"
+    );
+
+    // Per-instance stats say when they were taken.
+    let stats = admin(&a, "GET", "/api/stats", None).await.json();
+    let per_instance = stats["cluster"]["per_instance"].as_array().unwrap();
+    assert_eq!(per_instance.len(), 2, "{stats}");
+    for entry in per_instance {
+        assert!(
+            entry["as_of"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{entry}"
+        );
+        assert!(entry["age_ms"].is_u64(), "{entry}");
+    }
+
+    // B hangs: the search answers with A's part and names B.
+    b.freeze(true);
+    let started = Instant::now();
+    let partial = admin(&a, "GET", &path, None).await.json();
+    b.freeze(false);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(partial["scope"], "cluster", "{partial}");
+    let silent = partial["partial"].as_array().expect("partial names B");
+    assert_eq!(silent[0]["instance_id"], instance_of(&b), "{partial}");
+    assert_eq!(partial["lines"].as_array().unwrap().len(), 0, "{partial}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1001,6 +1178,7 @@ async fn forged_or_invalid_envelopes_are_dropped() {
         frame: forged_frame.clone(),
         channel: Some("news".into()),
         from_session: None,
+        ack: None,
     });
     let kick = envelope(Action::Kick {
         session_id: session.parse().unwrap(),

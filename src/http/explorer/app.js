@@ -145,6 +145,10 @@ async function search(query) {
     setStatus(status, `${data.lines.length} line(s)` + (data.corrupt ? `, ${data.corrupt} corrupt line(s) skipped` : "")
       + (data.truncated ? " (first lines only)" : "")
       + (data.scan_capped ? " (the search stopped before the oldest files)" : "")
+      + (data.scope === "cluster" ? ` from ${(data.instances || []).length} instance(s)` : "")
+      + (Array.isArray(data.partial) ? "; incomplete, no answer from: "
+        + data.partial.map(p => p.instance_id || `${p.instances} more`).join(", ") : "")
+      + (data.cluster_error ? "; other instances not asked: " + data.cluster_error : "")
       + (data.lines.length ? "" : ": no line has that trace or session id (a short id needs 8 or more characters)"));
   } catch (e) { setStatus(status, "Search failed: " + e.message, true); }
 }

@@ -10,16 +10,21 @@ pub(super) async fn run(ctx: &mut Context, channel: String, sampled: bool) -> Re
         return ctx.invalid_channel(sampled).await;
     }
     let limit = ctx.max_subscriptions;
-    let hub = ctx.router.hub();
-    match hub.subscribe(ctx.session.id, &channel, limit) {
-        Ok(_) => {
+    match ctx.router.subscribe(ctx.session.id, &channel, limit).await {
+        Ok(cluster) => {
             Subscription {
                 channel: &channel,
                 subscribed: true,
             }
             .emit();
             ctx.reply_frame(ServerFrame::Subscribed { channel }, sampled)
-                .await
+                .await?;
+            // Joined here; the subscriber is told that other instances'
+            // publishes do not reach it yet (they will once Redis is back).
+            match cluster {
+                Ok(()) => Ok(()),
+                Err(error) => ctx.reply_frame(error.to_listen_frame(), sampled).await,
+            }
         }
         Err(SubscribeError::TooMany { limit }) => {
             let message = format!("at most {limit} subscriptions per session");

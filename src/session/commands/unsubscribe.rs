@@ -5,8 +5,7 @@ use crate::events::{InternalEvent, Subscription};
 use crate::protocol::{ErrorCode, ServerFrame};
 
 pub(super) async fn run(ctx: &mut Context, channel: String, sampled: bool) -> Result<(), Gone> {
-    let hub = ctx.router.hub();
-    if !hub.unsubscribe(ctx.session.id, &channel) {
+    if !ctx.router.unsubscribe(ctx.session.id, &channel) {
         return ctx
             .error(
                 ErrorCode::NotSubscribed,

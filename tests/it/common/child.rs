@@ -130,6 +130,12 @@ impl Wstrace {
         self.signal("-TERM");
     }
 
+    /// SIGSTOP (`true`) or SIGCONT: an instance that hangs, its sockets
+    /// still open.
+    pub fn freeze(&self, frozen: bool) {
+        self.signal(if frozen { "-STOP" } else { "-CONT" });
+    }
+
     /// SIGHUP: reload the TLS files.
     pub fn sighup(&self) {
         self.signal("-HUP");
@@ -362,6 +368,17 @@ impl RedisServer {
             stream.read_exact(&mut reply).ok()?;
             (&reply == b"+PONG\r\n").then_some(())
         });
+    }
+
+    /// A command through the real `redis-cli`; its raw output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// SIGKILL: no goodbye to the clients.

@@ -277,6 +277,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_GRAFANA_URL")]
     pub grafana_url: Option<String>,
 
+    /// Loki base URL (`http://loki:3100`): `/api/logs` and the explorer
+    /// search Loki, every instance's shipped lines, instead of this
+    /// instance's (or, in cluster mode, every instance's) files.
+    #[arg(long, env = "WSTRACE_LOKI_URL")]
+    pub loki_url: Option<String>,
+
     /// Also serve `/echo`: raw echo of every data frame, no welcome frame
     /// (for WebSocket conformance suites such as Autobahn).
     #[arg(long, env = "WSTRACE_ECHO_ENDPOINT")]
@@ -383,6 +389,7 @@ impl ServeArgs {
             log_max_bytes: (self.log_max_bytes > 0).then_some(self.log_max_bytes),
             log_file_prefix: crate::telemetry::DEFAULT_LOG_FILE_PREFIX.to_string(),
             grafana_url: self.grafana_url.clone(),
+            loki_url: self.loki_url.clone(),
             echo_endpoint: self.echo_endpoint,
             instance_id: self.instance_id(),
             cluster: None,

@@ -145,6 +145,9 @@ pub enum HttpError {
     /// Cluster mode: Redis is unreachable or failed.
     #[error("{0}")]
     ClusterUnavailable(String),
+    /// `--loki-url`: Loki did not answer the log search.
+    #[error("{0}")]
+    LogStoreUnavailable(String),
     /// `--max-debug-sessions` are already open.
     #[error("{0}; end one (DELETE /api/sessions/{{id}}/debug) or raise the limit")]
     TooManyDebugSessions(#[from] crate::sampling::DebugRefused),
@@ -170,6 +173,7 @@ impl HttpError {
             HttpError::TooManyConnections { .. }
             | HttpError::ShuttingDown
             | HttpError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::LogStoreUnavailable(_) => StatusCode::BAD_GATEWAY,
             HttpError::Unauthorized(_) | HttpError::AdminUnauthorized => StatusCode::UNAUTHORIZED,
             HttpError::OriginNotAllowed | HttpError::AdminDisabled => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -200,6 +204,7 @@ impl HttpError {
             HttpError::Busy(_) => "busy",
             HttpError::TooManySessions { .. } => "too_many_sessions",
             HttpError::ClusterUnavailable(_) => "cluster_unavailable",
+            HttpError::LogStoreUnavailable(_) => "log_store_unavailable",
             HttpError::TooManyDebugSessions(_) => "too_many_debug_sessions",
             HttpError::NotAnUpgrade(_) => "not_a_websocket_upgrade",
             HttpError::NotUpgradable => "not_upgradable",

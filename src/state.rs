@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub log_file_prefix: String,
     /// Grafana base URL, for the explorer's trace links.
     pub grafana_url: Option<String>,
+    /// Loki base URL: `/api/logs` searches Loki instead of log files.
+    pub loki_url: Option<String>,
     /// Serve the raw echo endpoint `/echo` (conformance testing).
     pub echo_endpoint: bool,
     /// Names this instance in log lines, the registry and envelopes.
@@ -85,6 +87,7 @@ impl Default for ServerConfig {
             log_max_bytes: None,
             log_file_prefix: crate::telemetry::DEFAULT_LOG_FILE_PREFIX.to_string(),
             grafana_url: None,
+            loki_url: None,
             echo_endpoint: false,
             instance_id: crate::telemetry::default_instance_id(),
             cluster: None,

@@ -5,6 +5,7 @@
 //! cargo test --bench harness             # smoke run: tiny counts, seconds
 //! WSTRACE_BENCH_ONLY=cluster cargo bench --bench harness   # fan-out via Redis
 //! WSTRACE_BENCH_ONLY=instances cargo bench --bench harness # cost per instance as the cluster grows
+//! WSTRACE_BENCH_ONLY=scale cargo bench --bench harness     # 100,000 chat sessions on 6 instances
 //! WSTRACE_BENCH_ONLY=sweep cargo bench --bench harness     # sample ratios, debug sessions
 //! WSTRACE_BENCH_ONLY=sweep WSTRACE_BENCH_BASELINE=/tmp/wstrace-before \
 //!     cargo bench --bench harness                          # ...and another build beside it
@@ -38,12 +39,14 @@ mod client;
 mod cluster;
 mod instances;
 mod report;
+mod scale;
 mod servers;
 
 use client::*;
 use cluster::*;
 use instances::*;
 use report::*;
+use scale::*;
 use servers::*;
 
 use futures_util::{SinkExt, StreamExt};
@@ -65,6 +68,10 @@ fn main() {
         Some("serve-tt") => return serve(tt_plain(args[1].parse().unwrap())),
         Some("serve-axum") => return serve(axum_bare(args[1].parse().unwrap())),
         Some("serve-fastws") => return serve(fastws(args[1].parse().unwrap())),
+        Some("scale-client") => {
+            raise_fd_limit();
+            return scale_client(&args[1]);
+        }
         _ => {}
     }
     // `cargo bench` passes --bench; `cargo test` runs us without it.

@@ -86,6 +86,11 @@ pub(crate) fn median(v: &[f64]) -> f64 {
 
 /// A real OTLP collector for the wstrace servers (rotel, from PyPI).
 pub(crate) fn start_collector(dir: &Path) -> (Child, String, PathBuf) {
+    start_collector_with(dir, true)
+}
+
+/// rotel; `debug_log`: it prints every span it gets (to count them).
+pub(crate) fn start_collector_with(dir: &Path, debug_log: bool) -> (Child, String, PathBuf) {
     let agent = std::env::var("ROTEL_AGENT").unwrap_or_else(|_| {
         let out = Command::new("python3")
             .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
@@ -107,15 +112,12 @@ pub(crate) fn start_collector(dir: &Path) -> (Child, String, PathBuf) {
     let output = dir.join("rotel.out");
     let child = pinned(1)
         .arg(agent)
-        .args([
-            "start",
-            "--exporter",
-            "blackhole",
-            "--debug-log",
-            "traces",
-            "--log-format",
-            "json",
-        ])
+        .args(["start", "--exporter", "blackhole", "--log-format", "json"])
+        .args(if debug_log {
+            &["--debug-log", "traces"][..]
+        } else {
+            &[]
+        })
         .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{port}")])
         .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
         .stdout(std::fs::File::create(&output).unwrap())
@@ -328,6 +330,7 @@ pub(crate) async fn run(plan: Plan) -> String {
         Ok("lifecycle") => return lifecycle(&plan).await,
         Ok("cluster") => return cluster(&plan).await,
         Ok("instances") => return instances(&plan).await,
+        Ok("scale") => return scale(&plan).await,
         _ => {}
     }
     let work = tempfile::tempdir().unwrap();

@@ -19,7 +19,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::error::HttpError;
 use crate::limits::{CLUSTER_LOG_SEARCH_TIMEOUT, LOG_SEARCH_MAX_LINES};
 use crate::state::ServerState;
-use crate::telemetry::log_search::LogSearchError;
+use crate::telemetry::log_search::{LogSearchError, search_loki};
 use crate::telemetry::logfile::valid_search_id;
 
 const PAGE: &str = include_str!("explorer/index.html");
@@ -69,9 +69,9 @@ pub struct LogQuery {
 }
 
 /// `GET /api/logs?q=<trace or session id>` (admin token): the matching
-/// lines of the log files, oldest first: this instance's, and in cluster
-/// mode every instance's (asked over Redis; `partial` names those that did
-/// not answer in time).
+/// lines, oldest first: from Loki with `--loki-url`; else this instance's
+/// files, and in cluster mode every instance's (asked over Redis;
+/// `partial` names those that did not answer in time).
 pub async fn logs(
     State(state): State<Arc<ServerState>>,
     Query(query): Query<LogQuery>,
@@ -79,6 +79,9 @@ pub async fn logs(
     let q = query.q.trim();
     if !valid_search_id(q) {
         return Err(LogSearchError::NotAnId.into());
+    }
+    if let Some(loki) = &state.config.loki_url {
+        return Ok(Json(search_loki(loki, q).await?));
     }
     let here = state.log_search.search(q).await;
     let Some(cluster) = state.cluster() else {

@@ -1166,3 +1166,105 @@ async fn metrics_parse_and_match_what_happened() {
     }
     server.stop().await;
 }
+
+/// A stand-in for Loki's query API, labelled as such: Loki cannot be
+/// installed here. It answers every `query_range` with `lines` (as Loki's
+/// JSON would carry them, one stream) and keeps each request's target.
+async fn stand_in_loki(
+    lines: Vec<(u64, Value)>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let values: Vec<Value> = lines
+        .iter()
+        .map(|(ns, line)| json!([ns.to_string(), line.to_string()]))
+        .collect();
+    let body = json!({"status": "success", "data": {"resultType": "streams",
+        "result": [{"stream": {"service": "wstrace"}, "values": values}]}})
+    .to_string();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            log.lock()
+                .unwrap()
+                .push(head.lines().next().unwrap_or("").to_owned());
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn with_a_loki_url_the_log_search_asks_loki_and_says_so() {
+    let trace = "00c2a1b2c3d4e5f60718293a4b5c6d7e";
+    // Out of order on purpose: the answer is oldest first.
+    let lines = vec![
+        (2_000, json!({"msg": "second", "trace_id": trace})),
+        (1_000, json!({"msg": "first", "trace_id": trace})),
+    ];
+    let (loki, seen) = stand_in_loki(lines).await;
+    let server = TestServer::start_with_config(ServerConfig {
+        loki_url: Some(format!("http://{loki}")),
+        ..traced_config()
+    })
+    .await;
+    let path = format!("/api/logs?q={}", &trace[..8]);
+    let found = http(server.addr, "GET", &path, &admin(), None).await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    let found = found.json();
+    assert_eq!(found["source"], "loki");
+    let msgs: Vec<&str> = found["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(msgs, ["first", "second"]);
+    // The query Loki got: the id anchored at its start, over a window.
+    let request = seen.lock().unwrap()[0].clone();
+    let target = request.split(' ').nth(1).unwrap();
+    let query: std::collections::HashMap<String, String> =
+        url_query(target.split_once('?').unwrap().1);
+    assert_eq!(
+        query["query"],
+        wstrace::telemetry::log_search::loki_query(&trace[..8])
+    );
+    assert!(query["start"].parse::<u128>().unwrap() < query["end"].parse::<u128>().unwrap());
+
+    // Loki down: a clear 502, not an empty answer.
+    let down = TestServer::start_with_config(ServerConfig {
+        loki_url: Some("http://127.0.0.1:9".into()),
+        ..traced_config()
+    })
+    .await;
+    let refused = http(down.addr, "GET", &path, &admin(), None).await;
+    assert_eq!(refused.status, 502, "{}", refused.body);
+    assert_eq!(refused.json()["error"]["code"], "log_store_unavailable");
+}
+
+fn url_query(query: &str) -> std::collections::HashMap<String, String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let v = v.replace('+', " ");
+            let v = percent_encoding::percent_decode_str(&v).decode_utf8_lossy();
+            (k.to_owned(), v.into_owned())
+        })
+        .collect()
+}

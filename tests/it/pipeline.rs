@@ -969,6 +969,11 @@ fn shipped_queries() -> Vec<Query> {
         lang: "logql",
         text: wstrace::tools::doctor::loki_query(SAMPLE_TRACE),
     });
+    queries.push(Query {
+        origin: "/api/logs with --loki-url".into(),
+        lang: "logql",
+        text: wstrace::telemetry::log_search::loki_query(&SAMPLE_TRACE[..8]),
+    });
     queries
 }
 

@@ -19,7 +19,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::error::HttpError;
 use crate::limits::{CLUSTER_LOG_SEARCH_TIMEOUT, LOG_SEARCH_MAX_LINES};
 use crate::state::ServerState;
-use crate::telemetry::log_search::{LogSearchError, search_loki};
+use crate::telemetry::log_search::LogSearchError;
 use crate::telemetry::logfile::valid_search_id;
 
 const PAGE: &str = include_str!("explorer/index.html");
@@ -81,7 +81,7 @@ pub async fn logs(
         return Err(LogSearchError::NotAnId.into());
     }
     if let Some(loki) = &state.config.loki_url {
-        return Ok(Json(search_loki(loki, q).await?));
+        return Ok(Json(super::loki::search(loki, q).await?));
     }
     let here = state.log_search.search(q).await;
     let Some(cluster) = state.cluster() else {

@@ -8,6 +8,7 @@
 //! - [`api`]: the admin REST API under `/api`.
 //! - [`explorer`]: the session explorer page at `GET /`, and the log
 //!   search behind it (`/api/logs`).
+//! - [`loki`]: that search asked of Loki instead, with `--loki-url`.
 //!
 //! Shutdown follows mini-redis: one `CancellationToken` stops the accept
 //! loop and the upkeep tasks, the open sessions are then swept through the
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod explorer;
 pub mod linger;
+pub mod loki;
 pub mod proxy_protocol;
 pub mod trace;
 pub mod upgrade;

@@ -340,7 +340,7 @@ fn child_graph(src: &Path) -> Graph {
 
 #[test]
 fn files_of_a_module_depend_one_way() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = crate::common::repo_root().join("src");
     let graph = child_graph(&src);
     assert!(
         graph.contains_key("session::reader"),
@@ -377,7 +377,7 @@ fn named_paths_resolve_super_crate_and_groups() {
 
 #[test]
 fn modules_depend_one_way() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let src = crate::common::repo_root().join("src");
     let graph = import_graph(&src);
     assert!(graph.contains_key("session") && graph.contains_key("routing"));
     let found = violations(&graph);
@@ -390,8 +390,7 @@ fn modules_depend_one_way() {
 
 #[test]
 fn every_module_is_in_the_map() {
-    let lib =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let lib = std::fs::read_to_string(crate::common::repo_root().join("src/lib.rs")).unwrap();
     for line in lib.lines() {
         if let Some(module) = line
             .strip_prefix("pub mod ")

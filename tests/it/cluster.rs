@@ -988,7 +988,7 @@ impl Nginx {
         let port = free_port();
         let path = |name: &str| dir.path().join(name).display().to_string();
         let config =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline/nginx.conf"))
+            std::fs::read_to_string(crate::common::repo_root().join("pipeline/nginx.conf"))
                 .unwrap()
                 .replace("wstrace-1:8080", upstreams[0])
                 .replace("wstrace-2:8080", upstreams[1])

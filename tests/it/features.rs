@@ -1240,10 +1240,7 @@ async fn with_a_loki_url_the_log_search_asks_loki_and_says_so() {
     let target = request.split(' ').nth(1).unwrap();
     let query: std::collections::HashMap<String, String> =
         url_query(target.split_once('?').unwrap().1);
-    assert_eq!(
-        query["query"],
-        wstrace::telemetry::log_search::loki_query(&trace[..8])
-    );
+    assert_eq!(query["query"], wstrace::http::loki::loki_query(&trace[..8]));
     assert!(query["start"].parse::<u128>().unwrap() < query["end"].parse::<u128>().unwrap());
 
     // Loki down: a clear 502, not an empty answer.

@@ -19,7 +19,7 @@ use vrl::compiler::{Program, TargetValue, TimeZone, runtime::Runtime};
 use vrl::value::{KeyString, Secrets, Value};
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    crate::common::repo_root()
 }
 
 fn read(path: &str) -> String {
@@ -972,7 +972,7 @@ fn shipped_queries() -> Vec<Query> {
     queries.push(Query {
         origin: "/api/logs with --loki-url".into(),
         lang: "logql",
-        text: wstrace::telemetry::log_search::loki_query(&SAMPLE_TRACE[..8]),
+        text: wstrace::http::loki::loki_query(&SAMPLE_TRACE[..8]),
     });
     queries
 }

@@ -29,6 +29,13 @@ pub use child::*;
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The checkout under test, read when the test runs (cargo sets it), not when
+/// it was compiled: CI shares one target dir between clones, and a binary
+/// built in a clone that is gone would otherwise read files that are gone.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run under cargo test"))
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     log_dir: tempfile::TempDir,

@@ -14,6 +14,10 @@ use super::transport::{SendError, Transport};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A retry is made only with at least this much of the timeout left: a
+/// retry given a sliver (the sleep woke just before the deadline) would
+/// fail as "no answer" and hide why the export really failed.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
 /// Sends `body`, retrying what may succeed later until `timeout` is spent.
 pub(super) async fn send(
@@ -36,17 +40,24 @@ pub(super) async fn send(
             Err(error) => error,
         };
         let wait = error.retry_after.unwrap_or_else(|| jittered(backoff));
-        if Instant::now() + wait >= deadline {
-            return Err(format!(
+        let no_time_left = || {
+            format!(
                 "{} (attempt {attempt}; no time left to retry)",
                 error.reason
-            ));
+            )
+        };
+        if Instant::now() + wait + MIN_ATTEMPT >= deadline {
+            return Err(no_time_left());
         }
         // The batch thread has no timer of its own: the sleep is made and
         // awaited on the runtime (even `Sleep::new` needs its context).
         let _ = runtime
             .spawn(async move { tokio::time::sleep(wait).await })
             .await;
+        // A late wake-up (a busy runtime) may leave less than it planned.
+        if deadline.saturating_duration_since(Instant::now()) < MIN_ATTEMPT {
+            return Err(no_time_left());
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     unreachable!("the loop returns")

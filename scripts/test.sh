@@ -24,7 +24,7 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 command -v chromium >/dev/null || missing+=(chromium)
-command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server redis-tools)
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then

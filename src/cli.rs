@@ -288,10 +288,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WSTRACE_ECHO_ENDPOINT")]
     pub echo_endpoint: bool,
 
-    /// Cluster mode: Redis URL (`redis://[:password@]host:port[/db]`).
-    /// Channel publishes, broadcasts, direct messages and admin actions
-    /// then reach sessions on every instance that uses the same Redis. The
-    /// server does not start if Redis cannot be reached.
+    /// Cluster mode: one Redis node (`redis://[:password@]host:port[/db]`,
+    /// `rediss://` for TLS) or a Redis Cluster ≥ 7 by its seed nodes
+    /// (`redis+cluster://[:password@]host1:port1,host2:port2`; channels then
+    /// use sharded pub/sub). Channel publishes, broadcasts, direct messages
+    /// and admin actions then reach sessions on every instance that uses
+    /// the same Redis. The server does not start if Redis cannot be reached.
     #[arg(long, env = "WSTRACE_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
 

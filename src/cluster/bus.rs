@@ -26,6 +26,7 @@ use crate::events::{
 use crate::routing::{Delivery, SharedRecipient};
 use crate::sampling::DebugChange;
 use crate::trace_context::span_context;
+use redis::aio::PubSub;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -58,8 +59,13 @@ impl Default for Backoff {
     }
 }
 
-pub async fn run_bus(context: Arc<ClusterContext>, cluster: Arc<Cluster>) {
-    let mut subscription = cluster.take_first_subscription();
+/// One Redis node's bus: hears the shared and the subscribed channels on
+/// `subscription` (made at connect), and resubscribes after a loss.
+pub async fn run_bus(
+    context: Arc<ClusterContext>,
+    cluster: Arc<Cluster>,
+    mut subscription: Option<PubSub>,
+) {
     let mut backoff = Backoff::new();
     let mut lost_at: Option<Instant> = None;
     let ping_every = (cluster.session_ttl() / 3).max(Duration::from_millis(200));
@@ -209,7 +215,7 @@ async fn reregister(context: &ClusterContext, cluster: &Cluster) -> usize {
 }
 
 /// Acts on one envelope from another instance.
-fn deliver(context: &Arc<ClusterContext>, cluster: &Arc<Cluster>, payload: &[u8]) {
+pub(super) fn deliver(context: &Arc<ClusterContext>, cluster: &Arc<Cluster>, payload: &[u8]) {
     let Some(mut envelope) = open_envelope(context, cluster, payload) else {
         return;
     };

@@ -26,8 +26,10 @@ pub mod bus;
 pub mod envelope;
 pub mod forward;
 pub mod interest;
+pub mod link;
 pub mod publisher;
 pub mod registry;
+pub mod sharded;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use std::future::Future;
@@ -64,7 +66,7 @@ pub struct ClusterConfig {
     pub secret: Option<Secret>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
     #[error("invalid --redis-url {url}: {reason}")]
     InvalidUrl { url: String, reason: String },
@@ -89,6 +91,10 @@ pub enum ClusterError {
     Backlog,
     #[error("Redis command failed: {0}")]
     Command(String),
+    /// A node refused the connection: the command was not sent (one
+    /// shard of a Redis Cluster that is down, typically).
+    #[error("Redis refused the connection (the command was not sent): {0}")]
+    Refused(String),
     /// The connection failed after the command was sent: it may have run.
     #[error("Redis connection failed after the command was sent: {0}")]
     Unanswered(String),
@@ -183,12 +189,11 @@ impl ClusterCounters {
 pub struct Cluster {
     instance_id: String,
     url_for_display: String,
-    client: redis::Client,
-    /// Commands and publishes. Replaced after Redis stalls: the old
-    /// connection's timed-out commands are dropped with it, not kept
-    /// buffered until Redis resumes.
-    commands: Mutex<ConnectionManager>,
-    manager_config: ConnectionManagerConfig,
+    mode: Mode,
+    /// Commands and publishes. On one node, replaced after Redis stalls:
+    /// the old connection's timed-out commands are dropped with it, not
+    /// kept buffered until Redis resumes.
+    commands: Mutex<link::Commands>,
     /// Notified when a call times out: the bus task treats Redis as lost.
     stalled: tokio::sync::Notify,
     /// Bytes of sealed envelopes in the outgoing queue.
@@ -207,10 +212,31 @@ pub struct Cluster {
     pub sealer: envelope::Sealer,
     /// The subscription made by [`Cluster::connect`], until the bus task
     /// takes it: a server is subscribed before it accepts its first client.
-    first_subscription: Mutex<Option<PubSub>>,
+    first_subscription: Mutex<Option<Subscription>>,
     outgoing: tokio::sync::mpsc::Sender<publisher::PublishJob>,
     /// Its receiving end, until the publisher task takes it.
     outgoing_jobs: Mutex<Option<tokio::sync::mpsc::Receiver<publisher::PublishJob>>>,
+}
+
+/// One Redis node, or a Redis Cluster (see [`link`]).
+// One per process: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Mode {
+    Node {
+        client: redis::Client,
+        manager_config: ConnectionManagerConfig,
+    },
+    /// Sharded pub/sub: the crate's cluster connection carries commands
+    /// and subscriptions, and repairs a lost shard by itself.
+    Sharded,
+}
+
+/// Where the bus task hears other instances.
+pub enum Subscription {
+    /// One node's pub/sub connection.
+    Node(PubSub),
+    /// The cluster connection's pushes (`smessage`, disconnections).
+    Sharded(tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>),
 }
 
 impl std::fmt::Debug for Cluster {
@@ -238,35 +264,57 @@ impl Cluster {
                     .into(),
             });
         }
-        let client = redis::Client::open(secret_url).map_err(|e| ClusterError::InvalidUrl {
-            url: url.clone(),
-            reason: reason(&e),
-        })?;
         let unreachable = |reason: String| ClusterError::Unreachable {
             url: url.clone(),
             reason,
         };
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let commands = tokio::time::timeout(
-            config.timeout * 4,
-            ConnectionManager::new_with_config(client.clone(), manager_config.clone()),
-        )
-        .await
-        .map_err(|_| unreachable(format!("no answer within {:?}", config.timeout * 4)))?
-        .map_err(|e| unreachable(reason(&e)))?;
+        let invalid = |reason: String| ClusterError::InvalidUrl {
+            url: url.clone(),
+            reason,
+        };
+        let connect_within = config.timeout * 4;
+        let no_answer = || unreachable(format!("no answer within {connect_within:?}"));
+        let (mode, commands, pushes) = match link::Target::parse(secret_url).map_err(invalid)? {
+            link::Target::Node(node) => {
+                let client = redis::Client::open(node).map_err(|e| invalid(reason(&e)))?;
+                let manager_config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(config.timeout))
+                    .set_response_timeout(Some(config.timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(2));
+                let manager =
+                    ConnectionManager::new_with_config(client.clone(), manager_config.clone());
+                let commands = tokio::time::timeout(connect_within, manager)
+                    .await
+                    .map_err(|_| no_answer())?
+                    .map_err(|e| unreachable(reason(&e)))?;
+                let mode = Mode::Node {
+                    client,
+                    manager_config,
+                };
+                (mode, link::Commands::Node(commands), None)
+            }
+            link::Target::Cluster(nodes) => {
+                let connect = link::connect_cluster(&nodes, config.timeout);
+                let (commands, pushes) = tokio::time::timeout(connect_within, connect)
+                    .await
+                    .map_err(|_| no_answer())?
+                    .map_err(|e| unreachable(reason(&e)))?;
+                (
+                    Mode::Sharded,
+                    link::Commands::Cluster(commands),
+                    Some(pushes),
+                )
+            }
+        };
         let (outgoing, outgoing_jobs) = tokio::sync::mpsc::channel(publisher::QUEUE_ENVELOPES);
         let cluster = Self {
             outgoing,
             outgoing_jobs: Mutex::new(Some(outgoing_jobs)),
             instance_id: config.instance_id,
             url_for_display: url.clone(),
-            client,
+            mode,
             commands: Mutex::new(commands),
-            manager_config,
             stalled: tokio::sync::Notify::new(),
             queued_bytes: Default::default(),
             session_ttl: config.session_ttl,
@@ -282,10 +330,26 @@ impl Cluster {
             .call(redis::cmd("PING").query_async(&mut cluster.connection()))
             .await
             .map_err(|e| unreachable(reason(&e)))?;
-        let subscription = cluster
-            .subscribe()
-            .await
-            .map_err(|e| unreachable(reason(&e)))?;
+        let subscription = match pushes {
+            None => Subscription::Node(
+                cluster
+                    .subscribe()
+                    .await
+                    .map_err(|e| unreachable(reason(&e)))?,
+            ),
+            Some(pushes) => {
+                let own = [
+                    Self::bus_channel(),
+                    Self::instance_channel(&cluster.instance_id),
+                ];
+                for channel in own {
+                    sharded::subscribe(&cluster, &channel)
+                        .await
+                        .map_err(|e| unreachable(reason(&e)))?;
+                }
+                Subscription::Sharded(pushes)
+            }
+        };
         *lock(&cluster.first_subscription) = Some(subscription);
         Ok(cluster)
     }
@@ -332,8 +396,13 @@ impl Cluster {
     /// A new pub/sub connection, subscribed to the bus and this instance's
     /// own channel (the bus task then adds the channels, see [`interest`]).
     async fn subscribe(&self) -> Result<PubSub, ClusterError> {
+        let Mode::Node { client, .. } = &self.mode else {
+            return Err(ClusterError::Command(
+                "classic pub/sub on a Redis Cluster".into(),
+            ));
+        };
         let subscribe = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = client.get_async_pubsub().await?;
             pubsub
                 .subscribe(&[
                     Self::bus_channel(),
@@ -349,7 +418,7 @@ impl Cluster {
         }
     }
 
-    fn take_first_subscription(&self) -> Option<PubSub> {
+    fn take_first_subscription(&self) -> Option<Subscription> {
         lock(&self.first_subscription).take()
     }
 
@@ -412,6 +481,9 @@ impl Cluster {
             Ok(Err(error)) if error.code().is_some() => {
                 Err(ClusterError::Command(error.to_string()))
             }
+            Ok(Err(error)) if error.is_connection_refusal() => {
+                Err(ClusterError::Refused(error.to_string()))
+            }
             Ok(Err(error)) => Err(ClusterError::Unanswered(error.to_string())),
             Err(_) => Err(self.stall()),
         }
@@ -420,7 +492,13 @@ impl Cluster {
     /// A stalled Redis (frozen, or its link) is known within one timeout:
     /// later calls fail at once, not after piling up in the connection,
     /// until the bus task has made a new one.
+    ///
+    /// On a Redis Cluster a timeout is one shard's: the others still serve
+    /// their channels, and the crate repairs the shard's connection.
     fn stall(&self) -> ClusterError {
+        if self.is_sharded() {
+            return ClusterError::Timeout(self.timeout);
+        }
         self.set_up(false);
         self.stalled.notify_one();
         ClusterError::Timeout(self.timeout)
@@ -445,17 +523,29 @@ impl Cluster {
         false
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn connection(&self) -> link::Commands {
         lock(&self.commands).clone()
     }
 
-    /// A fresh command connection, in place of one that stalled.
+    /// Whether this is a Redis Cluster (sharded pub/sub).
+    pub fn is_sharded(&self) -> bool {
+        matches!(self.mode, Mode::Sharded)
+    }
+
+    /// A fresh command connection, in place of one that stalled (one
+    /// node; a cluster connection repairs itself).
     async fn renew_commands(&self) -> bool {
-        let fresh =
-            ConnectionManager::new_with_config(self.client.clone(), self.manager_config.clone());
+        let Mode::Node {
+            client,
+            manager_config,
+        } = &self.mode
+        else {
+            return true;
+        };
+        let fresh = ConnectionManager::new_with_config(client.clone(), manager_config.clone());
         match tokio::time::timeout(self.timeout * 2, fresh).await {
             Ok(Ok(fresh)) => {
-                *lock(&self.commands) = fresh;
+                *lock(&self.commands) = link::Commands::Node(fresh);
                 true
             }
             _ => false,
@@ -470,27 +560,63 @@ impl Cluster {
     /// Publishes an envelope; returns how many instances received it.
     pub async fn publish(&self, channel: &str, envelope: &Envelope) -> Result<u64, ClusterError> {
         let wire = self.seal(envelope);
-        let receivers = self.publish_batch(&[(channel, &wire)]).await?;
-        Ok(receivers.first().copied().unwrap_or_default())
+        let mut receivers = self.publish_batch(&[(channel, &wire)]).await;
+        receivers.pop().unwrap_or(Ok(0))
     }
 
-    /// Publishes sealed envelopes in one pipeline, in order; returns how
-    /// many instances received each.
-    pub async fn publish_batch(&self, sealed: &[(&str, &str)]) -> Result<Vec<u64>, ClusterError> {
+    /// Publishes sealed envelopes, in order per channel; returns how many
+    /// instances received each. One node takes them in one pipeline; a
+    /// cluster in one pipeline per slot (all at once), so a shard that is
+    /// down fails only its own channels' envelopes.
+    pub async fn publish_batch(&self, sealed: &[(&str, &str)]) -> Vec<Result<u64, ClusterError>> {
+        let results = if self.is_sharded() {
+            let groups = link::by_slot(sealed.iter().map(|(channel, _)| *channel));
+            let sent = groups.iter().map(|group| {
+                let batch: Vec<_> = group.iter().map(|&i| sealed[i]).collect();
+                self.publish_pipeline("SPUBLISH", batch)
+            });
+            let mut results = vec![Ok(0); sealed.len()];
+            for (group, result) in groups
+                .iter()
+                .zip(futures_util::future::join_all(sent).await)
+            {
+                for (n, &i) in group.iter().enumerate() {
+                    results[i] = result
+                        .clone()
+                        .map(|receivers| receivers.get(n).copied().unwrap_or_default());
+                }
+            }
+            results
+        } else {
+            match self.publish_pipeline("PUBLISH", sealed.to_vec()).await {
+                Ok(receivers) => (0..sealed.len())
+                    .map(|i| Ok(receivers.get(i).copied().unwrap_or_default()))
+                    .collect(),
+                Err(error) => vec![Err(error); sealed.len()],
+            }
+        };
+        for result in &results {
+            let counter = match result {
+                Ok(_) => &self.counters.published,
+                Err(_) => &self.counters.publish_failures,
+            };
+            counter.fetch_add(1, Relaxed);
+        }
+        results
+    }
+
+    async fn publish_pipeline(
+        &self,
+        command: &str,
+        sealed: Vec<(&str, &str)>,
+    ) -> Result<Vec<u64>, ClusterError> {
         let mut pipe = redis::pipe();
         for (channel, wire) in sealed {
-            pipe.cmd("PUBLISH").arg(*channel).arg(*wire);
+            pipe.cmd(command).arg(channel).arg(wire);
         }
         let mut connection = self.connection();
-        let result = self
-            .call(pipe.query_async::<Vec<u64>>(&mut connection))
-            .await;
-        let counter = match result {
-            Ok(_) => &self.counters.published,
-            Err(_) => &self.counters.publish_failures,
-        };
-        counter.fetch_add(sealed.len() as u64, Relaxed);
-        result
+        self.call(pipe.query_async::<Vec<u64>>(&mut connection))
+            .await
     }
 }
 
@@ -519,6 +645,16 @@ pub struct ClusterTasks {
     finish_publishing: CancellationToken,
 }
 
+/// Hears other instances: over one node's pub/sub, or the cluster's
+/// sharded pub/sub.
+async fn hear(context: Arc<ClusterContext>, cluster: Arc<Cluster>) {
+    match cluster.take_first_subscription() {
+        Some(Subscription::Sharded(pushes)) => sharded::run(context, cluster, pushes).await,
+        Some(Subscription::Node(pubsub)) => bus::run_bus(context, cluster, Some(pubsub)).await,
+        None => bus::run_bus(context, cluster, None).await,
+    }
+}
+
 impl ClusterTasks {
     /// Starts them. The bus and upkeep tasks end with the server's shutdown
     /// signal; the publisher when [`ClusterTasks::finish`] says so.
@@ -527,7 +663,7 @@ impl ClusterTasks {
         let finish_publishing = CancellationToken::new();
         let context = Arc::new(context);
         Some(Self {
-            bus: tokio::spawn(bus::run_bus(context.clone(), cluster.clone())),
+            bus: tokio::spawn(hear(context.clone(), cluster.clone())),
             upkeep: tokio::spawn(bus::run_upkeep(context, cluster.clone())),
             publisher: tokio::spawn(publisher::run_publisher(
                 cluster,

@@ -67,22 +67,17 @@ pub async fn run_publisher(
             .iter()
             .map(|job| (job.channel.as_str(), job.wire.as_str()))
             .collect();
-        let result = cluster.publish_batch(&sealed).await;
+        let results = cluster.publish_batch(&sealed).await;
         cluster.dequeued(batch.iter().map(|job| job.wire.len()).sum());
-        let (receivers, error) = match result {
-            Ok(receivers) => (Some(receivers), None),
-            Err(error) => (None, Some(ForwardError::from(error))),
-        };
-        for (i, job) in batch.drain(..).enumerate() {
-            match &receivers {
-                Some(receivers) => {
-                    let receivers = receivers.get(i).copied().unwrap_or_default();
+        for (job, result) in batch.drain(..).zip(results) {
+            match result {
+                Ok(receivers) => {
                     job.span.record("cluster.receivers", receivers);
                 }
-                None => {
+                Err(error) => {
                     job.span.record("otel.status_code", "error");
-                    if let (Some(reply_to), Some(error)) = (&job.reply_to, &error) {
-                        reply_to.notify(&error.to_frame(), job.sampled);
+                    if let Some(reply_to) = &job.reply_to {
+                        reply_to.notify(&ForwardError::from(error).to_frame(), job.sampled);
                     }
                 }
             }

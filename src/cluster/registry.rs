@@ -16,6 +16,7 @@ use serde_json::Value;
 use std::collections::HashSet;
 use uuid::Uuid;
 
+use super::link::{self, Commands};
 use super::{Cluster, ClusterError, PREFIX};
 use crate::routing::SessionView;
 
@@ -68,8 +69,7 @@ impl Cluster {
                 .expire(&key, ttl as i64)
                 .ignore();
         }
-        let mut connection = self.connection();
-        let result = self.call(pipe.query_async::<()>(&mut connection)).await;
+        let result = self.run_all(pipe).await;
         self.count_failure(result)
     }
 
@@ -80,9 +80,30 @@ impl Cluster {
         if let Some(user) = user {
             pipe.srem(user_key(user), &id).ignore();
         }
-        let mut connection = self.connection();
-        let result = self.call(pipe.query_async::<()>(&mut connection)).await;
+        let result = self.run_all(pipe).await;
         self.count_failure(result)
+    }
+
+    /// Runs every command of `pipe`: as one pipeline on one node; on a
+    /// cluster, each on its own (its keys hash to different slots), all at
+    /// once.
+    async fn run_all(&self, pipe: redis::Pipeline) -> Result<(), ClusterError> {
+        let mut connection = self.connection();
+        if !self.is_sharded() {
+            return self.call(pipe.query_async::<()>(&mut connection)).await;
+        }
+        let each = pipe.cmd_iter().map(|command| {
+            let mut connection = connection.clone();
+            async move {
+                let sent = command.query_async::<redis::Value>(&mut connection);
+                self.call(sent).await
+            }
+        });
+        futures_util::future::join_all(each)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
     }
 
     pub async fn lookup(&self, id: Uuid) -> Result<Option<SessionView>, ClusterError> {
@@ -159,28 +180,36 @@ impl Cluster {
         Ok(values)
     }
 
+    /// The keys matching `pattern`: on a cluster, from every primary (a
+    /// `SCAN` sees only the node it runs on).
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, ClusterError> {
         let mut connection = self.connection();
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let result = self
-                .call(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(BATCH)
-                        .query_async::<(u64, Vec<String>)>(&mut connection),
-                )
-                .await;
-            let (next, batch) = self.count_failure(result)?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
+        let nodes = match &mut connection {
+            Commands::Node(_) => vec![None],
+            Commands::Cluster(cluster) => {
+                let result = self.call(link::primaries(cluster)).await;
+                self.count_failure(result)?.into_iter().map(Some).collect()
             }
-            cursor = next;
+        };
+        let mut keys = Vec::new();
+        for node in &nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(BATCH);
+                let step = link::on_node(&mut connection, scan, node.as_ref());
+                let result = self.call(step).await;
+                let (next, batch): (u64, Vec<String>) = self.count_failure(result)?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
         }
         // SCAN may return a key twice.
         keys.sort();

@@ -56,6 +56,25 @@ impl InternalEvent for RedisLost<'_> {
     }
 }
 
+/// On a Redis Cluster, the connection to one shard is gone (the crate
+/// reconnects it and subscribes it again by itself).
+#[derive(Debug)]
+pub struct RedisShardLost<'a> {
+    pub redis: &'a str,
+}
+
+impl RedisShardLost<'_> {
+    pub const MESSAGE: &'static str = "lost the connection to one Redis Cluster shard: its \
+         channels fail (cluster_unavailable) until it returns; every other channel works \
+         (reconnecting in the background)";
+}
+
+impl InternalEvent for RedisShardLost<'_> {
+    fn emit(self) {
+        tracing::warn!(target: CLUSTER, message = Self::MESSAGE, redis = self.redis);
+    }
+}
+
 /// Redis is back; this instance's sessions are in the registry again.
 #[derive(Debug)]
 pub struct RedisReconnected<'a> {

@@ -15,7 +15,7 @@ const ADMIN_TOKEN: &str = "cluster-admin-token-41f0";
 const JWT_SECRET: &str = "cluster-jwt-secret-77aa";
 const CLUSTER_SECRET: &str = "cluster-envelope-key-5d21";
 
-fn node(redis: &RedisServer, instance_id: &str, extra: &[(&str, &str)]) -> Wstrace {
+fn node(redis: &impl RedisUrl, instance_id: &str, extra: &[(&str, &str)]) -> Wstrace {
     let url = redis.url();
     let mut envs = vec![
         ("WSTRACE_REDIS_URL", url.as_str()),
@@ -1235,4 +1235,231 @@ async fn forged_or_invalid_envelopes_are_dropped() {
             "{line}"
         );
     }
+}
+
+// ---- A Redis Cluster (sharded pub/sub) ----
+
+/// Starts a 3-master Redis Cluster, or says why the test is skipped.
+fn redis_cluster() -> Option<RedisCluster> {
+    let cluster = RedisCluster::start(3);
+    if cluster.is_none() {
+        eprintln!("skipped: redis-server is not installed");
+    }
+    cluster
+}
+
+/// The sharded channel's subscribers on the shard that owns it.
+fn shard_listeners(cluster: &RedisCluster, channel: &str) -> u64 {
+    let redis_channel = format!("wstrace:ch:{channel}");
+    let shard = &cluster.shards[cluster.shard_of(&redis_channel)];
+    let reply = shard.cli(&["PUBSUB", "SHARDNUMSUB", &redis_channel]);
+    reply.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_carries_publishes_directs_kicks_debug_and_the_registry() {
+    let Some(redis) = redis_cluster() else { return };
+    let settings = [
+        ("WSTRACE_JWT_SECRET", JWT_SECRET),
+        ("WSTRACE_HEARTBEAT_INTERVAL", "300ms"),
+        ("WSTRACE_CLUSTER_SESSION_TTL", "2s"),
+    ];
+    let a = node(&redis, "inst-a", &settings);
+    let mut b = node(&redis, "inst-b", &settings);
+    let (mut publisher, _, publisher_trace) = join(&a, Some(&user_token("sam"))).await;
+    let (mut on_b, b_session, b_trace) = join(&b, Some(&user_token("bob"))).await;
+    let (mut kicked_b, kicked_session, _) = join(&b, Some(&user_token("kim"))).await;
+
+    // Channels spread over the shards; only B subscribes each, by SSUBSCRIBE
+    // on the shard that owns it.
+    let channels = ["news", "sports", "weather", "tech", "music", "art"];
+    let shards: std::collections::HashSet<usize> = channels
+        .iter()
+        .map(|c| redis.shard_of(&format!("wstrace:ch:{c}")))
+        .collect();
+    assert!(shards.len() > 1, "the channels must span shards");
+    for channel in channels {
+        subscribe(&mut on_b, channel).await;
+        assert_eq!(shard_listeners(&redis, channel), 1, "{channel}");
+    }
+    for channel in channels {
+        let content = format!("on {channel}");
+        send_json(
+            &mut publisher,
+            json!({"type": "publish", "channel": channel, "content": content}),
+        )
+        .await;
+        let message = next_json(&mut on_b).await;
+        assert_eq!(message["content"], content.as_str(), "{message}");
+        let traceparent = message["traceparent"].as_str().unwrap();
+        assert_eq!(
+            traceparent.split('-').nth(1),
+            Some(publisher_trace.as_str())
+        );
+    }
+    assert_quiet(&mut on_b, "B after one copy of each").await;
+
+    // The registry: keys spread over the shards, listed from every one.
+    let listed = admin(&a, "GET", "/api/sessions", None).await.json();
+    assert_eq!(listed["scope"], "cluster");
+    assert_eq!(listed["count"], 3, "{listed}");
+
+    // A direct message to a user on the other instance.
+    send_json(
+        &mut publisher,
+        json!({"type": "direct", "to_user": "bob", "content": "hi bob"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut on_b).await["content"], "hi bob");
+
+    // The debug switch, through A, for B's session.
+    let on = admin(
+        &a,
+        "POST",
+        &format!("/api/sessions/{b_session}/debug"),
+        Some(json!({"minutes": 5, "requested_by": "oncall-amy"})),
+    )
+    .await;
+    assert_eq!(on.status, 200, "{}", on.body);
+    assert_eq!(on.json()["instance_id"], "inst-b");
+    let switched = wait_for(Duration::from_secs(10), "debug on, in B's log", || {
+        read_log_lines(b.log_dir.path()).into_iter().find(|l| {
+            l["msg"] == wstrace::events::DebugSwitched::ON && l["session_id"] == b_session.as_str()
+        })
+    });
+    assert_eq!(switched["trace_id"], b_trace.as_str());
+
+    // A kick, through A, of a session on B.
+    let kick = admin(
+        &a,
+        "DELETE",
+        &format!("/api/sessions/{kicked_session}?code=4000&reason=bye"),
+        None,
+    )
+    .await;
+    assert_eq!(kick.status, 200, "{}", kick.body);
+    assert_eq!(next_close(&mut kicked_b).await, (4000, "bye".to_owned()));
+
+    // B dies without a goodbye: its sessions leave the registry within a TTL.
+    b.kill();
+    wait_until("B's sessions to expire", Duration::from_secs(8), || async {
+        admin(&a, "GET", "/api/sessions", None).await.json()["count"] == 1
+    })
+    .await;
+    wait_until("B's stats to expire", Duration::from_secs(8), || async {
+        admin(&a, "GET", "/api/stats", None).await.json()["cluster"]["instances"] == 1
+    })
+    .await;
+}
+
+/// The first name `name(i)` whose Redis key hashes to a shard for which
+/// `wanted` holds.
+fn name_on(
+    redis: &RedisCluster,
+    key: impl Fn(&str) -> String,
+    wanted: impl Fn(usize) -> bool,
+) -> String {
+    (0..)
+        .map(|i| format!("n{i}"))
+        .find(|name| wanted(redis.shard_of(&key(name))))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_cluster_shard_fails_only_its_channels_and_recovers_by_itself() {
+    let Some(mut redis) = redis_cluster() else {
+        return;
+    };
+    // The shard to kill holds neither the bus nor the instances' own
+    // channels and keys: what it takes down is its channels.
+    let doomed = (0..3)
+        .find(|&i| redis.shard_of("wstrace:bus") != i)
+        .unwrap();
+    let safe = |shard| shard != doomed;
+    let instance = |prefix: &str| {
+        let ok = |id: &str| {
+            safe(redis.shard_of(&format!("wstrace:to:{id}")))
+                && safe(redis.shard_of(&format!("wstrace:instance:{id}")))
+        };
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|id| ok(id))
+            .unwrap()
+    };
+    let (id_a, id_b) = (instance("inst-a-"), instance("inst-b-"));
+    let lost = name_on(&redis, |c| format!("wstrace:ch:{c}"), |s| s == doomed);
+    let kept = name_on(&redis, |c| format!("wstrace:ch:{c}"), safe);
+    let fast = [
+        ("WSTRACE_REDIS_TIMEOUT", "500ms"),
+        ("WSTRACE_TELEMETRY_REPORT_INTERVAL", "500ms"),
+    ];
+    let a = node(&redis, &id_a, &fast);
+    let b = node(&redis, &id_b, &fast);
+    let (mut publisher, _, _) = join(&a, None).await;
+    let (mut on_b, _, _) = join(&b, None).await;
+    subscribe(&mut on_b, &lost).await;
+    subscribe(&mut on_b, &kept).await;
+    let publish = |channel: &str, content: &str| json!({"type": "publish", "channel": channel, "content": content});
+    for channel in [&lost, &kept] {
+        send_json(&mut publisher, publish(channel, "before")).await;
+        assert_eq!(next_json(&mut on_b).await["channel"], channel.as_str());
+    }
+
+    redis.shards[doomed].kill();
+    // The shard's channel fails, clearly, for the publisher...
+    send_json(&mut publisher, publish(&lost, "during")).await;
+    let error = next_json(&mut publisher).await;
+    assert_eq!(error["code"], "cluster_unavailable", "{error}");
+    // ...and for a subscriber on an instance that does not hear it yet
+    // (it cannot join it); every other channel works.
+    let (mut late, _, _) = join(&a, None).await;
+    send_json(&mut late, json!({"type": "subscribe", "channel": lost})).await;
+    // Joined here, and told that other instances cannot reach it yet.
+    assert_eq!(next_json(&mut late).await["type"], "subscribed");
+    let refused = next_json(&mut late).await;
+    assert_eq!(refused["code"], "cluster_unavailable", "{refused}");
+    for n in 0..20 {
+        send_json(&mut publisher, publish(&kept, &format!("kept {n}"))).await;
+        assert_eq!(next_json(&mut on_b).await["content"], format!("kept {n}"));
+    }
+    assert_eq!(metric(&a, "wstrace_cluster_redis_up").await, 1.0);
+
+    // The shard returns (empty, same slots): delivery on its channel
+    // resumes without a restart of either instance.
+    redis.shards[doomed].restart();
+    redis.wait_until_ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut attempt = 0;
+    'recovered: loop {
+        assert!(Instant::now() < deadline, "{lost} never came back");
+        attempt += 1;
+        let content = format!("after {attempt}");
+        send_json(&mut publisher, publish(&lost, &content)).await;
+        let wait = tokio::time::Instant::now() + Duration::from_millis(700);
+        loop {
+            tokio::select! {
+                reply = next_json(&mut publisher) => {
+                    assert_eq!(reply["code"], "cluster_unavailable", "{reply}");
+                    break;
+                }
+                message = next_json(&mut on_b) => {
+                    // Only what was published after the shard returned.
+                    assert_eq!(message["channel"], lost.as_str());
+                    if message["content"] == content.as_str() {
+                        break 'recovered;
+                    }
+                }
+                _ = tokio::time::sleep_until(wait) => break,
+            }
+        }
+    }
+    send_json(&mut publisher, publish(&lost, "steady")).await;
+    assert_eq!(next_json(&mut on_b).await["content"], "steady");
+    assert_quiet(&mut on_b, "B after the shard returned").await;
+
+    let lines = read_log_lines(b.log_dir.path());
+    assert!(
+        !with_msg(&lines, wstrace::events::RedisShardLost::MESSAGE).is_empty(),
+        "the lost shard is in B's log"
+    );
 }

@@ -319,6 +319,19 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     program: PathBuf,
+    /// Arguments beyond the port (a cluster node's settings).
+    args: Vec<String>,
+}
+
+/// What `--redis-url` should be for a Redis the test started.
+pub trait RedisUrl {
+    fn url(&self) -> String;
+}
+
+impl RedisUrl for RedisServer {
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
 }
 
 impl RedisServer {
@@ -334,18 +347,19 @@ impl RedisServer {
     /// `None` when redis-server is not installed (a failure instead under
     /// `WSTRACE_REQUIRE_TOOLS`).
     pub fn start() -> Option<Self> {
+        Self::start_with(Vec::new())
+    }
+
+    fn start_with(args: Vec<String>) -> Option<Self> {
         let program = super::which("redis-server")?;
         let mut redis = Self {
             child: None,
             port: free_port(),
             program,
+            args,
         };
         redis.restart();
         Some(redis)
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Starts it (again) on the same port.
@@ -354,6 +368,7 @@ impl RedisServer {
         let child = Command::new(&self.program)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -393,5 +408,116 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A real Redis Cluster on loopback: `masters` `redis-server`s with
+/// `--cluster-enabled yes`, joined by the real `redis-cli --cluster
+/// create`, no replicas, no persistence. A shard that is killed and
+/// restarted keeps its node id and slots (its `nodes.conf` stays), but
+/// comes back empty.
+pub struct RedisCluster {
+    pub shards: Vec<RedisServer>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> Option<Self> {
+        super::which("redis-server")?;
+        let dir = tempfile::tempdir().unwrap();
+        let mut shards = Vec::new();
+        for i in 0..masters {
+            let node_dir = dir.path().join(i.to_string());
+            std::fs::create_dir(&node_dir).unwrap();
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                // The bus port explicitly: port + 10000 may not be free.
+                "--cluster-port",
+                &free_port().to_string(),
+                "--cluster-node-timeout",
+                "1000",
+                // Slots of a shard that is down fail; the others still work.
+                "--cluster-require-full-coverage",
+                "no",
+                "--dir",
+                node_dir.to_str().unwrap(),
+            ];
+            shards.push(RedisServer::start_with(args.map(String::from).to_vec())?);
+        }
+        let addresses: Vec<String> = shards
+            .iter()
+            .map(|shard| format!("127.0.0.1:{}", shard.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {created:?}"
+        );
+        let cluster = Self { shards, _dir: dir };
+        cluster.wait_until_ok();
+        Some(cluster)
+    }
+
+    /// Waits until every running shard says `cluster_state:ok` and knows
+    /// every other as connected.
+    pub fn wait_until_ok(&self) {
+        wait_for(
+            Duration::from_secs(20),
+            "the Redis Cluster to be ok",
+            || {
+                self.shards
+                    .iter()
+                    .filter(|shard| shard.child.is_some())
+                    .all(|shard| {
+                        shard.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                            && !shard.cli(&["CLUSTER", "NODES"]).contains("fail")
+                    })
+                    .then_some(())
+            },
+        );
+    }
+
+    /// The index of the shard that owns `key`'s slot.
+    pub fn shard_of(&self, key: &str) -> usize {
+        let slot: u16 = self.shards[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
+        let owns = |shard: &RedisServer| {
+            let nodes = shard.cli(&["CLUSTER", "NODES"]);
+            let myself = nodes
+                .lines()
+                .find(|l| l.contains("myself"))
+                .unwrap()
+                .to_owned();
+            myself.split_whitespace().skip(8).any(|range| {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                (start.parse().unwrap_or(u16::MAX)..=end.parse().unwrap_or(0)).contains(&slot)
+            })
+        };
+        self.shards
+            .iter()
+            .position(owns)
+            .expect("a shard owns every slot")
+    }
+}
+
+impl RedisUrl for RedisCluster {
+    fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .shards
+            .iter()
+            .map(|shard| format!("127.0.0.1:{}", shard.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
     }
 }

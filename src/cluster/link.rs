@@ -1,5 +1,6 @@
 //! The two kinds of Redis an instance can use: one node, or a Redis
-//! Cluster (`redis+cluster://host1:port1,host2:port2,...`).
+//! Cluster (`redis+cluster://host1:port1,host2:port2,...`, or
+//! `rediss+cluster://` for TLS to every node).
 //!
 //! On one node, channel traffic is classic pub/sub (`PUBLISH`/`SUBSCRIBE`
 //! on a pub/sub connection of its own). On a Redis Cluster it is sharded
@@ -23,22 +24,30 @@ use std::time::Duration;
 
 /// The scheme that names a Redis Cluster by its seed nodes.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+/// The same over TLS: every node, seed or discovered, is reached with
+/// `rediss://` (certificates checked against the system's trusted roots,
+/// or `SSL_CERT_FILE`).
+pub const TLS_CLUSTER_SCHEME: &str = "rediss+cluster://";
 
 /// Where `--redis-url` points.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Target {
     /// One Redis node: the URL as given.
     Node(String),
-    /// A Redis Cluster: one `redis://` URL per seed node, each with the
-    /// credentials given once for all.
+    /// A Redis Cluster: one `redis://` (or `rediss://`) URL per seed
+    /// node, each with the credentials given once for all.
     Cluster(Vec<String>),
 }
 
 impl Target {
-    /// Reads `redis+cluster://[user:pass@]h1:p1,h2:p2` as a cluster and
-    /// anything else as one node.
+    /// Reads `redis+cluster://[user:pass@]h1:p1,h2:p2` (or
+    /// `rediss+cluster://`) as a cluster and anything else as one node.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
+            ("redis", rest)
+        } else if let Some(rest) = url.strip_prefix(TLS_CLUSTER_SCHEME) {
+            ("rediss", rest)
+        } else {
             return Ok(Self::Node(url.to_string()));
         };
         let rest = rest.trim_end_matches('/');
@@ -50,7 +59,7 @@ impl Target {
             .split(',')
             .map(str::trim)
             .filter(|host| !host.is_empty())
-            .map(|host| format!("redis://{credentials}{host}"))
+            .map(|host| format!("{scheme}://{credentials}{host}"))
             .collect();
         if nodes.is_empty() {
             return Err(format!(
@@ -210,6 +219,10 @@ mod tests {
         assert_eq!(
             Target::parse("redis://localhost:6379"),
             Ok(Target::Node("redis://localhost:6379".into()))
+        );
+        assert_eq!(
+            Target::parse("rediss+cluster://redis.example:6380"),
+            Ok(Target::Cluster(vec!["rediss://redis.example:6380".into()]))
         );
         assert!(Target::parse("redis+cluster://").is_err());
     }

@@ -1463,3 +1463,66 @@ async fn a_killed_redis_cluster_shard_fails_only_its_channels_and_recovers_by_it
         "the lost shard is in B's log"
     );
 }
+
+/// The test CA's files for a Redis that listens with TLS.
+fn redis_tls(certs: &crate::tls::TestCerts) -> RedisTls {
+    RedisTls {
+        cert: certs.path("server.pem"),
+        key: certs.path("server.key"),
+        ca: certs.path("ca.pem"),
+    }
+}
+
+/// A publish on A reaches a subscriber on B, both over `redis`.
+async fn assert_cross_instance_publish(redis: &impl RedisUrl, ca: &str) {
+    let trust = [("SSL_CERT_FILE", ca)];
+    let (a, b) = (node(redis, "tls-a", &trust), node(redis, "tls-b", &trust));
+    let (mut publisher, _, _) = join(&a, None).await;
+    let (mut listener, _, _) = join(&b, None).await;
+    for channel in ["news", "sports", "weather"] {
+        subscribe(&mut listener, channel).await;
+        let content = format!("over TLS on {channel}");
+        let publish = json!({"type": "publish", "channel": channel, "content": content});
+        send_json(&mut publisher, publish).await;
+        assert_eq!(next_json(&mut listener).await["content"], content.as_str());
+    }
+}
+
+/// `rediss://` to one node and `rediss+cluster://` to a Redis Cluster whose
+/// every shard (and cluster bus) speaks TLS, certificates checked against
+/// `SSL_CERT_FILE`; a Redis whose certificate is not trusted refuses the
+/// start with a reason, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_reaches_redis_and_a_redis_cluster_over_tls() {
+    let Some(_) = which("redis-server") else {
+        return eprintln!("skipped: redis-server is not installed");
+    };
+    let certs = crate::tls::TestCerts::new();
+    let tls = redis_tls(&certs);
+    let ca = certs.path("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    let node_redis = TlsRedisServer::start(&tls).unwrap();
+    assert_cross_instance_publish(&node_redis, ca).await;
+    let cluster = RedisCluster::start_with_tls(3, Some(&tls)).unwrap();
+    assert!(cluster.url().starts_with("rediss+cluster://"));
+    assert_cross_instance_publish(&cluster, ca).await;
+
+    // Without the test CA among the trusted roots: no start, and why.
+    let log_dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis-timeout", "2s"])
+        .arg("--log-dir")
+        .arg(log_dir.path())
+        .env("WSTRACE_REDIS_URL", node_redis.url())
+        .env("SSL_CERT_FILE", certs.path("server.key"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach Redis at {}", node_redis.url()))
+            && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+}

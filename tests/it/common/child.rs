@@ -328,6 +328,63 @@ pub trait RedisUrl {
     fn url(&self) -> String;
 }
 
+/// A certificate and key (signed by `ca`) for a Redis that also listens
+/// with TLS; clients need not present a certificate.
+pub struct RedisTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl RedisTls {
+    /// redis-server's arguments for a TLS port beside the plain one (which
+    /// the test's own `redis-cli` and readiness check keep using); with
+    /// `cluster`, the cluster bus and `CLUSTER SLOTS` answers use TLS too.
+    fn args(&self, tls_port: u16, cluster: bool) -> Vec<String> {
+        let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+        let mut args = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(&self.cert),
+            "--tls-key-file".into(),
+            path(&self.key),
+            "--tls-ca-cert-file".into(),
+            path(&self.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        if cluster {
+            args.extend(["--tls-cluster".into(), "yes".into()]);
+        }
+        args
+    }
+}
+
+/// A real redis-server reached over TLS (`rediss://`).
+pub struct TlsRedisServer {
+    /// Kept running while this lives.
+    _server: RedisServer,
+    pub tls_port: u16,
+}
+
+impl TlsRedisServer {
+    pub fn start(tls: &RedisTls) -> Option<Self> {
+        let tls_port = free_port();
+        let server = RedisServer::start_with(tls.args(tls_port, false))?;
+        Some(Self {
+            _server: server,
+            tls_port,
+        })
+    }
+}
+
+impl RedisUrl for TlsRedisServer {
+    fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+}
+
 impl RedisUrl for RedisServer {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -418,12 +475,21 @@ impl Drop for RedisServer {
 /// comes back empty.
 pub struct RedisCluster {
     pub shards: Vec<RedisServer>,
+    /// Each shard's TLS port, when it was started with TLS.
+    tls_ports: Vec<u16>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
     pub fn start(masters: usize) -> Option<Self> {
+        Self::start_with_tls(masters, None)
+    }
+
+    /// With `tls`, every shard also listens with TLS and the cluster bus
+    /// uses it; [`RedisUrl::url`] is then `rediss+cluster://`.
+    pub fn start_with_tls(masters: usize, tls: Option<&RedisTls>) -> Option<Self> {
         super::which("redis-server")?;
+        let mut tls_ports = Vec::new();
         let dir = tempfile::tempdir().unwrap();
         let mut shards = Vec::new();
         for i in 0..masters {
@@ -445,7 +511,13 @@ impl RedisCluster {
                 "--dir",
                 node_dir.to_str().unwrap(),
             ];
-            shards.push(RedisServer::start_with(args.map(String::from).to_vec())?);
+            let mut args = args.map(String::from).to_vec();
+            if let Some(tls) = tls {
+                let tls_port = free_port();
+                tls_ports.push(tls_port);
+                args.extend(tls.args(tls_port, true));
+            }
+            shards.push(RedisServer::start_with(args)?);
         }
         let addresses: Vec<String> = shards
             .iter()
@@ -461,7 +533,11 @@ impl RedisCluster {
             created.status.success(),
             "redis-cli --cluster create: {created:?}"
         );
-        let cluster = Self { shards, _dir: dir };
+        let cluster = Self {
+            shards,
+            tls_ports,
+            _dir: dir,
+        };
         cluster.wait_until_ok();
         Some(cluster)
     }
@@ -513,11 +589,14 @@ impl RedisCluster {
 
 impl RedisUrl for RedisCluster {
     fn url(&self) -> String {
-        let seeds: Vec<String> = self
-            .shards
+        let (scheme, ports) = match self.tls_ports.is_empty() {
+            true => ("redis", self.shards.iter().map(|s| s.port).collect()),
+            false => ("rediss", self.tls_ports.clone()),
+        };
+        let seeds: Vec<String> = ports
             .iter()
-            .map(|shard| format!("127.0.0.1:{}", shard.port))
+            .map(|port| format!("127.0.0.1:{port}"))
             .collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        format!("{scheme}+cluster://{}", seeds.join(","))
     }
 }

@@ -13,17 +13,26 @@ pub(crate) fn start_node(redis_url: Option<&str>, instance_id: &str) -> Server {
     })
 }
 
-/// A real redis-server on a free port, pinned with the servers.
-pub(crate) fn start_redis(program: &Path) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// A real redis-server on a free port, pinned with the servers.
+pub(crate) fn start_redis(program: &Path) -> (Child, u16) {
+    start_redis_with(program, &[])
+}
+
+fn start_redis_with(program: &Path, args: &[String]) -> (Child, u16) {
+    let port = free_port();
     let child = pinned(0)
         .arg(program)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        .args(args)
         .stdout(Stdio::null())
         .spawn()
         .expect("start redis-server");
@@ -33,6 +42,64 @@ pub(crate) fn start_redis(program: &Path) -> (Child, u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
     (child, port)
+}
+
+/// A real Redis Cluster of `masters` redis-servers (no replicas, pinned
+/// with the servers), joined by `redis-cli --cluster create`: the
+/// processes, the `redis+cluster://` URL, and the nodes' directory.
+pub(crate) fn start_redis_cluster(
+    program: &Path,
+    masters: usize,
+) -> (Vec<Child>, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..masters {
+        let node_dir = dir.path().join(i.to_string());
+        std::fs::create_dir(&node_dir).unwrap();
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &free_port().to_string(),
+            "--dir",
+            node_dir.to_str().unwrap(),
+        ];
+        nodes.push(start_redis_with(program, &args.map(String::from)));
+    }
+    let seeds: Vec<String> = nodes
+        .iter()
+        .map(|(_, port)| format!("127.0.0.1:{port}"))
+        .collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&seeds)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster create");
+    assert!(
+        created.status.success(),
+        "redis-cli --cluster create: {created:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ok = |port: &u16| {
+        let info = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok")
+    };
+    while !nodes.iter().all(|(_, port)| ok(port)) {
+        assert!(Instant::now() < deadline, "the Redis Cluster did not form");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = format!("redis+cluster://{}", seeds.join(","));
+    (
+        nodes.into_iter().map(|(child, _)| child).collect(),
+        url,
+        dir,
+    )
 }
 
 pub(crate) fn since_start_ns() -> u64 {

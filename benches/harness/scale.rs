@@ -13,7 +13,9 @@
 //!
 //! Size: `WSTRACE_SCALE_SESSIONS` (100000), `WSTRACE_SCALE_INSTANCES` (6),
 //! `WSTRACE_SCALE_RATE` publishes/s in all (200), `WSTRACE_SCALE_SECONDS`
-//! (20); 100 subscribers per channel.
+//! (20); 100 subscribers per channel. `WSTRACE_SCALE_REDIS_SHARDS=3`: a
+//! real Redis Cluster of that many masters instead of one node (sharded
+//! pub/sub), for both runs.
 
 use crate::*;
 use std::io::{BufRead, Write};
@@ -190,13 +192,46 @@ struct ScaleRun {
     spans: (f64, f64),
 }
 
+/// One redis-server, or a Redis Cluster of `shards` masters.
+struct Broker {
+    nodes: Vec<Child>,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    fn start(program: &Path, shards: usize) -> Self {
+        if shards == 0 {
+            let (node, port) = start_redis(program);
+            return Self {
+                nodes: vec![node],
+                url: format!("redis://127.0.0.1:{port}"),
+                _dir: None,
+            };
+        }
+        let (nodes, url, dir) = start_redis_cluster(program, shards);
+        Self {
+            nodes,
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    fn stop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
 fn run_scale(redis_program: &Path, sessions: usize, instances: usize, rate: f64) -> ScaleRun {
     let seconds = env_or("WSTRACE_SCALE_SECONDS", 20) as u64;
     let channels = (sessions / PER_CHANNEL).max(1);
     let work = tempfile::tempdir().unwrap();
     let (mut collector, endpoint, _) = start_collector_quiet(work.path());
-    let (mut redis, port) = start_redis(redis_program);
-    let url = format!("redis://127.0.0.1:{port}");
+    let mut redis = Broker::start(redis_program, env_or("WSTRACE_SCALE_REDIS_SHARDS", 0));
+    let url = redis.url.clone();
     let servers: Vec<Server> = (0..instances)
         .map(|i| {
             Server::wstrace(Kind::WstraceFull, |command| {
@@ -312,7 +347,7 @@ fn run_scale(redis_program: &Path, sessions: usize, instances: usize, rate: f64)
     for server in &mut servers {
         server.stop();
     }
-    let _ = redis.kill();
+    redis.stop();
     let _ = collector.kill();
     ScaleRun {
         instances,
@@ -390,8 +425,12 @@ pub(crate) async fn scale(_plan: &Plan) -> String {
     }
     let _ = writeln!(
         report,
-        "\n{PER_CHANNEL} subscribers per channel, {rate} publishes/s in all for {} s, default message sample ratio, spans to rotel; clients in processes of at most {PER_WORKER} sessions",
-        env_or("WSTRACE_SCALE_SECONDS", 20)
+        "\n{PER_CHANNEL} subscribers per channel, {rate} publishes/s in all for {} s, default message sample ratio, spans to rotel; clients in processes of at most {PER_WORKER} sessions; Redis: {}",
+        env_or("WSTRACE_SCALE_SECONDS", 20),
+        match env_or("WSTRACE_SCALE_REDIS_SHARDS", 0) {
+            0 => "one node".to_string(),
+            shards => format!("a Redis Cluster of {shards} masters (sharded pub/sub)"),
+        }
     );
     report
 }

@@ -313,7 +313,8 @@ pub async fn send(
         .instrument(span.clone())
         .await;
     match &result {
-        Ok(receivers) => span.record("cluster.receivers", receivers),
+        // An OpenTelemetry integer: u64 would reach Tempo as a string.
+        Ok(receivers) => span.record("cluster.receivers", *receivers as i64),
         Err(_) => span.record("otel.status_code", "error"),
     };
     result

@@ -72,7 +72,7 @@ pub async fn run_publisher(
         for (job, result) in batch.drain(..).zip(results) {
             match result {
                 Ok(receivers) => {
-                    job.span.record("cluster.receivers", receivers);
+                    job.span.record("cluster.receivers", receivers as i64);
                 }
                 Err(error) => {
                     job.span.record("otel.status_code", "error");

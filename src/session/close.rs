@@ -37,6 +37,17 @@ pub enum ClosedBy {
 }
 
 impl ClosedBy {
+    /// Every value, for the docs' tests.
+    pub const ALL: [ClosedBy; 7] = [
+        ClosedBy::Client,
+        ClosedBy::Server,
+        ClosedBy::Admin,
+        ClosedBy::Policy,
+        ClosedBy::IdleTimeout,
+        ClosedBy::Error,
+        ClosedBy::Shutdown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ClosedBy::Client => "client",

@@ -47,7 +47,9 @@ pub(super) fn receive_span(kind: FrameKind, size: usize) -> tracing::Span {
     tracing::info_span!(
         "ws.receive",
         ws.message.type = kind.as_str(),
-        ws.message.size = size,
+        // As `i64`: the OpenTelemetry layer records `u64`/`usize` through
+        // `Debug`, as a string.
+        ws.message.size = size as i64,
         ws.message.id = tracing::field::Empty,
     )
 }

@@ -172,7 +172,7 @@ impl Writer {
                     let span = tracing::info_span!(
                         "ws.send",
                         ws.message.type = kind.as_str(),
-                        ws.message.size = size,
+                        ws.message.size = size as i64,
                     );
                     span_id = Some(message_span_id(&span, debug));
                     sink.feed(message).instrument(span).await?;
@@ -215,7 +215,7 @@ fn record_delivery(delivery: &Delivery, size: usize, debug: bool) -> SpanId {
     let span = tracing::info_span!(
         "ws.send",
         ws.message.type = "message",
-        ws.message.size = size,
+        ws.message.size = size as i64,
         ws.message.id = %delivery.message_id,
     );
     span.add_link(delivery.origin.clone());

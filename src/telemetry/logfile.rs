@@ -76,7 +76,8 @@ pub fn log_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
                     files.push(file);
                 }
             }
-        } else {
+        } else if path.exists() {
+            // A path that is not there (a typo) is no file, not an empty one.
             files.push(path.clone());
         }
     }

@@ -3,12 +3,15 @@
 //!
 //! Exit codes: 0 ok; 2 could not connect (or the upgrade was refused);
 //! 3 timed out before `--expect` frames arrived; 4 the server closed the
-//! session first; 64 bad usage (a bad flag or URL); 130 interrupted
-//! (Ctrl-C, after sending a Close).
+//! session first; 5 the server answered with an `error` frame (with
+//! `--send`); 64 bad usage (a bad flag or URL); 130 interrupted (Ctrl-C,
+//! after sending a Close).
 //!
 //! The client ends its sessions with 1000 (Normal Closure): after `/quit`,
-//! at the end of input or of `--send`, and on Ctrl-C. When input is piped,
-//! it waits for the replies before closing.
+//! at the end of input (Ctrl-D) or of `--send`, on `--timeout` and on
+//! Ctrl-C; and it answers a Close the server sends (a kick, a shutdown), so
+//! every session it ends closes cleanly. When input is piped, it waits for
+//! the replies before closing.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -51,6 +54,7 @@ pub struct ClientArgs {
 pub const EXIT_CONNECT: u8 = 2;
 pub const EXIT_TIMEOUT: u8 = 3;
 pub const EXIT_CLOSED: u8 = 4;
+pub const EXIT_ERROR_FRAME: u8 = 5;
 pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -66,6 +70,8 @@ pub enum ClientError {
     Timeout { got: usize, want: usize },
     #[error("the server closed the session: {0}")]
     Closed(String),
+    #[error("the server answered with {0} error frame(s)")]
+    ErrorFrames(usize),
     #[error("{0}")]
     Usage(String),
     #[error("interrupted")]
@@ -78,6 +84,7 @@ impl ClientError {
             ClientError::Connect(_) => EXIT_CONNECT,
             ClientError::Timeout { .. } => EXIT_TIMEOUT,
             ClientError::Closed(_) => EXIT_CLOSED,
+            ClientError::ErrorFrames(_) => EXIT_ERROR_FRAME,
             ClientError::Usage(_) => EXIT_USAGE,
             ClientError::Interrupted => EXIT_INTERRUPTED,
         }
@@ -91,7 +98,8 @@ text          echo TEXT
 /pub CH TEXT  publish TEXT on CH
 /dm ID TEXT   direct message to session ID
 /ping         application ping, prints the round trip
-/json {...}   send a raw JSON frame
+/json {...}   send a JSON frame (checked)
+/raw TEXT     send TEXT as a text frame, unchecked
 /help         this help
 /quit         close the session and exit";
 
@@ -99,6 +107,8 @@ text          echo TEXT
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Frame(Value),
+    /// Sent as it is, not checked: to test what the server does with it.
+    Raw(String),
     Ping,
     Help,
     Quit,
@@ -112,6 +122,7 @@ pub fn parse_input(line: &str) -> Result<Input, String> {
         "/quit" => return Ok(Input::Quit),
         "/help" => return Ok(Input::Help),
         "/ping" => return Ok(Input::Ping),
+        "/raw" => return Ok(Input::Raw(rest.into())),
         "/sub" if !rest.is_empty() => ClientFrame::Subscribe {
             channel: rest.into(),
         },
@@ -202,9 +213,10 @@ fn read_plain_lines(lines: tokio::sync::mpsc::Sender<Typed>) {
 /// The terminal's line editor: a `> ` prompt with history (up and down
 /// arrows), on its own thread, with received frames printed above it.
 ///
-/// Known limit (rustyline issues 629 and 976): when several keys arrive in
-/// one read, as when a line with its Enter is pasted, the line is handed
-/// over only at the next key. Typed keys arrive one at a time.
+/// Pasted text arrives as one edit (bracketed paste, rustyline's default),
+/// newlines and all; Enter then sends it one frame per line. (Without
+/// bracketed paste, rustyline issues 629 and 976: when several keys arrive
+/// in one read the line is handed over only at the next key.)
 ///
 /// The terminal's settings are saved first and put back when the client
 /// exits (`restore_terminal`): the session can end while the editor holds
@@ -224,15 +236,22 @@ impl LineEditor {
                 let typed = match editor.readline("> ") {
                     Ok(line) => {
                         let _ = editor.add_history_entry(line.as_str());
-                        Typed::Line(line)
+                        line
                     }
-                    Err(ReadlineError::Interrupted) => Typed::Interrupted,
-                    // Ctrl-D, or the terminal went away.
+                    Err(ReadlineError::Interrupted) => {
+                        let _ = lines.blocking_send(Typed::Interrupted);
+                        break;
+                    }
+                    // Ctrl-D at an empty prompt, or the terminal went away:
+                    // the input has ended (the session closes with 1000).
                     Err(_) => break,
                 };
-                let stop = matches!(typed, Typed::Interrupted);
-                if lines.blocking_send(typed).is_err() || stop {
-                    break;
+                // Pasted lines (bracketed paste keeps their newlines in one
+                // edit) are sent one frame per line, as piped lines are.
+                for line in typed.split(['\n', '\r']).filter(|l| !l.is_empty()) {
+                    if lines.blocking_send(Typed::Line(line.to_owned())).is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -310,6 +329,7 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
 
     let deadline = tokio::time::Instant::now() + args.timeout;
     let mut received = 0usize;
+    let mut error_frames = 0usize;
     let mut sent = 0usize;
     let mut input_open = true;
     // Piped input that has ended: close after a quiet spell, or once every
@@ -347,7 +367,7 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
                     if interactive { break; }
                     continue;
                 };
-                let frame = match parse_input(&line) {
+                let text = match parse_input(&line) {
                     Ok(Input::Quit) => break,
                     Ok(Input::Help) => { out.line(HELP.to_owned()); continue; }
                     Ok(Input::Ping) => {
@@ -356,33 +376,47 @@ pub async fn run(args: ClientArgs) -> Result<(), ClientError> {
                         pings.insert(id.clone(), Instant::now());
                         serde_json::to_value(ClientFrame::Ping { id: Some(id) })
                             .unwrap_or(Value::Null)
+                            .to_string()
                     }
-                    Ok(Input::Frame(frame)) => frame,
+                    Ok(Input::Frame(frame)) => frame.to_string(),
+                    Ok(Input::Raw(text)) => text,
                     Err(message) if interactive => { out.line(message); continue; }
                     Err(message) => return Err(ClientError::Usage(message)),
                 };
-                if tx.send(Message::Text(frame.to_string().into())).await.is_err() {
+                if tx.send(Message::Text(text.into())).await.is_err() {
                     return Err(ClientError::Closed("send failed".into()));
                 }
                 sent += 1;
             }
-            frame = rx.next() => match show_frame(frame, &mut out, &mut pings, color)? {
-                Shown::Text => {
+            frame = rx.next() => match show_frame(frame, &mut out, &mut pings, color) {
+                Err(closed) => {
+                    // The server's Close is answered (tungstenite queued the
+                    // reply; flushing sends it), so the session ends cleanly.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), tx.close()).await;
+                    return Err(closed);
+                }
+                Ok(Shown::Text { error }) => {
                     received += 1;
+                    error_frames += usize::from(error);
                     if let Some(quiet) = &mut quiet_until {
                         *quiet = (tokio::time::Instant::now() + PIPED_QUIET).min(drain_deadline);
                     }
                 }
-                Shown::Binary => received += 1,
-                Shown::Nothing => {}
+                Ok(Shown::Binary) => received += 1,
+                Ok(Shown::Nothing) => {}
             },
             _ = tokio::time::sleep_until(deadline), if !interactive => {
+                close_normally(&mut tx, &mut rx, "timeout", Duration::from_secs(1)).await;
                 return Err(ClientError::Timeout { got: received, want: args.expect });
             }
         }
     }
     close_normally(&mut tx, &mut rx, "", Duration::from_secs(2)).await;
-    Ok(())
+    match error_frames {
+        // With --send the exit code says whether the server objected.
+        n if n > 0 && !interactive => Err(ClientError::ErrorFrames(n)),
+        _ => Ok(()),
+    }
 }
 
 /// The upgrade request: the URL, with `--traceparent`, `--token` and each
@@ -396,6 +430,14 @@ fn upgrade_request(
         .into_client_request()
         .map_err(|e| ClientError::Usage(format!("invalid URL {:?}: {e}", args.url)))?;
     let headers = request.headers_mut();
+    // Names the tool in the server's `GET /ws` span and access lines (a
+    // `--header 'User-Agent: …'` replaces it).
+    headers.insert(
+        "user-agent",
+        concat!("wstrace-client/", env!("CARGO_PKG_VERSION"))
+            .parse()
+            .expect("a valid header value"),
+    );
     if let Some(tp) = &args.traceparent {
         headers.insert(
             "traceparent",
@@ -552,7 +594,10 @@ where
 
 /// What [`show_frame`] showed.
 enum Shown {
-    Text,
+    /// A text frame; `error` if it was an `error` frame.
+    Text {
+        error: bool,
+    },
     Binary,
     /// A control frame: not shown, not counted.
     Nothing,
@@ -568,8 +613,9 @@ fn show_frame(
 ) -> Result<Shown, ClientError> {
     match frame {
         Some(Ok(Message::Text(text))) => {
-            out.line(show_text(&text, pings, color));
-            Ok(Shown::Text)
+            let (line, error) = show_text(&text, pings, color);
+            out.line(line);
+            Ok(Shown::Text { error })
         }
         Some(Ok(Message::Binary(bytes))) => {
             out.line(format!("[{}] < binary {} bytes", stamp(), bytes.len()));
@@ -588,12 +634,12 @@ fn show_frame(
     }
 }
 
-/// One text frame from the server as a line: a pong with its round-trip
-/// time, an error in red in a terminal.
-fn show_text(text: &str, pings: &mut HashMap<String, Instant>, color: bool) -> String {
+/// One text frame from the server as a line (a pong with its round-trip
+/// time, an error in red in a terminal), and whether it is an error.
+fn show_text(text: &str, pings: &mut HashMap<String, Instant>, color: bool) -> (String, bool) {
     let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let rtt = v["id"].as_str().and_then(|id| pings.remove(id));
-    match rtt {
+    let line = match rtt {
         Some(sent) if v["type"] == "pong" => format!(
             "[{}] < {text}  rtt={:.3}ms",
             stamp(),
@@ -601,7 +647,8 @@ fn show_text(text: &str, pings: &mut HashMap<String, Instant>, color: bool) -> S
         ),
         _ if color && v["type"] == "error" => format!("[{}] < \x1b[31m{text}\x1b[0m", stamp()),
         _ => format!("[{}] < {text}", stamp()),
-    }
+    };
+    (line, v["type"] == "error")
 }
 
 #[cfg(test)]

@@ -1,12 +1,18 @@
 //! `wstrace doctor`: follows one session through the whole pipeline and
 //! names the first link that is broken.
 //!
+//! The self-test (no `--trace`):
 //! 1. wstrace: open a session with a known `traceparent`; the welcome
-//!    frame must carry that trace ID.
-//! 2. Vector → Loki: a log line with that `trace_id` must become
-//!    searchable in Loki.
-//! 3. wstrace → Tempo: the trace must be retrievable from Tempo.
-//! 4. Grafana: reachable; print the Explore link for the trace.
+//!    frame must carry that trace ID; close it with 1000.
+//! 2. Vector → Loki: the session's `session opened` and `session closed`
+//!    lines, with that `trace_id`, must become searchable in Loki.
+//! 3. wstrace → Tempo: the trace must hold its `GET /ws` and `ws.session`
+//!    spans.
+//! 4. Grafana: reachable (a warning, not a failure, when it is not); print
+//!    the Explore link for the trace.
+//!
+//! `--trace ID` proves a session that already happened instead: see
+//! [`trace`].
 
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
@@ -15,6 +21,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::http_client::{self, encode_component};
 use super::tls::Trust;
+
+mod trace;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DoctorArgs {
@@ -50,9 +58,18 @@ pub struct DoctorArgs {
     /// beside the system's.
     #[arg(long, env = "WSTRACE_DOCTOR_CA_CERT")]
     pub ca_cert: Option<std::path::PathBuf>,
-    /// How long to wait for the log line and the trace to arrive.
+    /// How long to wait for the log lines and the trace to arrive.
     #[arg(long, env = "WSTRACE_DOCTOR_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Prove a trace that already happened, instead of a fresh session:
+    /// its id in full, as Tempo shows it (without leading zeros), or 8 or
+    /// more characters from its start or end. Its lines are counted in
+    /// --log-dir, then in Loki; its spans in Tempo.
+    #[arg(long = "trace", env = "WSTRACE_DOCTOR_TRACE")]
+    pub trace: Option<String>,
+    /// Where the server wrote its log files (with --trace).
+    #[arg(long, env = "WSTRACE_LOG_DIR", default_value = "logs")]
+    pub log_dir: std::path::PathBuf,
 }
 
 /// The first broken link, said so a person knows where to look.
@@ -64,8 +81,8 @@ pub enum DoctorError {
     Loki { url: String, why: String },
     #[error("step 3 (wstrace → Tempo at {url}): {why}")]
     Tempo { url: String, why: String },
-    #[error("step 4 (Grafana at {url}): {why}")]
-    Grafana { url: String, why: String },
+    #[error("the log files: {0}")]
+    Files(String),
     #[error("{0}")]
     Usage(String),
 }
@@ -85,6 +102,9 @@ const POLL: Duration = Duration::from_secs(1);
 
 pub async fn run(args: DoctorArgs) -> Result<(), DoctorError> {
     let trust = Trust::new(args.ca_cert.as_deref()).map_err(DoctorError::Usage)?;
+    if let Some(id) = &args.trace {
+        return trace::prove(&args, id, &trust).await;
+    }
     let trust = &trust;
     let trace_id = random_hex(16);
     let traceparent = format!("00-{trace_id}-{}-01", random_hex(8));
@@ -105,7 +125,7 @@ pub async fn run(args: DoctorArgs) -> Result<(), DoctorError> {
             url: args.loki.clone(),
             why,
         })?;
-    println!("ok   2. Loki has the session's log lines");
+    println!("ok   2. Loki has the session's lines, from `session opened` to `session closed`");
 
     find_in_tempo(&args.tempo, &trace_id, deadline, trust)
         .await
@@ -113,27 +133,27 @@ pub async fn run(args: DoctorArgs) -> Result<(), DoctorError> {
             url: args.tempo.clone(),
             why,
         })?;
-    println!("ok   3. Tempo has the trace");
+    println!("ok   3. Tempo has the trace, with its GET /ws and ws.session spans");
 
-    let health = format!("{}/api/health", args.grafana.trim_end_matches('/'));
-    match http_client::get(&health, HTTP_TIMEOUT, trust).await {
-        Ok(r) if r.status == 200 => {}
-        Ok(r) => {
-            return Err(DoctorError::Grafana {
-                url: args.grafana,
-                why: format!("/api/health answered {}", r.status),
-            });
-        }
-        Err(e) => {
-            return Err(DoctorError::Grafana {
-                url: args.grafana,
-                why: e.to_string(),
-            });
-        }
-    }
-    println!("ok   4. Grafana is up");
+    check_grafana(&args.grafana, trust).await;
     println!("\n{}", explore_link(&args.grafana, &trace_id));
     Ok(())
+}
+
+/// Grafana only shows what Loki and Tempo hold: when they are fine and it
+/// is not, the data is safe, so this warns instead of failing.
+async fn check_grafana(grafana: &str, trust: &Trust) {
+    let health = format!("{}/api/health", grafana.trim_end_matches('/'));
+    match http_client::get(&health, HTTP_TIMEOUT, trust).await {
+        Ok(r) if r.status == 200 => println!("ok   4. Grafana is up"),
+        Ok(r) => println!(
+            "warn 4. Grafana at {grafana}: /api/health answered {} (Loki and Tempo hold the data)",
+            r.status
+        ),
+        Err(e) => println!(
+            "warn 4. Grafana at {grafana} is unreachable: {e} (Loki and Tempo hold the data)"
+        ),
+    }
 }
 
 async fn open_session(
@@ -177,7 +197,16 @@ async fn open_session(
         .await
         .map_err(|e| e.to_string())?;
     let _ = tokio::time::timeout(HTTP_TIMEOUT, ws.next()).await;
-    let _ = ws.close(None).await;
+    // 1000, not a Close without a code (1005): a check is not a failed
+    // session, and must not match "sessions that failed" queries.
+    ws.close(Some(super::normal_close("wstrace doctor done")))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Until the server's Close: the session is then closed cleanly.
+    let _ = tokio::time::timeout(HTTP_TIMEOUT, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
     Ok(())
 }
 
@@ -187,22 +216,33 @@ pub fn loki_query(trace_id: &str) -> String {
     format!(r#"{{service="wstrace"}} | trace_id="{trace_id}""#)
 }
 
-async fn find_in_loki(
+/// Lines a Loki query answers per page; later pages start after the last.
+const LOKI_PAGE: usize = 5000;
+
+/// One line as Loki holds it: its session (structured metadata, which
+/// Loki returns among the stream's labels) and its message.
+#[derive(Debug)]
+struct LokiLine {
+    session_id: Option<String>,
+    message: String,
+}
+
+/// Every line of `trace_id` in Loki between two times (ns since the
+/// epoch), oldest first, page by page.
+async fn loki_lines(
     base: &str,
     trace_id: &str,
-    deadline: Instant,
+    (start_ns, end_ns): (u128, u128),
     trust: &Trust,
-) -> Result<(), String> {
-    let query = loki_query(trace_id);
-    let start_ns = (std::time::SystemTime::now() - Duration::from_secs(600))
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let url = format!(
-        "{}/loki/api/v1/query_range?query={}&start={start_ns}&limit=10",
-        base.trim_end_matches('/'),
-        encode_component(&query)
-    );
-    poll(deadline, || async {
+) -> Result<Vec<LokiLine>, Fatal> {
+    let query = encode_component(&loki_query(trace_id));
+    let mut lines = Vec::new();
+    let mut from = start_ns;
+    loop {
+        let url = format!(
+            "{}/loki/api/v1/query_range?query={query}&start={from}&end={end_ns}&limit={LOKI_PAGE}&direction=forward",
+            base.trim_end_matches('/'),
+        );
         let response = http_client::get(&url, HTTP_TIMEOUT, trust)
             .await
             .map_err(|e| Fatal(format!("cannot query Loki: {e}")))?;
@@ -215,21 +255,129 @@ async fn find_in_loki(
         }
         let body: serde_json::Value =
             serde_json::from_str(&response.body).map_err(|e| Fatal(e.to_string()))?;
-        let found = body["data"]["result"]
-            .as_array()
-            .is_some_and(|r| !r.is_empty());
-        Ok(found)
-    })
-    .await
-    .map_err(|Fatal(why)| why)?
-    .then_some(())
-    .ok_or_else(|| {
-        format!(
+        let (page, last) = loki_page(&body);
+        let full = page.len() >= LOKI_PAGE;
+        lines.extend(page);
+        match last {
+            Some(last) if full => from = last + 1,
+            _ => return Ok(lines),
+        }
+    }
+}
+
+/// A `query_range` answer's lines, and the newest timestamp among them.
+fn loki_page(body: &serde_json::Value) -> (Vec<LokiLine>, Option<u128>) {
+    let mut lines = Vec::new();
+    let mut last = None;
+    for stream in body["data"]["result"].as_array().into_iter().flatten() {
+        let session_id = stream["stream"]["session_id"].as_str().map(str::to_owned);
+        for entry in stream["values"].as_array().into_iter().flatten() {
+            let at = entry[0].as_str().and_then(|t| t.parse::<u128>().ok());
+            last = last.max(at);
+            let text = entry[1].as_str().unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|line| line["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| text.to_owned());
+            lines.push(LokiLine {
+                session_id: session_id.clone(),
+                message,
+            });
+        }
+    }
+    (lines, last)
+}
+
+fn unix_ns(at: std::time::SystemTime) -> u128 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+async fn find_in_loki(
+    base: &str,
+    trace_id: &str,
+    deadline: Instant,
+    trust: &Trust,
+) -> Result<(), String> {
+    let now = std::time::SystemTime::now();
+    let window = (
+        unix_ns(now - Duration::from_secs(600)),
+        unix_ns(now + Duration::from_secs(600)),
+    );
+    let wanted = [
+        crate::events::SessionOpened::MESSAGE,
+        crate::events::SessionClosed::MESSAGE,
+    ];
+    let has_all = |seen: &Vec<String>| wanted.iter().all(|w| seen.iter().any(|m| m == w));
+    let probe = || async {
+        let lines = loki_lines(base, trace_id, window, trust).await?;
+        Ok(lines.into_iter().map(|l| l.message).collect::<Vec<_>>())
+    };
+    let seen = poll(deadline, probe, has_all)
+        .await
+        .map_err(|Fatal(why)| why)?;
+    if has_all(&seen) {
+        return Ok(());
+    }
+    if seen.is_empty() {
+        return Err(format!(
             "no log line with trace_id {trace_id} after waiting; is Vector tailing the \
              server's log directory, and is its Loki sink healthy (Vector API :8686/health)?"
-        )
-    })
+        ));
+    }
+    Err(format!(
+        "Loki has {} line(s) of trace {trace_id} but not both `{}` and `{}` after waiting \
+         (it has: {})",
+        seen.len(),
+        wanted[0],
+        wanted[1],
+        seen.join(", ")
+    ))
 }
+
+/// The names of a trace's spans in Tempo; `None` while Tempo does not
+/// know the trace.
+async fn tempo_span_names(
+    base: &str,
+    trace_id: &str,
+    trust: &Trust,
+) -> Result<Option<Vec<String>>, Fatal> {
+    let url = format!("{}/api/traces/{trace_id}", base.trim_end_matches('/'));
+    let response = http_client::get(&url, HTTP_TIMEOUT, trust)
+        .await
+        .map_err(|e| Fatal(format!("cannot query Tempo: {e}")))?;
+    match response.status {
+        200 => {}
+        404 => return Ok(None),
+        other => return Err(Fatal(format!("Tempo answered {other}"))),
+    }
+    let body: serde_json::Value = serde_json::from_str(&response.body)
+        .map_err(|e| Fatal(format!("Tempo's answer is not JSON: {e}")))?;
+    let mut names = Vec::new();
+    span_names(&body, &mut names);
+    Ok(Some(names))
+}
+
+/// Every span's name in Tempo's trace JSON (OTLP JSON: `batches` or
+/// `resourceSpans`, then `scopeSpans`, then `spans`): objects with a
+/// `spanId` and a `name`.
+fn span_names(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let (Some(_), Some(name)) =
+                (map.get("spanId"), map.get("name").and_then(|n| n.as_str()))
+            {
+                out.push(name.to_owned());
+            }
+            map.values().for_each(|v| span_names(v, out));
+        }
+        serde_json::Value::Array(list) => list.iter().for_each(|v| span_names(v, out)),
+        _ => {}
+    }
+}
+
+/// The spans every session's trace holds: the upgrade and the session.
+const SESSION_SPANS: [&str; 2] = ["GET /ws", "ws.session"];
 
 async fn find_in_tempo(
     base: &str,
@@ -237,44 +385,50 @@ async fn find_in_tempo(
     deadline: Instant,
     trust: &Trust,
 ) -> Result<(), String> {
-    let url = format!("{}/api/traces/{trace_id}", base.trim_end_matches('/'));
-    poll(deadline, || async {
-        let response = http_client::get(&url, HTTP_TIMEOUT, trust)
-            .await
-            .map_err(|e| Fatal(format!("cannot query Tempo: {e}")))?;
-        match response.status {
-            200 => Ok(true),
-            404 => Ok(false),
-            other => Err(Fatal(format!("Tempo answered {other}"))),
-        }
-    })
+    let has_all = |names: &Option<Vec<String>>| {
+        names
+            .as_ref()
+            .is_some_and(|n| SESSION_SPANS.iter().all(|s| n.iter().any(|m| m == s)))
+    };
+    let names = poll(
+        deadline,
+        || tempo_span_names(base, trace_id, trust),
+        has_all,
+    )
     .await
-    .map_err(|Fatal(why)| why)?
-    .then_some(())
-    .ok_or_else(|| {
-        format!(
+    .map_err(|Fatal(why)| why)?;
+    match names {
+        _ if has_all(&names) => Ok(()),
+        None => Err(format!(
             "trace {trace_id} not found after waiting; is OTEL_EXPORTER_OTLP_ENDPOINT set on \
              the server and pointing at Tempo's OTLP receiver?"
-        )
-    })
+        )),
+        Some(names) => Err(format!(
+            "trace {trace_id} lacks {} after waiting (it has: {})",
+            SESSION_SPANS.join(" or "),
+            names.join(", ")
+        )),
+    }
 }
 
 /// An error that retrying will not fix.
 struct Fatal(String);
 
-/// Polls until found (`Ok(true)`), the deadline passes (`Ok(false)`), or a
-/// fatal error.
-async fn poll<F, Fut>(deadline: Instant, mut probe: F) -> Result<bool, Fatal>
+/// Probes until `done` holds for what it found or the deadline passes,
+/// then returns the last finding; a fatal error ends it at once.
+async fn poll<T, F, Fut>(
+    deadline: Instant,
+    mut probe: F,
+    done: impl Fn(&T) -> bool,
+) -> Result<T, Fatal>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, Fatal>>,
+    Fut: std::future::Future<Output = Result<T, Fatal>>,
 {
     loop {
-        if probe().await? {
-            return Ok(true);
-        }
-        if Instant::now() >= deadline {
-            return Ok(false);
+        let found = probe().await?;
+        if done(&found) || Instant::now() >= deadline {
+            return Ok(found);
         }
         tokio::time::sleep(POLL).await;
     }

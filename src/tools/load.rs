@@ -28,8 +28,14 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
+    /// Open --connections as fast as possible (--concurrency handshakes at
+    /// once), close each: handshake latency.
     Storm,
+    /// --connections each send --messages echoes, --window in flight:
+    /// round-trip latency at full speed.
     Throughput,
+    /// --connections send --rate messages/s in all for --duration:
+    /// round-trip latency at a steady rate.
     Sustained,
 }
 
@@ -45,6 +51,8 @@ pub struct LoadArgs {
     /// `X-Forwarded-For` a proxy would add.
     #[arg(long = "header", env = "WSTRACE_LOAD_HEADER", value_delimiter = '\n')]
     pub headers: Vec<String>,
+    /// What to measure: storm (handshakes), throughput (echoes at full
+    /// speed) or sustained (echoes at --rate for --duration).
     #[arg(long, env = "WSTRACE_LOAD_SCENARIO", default_value = "throughput")]
     pub scenario: Scenario,
     /// Connections (storm: how many to open in all), at least 1.
@@ -162,8 +170,11 @@ pub struct Messages {
 #[derive(Debug, Default, Serialize)]
 pub struct Latency {
     pub count: u64,
+    /// The mean, as k6's `avg`.
+    pub avg: f64,
     pub p50: u64,
     pub p90: u64,
+    pub p95: u64,
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
@@ -316,8 +327,10 @@ pub async fn run(args: LoadArgs) -> Result<Report, LoadError> {
     if let Some(h) = histogram {
         report.latency_us = Latency {
             count: h.len(),
+            avg: h.mean(),
             p50: h.value_at_quantile(0.5),
             p90: h.value_at_quantile(0.9),
+            p95: h.value_at_quantile(0.95),
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             max: h.max(),
@@ -605,8 +618,13 @@ async fn watch_for_stalls(
     }
 }
 
-/// A one-line progress bar on stderr, when stderr is a terminal.
-struct Progress(Option<tokio::task::JoinHandle<()>>);
+/// A one-line progress bar on stderr, when stderr is a terminal; drawn a
+/// last time when the run ends, so it finishes at what was done (100% for
+/// a run that completed).
+struct Progress(Option<(tokio::task::JoinHandle<()>, Draw)>);
+
+/// Draws the progress bar once.
+type Draw = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Progress {
     fn start(shared: Shared, args: &LoadArgs) -> Self {
@@ -621,40 +639,46 @@ impl Progress {
             args.duration,
         );
         let started = Instant::now();
-        Self(Some(tokio::spawn(async move {
+        let draw = move || {
+            let (ok, failed, received) = {
+                let t = lock(&shared);
+                (
+                    t.report.connections.ok,
+                    t.report.connections.failed,
+                    t.report.messages.received,
+                )
+            };
+            let done = match scenario {
+                Scenario::Storm => (ok + failed) as f64 / connections.max(1) as f64,
+                Scenario::Throughput => received as f64 / (connections * messages).max(1) as f64,
+                Scenario::Sustained => {
+                    started.elapsed().as_secs_f64() / duration.as_secs_f64().max(1e-9)
+                }
+            };
+            let done = done.clamp(0.0, 1.0);
+            let filled = (done * 30.0).round() as usize;
+            eprint!(
+                "\r[{}{}] {:>3.0}%  conns ok {ok} failed {failed}  msgs {received}",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                done * 100.0
+            );
+        };
+        let draw: Draw = std::sync::Arc::new(draw);
+        let ticking = draw.clone();
+        let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let (ok, failed, received) = {
-                    let t = lock(&shared);
-                    (
-                        t.report.connections.ok,
-                        t.report.connections.failed,
-                        t.report.messages.received,
-                    )
-                };
-                let done = match scenario {
-                    Scenario::Storm => (ok + failed) as f64 / connections.max(1) as f64,
-                    Scenario::Throughput => {
-                        received as f64 / (connections * messages).max(1) as f64
-                    }
-                    Scenario::Sustained => {
-                        started.elapsed().as_secs_f64() / duration.as_secs_f64().max(1e-9)
-                    }
-                };
-                let filled = (done.clamp(0.0, 1.0) * 30.0) as usize;
-                eprint!(
-                    "\r[{}{}] {:>3.0}%  conns ok {ok} failed {failed}  msgs {received}",
-                    "#".repeat(filled),
-                    ".".repeat(30 - filled),
-                    done.clamp(0.0, 1.0) * 100.0
-                );
+                ticking();
             }
-        })))
+        });
+        Self(Some((task, draw)))
     }
 
     fn stop(self) {
-        if let Some(task) = self.0 {
+        if let Some((task, draw)) = self.0 {
             task.abort();
+            draw();
             eprintln!();
         }
     }
@@ -678,12 +702,17 @@ pub fn render(report: &Report) -> String {
         "messages      sent {}  received {}  ({:.0} msgs/s over {:.2} s)\n",
         report.messages.sent, report.messages.received, report.msgs_per_s, report.duration_s
     ));
+    // Storm times the upgrade handshake; the others a message's round trip.
+    let what = match report.scenario {
+        Some(Scenario::Storm) => "handshake (µs)",
+        _ => "round trip (µs)",
+    };
     if l.count == 0 {
-        out.push_str("latency (µs)  -  (n=0)\n");
+        out.push_str(&format!("{what}  -  (n=0)\n"));
     } else {
         out.push_str(&format!(
-            "latency (µs)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})\n",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.count
+            "{what}  avg {:.0}  p50 {}  p90 {}  p95 {}  p99 {}  p99.9 {}  max {}  (n={})\n",
+            l.avg, l.p50, l.p90, l.p95, l.p99, l.p999, l.max, l.count
         ));
     }
     let codes: Vec<String> = report
@@ -706,6 +735,13 @@ pub fn render(report: &Report) -> String {
             .map(|(code, n)| format!("{code}×{n}"))
             .collect();
         out.push_str(&format!("error frames  {}\n", errors.join(" ")));
+    }
+    if let Some(limited) = report.error_frames.get("rate_limited") {
+        out.push_str(&format!(
+            "hint          the server refused {limited} message(s) as rate_limited: each connection \
+             sent faster than the server's --messages-per-second allows; send slower \
+             (--scenario sustained --rate N) or raise the server's --messages-per-second\n"
+        ));
     }
     if report.stalled > 0 {
         out.push_str(&format!(

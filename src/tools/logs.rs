@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::events::FlightRecorded;
 use crate::telemetry::bunyan_level;
+use crate::telemetry::logfile::MIN_SHORT_ID;
 pub use crate::telemetry::logfile::{Filter, LogLine, Tail, log_files, search};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -41,12 +42,17 @@ pub struct LogsArgs {
     /// Colour: auto (when stdout is a terminal), always or never.
     #[arg(long, env = "WSTRACE_LOGS_COLOR", default_value = "auto")]
     pub color: ColorChoice,
-    /// Log directory used when no PATH is given.
-    #[arg(long, env = "WSTRACE_LOG_DIR", default_value = "logs")]
-    pub log_dir: PathBuf,
-    /// Files or directories to read (default: --log-dir).
+    /// Log directory used when no PATH is given (default: ./logs, or
+    /// standard input when it is a pipe or a file).
+    #[arg(long, env = "WSTRACE_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Files or directories to read (default: --log-dir); `-` reads
+    /// standard input.
     pub paths: Vec<PathBuf>,
 }
+
+/// Where `wstrace logs` reads when neither PATH nor --log-dir is given.
+pub const DEFAULT_LOG_DIR: &str = "logs";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum LevelName {
@@ -381,8 +387,107 @@ pub enum LogsError {
         count: usize,
         examples: String,
     },
+    #[error(
+        "{what} id {short:?} is shorter than {MIN_SHORT_ID} characters: give the whole id or at least {MIN_SHORT_ID} characters of it"
+    )]
+    ShortId { what: &'static str, short: String },
+    #[error("no line {wanted} in {searched}")]
+    NoMatch { wanted: String, searched: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// Where the lines come from.
+enum Source {
+    Files(Vec<PathBuf>),
+    Stdin,
+}
+
+impl Source {
+    /// PATHs as given (`-`: standard input); else --log-dir; else
+    /// standard input when it is a pipe or a file (as `bunyan` reads it);
+    /// else ./logs.
+    fn from_args(args: &LogsArgs) -> Self {
+        if args.paths.iter().any(|p| p.as_os_str() == "-") {
+            return Self::Stdin;
+        }
+        if !args.paths.is_empty() {
+            return Self::Files(args.paths.clone());
+        }
+        match &args.log_dir {
+            Some(dir) => Self::Files(vec![dir.clone()]),
+            None if stdin_is_piped() => Self::Stdin,
+            None => Self::Files(vec![PathBuf::from(DEFAULT_LOG_DIR)]),
+        }
+    }
+}
+
+/// Standard input is a pipe or a regular file (not a terminal, nor
+/// /dev/null as a service manager leaves it).
+fn stdin_is_piped() -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata("/dev/stdin") else {
+        return false;
+    };
+    meta.file_type().is_fifo() || meta.file_type().is_file()
+}
+
+/// Every line of standard input, as a file's lines are read.
+fn read_stdin(mut each: impl FnMut(LogLine)) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let stdin = PathBuf::from("(stdin)");
+    for (number, raw) in std::io::stdin().lock().lines().enumerate() {
+        let raw = raw?;
+        if raw.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(&raw) {
+            Ok(value) if value.is_object() => each(LogLine::Event { raw, value }),
+            _ => each(LogLine::Corrupt {
+                file: stdin.clone(),
+                line: number + 1,
+                raw,
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// A short id must have [`MIN_SHORT_ID`] characters: fewer would match
+/// nothing (`id_matches`), silently.
+fn check_short_ids(args: &LogsArgs) -> Result<(), LogsError> {
+    for (what, id) in [("trace", &args.trace_id), ("session", &args.session_id)] {
+        if let Some(id) = id
+            && id.len() < MIN_SHORT_ID
+        {
+            return Err(LogsError::ShortId {
+                what,
+                short: id.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What the filter asked, for "no line …".
+fn wanted(args: &LogsArgs) -> String {
+    let mut parts = Vec::new();
+    if let Some(id) = &args.trace_id {
+        parts.push(format!("of trace {id}"));
+    }
+    if let Some(id) = &args.session_id {
+        parts.push(format!("of session {id}"));
+    }
+    if let Some(level) = args.level {
+        parts.push(format!("at {level:?} or above").to_lowercase());
+    }
+    if args.since.is_some() {
+        parts.push("in the time asked".into());
+    }
+    match parts.is_empty() {
+        true => "at all".into(),
+        false => parts.join(", "),
+    }
 }
 
 /// A short id (as the human output and the explorer print them) must name
@@ -411,51 +516,64 @@ fn ambiguous<'a>(
     })
 }
 
-/// `wstrace logs`.
+/// `wstrace logs`: like grep, exit 1 with a reason when nothing matched;
+/// a reader that went away (`| head`) ends it quietly.
 pub fn run(args: LogsArgs) -> Result<(), LogsError> {
+    match print_lines(&args) {
+        Err(LogsError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+fn print_lines(args: &LogsArgs) -> Result<(), LogsError> {
     use std::io::IsTerminal;
-    let paths = if args.paths.is_empty() {
-        vec![args.log_dir.clone()]
-    } else {
-        args.paths.clone()
-    };
+    check_short_ids(args)?;
     let color = match args.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
         ColorChoice::Auto => std::io::stdout().is_terminal(),
     };
-    let files = log_files(&paths).unwrap_or_default();
-    if files.is_empty() {
-        let named: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        return Err(LogsError::NoFiles(named.join(", ")));
+    let source = Source::from_args(args);
+    let filter = filter_from_args(args);
+    if args.follow {
+        return follow(&source, &filter, args.json, color);
     }
-    let filter = filter_from_args(&args);
-    let stdout = std::io::stdout();
-    if !args.follow {
-        // Everything that matches, from every file (one directory per
-        // instance, say), merged in time order.
-        let (mut events, mut corrupt) = (Vec::new(), Vec::new());
-        Tail::default().read_new(&files, |line| match line {
-            LogLine::Event { value, raw } if filter.matches(&value) => events.push((value, raw)),
-            LogLine::Event { .. } => {}
-            other => corrupt.push(other),
-        })?;
-        // Stable: lines of one instance with the same timestamp keep their
-        // order.
-        events.sort_by(|a, b| a.0["time"].as_str().cmp(&b.0["time"].as_str()));
-        let values = || events.iter().map(|(value, _)| value);
-        ambiguous(values(), "session_id", filter.session_id.as_deref())?;
-        ambiguous(values(), "trace_id", filter.trace_id.as_deref())?;
-        let mut out = stdout.lock();
-        if args.json {
-            for (_, raw) in &events {
-                writeln!(out, "{raw}")?;
-            }
-            for line in &corrupt {
-                eprintln!("{}", human(line, false));
-            }
-            return Ok(());
+    // Everything that matches, from every file (one directory per
+    // instance, say), merged in time order.
+    let (mut events, mut corrupt) = (Vec::new(), Vec::new());
+    let mut keep = |line| match line {
+        LogLine::Event { value, raw } if filter.matches(&value) => events.push((value, raw)),
+        LogLine::Event { .. } => {}
+        other => corrupt.push(other),
+    };
+    let searched = match &source {
+        Source::Stdin => {
+            read_stdin(&mut keep)?;
+            "standard input".to_owned()
         }
+        Source::Files(paths) => {
+            let files = files_of(paths)?;
+            Tail::default().read_new(&files, &mut keep)?;
+            let named: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            format!("{} ({} file(s))", named.join(", "), files.len())
+        }
+    };
+    // Stable: lines of one instance with the same timestamp keep their
+    // order.
+    events.sort_by(|a, b| a.0["time"].as_str().cmp(&b.0["time"].as_str()));
+    let values = || events.iter().map(|(value, _)| value);
+    ambiguous(values(), "session_id", filter.session_id.as_deref())?;
+    ambiguous(values(), "trace_id", filter.trace_id.as_deref())?;
+    let matched = !events.is_empty();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for (_, raw) in &events {
+            writeln!(out, "{raw}")?;
+        }
+        for line in &corrupt {
+            eprintln!("{}", human(line, false));
+        }
+    } else {
         let text: Vec<String> = if args.trace_id.is_some() {
             // A trace: its sessions one after another, each marked.
             let values: Vec<Value> = events.into_iter().map(|(value, _)| value).collect();
@@ -473,13 +591,41 @@ pub fn run(args: LogsArgs) -> Result<(), LogsError> {
         {
             writeln!(out, "{line}")?;
         }
-        return Ok(());
     }
-    let mut tail = Tail::default();
+    out.flush()?;
+    match matched {
+        true => Ok(()),
+        false => Err(LogsError::NoMatch {
+            wanted: wanted(args),
+            searched,
+        }),
+    }
+}
+
+/// The log files under `paths`; none is an error naming where it looked.
+fn files_of(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LogsError> {
+    let files = log_files(paths).unwrap_or_default();
+    if files.is_empty() {
+        let named: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(LogsError::NoFiles(named.join(", ")));
+    }
+    Ok(files)
+}
+
+/// `--follow`: matching lines as they are written (files, rotation
+/// included) or as they arrive on standard input, until the reader goes.
+fn follow(source: &Source, filter: &Filter, json: bool, color: bool) -> Result<(), LogsError> {
     let mut printer = Human::new(color);
+    // The first write that failed (the reader went away): nothing more is
+    // written, and the loop ends with it.
+    let failed = std::cell::Cell::new(None::<std::io::Error>);
+    let mut gone = false;
     let mut print = |line: LogLine| {
-        let mut out = stdout.lock();
-        let _ = match (&line, args.json) {
+        if gone {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let written = match (&line, json) {
             (LogLine::Event { value, .. }, _) if !filter.matches(value) => Ok(()),
             (LogLine::Event { raw, .. }, true) => writeln!(out, "{raw}"),
             (LogLine::Corrupt { .. }, true) => {
@@ -488,9 +634,25 @@ pub fn run(args: LogsArgs) -> Result<(), LogsError> {
             }
             (_, false) => writeln!(out, "{}", printer.line(&line)),
         };
+        if let Err(error) = written.and_then(|()| out.flush()) {
+            gone = true;
+            failed.set(Some(error));
+        }
     };
+    let paths = match source {
+        Source::Stdin => {
+            read_stdin(&mut print)?;
+            return failed.take().map_or(Ok(()), |e| Err(e.into()));
+        }
+        Source::Files(paths) => paths,
+    };
+    files_of(paths)?;
+    let mut tail = Tail::default();
     loop {
-        tail.read_new(&log_files(&paths)?, &mut print)?;
+        tail.read_new(&log_files(paths)?, &mut print)?;
+        if let Some(error) = failed.take() {
+            return Err(error.into());
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
 }

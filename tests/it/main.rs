@@ -20,11 +20,14 @@
 //! - [`pipeline`]: `vector.toml` and its VRL (the `vrl` crate), compose,
 //!   promtool, the Loki/Tempo/Grafana files, Grafana's query grammars.
 //! - [`cluster`]: real redis-server, real instances, real nginx.
+//! - [`doctor`]: `wstrace doctor` and `--trace` against a real collector,
+//!   with labelled stand-ins for Vector, Loki, Tempo's API and Grafana.
 //! - [`architecture`]: the crate's layers, and no import cycles.
 
 mod architecture;
 mod cluster;
 mod common;
+mod doctor;
 mod faults;
 mod features;
 mod pipeline;

@@ -31,7 +31,7 @@ fn vector_config() -> toml::Table {
 }
 
 /// The remap program, loaded from the file `vector.toml` names.
-fn remap_program() -> (String, Program) {
+pub(crate) fn remap_program() -> (String, Program) {
     let config = vector_config();
     let transform = &config["transforms"]["wstrace_parse"];
     assert_eq!(transform["type"].as_str(), Some("remap"));
@@ -51,7 +51,7 @@ fn compile(source: &str) -> Program {
 }
 
 /// Runs a program on an event as Vector's remap would; Err on abort/error.
-fn run(program: &Program, event: Value) -> Result<Value, String> {
+pub(crate) fn run(program: &Program, event: Value) -> Result<Value, String> {
     let mut target = TargetValue {
         value: event,
         metadata: Value::Object(BTreeMap::new()),
@@ -65,7 +65,7 @@ fn run(program: &Program, event: Value) -> Result<Value, String> {
 }
 
 /// What Vector's file source emits for one line.
-fn file_event(line: &str) -> Value {
+pub(crate) fn file_event(line: &str) -> Value {
     let mut event = BTreeMap::new();
     event.insert(KeyString::from("message"), Value::from(line));
     event.insert(
@@ -237,12 +237,109 @@ fn remap_flags_lines_that_are_not_json_and_keeps_them() {
         assert_eq!(text(&event, "service").as_deref(), Some("wstrace"));
         assert_eq!(text(&event, "message").as_deref(), Some(line));
         assert!(field(&event, "parse_error").is_some());
-        // Its stream is its file's instance; it has no ids.
+        // Its stream is its file's instance; it has no ids, only where it
+        // was read.
         assert_eq!(text(&event, "instance").as_deref(), Some("wstrace-1"));
-        assert_eq!(
-            field(&event, "loki_metadata"),
-            Some(&Value::Object(BTreeMap::new()))
+        let metadata = field(&event, "loki_metadata").unwrap().as_object().unwrap();
+        let keys: Vec<&str> = metadata.keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys, ["collector_host", "file"], "{line}");
+    }
+}
+
+/// (Vector's file source `max_line_bytes`, Loki's `max_line_size`).
+fn line_limits() -> (usize, usize) {
+    let config = vector_config();
+    let read = config["sources"]["wstrace_files"]["max_line_bytes"]
+        .as_integer()
+        .unwrap();
+    let loki = yaml("pipeline/loki.yaml")["limits_config"]["max_line_size"]
+        .as_i64()
+        .unwrap();
+    (read as usize, loki as usize)
+}
+
+/// STAND-IN for Vector's loki sink (Vector cannot be installed here): the
+/// line it sends for an event with `encoding.codec = "json"`, that is the
+/// event as JSON without `encoding.except_fields` and without `timestamp`
+/// (the sink's `remove_timestamp`, on by default).
+pub(crate) fn loki_line(event: &Value) -> String {
+    let config = vector_config();
+    let except: Vec<&str> = config["sinks"]["loki"]["encoding"]["except_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let mut object = event.as_object().unwrap().clone();
+    object.retain(|key, _| key.as_str() != "timestamp" && !except.contains(&key.as_str()));
+    serde_json::to_string(&Value::Object(object)).unwrap()
+}
+
+/// Lines of exactly the length Vector's file source reads, the worst cases
+/// for re-encoding (a server line, raw quotes, control characters, escaped
+/// quotes inside JSON), each reach Loki no longer than Loki takes, and
+/// whole: as they were read, or in base64 saying so.
+#[test]
+fn a_line_at_vectors_limit_reaches_loki_within_its_limit() {
+    use base64::Engine as _;
+    let (_, program) = remap_program();
+    let (read_limit, loki_limit) = line_limits();
+    let fill = |prefix: &str, unit: &str, suffix: &str| {
+        let room = read_limit - prefix.len() - suffix.len();
+        let body = unit.repeat(room / unit.len());
+        let pad = " ".repeat(room - body.len());
+        let line = format!("{prefix}{body}{pad}{suffix}");
+        assert_eq!(line.len(), read_limit);
+        line
+    };
+    let server_line = |unit: &str| {
+        fill(
+            r#"{"v":0,"name":"wstrace","msg":"session closed","level":30,"time":"2026-11-23T14:43:39.458625Z","trace_id":"e014116eaee809ea8848fea4b20bf398","session_id":"01a208dc-d33f-715b-ba73-6c598ce9d41c","close_reason":""#,
+            unit,
+            r#""}"#,
+        )
+    };
+    let lines = [
+        server_line("x"),
+        server_line(r#"\""#),
+        server_line(r#"\u0001"#),
+        fill("", "\"", ""),
+        fill("", "\u{1}", ""),
+        fill("", "\\", ""),
+        fill("not json: ", "é", ""),
+    ];
+    for line in &lines {
+        let event = run(&program, file_event(line)).expect("never aborts");
+        let sent = loki_line(&event);
+        assert!(
+            sent.len() <= loki_limit,
+            "{} bytes reach Loki for a line starting {:?}",
+            sent.len(),
+            line.chars().take(12).collect::<String>()
         );
+        assert!(!sent.contains(r#""collector_host""#) && !sent.contains(r#""file""#));
+        // Nothing is lost: a parsed line keeps its fields, an unparsed one
+        // its text, as read or in base64.
+        let message = text(&event, "message").unwrap();
+        match text(&event, "message_encoding").as_deref() {
+            Some("base64") => {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(&message)
+                    .unwrap();
+                assert_eq!(decoded, line.as_bytes());
+                assert_eq!(field(&event, "unparsed"), Some(&Value::from(true)));
+            }
+            Some(other) => panic!("unknown encoding {other}"),
+            None if field(&event, "unparsed").is_some() => assert_eq!(&message, line),
+            None => {
+                assert_eq!(message, "session closed");
+                let written: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(
+                    text(&event, "close_reason").as_deref(),
+                    written["close_reason"].as_str()
+                );
+            }
+        }
     }
 }
 
@@ -344,20 +441,17 @@ fn stand_in_vector_config_holds_the_pipeline_settings() {
     // Snappy (the default) is the protobuf encoding that carries
     // structured metadata.
     assert!(loki.get("compression").is_none());
-    // Every line Vector reads, Loki takes: the limits agree.
+    // Every line Vector reads, Loki takes, re-encoded (tested at the
+    // boundary in `a_line_at_vectors_limit_reaches_loki_within_its_limit`);
+    // a whole max-size line fits in a batch.
+    let (read_limit, loki_limit) = line_limits();
+    assert!(loki_limit >= 2 * read_limit);
     let loki_server = yaml("pipeline/loki.yaml");
-    assert_eq!(
-        source["max_line_bytes"].as_integer(),
-        loki_server["limits_config"]["max_line_size"].as_i64()
-    );
     assert_eq!(
         loki_server["limits_config"]["max_line_size_truncate"].as_bool(),
         Some(false)
     );
-    assert!(
-        loki["batch"]["max_bytes"].as_integer().unwrap()
-            >= source["max_line_bytes"].as_integer().unwrap()
-    );
+    assert!(loki["batch"]["max_bytes"].as_integer().unwrap() as usize >= loki_limit);
     // One stream per instance, read oldest file first.
     assert_eq!(source["oldest_first"].as_bool(), Some(true));
     assert_eq!(loki["acknowledgements"]["enabled"].as_bool(), Some(true));
@@ -455,7 +549,7 @@ fn stand_in_grafana_datasources_link_logs_and_traces_both_ways() {
     assert_eq!(to_logs["datasourceUid"].as_str(), Some("loki"));
     let query = to_logs["query"].as_str().unwrap();
     assert!(
-        query.contains("trace_id=\"$${__trace.traceId}\""),
+        query.contains("trace_id=~\"^0*$${__trace.traceId}$$\""),
         "{query}"
     );
     assert!(to_logs["spanStartTimeShift"].as_str().is_some());
@@ -560,7 +654,7 @@ fn stand_in_grafana_dashboard_uses_provisioned_datasources_and_a_trace_id_box() 
         "wstrace_messages_sent_total",
         "wstrace_message_size_bytes_bucket",
         "count_over_time({service=\"wstrace\"}",
-        "trace_id=~\"${trace_id:regex}",
+        "trace_id=~\"^0*${trace_id:regex}",
     ] {
         assert!(all.contains(metric), "no panel uses {metric}");
     }
@@ -889,6 +983,73 @@ fn grafana_substitute(query: &str) -> String {
         .replace("$__range", "1h")
 }
 
+/// The regex of a query's `trace_id=~"…"` filter, with the trace-id
+/// variables set to `id` (the LogQL string's `\\` unescaped).
+fn trace_id_regex(query: &str, id: &str) -> regex::Regex {
+    let set = query
+        .replace("$$", "$")
+        .replace("${__trace.traceId}", id)
+        .replace("${trace_id:regex}", &regex::escape(id));
+    let start = set.find("trace_id=~\"").expect("a trace_id regex filter") + 11;
+    let end = start + set[start..].find('"').unwrap();
+    regex::Regex::new(&set[start..end].replace("\\\\", "\\")).unwrap()
+}
+
+/// Whether Loki's `=~` would keep `value` under either reading of a label
+/// filter's regex: anchored at both ends (Prometheus matchers) or found
+/// anywhere (what Loki 3.4.2 did for structured metadata, issue 32).
+/// Returns (anchored, anywhere).
+fn loki_matches(re: &regex::Regex, value: &str) -> (bool, bool) {
+    let anchored = regex::Regex::new(&format!("^(?:{})$", re.as_str())).unwrap();
+    (anchored.is_match(value), re.is_match(value))
+}
+
+/// A trace whose id starts with zeros is found from Tempo's trimmed form of
+/// it, and the dashboard's trace box matches ids from their start only,
+/// whichever way Loki anchors a regex.
+#[test]
+fn trace_id_queries_find_leading_zero_ids_and_match_from_the_start() {
+    let full = "0000c2a1916cd43dd8448eb211c80319";
+    let trimmed = full.trim_start_matches('0');
+    let other = "0af7651916cd43dd8448eb211c80319c";
+
+    let provisioning = yaml("grafana/provisioning/datasources/datasources.yaml");
+    let to_logs = provisioning["datasources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find_map(|d| d["jsonData"]["tracesToLogsV2"]["query"].as_str())
+        .unwrap();
+    for shown in [full, trimmed] {
+        let re = trace_id_regex(to_logs, shown);
+        assert_eq!(loki_matches(&re, full), (true, true), "{shown} → {re}");
+        assert_eq!(loki_matches(&re, other), (false, false), "{re}");
+    }
+    // Not a longer id that merely ends with the one shown.
+    let re = trace_id_regex(to_logs, &full[4..]);
+    assert_eq!(
+        loki_matches(&re, &format!("1{}", &full[1..])),
+        (false, false)
+    );
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("grafana/dashboards/wstrace-sessions.json")).unwrap();
+    let session_logs = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"].as_str().unwrap().starts_with("Session logs"))
+        .unwrap();
+    let expr = session_logs["targets"][0]["expr"].as_str().unwrap();
+    for typed in [full, trimmed, &full[..8], &trimmed[..8]] {
+        let re = trace_id_regex(expr, typed);
+        assert_eq!(loki_matches(&re, full), (true, true), "{typed} → {re}");
+    }
+    // Eight characters from the middle of an id find nothing.
+    let re = trace_id_regex(expr, &other[8..16]);
+    assert_eq!(loki_matches(&re, other), (false, false), "{re}");
+}
+
 /// The Markdown files a user reads: the README and every page of `docs/`.
 fn documents() -> Vec<String> {
     let mut pages: Vec<String> = std::fs::read_dir(repo().join("docs"))
@@ -1133,4 +1294,42 @@ fn documentation_links_resolve() {
         readme_lines <= 250,
         "README.md has {readme_lines} lines: move depth into docs/"
     );
+}
+
+/// The commands and lists the docs give work as written: every `curl` that
+/// sends a body says it is JSON (the admin API answers 415 otherwise), and
+/// the list of `closed_by` values is the server's.
+#[test]
+fn documented_curl_commands_and_close_reasons_match_the_server() {
+    let mut bodies = 0;
+    for page in documents() {
+        let text = read(&page);
+        // A command may continue over lines ending in `\`.
+        let joined = text.replace("\\\n", " ");
+        for line in joined
+            .lines()
+            .filter(|l| l.trim_start().starts_with("curl "))
+        {
+            if line.contains(" -d ") || line.contains("--data") {
+                bodies += 1;
+                assert!(
+                    line.contains("Content-Type: application/json"),
+                    "{page}: a body without its Content-Type answers 415: {line}"
+                );
+            }
+        }
+    }
+    assert!(bodies >= 1, "the debug switch's curl was read");
+    let protocol = read("docs/protocol.md").replace('\n', " ");
+    let start = protocol
+        .find("`closed_by` is one of")
+        .expect("the list of closed_by values");
+    let sentence = &protocol[start..start + protocol[start..].find(". ").unwrap()];
+    for by in wstrace::session::close::ClosedBy::ALL {
+        assert!(
+            sentence.contains(&format!("`{}`", by.as_str())),
+            "{} missing: {sentence}",
+            by.as_str()
+        );
+    }
 }

@@ -272,6 +272,17 @@ async fn traced_session_reaches_collector(protocol: &str) {
             session_span.body
         );
     }
+    // Sizes are OpenTelemetry integers, as every count is (a `usize`
+    // field would reach Tempo as a string).
+    for name in ["ws.receive", "ws.send"] {
+        let span = spans.iter().find(|s| s.name == name).unwrap();
+        assert!(span.body.contains("ws.message.size: Int("), "{}", span.body);
+    }
+    assert!(
+        session_span.body.contains("ws.messages.received: Int("),
+        "{}",
+        session_span.body
+    );
     // The upgrade's server span, with the attributes the README lists.
     let http_span = spans.iter().find(|s| s.name == "GET /ws").unwrap();
     for attribute in [
@@ -635,7 +646,13 @@ fn load_reports_are_consistent_with_the_server() {
             String::from_utf8_lossy(&output.stderr)
         );
         let human = String::from_utf8(output.stdout).unwrap();
-        assert!(human.contains("latency (µs)"), "{human}");
+        // Storm times handshakes; the others round trips, with avg and p95.
+        let what = match run[1] {
+            "storm" => "handshake (µs)  avg ",
+            _ => "round trip (µs)  avg ",
+        };
+        assert!(human.contains(what), "{human}");
+        assert!(human.contains("  p95 "), "{human}");
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         let c = &report["connections"];
         assert_eq!(
@@ -646,11 +663,13 @@ fn load_reports_are_consistent_with_the_server() {
         let m = &report["messages"];
         assert!(m["received"].as_u64() <= m["sent"].as_u64());
         let l = &report["latency_us"];
-        let order: Vec<u64> = ["p50", "p90", "p99", "p999", "max"]
+        let order: Vec<u64> = ["p50", "p90", "p95", "p99", "p999", "max"]
             .iter()
             .map(|k| l[k].as_u64().unwrap())
             .collect();
         assert!(order.windows(2).all(|w| w[0] <= w[1]), "{l}");
+        let avg = l["avg"].as_f64().unwrap();
+        assert!(avg > 0.0 && avg <= l["max"].as_f64().unwrap(), "{l}");
         assert!(l["count"].as_u64().unwrap() > 0);
         assert_eq!(report["timed_out"], false);
         if run[1] != "storm" {
@@ -699,7 +718,9 @@ fn logs_finds_exactly_one_session_across_rotated_files_and_reports_corrupt_lines
         if let Some(tp) = traceparent {
             args.extend_from_slice(&["--traceparent", tp]);
         }
-        assert!(wstrace(&args).status.success());
+        // Both answered; the unknown type with an `error` frame, so the
+        // client says so in its exit code (5).
+        assert_eq!(wstrace(&args).status.code(), Some(5));
     }
     server.sigterm();
     let (_, _, log_dir) = server.wait();
@@ -831,22 +852,20 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     let url = server.url();
     let trace = "22223333444455556666777788889999";
     let parent = format!("00-{trace}-b7ad6b7169203331-01");
-    assert!(
-        wstrace(&[
-            "client",
-            &url,
-            "--traceparent",
-            &parent,
-            "--send",
-            "/sub lobby",
-            "--send",
-            "/sub not a channel!",
-            "--expect",
-            "2"
-        ])
-        .status
-        .success()
-    );
+    // Both answered; the bad channel name with an `error` frame (exit 5).
+    let subscribed = wstrace(&[
+        "client",
+        &url,
+        "--traceparent",
+        &parent,
+        "--send",
+        "/sub lobby",
+        "--send",
+        "/sub not a channel!",
+        "--expect",
+        "2",
+    ]);
+    assert_eq!(subscribed.status.code(), Some(5), "{subscribed:?}");
     // A session that stays open while the page loads: an interactive
     // client whose stdin we hold.
     let mut live = Command::new(env!("CARGO_BIN_EXE_wstrace"))
@@ -872,8 +891,10 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     assert!(html.contains(r#"data-msg="session opened""#), "{html}");
     // The trace's lines come grouped by session, each under its header.
     assert!(html.contains("data-session-group="), "{html}");
-    // This session continued the client's traceparent, and says so.
+    // This session continued the client's traceparent, and says so; alone
+    // in its trace, it is not said to share it with another client.
     assert!(html.contains("continued the caller's trace"), "{html}");
+    assert!(!html.contains("not necessarily the same client"), "{html}");
     assert!(html.contains(r#"data-msg="session closed""#), "{html}");
     // The refused subscription wrote the flight recorder: its messages
     // are a table, not a JSON blob.
@@ -885,7 +906,8 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     // buttons for its ids, and each line placed on a time axis.
     assert!(html.contains(r#"class="session-summary""#), "{html}");
     assert!(html.contains("lived "), "{html}");
-    assert!(html.contains("msg/s"), "{html}");
+    // It lived well under a second: no rate (it would say nothing).
+    assert!(!html.contains("msg/s"), "{html}");
     assert!(html.contains("copy session id"), "{html}");
     assert!(html.contains("copy trace id"), "{html}");
     // The waterfall: a lane per task, the session's span as a bar, each
@@ -936,8 +958,115 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG"));
     assert!(png.len() > 10_000, "the screenshot is not blank");
+
+    // A second client continues the same trace: now each session that
+    // continued it says another client may share it.
+    assert_eq!(
+        wstrace(&[
+            "client",
+            &url,
+            "--traceparent",
+            &parent,
+            "--send",
+            "hi",
+            "--expect",
+            "1"
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+    let dom = chromium(&["--dump-dom", &page]).expect("chromium");
+    let html = String::from_utf8_lossy(&dom.stdout);
+    assert_eq!(
+        html.matches("not necessarily the same client").count(),
+        2,
+        "{html}"
+    );
+
+    // In a browser driven over DevTools: the token leaves the address
+    // bar, and the debug button switches the live session's tracing on
+    // and off.
+    let button = format!("document.querySelector('[data-debug-toggle=\"{live_session}\"]')");
+    let label_becomes = |want: &str| {
+        format!(
+            "new Promise((ok, fail) => {{ const t0 = Date.now(); const i = setInterval(() => {{ \
+             const b = {button}; if (b && b.textContent === '{want}') {{ clearInterval(i); ok(b.textContent); }} \
+             else if (Date.now() - t0 > 10000) {{ clearInterval(i); fail('the button never said {want}'); }} }}, 100); }})"
+        )
+    };
+    let click = format!("{button}.click(), true");
+    let results = drive_browser(
+        &[
+            &label_becomes("debug on"),
+            "location.href",
+            &click,
+            &label_becomes("debug off"),
+            &click,
+            &label_becomes("debug on"),
+        ],
+        &page,
+    )
+    .expect("chromium");
+    let href = results[1].as_str().unwrap();
+    assert!(
+        !href.contains(ADMIN_TOKEN) && !href.contains("token="),
+        "{href}"
+    );
+    assert!(href.ends_with(&format!("#q={trace}")), "{href}");
     let _ = live.kill();
     let _ = live.wait();
+    server.sigterm();
+    let (_, _, log_dir) = server.wait();
+    let switched: Vec<Value> = read_log_lines(log_dir.path())
+        .into_iter()
+        .filter(|l| l["session_id"] == live_session.as_str())
+        .filter(|l| {
+            [
+                wstrace::events::DebugSwitched::ON,
+                wstrace::events::DebugSwitched::OFF,
+            ]
+            .contains(&l["msg"].as_str().unwrap_or(""))
+        })
+        .collect();
+    let messages: Vec<&str> = switched
+        .iter()
+        .map(|l| l["msg"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            wstrace::events::DebugSwitched::ON,
+            wstrace::events::DebugSwitched::OFF
+        ]
+    );
+    assert_eq!(
+        switched[0]["requested_by"], "session explorer",
+        "{}",
+        switched[0]
+    );
+}
+
+/// Runs `steps` (JavaScript, promises awaited) in `url` in a real headless
+/// Chromium driven over the DevTools protocol (`tests/browser/drive.py`,
+/// with Python's `websockets`); their values.
+fn drive_browser(steps: &[&str], url: &str) -> Option<Vec<Value>> {
+    let browser = ["chromium", "chromium-browser"]
+        .iter()
+        .find_map(|b| which(b))?;
+    let output = Command::new("python3")
+        .arg(crate::common::repo_root().join("tests/browser/drive.py"))
+        .arg(browser)
+        .arg(url)
+        .args(steps)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(serde_json::from_slice(&output.stdout).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

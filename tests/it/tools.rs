@@ -132,6 +132,74 @@ fn the_client_exits_at_once_when_the_server_closes_the_session() {
     let _ = std::io::Read::read_to_string(&mut stdout, &mut rest);
     assert!(rest.contains("closed by server: 4000 bye"), "{rest}");
     drop(client.stdin.take());
+    // It answered the server's Close: the kick closed cleanly.
+    let closed = closed_lines(server);
+    assert_eq!(closed.len(), 1);
+    assert_eq!(
+        (
+            closed[0]["closed_by"].as_str(),
+            closed[0]["close_clean"].as_bool()
+        ),
+        (Some("admin"), Some(true)),
+        "{}",
+        closed[0]
+    );
+}
+
+#[test]
+fn the_client_closes_cleanly_on_timeout_names_itself_and_sends_raw_text() {
+    let server = Wstrace::start(&[]);
+    let url = server.url();
+    // --timeout before --expect is met: exit 3, and a Close 1000 first.
+    let late = wstrace(&[
+        "client",
+        &url,
+        "--send",
+        "x",
+        "--expect",
+        "5",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(late.status.code(), Some(3));
+    // /raw sends text as it is: not JSON, so the server answers an error
+    // frame, and with --send the exit code says so (5).
+    let raw = wstrace(&["client", &url, "--send", "/raw {not json", "--expect", "1"]);
+    assert_eq!(raw.status.code(), Some(5), "{raw:?}");
+    let stdout = String::from_utf8(raw.stdout).unwrap();
+    assert!(stdout.contains(r#""type":"error""#), "{stdout}");
+    server.sigterm();
+    let (_, _, log_dir) = server.wait();
+    let lines = read_log_lines(log_dir.path());
+    let closed: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
+        .collect();
+    assert_eq!(closed.len(), 2);
+    for line in closed {
+        assert_eq!(
+            (line["close_code"].as_u64(), line["close_clean"].as_bool()),
+            (Some(1000), Some(true)),
+            "{line}"
+        );
+    }
+    let opened: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["msg"] == wstrace::events::SessionOpened::MESSAGE)
+        .collect();
+    let agent = format!("wstrace-client/{}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        opened
+            .iter()
+            .all(|l| l["user_agent.original"] == agent.as_str()),
+        "{opened:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["msg"] == wstrace::events::ClientFrameRejected::MESSAGE),
+        "the raw text reached the server unchanged and was refused there"
+    );
 }
 
 #[test]
@@ -164,6 +232,10 @@ fn load_reports_refused_messages_stops_without_progress_and_exits_non_zero() {
     let stdout = String::from_utf8(output.stdout).unwrap();
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stdout.contains("error frames  rate_limited×"), "{stdout}");
+    assert!(
+        stdout.contains("raise the server's --messages-per-second"),
+        "{stdout}"
+    );
     assert!(stderr.contains("refused"), "{stderr}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert!(
@@ -177,7 +249,7 @@ fn load_reports_refused_messages_stops_without_progress_and_exits_non_zero() {
     let output = wstrace(&["load", &dead, "-c", "2", "-m", "1"]);
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(stdout.contains("latency (µs)  -  (n=0)"), "{stdout}");
+    assert!(stdout.contains("round trip (µs)  -  (n=0)"), "{stdout}");
     assert!(
         stdout.contains("failed: connect: connection refused: 2"),
         "{stdout}"
@@ -251,17 +323,109 @@ fn logs_answers_short_ids_merges_instances_and_says_when_there_is_nothing() {
     assert_eq!(ambiguous.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&ambiguous.stderr).contains("give more characters"));
 
-    // --since takes an RFC 3339 time.
+    // --since takes an RFC 3339 time. Nothing matched: like grep, exit 1
+    // and one line saying what was searched where.
     let late = wstrace(&["logs", "--json", "--since", "2999-01-01T00:00:00Z", dir_a]);
-    assert_eq!(late.status.code(), Some(0));
+    assert_eq!(late.status.code(), Some(1));
     assert!(late.stdout.is_empty());
+    let said = String::from_utf8_lossy(&late.stderr);
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.contains(&format!("no line in the time asked in {dir_a} (1 file(s))")),
+        "{said}"
+    );
+    let unknown = wstrace(&["logs", "--trace", "ffffffffffffffff", dir_a]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no line of trace ffffffffffffffff in")
+    );
+    // An id too short to name anything is said to be so.
+    let short = wstrace(&["logs", "--session", &session[session.len() - 5..], dir_a]);
+    assert_eq!(short.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&short.stderr).contains("shorter than 8 characters"));
 
-    // No log files: an error that says where it looked.
+    // No log files, or no such directory: an error that says where it looked.
     let empty = tempfile::tempdir().unwrap();
-    let nothing = wstrace(&["logs", "--log-dir", empty.path().to_str().unwrap()]);
-    assert_eq!(nothing.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&nothing.stderr);
-    assert!(stderr.contains("no log files in"), "{stderr}");
+    let missing = empty.path().join("typo");
+    for dir in [empty.path(), missing.as_path()] {
+        let nothing = wstrace(&["logs", "--log-dir", dir.to_str().unwrap()]);
+        assert_eq!(nothing.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&nothing.stderr);
+        assert!(
+            stderr.contains(&format!("no log files in {}", dir.display())),
+            "{stderr}"
+        );
+    }
+
+    // Standard input, as `bunyan` reads it: `-`, or a pipe with no PATH.
+    let all: String = read_log_lines(dirs[0].path())
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for args in [
+        &["logs", "--session", short_id(session), "-"][..],
+        &["logs", "--session", short_id(session)],
+    ] {
+        let piped = wstrace_with_stdin(args, &all);
+        assert_eq!(
+            piped.status.code(),
+            Some(1),
+            "B's session is not in A's lines"
+        );
+    }
+    let a_session = opened[0]["session_id"].as_str().unwrap();
+    let piped = wstrace_with_stdin(
+        &["logs", "--color", "never", "--session", short_id(a_session)],
+        &all,
+    );
+    assert_eq!(piped.status.code(), Some(0), "{piped:?}");
+    let text = String::from_utf8(piped.stdout).unwrap();
+    assert!(
+        text.contains("session opened") && text.contains("session closed"),
+        "{text}"
+    );
+
+    // A reader that stops early (`| head -1`): no "Broken pipe", exit 0.
+    let many: String = all.repeat(200);
+    let file = empty.path().join("many.log");
+    std::fs::write(&file, &many).unwrap();
+    let pipeline = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "{} logs --color never {} | head -1 >/dev/null; exit ${{PIPESTATUS[0]}}",
+            env!("CARGO_BIN_EXE_wstrace"),
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        pipeline.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&pipeline.stderr)
+    );
+    assert_eq!(pipeline.status.code(), Some(0));
+}
+
+/// The last 8 characters of a session id, as the human output shows it.
+fn short_id(session: &str) -> &str {
+    &session[session.len() - 8..]
+}
+
+/// `wstrace ARGS` with `input` piped to its standard input.
+fn wstrace_with_stdin(args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wstrace"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    output
 }
 
 /// Types `text` into a terminal one key at a time, as a person does.
@@ -286,11 +450,9 @@ fn in_a_terminal_the_client_has_a_prompt_and_prints_frames_above_it() {
     let server = Wstrace::start(&[]);
     // The shell says when the client has exited: `script` itself waits
     // for its input to end.
-    let command = format!(
-        "{} client {}; echo CLIENT-EXIT=$?",
-        env!("CARGO_BIN_EXE_wstrace"),
-        server.url()
-    );
+    // Twice: the second ends with Ctrl-D.
+    let client = format!("{} client {}", env!("CARGO_BIN_EXE_wstrace"), server.url());
+    let command = format!("{client}; echo CLIENT-EXIT=$?; {client}; echo CLIENT-EXIT=$?");
     let mut terminal = Command::new(script)
         .args(["-qfec", &command, "/dev/null"])
         .stdin(Stdio::piped())
@@ -334,10 +496,57 @@ fn in_a_terminal_the_client_has_a_prompt_and_prints_frames_above_it() {
     // Ctrl-C at the prompt: a Close first, then exit 130, with its
     // terminal still open.
     type_keys(&mut keys, "\x03");
-    wait_for_screen("CLIENT-EXIT=130", at, &mut screen);
+    let at = wait_for_screen("CLIENT-EXIT=130", at, &mut screen);
+    // The second: Ctrl-D at the empty prompt, a Close 1000, exit 0.
+    let at = wait_for_screen("> ", at, &mut screen);
+    type_keys(&mut keys, "\x04");
+    wait_for_screen("CLIENT-EXIT=0", at, &mut screen);
     drop(keys);
     let _ = terminal.wait();
     let closed = closed_lines(server);
-    assert_eq!(closed.len(), 1);
-    assert_eq!(closed[0]["close_code"], 1000);
+    assert_eq!(closed.len(), 2);
+    for line in &closed {
+        assert_eq!(
+            (line["close_code"].as_u64(), line["closed_by"].as_str()),
+            (Some(1000), Some("client")),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn in_a_terminal_load_draws_progress_and_finishes_it_at_100_percent() {
+    let Some(script) = which("script") else {
+        assert!(
+            std::env::var_os("WSTRACE_REQUIRE_TOOLS").is_none(),
+            "`script` (util-linux) is not installed"
+        );
+        return eprintln!("skipped: no `script`");
+    };
+    let server = Wstrace::start(&[]);
+    let command = format!(
+        "{} load {} -c 2 -m 50 --window 1",
+        env!("CARGO_BIN_EXE_wstrace"),
+        server.url()
+    );
+    let mut terminal = Command::new(script)
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kept open: `script` ends its session when its input ends.
+    let _keys = terminal.stdin.take().unwrap();
+    let mut screen = String::new();
+    std::io::Read::read_to_string(&mut terminal.stdout.take().unwrap(), &mut screen).unwrap();
+    assert!(terminal.wait().unwrap().success(), "{screen}");
+    // The last drawing of the bar, just before the report.
+    let before_report = &screen[..screen.find("scenario").expect("the report")];
+    let last = before_report
+        .rsplit('\r')
+        .find(|s| !s.trim().is_empty())
+        .unwrap();
+    assert!(last.contains("100%"), "{last:?}");
+    assert!(last.contains(&format!("[{}]", "#".repeat(30))), "{last:?}");
 }

@@ -10,12 +10,33 @@ function el(tag, attrs = {}, text = "") {
   if (text !== "") node.textContent = text;
   return node;
 }
-async function api(path) {
-  const response = await fetch(path, { headers: { "Authorization": "Bearer " + token() } });
-  const body = await response.json().catch(() => ({}));
+async function api(path, method = "GET", body = undefined) {
+  const headers = { "Authorization": "Bearer " + token() };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const answer = await response.json().catch(() => ({}));
   if (response.status === 401) throw new Error("the admin token is not right: enter the server's admin token above");
-  if (!response.ok) throw new Error((body.error && body.error.message) || ("HTTP " + response.status));
-  return body;
+  if (!response.ok) throw new Error((answer.error && answer.error.message) || ("HTTP " + response.status));
+  return answer;
+}
+// How long the explorer's debug button traces a session.
+const DEBUG_MINUTES = 15;
+// Switches a live session's debug tracing on (for DEBUG_MINUTES) or off.
+function debugButton(s) {
+  const button = el("button", { type: "button", class: "copy", "data-debug-toggle": s.session_id },
+                    s.debug ? "debug off" : "debug on");
+  button.title = s.debug ? "back to ordinary sampling" : `trace every message for ${DEBUG_MINUTES} minutes`;
+  button.addEventListener("click", async (e) => {
+    e.stopPropagation();
+    const path = `/api/sessions/${s.session_id}/debug`;
+    const status = document.getElementById("sessions-status");
+    try {
+      if (s.debug) await api(path, "DELETE");
+      else await api(path, "POST", { minutes: DEBUG_MINUTES, requested_by: "session explorer" });
+      await loadSessions();
+    } catch (err) { setStatus(status, "Cannot switch debug tracing: " + err.message, true); }
+  });
+  return button;
 }
 // A status line: plain, or red for an error; a later success clears the red.
 function setStatus(node, text, isError = false) {
@@ -72,6 +93,9 @@ async function loadSessions() {
                  el("td", {}, s.user || "-"),
                  el("td", { class: "mono", title: `TCP peer ${s.peer}` }, s.client || s.peer), el("td", {}, `${s.messages_in}/${s.messages_out}`),
                  el("td", { class: "channels" }, (s.channels || []).join(", ") || "-"));
+      const actions = el("td");
+      actions.append(debugButton(s));
+      row.append(actions);
       row.addEventListener("click", () => {
         selectedSession = s.session_id;
         for (const r of body.querySelectorAll("tr.selected")) r.classList.remove("selected");
@@ -104,12 +128,17 @@ async function search(query) {
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(line);
     }
+    const sessions = [...groups.keys()].filter(Boolean).length;
     for (const [session, lines] of groups) {
       const opened = lines.find(l => l.msg === "session opened");
       const origin = opened ? opened["trace.origin"] : undefined;
       const continued = origin && origin !== "new";
+      // Another client may continue any trace: said only when this trace
+      // does hold other sessions.
+      const shared = continued && sessions > 1
+        ? ": not necessarily the same client as the other sessions of this trace" : "";
       const title = session
-        ? `session ${session}` + (continued ? ` · continued the caller's trace (traceparent from ${origin}): not necessarily the same client as the other sessions of this trace` : origin ? " · started this trace" : "")
+        ? `session ${session}` + (continued ? ` · continued the caller's trace (traceparent from ${origin})${shared}` : origin ? " · started this trace" : "")
         : "server lines (no session)";
       const header = el("tr", { class: "session-group" + (continued ? " continued" : ""), "data-session-group": session });
       const cell = el("td", { colspan: "5" }, title);
@@ -275,8 +304,10 @@ function summaryRow(lines) {
     const seconds = Math.max(1e-6, (last - first) / 1e6, (closed.duration_ms || 0) / 1000);
     parts.push(`lived ${duration(seconds * 1e6)}`,
                `closed ${closed.close_code}${closed.close_reason ? " (" + closed.close_reason + ")" : ""} by ${closed.closed_by}`,
-               `${closed.messages_in} in / ${closed.messages_out} out`,
-               `${((closed.messages_in + closed.messages_out) / seconds).toFixed(1)} msg/s`);
+               `${closed.messages_in} in / ${closed.messages_out} out`);
+    // A rate over less than a second says nothing (970 µs would be
+    // "9278.4 msg/s").
+    if (seconds >= 1) parts.push(`${((closed.messages_in + closed.messages_out) / seconds).toFixed(1)} msg/s`);
   } else {
     parts.push(`open for ${duration(Date.now() * 1000 - first)}`, `idle ${duration(Math.max(0, Date.now() * 1000 - last))} since its last line`);
   }
@@ -312,7 +343,13 @@ function flightRows(entries) {
 async function init() {
   // A token or query in the URL fragment never reaches the server's logs.
   const hash = new URLSearchParams(location.hash.slice(1));
-  if (hash.get("token")) sessionStorage.setItem("wstrace-admin-token", hash.get("token"));
+  if (hash.get("token")) {
+    sessionStorage.setItem("wstrace-admin-token", hash.get("token"));
+    // Nor stays in the address bar, the history or a copied link.
+    hash.delete("token");
+    const rest = hash.toString();
+    history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
+  }
   document.getElementById("token").value = token();
   document.getElementById("save-token").addEventListener("click", () => {
     sessionStorage.setItem("wstrace-admin-token", document.getElementById("token").value);

@@ -996,10 +996,14 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
         )
     };
     let click = format!("{button}.click(), true");
+    // Ids stay on one line in the session list.
+    let id_cell =
+        format!("getComputedStyle({button}.closest('tr').querySelector('td.mono')).whiteSpace");
     let results = drive_browser(
         &[
             &label_becomes("debug on"),
             "location.href",
+            &id_cell,
             &click,
             &label_becomes("debug off"),
             &click,
@@ -1014,6 +1018,7 @@ fn explorer_page_finds_a_session_in_a_real_browser() {
         "{href}"
     );
     assert!(href.ends_with(&format!("#q={trace}")), "{href}");
+    assert_eq!(results[2], "nowrap");
     let _ = live.kill();
     let _ = live.wait();
     server.sigterm();

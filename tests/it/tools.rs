@@ -493,6 +493,22 @@ fn in_a_terminal_the_client_has_a_prompt_and_prints_frames_above_it() {
     let at = wait_for_screen(echo, 0, &mut screen);
     // The frame is printed above a fresh prompt, not into the typed line.
     wait_for_screen("> ", at, &mut screen);
+    // Two lines pasted at once (a bracketed paste, as terminals send
+    // one), then Enter: one frame per line, nothing garbled.
+    keys.write_all(b"\x1b[200~pasted one\npasted two\x1b[201~")
+        .unwrap();
+    keys.flush().unwrap();
+    // Enter once the paste is on screen, as a person presses it (a key in
+    // the same read as the paste waits for the next key: rustyline 629).
+    let at = wait_for_screen("pasted two", at, &mut screen);
+    type_keys(&mut keys, "\r");
+    let one = wait_for_screen(r#"{"type":"echo","content":"pasted one"}"#, at, &mut screen);
+    let at = wait_for_screen(
+        r#"{"type":"echo","content":"pasted two"}"#,
+        one,
+        &mut screen,
+    );
+    wait_for_screen("> ", at, &mut screen);
     // Ctrl-C at the prompt: a Close first, then exit 130, with its
     // terminal still open.
     type_keys(&mut keys, "\x03");

@@ -79,6 +79,13 @@ fn listen_address(value: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{value:?} resolves to no address"))
 }
 
+/// A feature switched on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on: `HOST:PORT` (a name is resolved, e.g.
@@ -158,6 +165,17 @@ pub struct ServeArgs {
     /// for another burst is closed with 1008.
     #[arg(long, env = "WSTRACE_MESSAGES_PER_SECOND", default_value_t = limits::DEFAULT_MESSAGES_PER_SECOND)]
     pub messages_per_second: u32,
+
+    /// permessage-deflate (RFC 7692) for clients that offer it (every
+    /// browser does): on or off. Without context takeover, so an idle
+    /// session costs nothing more.
+    #[arg(long, env = "WSTRACE_COMPRESSION", default_value = "on")]
+    pub compression: OnOff,
+
+    /// With compression on: messages of at least this many bytes go out
+    /// compressed (smaller ones would not shrink enough to pay for it).
+    #[arg(long, env = "WSTRACE_COMPRESSION_MIN_BYTES", default_value_t = limits::DEFAULT_COMPRESSION_MIN_BYTES)]
+    pub compression_min_bytes: usize,
 
     /// Messages a session may send at once before the rate applies.
     #[arg(long, env = "WSTRACE_MESSAGE_BURST", default_value_t = limits::DEFAULT_MESSAGE_BURST)]
@@ -356,6 +374,8 @@ impl ServeArgs {
             telemetry_report_interval: self.telemetry_report_interval,
             flight_recorder_messages: self.flight_recorder_messages,
             max_debug_sessions: self.max_debug_sessions,
+            compression_min_bytes: (self.compression == OnOff::On)
+                .then_some(self.compression_min_bytes),
         }
     }
 

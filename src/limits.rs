@@ -114,6 +114,10 @@ pub const MAX_FORWARDED_HEADER_BYTES: usize = 4 * 1024;
 /// 16 plus its addresses and TLVs).
 pub const MAX_PROXY_HEADER_BYTES: usize = 1024;
 
+/// Messages shorter than this are sent uncompressed: deflate would not
+/// make them smaller enough to pay for itself.
+pub const DEFAULT_COMPRESSION_MIN_BYTES: usize = 256;
+
 /// The limits one running server applies, resolved from CLI and environment.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -137,6 +141,10 @@ pub struct Limits {
     pub flight_recorder_messages: usize,
     /// Debug sessions open at once (every message traced).
     pub max_debug_sessions: usize,
+    /// permessage-deflate: messages of at least this many bytes go out
+    /// compressed to a client that negotiated it; `None`: the extension is
+    /// declined.
+    pub compression_min_bytes: Option<usize>,
 }
 
 impl Default for Limits {
@@ -160,6 +168,7 @@ impl Default for Limits {
             telemetry_report_interval: DEFAULT_TELEMETRY_REPORT_INTERVAL,
             flight_recorder_messages: DEFAULT_FLIGHT_RECORDER_MESSAGES,
             max_debug_sessions: DEFAULT_MAX_DEBUG_SESSIONS,
+            compression_min_bytes: Some(DEFAULT_COMPRESSION_MIN_BYTES),
         }
     }
 }

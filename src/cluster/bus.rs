@@ -250,6 +250,7 @@ pub(super) fn deliver(context: &Arc<ClusterContext>, cluster: &Arc<Cluster>, pay
                 from_session,
                 origin,
                 sampled: envelope.sampled,
+                deflated: Default::default(),
             });
             let report = fan_out(context, &to, &delivery);
             if let Some(request_id) = ack {

@@ -11,6 +11,8 @@ pub struct SessionOpened<'a> {
     pub user_agent: &'a str,
     /// `header`, `query`, or `new`.
     pub trace_origin: &'static str,
+    /// permessage-deflate was negotiated.
+    pub compression: bool,
     /// Why the session records every message, if it does (`debug` and
     /// `debug_reason` are written only then).
     pub debug: Option<DebugReason>,
@@ -29,13 +31,15 @@ impl InternalEvent for SessionOpened<'_> {
                 target: SESSION,
                 message = Self::MESSAGE,
                 user_agent.original = %self.user_agent,
-                trace.origin = self.trace_origin
+                trace.origin = self.trace_origin,
+                compression = self.compression
             ),
             Some(reason) => tracing::info!(
                 target: SESSION,
                 message = Self::MESSAGE,
                 user_agent.original = %self.user_agent,
                 trace.origin = self.trace_origin,
+                compression = self.compression,
                 debug = true,
                 debug_reason = reason.as_str()
             ),

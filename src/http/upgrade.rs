@@ -26,6 +26,9 @@ use crate::websocket::{self, MessageReader, MessageWriter};
 /// connection to take over once the answer is sent.
 pub struct WebSocketRequest {
     accept: HeaderValue,
+    /// The permessage-deflate offer the server would accept, if any, and
+    /// its answer.
+    deflate: Option<(websocket::deflate::Deflate, HeaderValue)>,
     on_upgrade: OnUpgrade,
 }
 
@@ -34,15 +37,35 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketRequest {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
         let accept = websocket::check_request(&parts.method, &parts.headers)?;
+        let deflate = websocket::deflate::negotiate(&parts.headers);
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
             .ok_or(HttpError::NotUpgradable)?;
-        Ok(Self { accept, on_upgrade })
+        Ok(Self {
+            accept,
+            deflate,
+            on_upgrade,
+        })
     }
 }
 
 impl WebSocketRequest {
+    /// What the session's writer compresses, if the client offered
+    /// permessage-deflate and the server allows it (`min_bytes`); else the
+    /// offer is declined and nothing is compressed.
+    fn compression(&mut self, min_bytes: Option<usize>) -> Option<websocket::deflate::Compression> {
+        let Some(min_bytes) = min_bytes else {
+            self.deflate = None;
+            return None;
+        };
+        let (agreed, _) = self.deflate.as_ref()?;
+        Some(websocket::deflate::Compression {
+            min_bytes,
+            max_bytes: agreed.max_compressed_message,
+        })
+    }
+
     /// The 101 answer; once it is sent, `session` runs on the connection.
     fn on_upgrade<F, Fut>(self, max_message_bytes: usize, session: F) -> Response
     where
@@ -50,6 +73,7 @@ impl WebSocketRequest {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
+        let deflate = self.deflate.is_some();
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
@@ -79,14 +103,19 @@ impl WebSocketRequest {
                     }
                 },
             };
-            let reader = MessageReader::new(reading, read_buf, max_message_bytes);
+            let reader =
+                MessageReader::new(reading, read_buf, max_message_bytes).with_deflate(deflate);
             session(MessageWriter::new(writing), reader).await;
         });
-        Response::builder()
+        let mut response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
             .header(header::UPGRADE, HeaderValue::from_static("websocket"))
-            .header(header::SEC_WEBSOCKET_ACCEPT, self.accept)
+            .header(header::SEC_WEBSOCKET_ACCEPT, self.accept);
+        if let Some((_, answer)) = self.deflate {
+            response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, answer);
+        }
+        response
             .body(axum::body::Body::empty())
             .expect("a valid response")
     }
@@ -117,7 +146,7 @@ async fn upgrade_session(
     Extension(trace): Extension<RequestTrace>,
     request_headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
-    upgrade: WebSocketRequest,
+    mut upgrade: WebSocketRequest,
     mode: SessionMode,
 ) -> Result<Response, HttpError> {
     if state.shutdown.is_cancelled() {
@@ -146,6 +175,7 @@ async fn upgrade_session(
         client: trace.client.ip,
         user,
         upgrade: UpgradeInfo {
+            compression: upgrade.compression(limits.compression_min_bytes),
             user_agent: trace.user_agent,
             trace_origin: trace.origin,
         },

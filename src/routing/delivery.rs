@@ -33,6 +33,9 @@ pub struct Delivery {
     /// The publisher's sampling decision, so every receiver of one message
     /// records it, or none does.
     pub sampled: bool,
+    /// The frame compressed for permessage-deflate, made by the first
+    /// receiver that wants it (`None` inside: it would not shrink).
+    pub deflated: std::sync::OnceLock<Option<bytes::Bytes>>,
 }
 
 impl Delivery {
@@ -68,6 +71,14 @@ impl Delivery {
             from_session,
             origin,
             sampled,
+            deflated: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The frame as permessage-deflate sends it, compressed once.
+    pub fn deflated(&self) -> Option<bytes::Bytes> {
+        self.deflated
+            .get_or_init(|| crate::websocket::deflate::deflate(self.frame.as_bytes()))
+            .clone()
     }
 }

@@ -108,6 +108,9 @@ pub enum SessionMode {
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeInfo {
     pub user_agent: String,
+    /// permessage-deflate, when the client offered it and the server
+    /// accepted: what the writer compresses.
+    pub compression: Option<crate::websocket::deflate::Compression>,
     /// `header`, `query`, or `new` when the session started a new trace.
     pub trace_origin: &'static str,
 }
@@ -202,6 +205,7 @@ struct Session {
     outbound_tx: outbound::OutboundQueue,
     outbound_rx: outbound::OutboundReceiver,
     echo_only: bool,
+    compression: Option<crate::websocket::deflate::Compression>,
     ending: Ending,
 }
 
@@ -229,6 +233,10 @@ impl Session {
             outbound::outbound_queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
         let span = tracing::Span::current();
         let otel = span.context();
+        otel.span().set_attribute(opentelemetry::KeyValue::new(
+            "ws.compression",
+            info.upgrade.compression.is_some(),
+        ));
         let span_context = otel.span().span_context().clone();
         let debug = info.debug.and_then(|reason| {
             match stats.debug().turn_on(&state.debug_slots, reason, None) {
@@ -250,6 +258,7 @@ impl Session {
         SessionOpened {
             user_agent: &info.upgrade.user_agent,
             trace_origin: info.upgrade.trace_origin,
+            compression: info.upgrade.compression.is_some(),
             debug,
             metrics: &state.metrics,
         }
@@ -291,6 +300,7 @@ impl Session {
             outbound_tx,
             outbound_rx,
             echo_only: info.mode == SessionMode::Echo,
+            compression: info.upgrade.compression,
         }
     }
 
@@ -322,6 +332,7 @@ impl Session {
             stats: ending.stats.clone(),
             state: state.clone(),
             close: ending.close.clone(),
+            compression: self.compression,
             heartbeat: heartbeat::Heartbeat::new(
                 limits.heartbeat_interval,
                 limits.idle_timeout,
@@ -596,6 +607,7 @@ mod tests {
             stats: Arc::new(SessionStats::new()),
             state,
             close: CloseSignal::new(),
+            compression: None,
             heartbeat: heartbeat::Heartbeat::new(
                 std::time::Duration::from_secs(30),
                 std::time::Duration::from_secs(60),

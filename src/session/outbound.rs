@@ -44,6 +44,7 @@ impl Outbound {
                 Message::Text(t) => t.len(),
                 Message::Binary(b) => b.len(),
                 Message::Ping(p) | Message::Pong(p) => p.len(),
+                Message::Deflated(d) => d.wire.len(),
                 Message::Close(_) => 0,
             },
             Outbound::Delivery(delivery) => delivery.frame.len(),

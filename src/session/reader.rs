@@ -96,6 +96,8 @@ impl Reader {
                         ));
                         Ok(())
                     }
+                    // The reader inflates what it reads; this is only sent.
+                    Message::Deflated(_) => Ok(()),
                 }
             })
             .catch_unwind()

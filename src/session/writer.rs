@@ -1,7 +1,8 @@
 //! The writer task: the only code that writes to the socket, pings
 //! included.
 
-use crate::websocket::{CloseFrame, Message, WsError};
+use crate::websocket::deflate::{self, Compression};
+use crate::websocket::{CloseFrame, Deflated, Message, WsError};
 use futures_util::{Sink, SinkExt};
 use opentelemetry::trace::SpanId;
 use std::ops::ControlFlow;
@@ -36,6 +37,8 @@ pub struct Writer {
     pub close: CloseSignal,
     /// Pings and the idle timeout, on the writer's own timer.
     pub heartbeat: Heartbeat,
+    /// permessage-deflate, if negotiated: which messages go compressed.
+    pub compression: Option<Compression>,
 }
 
 impl Writer {
@@ -175,9 +178,9 @@ impl Writer {
                         ws.message.size = size as i64,
                     );
                     span_id = Some(message_span_id(&span, debug));
-                    sink.feed(message).instrument(span).await?;
+                    sink.feed(self.compressed(message)).instrument(span).await?;
                 } else {
-                    sink.feed(message).await?;
+                    sink.feed(self.compressed(message)).await?;
                 }
                 if let Some(size) = size {
                     self.stats.message_out(size);
@@ -195,7 +198,20 @@ impl Writer {
                 let size = delivery.frame.len();
                 let span_id =
                     (delivery.sampled || debug).then(|| record_delivery(&delivery, size, debug));
-                sink.feed(Message::Text(delivery.frame.clone())).await?;
+                let message = match self.compression {
+                    // Compressed once for every receiver (no context
+                    // takeover: the same bytes suit all of them).
+                    Some(c) if c.wants(size) => match delivery.deflated() {
+                        Some(wire) => Message::Deflated(Deflated {
+                            text: true,
+                            wire,
+                            size,
+                        }),
+                        None => Message::Text(delivery.frame.clone()),
+                    },
+                    _ => Message::Text(delivery.frame.clone()),
+                };
+                sink.feed(message).await?;
                 self.stats.message_out(size);
                 self.state.metrics.message_out(FrameKind::Message, size);
                 let mut entry = Entry::new(Direction::Out, FrameKind::Message, size, at_us);
@@ -205,6 +221,32 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+impl Writer {
+    /// A data message as it goes out: compressed when negotiated, large
+    /// enough, and smaller for it.
+    fn compressed(&self, message: Message) -> Message {
+        let Some(compression) = self.compression else {
+            return message;
+        };
+        let (text, payload): (bool, &[u8]) = match &message {
+            Message::Text(text) => (true, text.as_bytes()),
+            Message::Binary(bytes) => (false, bytes),
+            _ => return message,
+        };
+        if !compression.wants(payload.len()) {
+            return message;
+        }
+        match deflate::deflate(payload) {
+            Some(wire) => Message::Deflated(Deflated {
+                text,
+                wire,
+                size: payload.len(),
+            }),
+            None => message,
+        }
     }
 }
 
@@ -310,6 +352,7 @@ fn data_len(message: &Message) -> Option<usize> {
     match message {
         Message::Text(t) => Some(t.len()),
         Message::Binary(b) => Some(b.len()),
+        Message::Deflated(d) => Some(d.size),
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) => None,
     }
 }
@@ -383,6 +426,7 @@ mod tests {
                 stats: Arc::new(SessionStats::new()),
                 state: state.clone(),
                 close: signal.clone(),
+                compression: None,
                 heartbeat: Heartbeat::new(
                     std::time::Duration::from_secs(30),
                     std::time::Duration::from_secs(60),

@@ -47,6 +47,9 @@ impl OpCode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Header {
     pub fin: bool,
+    /// RSV1: the message is compressed (permessage-deflate), on the first
+    /// frame of a data message only.
+    pub compressed: bool,
     pub opcode: OpCode,
     pub mask: [u8; 4],
     /// Payload length.
@@ -60,17 +63,28 @@ const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Parses the header at the start of `buf`: `Ok(None)` until all of it has
 /// arrived. A data frame longer than `max_payload` is refused here, before
-/// any of its payload is read.
-pub(super) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, WsError> {
+/// any of its payload is read. RSV1 is allowed only with `deflate`
+/// (permessage-deflate was negotiated), and only where RFC 7692 puts it:
+/// on a message's first frame, never on a control frame or a continuation.
+pub(super) fn parse_header(
+    buf: &[u8],
+    max_payload: usize,
+    deflate: bool,
+) -> Result<Option<Header>, WsError> {
     let [b0, b1, rest @ ..] = buf else {
         return Ok(None);
     };
-    // No extension is ever negotiated, so no reserved bit may be set.
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 || (b0 & 0x40 != 0 && !deflate) {
         return Err(WsError::Protocol("reserved bits set"));
     }
     let fin = b0 & 0x80 != 0;
+    let compressed = b0 & 0x40 != 0;
     let opcode = OpCode::from_bits(b0 & 0x0f)?;
+    if compressed && (opcode.is_control() || opcode == OpCode::Continuation) {
+        return Err(WsError::Protocol(
+            "RSV1 on a control frame or a continuation",
+        ));
+    }
     if opcode.is_control() && !fin {
         return Err(WsError::Protocol("fragmented control frame"));
     }
@@ -106,6 +120,7 @@ pub(super) fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Head
     };
     Ok(Some(Header {
         fin,
+        compressed,
         opcode,
         mask: *mask,
         len,
@@ -129,9 +144,18 @@ pub(super) fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Writes a server frame (final, unmasked): header, then payload.
 pub(super) fn encode(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    encode_frame(out, 0x80 | opcode.bits(), payload);
+}
+
+/// Writes a compressed data message as one frame (RSV1 set).
+pub(super) fn encode_compressed(out: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    encode_frame(out, 0xc0 | opcode.bits(), payload);
+}
+
+fn encode_frame(out: &mut BytesMut, first: u8, payload: &[u8]) {
     let len = payload.len();
     out.reserve(10 + len);
-    out.put_u8(0x80 | opcode.bits());
+    out.put_u8(first);
     if len < 126 {
         out.put_u8(len as u8);
     } else if let Ok(len) = u16::try_from(len) {
@@ -200,7 +224,7 @@ pub(super) mod tests {
     fn headers_of_every_length_form_parse() {
         for len in [0, 1, 125, 126, 0xffff, 0x10000] {
             let frame = client_frame(0x82, &vec![7; len], [1, 2, 3, 4]);
-            let header = parse_header(&frame, 1 << 20).unwrap().unwrap();
+            let header = parse_header(&frame, 1 << 20, false).unwrap().unwrap();
             assert_eq!(header.len, len);
             assert_eq!(header.opcode, OpCode::Binary);
             assert!(header.fin);
@@ -208,7 +232,33 @@ pub(super) mod tests {
             assert_eq!(header.header_len + len, frame.len());
             // Every shorter prefix of the header asks for more.
             for cut in 0..header.header_len {
-                assert_eq!(parse_header(&frame[..cut], 1 << 20).unwrap(), None);
+                assert_eq!(parse_header(&frame[..cut], 1 << 20, false).unwrap(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn rsv1_is_compression_on_a_first_data_frame_once_negotiated() {
+        let compressed = parse_header(&[0xc1, 0x80, 0, 0, 0, 0], 100, true);
+        assert!(compressed.unwrap().unwrap().compressed);
+        let first_fragment = parse_header(&[0x42, 0x80, 0, 0, 0, 0], 100, true);
+        assert!(first_fragment.unwrap().unwrap().compressed);
+        let cases: &[(&[u8], &str)] = &[
+            (
+                &[0xc9, 0x80, 0, 0, 0, 0],
+                "RSV1 on a control frame or a continuation",
+            ),
+            (
+                &[0xc0, 0x80, 0, 0, 0, 0],
+                "RSV1 on a control frame or a continuation",
+            ),
+            (&[0xa1, 0x80, 0, 0, 0, 0], "reserved bits set"),
+            (&[0x91, 0x80, 0, 0, 0, 0], "reserved bits set"),
+        ];
+        for (frame, why) in cases {
+            match parse_header(frame, 100, true) {
+                Err(WsError::Protocol(reason)) => assert_eq!(reason, *why, "{frame:x?}"),
+                other => panic!("{frame:x?}: {other:?}"),
             }
         }
     }
@@ -231,7 +281,7 @@ pub(super) mod tests {
             ),
         ];
         for (frame, why) in cases {
-            match parse_header(frame, 1 << 20) {
+            match parse_header(frame, 1 << 20, false) {
                 Err(WsError::Protocol(reason)) => assert_eq!(reason, *why, "{frame:x?}"),
                 other => panic!("{frame:x?}: {other:?}"),
             }
@@ -242,13 +292,13 @@ pub(super) mod tests {
     fn an_oversize_data_frame_is_refused_from_its_header() {
         let header = [0x82, 0x80 | 126, 0x01, 0x00];
         assert!(matches!(
-            parse_header(&header, 255),
+            parse_header(&header, 255, false),
             Err(WsError::MessageTooBig {
                 size: 256,
                 limit: 255
             })
         ));
-        assert!(parse_header(&header, 256).unwrap().is_none());
+        assert!(parse_header(&header, 256, false).unwrap().is_none());
     }
 
     #[test]

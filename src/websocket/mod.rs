@@ -22,6 +22,7 @@
 //! close code (1002, 1007, 1009). Conformance is checked by the Autobahn
 //! TestSuite (`scripts/autobahn.sh`), which CI runs.
 
+pub mod deflate;
 mod frame;
 mod handshake;
 mod reader;
@@ -60,6 +61,20 @@ pub enum Message {
     Pong(Bytes),
     /// A Close frame; `None` when it carried no status code.
     Close(Option<CloseFrame>),
+    /// A data message the server compressed (permessage-deflate), sent as
+    /// one frame with RSV1: compressed once for every receiver of a
+    /// delivery. Never read.
+    Deflated(Deflated),
+}
+
+/// A data message's payload as permessage-deflate sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deflated {
+    pub text: bool,
+    /// The deflate data, as on the wire.
+    pub wire: Bytes,
+    /// The message's own size, before compression.
+    pub size: usize,
 }
 
 /// A Close frame's status code and reason.

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use super::frame::{OpCode, parse_close, parse_header, unmask};
-use super::{Message, Readable, Utf8Bytes, WsError};
+use super::{Message, Readable, Utf8Bytes, WsError, deflate};
 use crate::limits::WS_READ_BUFFER_BYTES;
 
 /// A connection's reading half as a `Stream` of messages. Fragmented
@@ -20,6 +20,8 @@ pub struct MessageReader<R> {
     io: R,
     buffer: BytesMut,
     max_message_bytes: usize,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    deflate: bool,
     /// A fragmented message, while its frames arrive.
     fragments: Option<Fragments>,
     done: bool,
@@ -27,6 +29,8 @@ pub struct MessageReader<R> {
 
 struct Fragments {
     text: bool,
+    /// Compressed: `data` is deflate data, inflated at the last fragment.
+    compressed: bool,
     data: BytesMut,
     /// How much of `data` is known to be UTF-8 (text only): checked as each
     /// fragment arrives, so invalid text fails at once, not at the end.
@@ -36,17 +40,21 @@ struct Fragments {
 impl Fragments {
     /// The whole message, once its last fragment has been checked: text
     /// is not checked a second time.
-    fn into_message(self) -> Message {
+    fn into_message(self, limit: usize) -> Result<Message, WsError> {
         let data = self.data.freeze();
-        if self.text {
+        if self.compressed {
+            return whole(self.text, deflate::inflate(&data, limit)?);
+        }
+        Ok(if self.text {
             Message::Text(Utf8Bytes::from_checked(data))
         } else {
             Message::Binary(data)
-        }
+        })
     }
 
     fn check_utf8(&mut self, last: bool) -> Result<(), WsError> {
-        if !self.text {
+        if !self.text || self.compressed {
+            // Compressed text is checked once inflated.
             return Ok(());
         }
         match std::str::from_utf8(&self.data[self.checked..]) {
@@ -71,28 +79,51 @@ impl<R> MessageReader<R> {
             // keep for its whole life (BENCHMARKS.md, idle memory).
             buffer: BytesMut::from(&already_read[..]),
             max_message_bytes,
+            deflate: false,
             fragments: None,
             done: false,
+        }
+    }
+
+    /// With permessage-deflate negotiated: compressed messages are
+    /// inflated, within the same size limit (on the inflated size).
+    pub fn with_deflate(mut self, on: bool) -> Self {
+        self.deflate = on;
+        self
+    }
+
+    /// The most a frame may carry on the wire: the message limit, or with
+    /// compression a little more (incompressible data grows by about 5
+    /// bytes per 16 KiB block); the inflated size is checked on its own.
+    fn wire_limit(&self) -> usize {
+        match self.deflate {
+            true => self.max_message_bytes + self.max_message_bytes / 1024 + 1024,
+            false => self.max_message_bytes,
         }
     }
 
     /// The next message whose frames are all in the buffer.
     fn next_message(&mut self) -> Result<Option<Message>, WsError> {
         loop {
-            let Some(header) = parse_header(&self.buffer, self.max_message_bytes)? else {
+            let Some(header) = parse_header(&self.buffer, self.wire_limit(), self.deflate)? else {
                 return Ok(None);
             };
-            if header.opcode == OpCode::Continuation
-                && let Some(fragments) = &self.fragments
-            {
-                // Refused before its payload is read, like a single frame.
-                let size = fragments.data.len().saturating_add(header.len);
-                if size > self.max_message_bytes {
-                    return Err(WsError::MessageTooBig {
-                        size,
-                        limit: self.max_message_bytes,
-                    });
-                }
+            let compressed = match (&self.fragments, header.opcode) {
+                (Some(fragments), OpCode::Continuation) => fragments.compressed,
+                _ => header.compressed,
+            };
+            let limit = match compressed {
+                true => self.wire_limit(),
+                false => self.max_message_bytes,
+            };
+            let so_far = match (&self.fragments, header.opcode) {
+                (Some(fragments), OpCode::Continuation) => fragments.data.len(),
+                _ => 0,
+            };
+            // Refused before its payload is read.
+            let size = so_far.saturating_add(header.len);
+            if !header.opcode.is_control() && size > limit {
+                return Err(WsError::MessageTooBig { size, limit });
             }
             let frame_len = header.header_len + header.len;
             if self.buffer.len() < frame_len {
@@ -122,17 +153,22 @@ impl<R> MessageReader<R> {
                         continue;
                     }
                     let whole = self.fragments.take().expect("matched above");
-                    return Ok(Some(whole.into_message()));
+                    return whole.into_message(self.max_message_bytes).map(Some);
                 }
             };
             if self.fragments.is_some() {
                 return Err(WsError::Protocol("new message before the last one ended"));
+            }
+            if header.fin && header.compressed {
+                let inflated = deflate::inflate(&payload, self.max_message_bytes)?;
+                return Ok(Some(whole(text, inflated)?));
             }
             if header.fin {
                 return Ok(Some(whole(text, payload.freeze())?));
             }
             let mut fragments = Fragments {
                 text,
+                compressed: header.compressed,
                 data: payload,
                 checked: 0,
             };
@@ -423,6 +459,77 @@ mod tests {
                 .collect();
             proptest::prop_assert_eq!(out, expected);
         }
+    }
+
+    /// Reads `frames` from a client that negotiated permessage-deflate.
+    async fn read_deflated(frames: &[Vec<u8>], limit: usize) -> Vec<Result<Message, String>> {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let bytes: Vec<u8> = frames.concat();
+        let writer = tokio::spawn(async move {
+            let _ = client.write_all(&bytes).await;
+        });
+        let reader = MessageReader::new(server, Bytes::new(), limit).with_deflate(true);
+        let out: Vec<_> = reader.map(|r| r.map_err(|e| e.to_string())).collect().await;
+        writer.await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_are_inflated_within_the_limit() {
+        let text = "compress me, ".repeat(40);
+        let wire = deflate::deflate(text.as_bytes()).unwrap();
+        let (first, rest) = wire.split_at(wire.len() / 2);
+        let frames = vec![
+            client_frame(0xc1, &wire, MASK),
+            // Fragmented: RSV1 on the first frame only, a ping between.
+            client_frame(0x41, first, MASK),
+            client_frame(0x89, b"beat", MASK),
+            client_frame(0x80, rest, MASK),
+            // Not every message need be compressed.
+            client_frame(0x81, b"plain", MASK),
+        ];
+        let got = read_deflated(&frames, 1000).await;
+        assert_eq!(
+            got,
+            vec![
+                Ok(Message::Text(text.as_str().into())),
+                Ok(Message::Ping(Bytes::from_static(b"beat"))),
+                Ok(Message::Text(text.as_str().into())),
+                Ok(Message::Text("plain".into())),
+            ]
+        );
+        // The limit is on the inflated size: 520 bytes of text in a few
+        // dozen on the wire is still over a 500-byte limit.
+        let over = read_deflated(&[client_frame(0xc1, &wire, MASK)], 500).await;
+        assert!(
+            matches!(&over[..], [Err(e)] if e.contains("over the limit of 500")),
+            "{over:?}"
+        );
+        // Inflated text is checked as UTF-8.
+        let bad = deflate::deflate(&b"\xff\xfe".repeat(200)).unwrap();
+        let got = read_deflated(&[client_frame(0xc1, &bad, MASK)], 1000).await;
+        assert!(
+            matches!(&got[..], [Err(e)] if e.contains("invalid utf-8")),
+            "{got:?}"
+        );
+        // RSV1 on a continuation, or without the extension: 1002.
+        let got = read_deflated(
+            &[
+                client_frame(0x01, b"a", MASK),
+                client_frame(0xc0, b"b", MASK),
+            ],
+            1000,
+        )
+        .await;
+        assert!(
+            matches!(&got[..], [Err(e)] if e.contains("RSV1")),
+            "{got:?}"
+        );
+        let got = read_all(&[client_frame(0xc1, &wire, MASK)], 1 << 20, 1000).await;
+        assert!(
+            matches!(&got[..], [Err(e)] if e.contains("reserved bits")),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]

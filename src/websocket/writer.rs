@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::io::AsyncWrite;
 
-use super::frame::{OpCode, encode, encode_close};
+use super::frame::{OpCode, encode, encode_close, encode_compressed};
 use super::{Message, WsError};
 use crate::limits::WS_WRITE_BUFFER_BYTES;
 
@@ -68,6 +68,14 @@ impl<W: AsyncWrite + Unpin> Sink<Message> for MessageWriter<W> {
             Message::Binary(bytes) => encode(out, OpCode::Binary, bytes),
             Message::Ping(bytes) => encode(out, OpCode::Ping, bytes),
             Message::Pong(bytes) => encode(out, OpCode::Pong, bytes),
+            Message::Deflated(deflated) => {
+                let opcode = if deflated.text {
+                    OpCode::Text
+                } else {
+                    OpCode::Binary
+                };
+                encode_compressed(out, opcode, &deflated.wire);
+            }
             Message::Close(close) => {
                 encode_close(out, close.as_ref());
                 this.closed = true;

@@ -1265,3 +1265,171 @@ fn url_query(query: &str) -> std::collections::HashMap<String, String> {
         })
         .collect()
 }
+
+/// Python's `websockets` offers permessage-deflate on every connection
+/// (as browsers do), compresses what it sends, and inflates what it gets:
+/// an echo and a fan-out to two subscribers round-trip through it.
+const PYTHON_DEFLATE: &str = r#"
+import asyncio, json, sys, websockets
+async def main():
+    url = f"ws://127.0.0.1:{sys.argv[1]}/ws"
+    content = "hello compressed world, " * 200
+    async with websockets.connect(url, max_size=None) as a, websockets.connect(url, max_size=None) as b:
+        await a.recv(); await b.recv()
+        await a.send(json.dumps({"type": "echo", "content": content}))
+        echo = json.loads(await a.recv())
+        for ws in (a, b):
+            await ws.send(json.dumps({"type": "subscribe", "channel": "big"}))
+            await ws.recv()
+        await a.send(json.dumps({"type": "publish", "channel": "big", "content": content}))
+        got = []
+        for ws in (a, b):
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame["type"] == "message":
+                    got.append(frame["content"] == content)
+                    break
+        print(json.dumps({"extensions": a.response.headers.get("Sec-WebSocket-Extensions"),
+                          "echo": echo["content"] == content, "fan_out": got}))
+asyncio.run(main())
+"#;
+
+/// The upgrade by hand, offering `extensions` (if any): the response head
+/// (lower case), and the stream after it.
+async fn raw_upgrade(
+    addr: &str,
+    extensions: Option<&str>,
+) -> (String, tokio::net::TcpStream, Vec<u8>) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let offer = extensions
+        .map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n"))
+        .unwrap_or_default();
+    let (head, rest) = raw_ws::upgrade_with(&mut stream, "/ws", &offer, "wstrace").await;
+    (head.to_lowercase(), stream, rest)
+}
+
+/// Sends `text` as one masked frame and reads the reply frame.
+async fn send_and_read(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    text: &str,
+) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncWriteExt;
+    let frame = raw_ws::masked_frame(true, 0x1, text.as_bytes(), [1, 2, 3, 4]);
+    stream.write_all(&frame).await.unwrap();
+    read_frame(stream, buf).await
+}
+
+/// One whole server frame: (first byte, payload).
+async fn read_frame(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if buf.len() >= 2 {
+            let (len, header) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => (
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => (usize::MAX, 0),
+                short => (short as usize, 2),
+            };
+            if header > 0 && buf.len() >= header + len {
+                let first = buf[0];
+                let payload = buf[header..header + len].to_vec();
+                buf.drain(..header + len);
+                return (first, payload);
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a whole frame");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permessage_deflate_is_negotiated_with_a_real_client_and_replies_go_compressed() {
+    let server = Wstrace::start(&[]);
+    let port = server.addr.rsplit_once(':').unwrap().1.to_owned();
+    let output = std::process::Command::new("python3")
+        .args(["-c", PYTHON_DEFLATE, &port])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["extensions"],
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    );
+    assert_eq!(
+        (&report["echo"], &report["fan_out"]),
+        (&json!(true), &json!([true, true])),
+        "{report}"
+    );
+
+    // On the wire: a reply over --compression-min-bytes has RSV1 set and
+    // inflates to the frame; a short one (the welcome) goes as it is.
+    let (head, mut stream, mut buf) = raw_upgrade(
+        &server.addr,
+        Some("permessage-deflate; client_max_window_bits"),
+    )
+    .await;
+    assert!(
+        head.contains("sec-websocket-extensions: permessage-deflate; server_no_context_takeover"),
+        "{head}"
+    );
+    let (first, _) = read_frame(&mut stream, &mut buf).await;
+    assert_eq!(first, 0x81, "the welcome is short: not compressed");
+    let content = "x".repeat(2000);
+    let echo = json!({"type": "echo", "content": content}).to_string();
+    let (first, wire) = send_and_read(&mut stream, &mut buf, &echo).await;
+    assert_eq!(first, 0xc1, "FIN, RSV1, text");
+    assert!(
+        wire.len() < 200,
+        "{} bytes on the wire for 2 KB",
+        wire.len()
+    );
+    let reply = wstrace::websocket::deflate::inflate(&wire, 1 << 20).unwrap();
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(reply["content"], content.as_str());
+    drop(stream);
+
+    // A bad offer is declined: the upgrade still succeeds, uncompressed.
+    let (head, mut stream, mut buf) = raw_upgrade(
+        &server.addr,
+        Some("permessage-deflate; server_max_window_bits=99"),
+    )
+    .await;
+    assert!(
+        head.starts_with("http/1.1 101") && !head.contains("sec-websocket-extensions"),
+        "{head}"
+    );
+    read_frame(&mut stream, &mut buf).await; // the welcome
+    assert_eq!(send_and_read(&mut stream, &mut buf, &echo).await.0, 0x81);
+    drop(stream);
+    server.sigterm();
+    let (_, _, log_dir) = server.wait();
+    let opened: Vec<bool> = read_log_lines(log_dir.path())
+        .iter()
+        .filter(|l| l["msg"] == wstrace::events::SessionOpened::MESSAGE)
+        .map(|l| l["compression"].as_bool().unwrap())
+        .collect();
+    assert_eq!(
+        opened,
+        [true, true, true, false],
+        "the session opened lines say which"
+    );
+
+    // Switched off, nothing is negotiated.
+    let off = Wstrace::start(&[("WSTRACE_COMPRESSION", "off")]);
+    let (head, _, _) = raw_upgrade(&off.addr, Some("permessage-deflate")).await;
+    assert!(
+        head.starts_with("http/1.1 101") && !head.contains("sec-websocket-extensions"),
+        "{head}"
+    );
+}

@@ -428,6 +428,17 @@ fn wstrace_with_stdin(args: &[&str], input: &str) -> std::process::Output {
     output
 }
 
+/// `script` (util-linux), which gives a program a real pseudo-terminal;
+/// `None` (a failure under `WSTRACE_REQUIRE_TOOLS`) when it is missing.
+fn script() -> Option<std::path::PathBuf> {
+    let found = which("script");
+    assert!(
+        found.is_some() || std::env::var_os("WSTRACE_REQUIRE_TOOLS").is_none(),
+        "`script` (util-linux) is not installed"
+    );
+    found
+}
+
 /// Types `text` into a terminal one key at a time, as a person does.
 fn type_keys(keys: &mut impl Write, text: &str) {
     for key in text.bytes() {
@@ -440,11 +451,7 @@ fn type_keys(keys: &mut impl Write, text: &str) {
 #[test]
 fn in_a_terminal_the_client_has_a_prompt_and_prints_frames_above_it() {
     // `script` (util-linux) gives the client a real pseudo-terminal.
-    let Some(script) = which("script") else {
-        assert!(
-            std::env::var_os("WSTRACE_REQUIRE_TOOLS").is_none(),
-            "`script` (util-linux) is not installed"
-        );
+    let Some(script) = script() else {
         return eprintln!("skipped: no `script`");
     };
     let server = Wstrace::start(&[]);
@@ -532,11 +539,7 @@ fn in_a_terminal_the_client_has_a_prompt_and_prints_frames_above_it() {
 
 #[test]
 fn in_a_terminal_load_draws_progress_and_finishes_it_at_100_percent() {
-    let Some(script) = which("script") else {
-        assert!(
-            std::env::var_os("WSTRACE_REQUIRE_TOOLS").is_none(),
-            "`script` (util-linux) is not installed"
-        );
+    let Some(script) = script() else {
         return eprintln!("skipped: no `script`");
     };
     let server = Wstrace::start(&[]);

@@ -11,10 +11,21 @@ use tokio::net::TcpStream;
 /// Returns what came after the head (the start of the first frame, if any).
 /// `what` names the server in a failure.
 pub async fn upgrade(stream: &mut TcpStream, path: &str, what: &str) -> Vec<u8> {
+    upgrade_with(stream, path, "", what).await.1
+}
+
+/// The same with `extra` request headers (each ending in CRLF); the
+/// response head as well.
+pub async fn upgrade_with(
+    stream: &mut TcpStream,
+    path: &str,
+    extra: &str,
+    what: &str,
+) -> (String, Vec<u8>) {
     let addr = stream.peer_addr().unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
@@ -32,8 +43,9 @@ pub async fn upgrade(stream: &mut TcpStream, path: &str, what: &str) -> Vec<u8> 
         "{what}: {}",
         String::from_utf8_lossy(&buf[..head_end])
     );
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     buf.drain(..head_end);
-    buf
+    (head, buf)
 }
 
 /// One client frame: `opcode` with the FIN bit as given, `payload` masked

@@ -10,6 +10,7 @@
 //! WSTRACE_BENCH_ONLY=sweep WSTRACE_BENCH_BASELINE=/tmp/wstrace-before \
 //!     cargo bench --bench harness                          # ...and another build beside it
 //! WSTRACE_BENCH_ONLY=lifecycle cargo bench --bench harness # session lifecycle only, more rounds
+//! WSTRACE_BENCH_ONLY=compression cargo bench --bench harness # permessage-deflate on and off
 //! ```
 //!
 //! Servers (each its own process, pinned to core 0 when `taskset` exists;
@@ -37,6 +38,7 @@ mod raw_ws;
 
 mod client;
 mod cluster;
+mod compression;
 mod instances;
 mod report;
 mod scale;
@@ -44,6 +46,7 @@ mod servers;
 
 use client::*;
 use cluster::*;
+use compression::*;
 use instances::*;
 use report::*;
 use scale::*;

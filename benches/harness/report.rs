@@ -331,6 +331,7 @@ pub(crate) async fn run(plan: Plan) -> String {
         Ok("cluster") => return cluster(&plan).await,
         Ok("instances") => return instances(&plan).await,
         Ok("scale") => return scale(&plan).await,
+        Ok("compression") => return compression(&plan).await,
         _ => {}
     }
     let work = tempfile::tempdir().unwrap();

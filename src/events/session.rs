@@ -175,6 +175,10 @@ pub struct SessionClosed<'a> {
     pub messages_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Bytes read and written as frames: with compression, less than the
+    /// message bytes above.
+    pub wire_bytes_in: u64,
+    pub wire_bytes_out: u64,
     pub pings_sent: u64,
     pub ping_rtt_last_ms: Option<f64>,
     pub ping_rtt_mean_ms: Option<f64>,
@@ -204,6 +208,8 @@ impl InternalEvent for SessionClosed<'_> {
             messages_out = self.messages_out,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
+            wire_bytes_in = self.wire_bytes_in,
+            wire_bytes_out = self.wire_bytes_out,
             pings_sent = self.pings_sent,
             ping_rtt_last_ms = self.ping_rtt_last_ms,
             ping_rtt_mean_ms = self.ping_rtt_mean_ms,

@@ -67,7 +67,12 @@ impl WebSocketRequest {
     }
 
     /// The 101 answer; once it is sent, `session` runs on the connection.
-    fn on_upgrade<F, Fut>(self, max_message_bytes: usize, session: F) -> Response
+    fn on_upgrade<F, Fut>(
+        self,
+        max_message_bytes: usize,
+        wire: Arc<websocket::WireBytes>,
+        session: F,
+    ) -> Response
     where
         F: FnOnce(MessageWriter<WritingHalf>, MessageReader<ReadingHalf>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -103,9 +108,10 @@ impl WebSocketRequest {
                     }
                 },
             };
-            let reader =
-                MessageReader::new(reading, read_buf, max_message_bytes).with_deflate(deflate);
-            session(MessageWriter::new(writing), reader).await;
+            let reader = MessageReader::new(reading, read_buf, max_message_bytes)
+                .with_deflate(deflate)
+                .counting(wire.clone());
+            session(MessageWriter::new(writing).counting(wire), reader).await;
         });
         let mut response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -176,6 +182,7 @@ async fn upgrade_session(
         user,
         upgrade: UpgradeInfo {
             compression: upgrade.compression(limits.compression_min_bytes),
+            wire: Arc::default(),
             user_agent: trace.user_agent,
             trace_origin: trace.origin,
         },
@@ -187,29 +194,32 @@ async fn upgrade_session(
     // for the callback for the session's whole life, so the callback is
     // best a single pointer (BENCHMARKS.md, idle memory).
     let max_message_bytes = limits.max_message_bytes;
+    let wire = info.upgrade.wire.clone();
     let setup = Box::new(SessionSetup {
         span: session_span,
         info,
         state,
         held,
     });
-    Ok(upgrade.on_upgrade(max_message_bytes, move |sink, stream| {
-        let SessionSetup {
-            span,
-            info,
-            state,
-            held,
-        } = *setup;
-        let sessions = state.sessions.clone();
-        // Set up here, in the session's span, rather than in an async block
-        // that would keep room for the socket all session long.
-        let session = span.in_scope(|| run_session(sink, stream, info, state));
-        let session = async move {
-            session.await;
-            drop(held);
-        };
-        sessions.track_future(session.instrument(span))
-    }))
+    Ok(
+        upgrade.on_upgrade(max_message_bytes, wire, move |sink, stream| {
+            let SessionSetup {
+                span,
+                info,
+                state,
+                held,
+            } = *setup;
+            let sessions = state.sessions.clone();
+            // Set up here, in the session's span, rather than in an async block
+            // that would keep room for the socket all session long.
+            let session = span.in_scope(|| run_session(sink, stream, info, state));
+            let session = async move {
+                session.await;
+                drop(held);
+            };
+            sessions.track_future(session.instrument(span))
+        }),
+    )
 }
 
 /// Counts and logs a refused upgrade.

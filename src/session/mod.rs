@@ -111,6 +111,9 @@ pub struct UpgradeInfo {
     /// permessage-deflate, when the client offered it and the server
     /// accepted: what the writer compresses.
     pub compression: Option<crate::websocket::deflate::Compression>,
+    /// The connection's bytes on the wire, counted by its reader and
+    /// writer, for `session closed`.
+    pub wire: Arc<crate::websocket::WireBytes>,
     /// `header`, `query`, or `new` when the session started a new trace.
     pub trace_origin: &'static str,
 }
@@ -220,6 +223,7 @@ struct Ending {
     /// end: kept from the start, since each lookup through the `tracing`
     /// span costs a registry search (BENCHMARKS.md, seventh round).
     otel: opentelemetry::Context,
+    wire: Arc<crate::websocket::WireBytes>,
 }
 
 impl Session {
@@ -296,6 +300,7 @@ impl Session {
                 stats,
                 peer_close: Arc::new(PeerClose::default()),
                 otel,
+                wire: info.upgrade.wire.clone(),
             },
             outbound_tx,
             outbound_rx,
@@ -415,6 +420,7 @@ async fn finish(
         stats,
         peer_close,
         otel,
+        wire,
     } = ending;
     let limits = &state.config.limits;
     // Stop taking deliveries: nothing more will be sent.
@@ -452,7 +458,7 @@ async fn finish(
         &state,
         &otel,
         session_id,
-        &stats,
+        (&stats, &wire),
         &summary,
         peer_close.get(),
     );
@@ -493,7 +499,7 @@ fn log_closed(
     state: &ServerState,
     otel: &opentelemetry::Context,
     session_id: uuid::Uuid,
-    stats: &SessionStats,
+    (stats, wire): (&SessionStats, &crate::websocket::WireBytes),
     summary: &SessionSummary,
     peer_close: Option<(u16, String)>,
 ) {
@@ -512,6 +518,8 @@ fn log_closed(
         messages_out: stats.messages_out.load(Relaxed),
         bytes_in: stats.bytes_in.load(Relaxed),
         bytes_out: stats.bytes_out.load(Relaxed),
+        wire_bytes_in: wire.read.load(Relaxed),
+        wire_bytes_out: wire.written.load(Relaxed),
         pings_sent: u64::from(stats.pings_sent.load(Relaxed)),
         ping_rtt_last_ms: rtt_last,
         ping_rtt_mean_ms: rtt_mean,
@@ -539,6 +547,12 @@ fn log_closed(
         KeyValue::new("ws.closed_by", decision.by.as_str()),
         KeyValue::new("ws.messages.received", counter(&stats.messages_in)),
         KeyValue::new("ws.messages.sent", counter(&stats.messages_out)),
+        // Message bytes, and what they took on the wire (less with
+        // compression; frame headers included).
+        KeyValue::new("ws.bytes.received", counter(&stats.bytes_in)),
+        KeyValue::new("ws.bytes.sent", counter(&stats.bytes_out)),
+        KeyValue::new("ws.wire_bytes.received", counter(&wire.read)),
+        KeyValue::new("ws.wire_bytes.sent", counter(&wire.written)),
     ]);
     if decision.by == ClosedBy::Error {
         span.set_status(opentelemetry::trace::Status::error(decision.reason.clone()));

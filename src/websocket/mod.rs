@@ -67,6 +67,15 @@ pub enum Message {
     Deflated(Deflated),
 }
 
+/// Bytes one connection read and wrote as WebSocket frames (headers
+/// included; inside TLS), counted by its reader and writer: with
+/// compression, what the messages cost on the wire.
+#[derive(Debug, Default)]
+pub struct WireBytes {
+    pub read: std::sync::atomic::AtomicU64,
+    pub written: std::sync::atomic::AtomicU64,
+}
+
 /// A data message's payload as permessage-deflate sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deflated {

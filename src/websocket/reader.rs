@@ -22,6 +22,8 @@ pub struct MessageReader<R> {
     max_message_bytes: usize,
     /// permessage-deflate was negotiated: RSV1 marks a compressed message.
     deflate: bool,
+    /// Where the bytes read are counted, if anywhere.
+    wire: Option<std::sync::Arc<super::WireBytes>>,
     /// A fragmented message, while its frames arrive.
     fragments: Option<Fragments>,
     done: bool,
@@ -80,6 +82,7 @@ impl<R> MessageReader<R> {
             buffer: BytesMut::from(&already_read[..]),
             max_message_bytes,
             deflate: false,
+            wire: None,
             fragments: None,
             done: false,
         }
@@ -89,6 +92,15 @@ impl<R> MessageReader<R> {
     /// inflated, within the same size limit (on the inflated size).
     pub fn with_deflate(mut self, on: bool) -> Self {
         self.deflate = on;
+        self
+    }
+
+    /// Counts every byte read (and those that came with the upgrade).
+    pub fn counting(mut self, wire: std::sync::Arc<super::WireBytes>) -> Self {
+        let early = self.buffer.len() as u64;
+        wire.read
+            .fetch_add(early, std::sync::atomic::Ordering::Relaxed);
+        self.wire = Some(wire);
         self
     }
 
@@ -241,7 +253,12 @@ impl<R: Readable> Stream for MessageReader<R> {
                     let cut = !this.buffer.is_empty() || this.fragments.is_some();
                     return Poll::Ready(cut.then_some(Err(WsError::Truncated)));
                 }
-                Ok(_) => {}
+                Ok(n) => {
+                    if let Some(wire) = &this.wire {
+                        wire.read
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 Err(error) => {
                     this.done = true;
                     return Poll::Ready(Some(Err(error.into())));

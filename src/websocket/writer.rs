@@ -19,6 +19,8 @@ pub struct MessageWriter<W> {
     io: W,
     buffer: BytesMut,
     closed: bool,
+    /// Where the bytes written are counted, if anywhere.
+    wire: Option<std::sync::Arc<super::WireBytes>>,
 }
 
 impl<W: AsyncWrite + Unpin> MessageWriter<W> {
@@ -27,7 +29,14 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
             io,
             buffer: BytesMut::new(),
             closed: false,
+            wire: None,
         }
+    }
+
+    /// Counts every byte written.
+    pub fn counting(mut self, wire: std::sync::Arc<super::WireBytes>) -> Self {
+        self.wire = Some(wire);
+        self
     }
 
     fn poll_write_buffer(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
@@ -37,6 +46,10 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
                 return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
             }
             self.buffer.advance(written);
+            if let Some(wire) = &self.wire {
+                wire.written
+                    .fetch_add(written as u64, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if self.buffer.capacity() > WS_WRITE_BUFFER_BYTES {
             // After a large burst: an idle session keeps a small buffer.

@@ -1424,6 +1424,28 @@ async fn permessage_deflate_is_negotiated_with_a_real_client_and_replies_go_comp
         [true, true, true, false],
         "the session opened lines say which"
     );
+    // `session closed` counts the bytes on the wire beside the message
+    // bytes: the compressed echo took a fraction of its size.
+    let closed: Vec<Value> = read_log_lines(log_dir.path())
+        .into_iter()
+        .filter(|l| l["msg"] == wstrace::events::SessionClosed::MESSAGE)
+        .collect();
+    let raw = closed
+        .iter()
+        .find(|l| l["messages_out"] == 2 && l["bytes_out"].as_u64().unwrap() > 2000)
+        .expect("the raw compressed session's line");
+    let (sent, wire) = (
+        raw["bytes_out"].as_u64().unwrap(),
+        raw["wire_bytes_out"].as_u64().unwrap(),
+    );
+    assert!(
+        wire * 3 < sent,
+        "{sent} message bytes took {wire} on the wire: {raw}"
+    );
+    assert!(
+        raw["wire_bytes_in"].as_u64().unwrap() > raw["bytes_in"].as_u64().unwrap(),
+        "uncompressed in: headers and masks count too"
+    );
 
     // Switched off, nothing is negotiated.
     let off = Wstrace::start(&[("WSTRACE_COMPRESSION", "off")]);

@@ -175,6 +175,8 @@ pub struct SessionClosed<'a> {
     pub messages_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// permessage-deflate was negotiated.
+    pub compression: bool,
     /// Bytes read and written as frames: with compression, less than the
     /// message bytes above.
     pub wire_bytes_in: u64,
@@ -208,6 +210,7 @@ impl InternalEvent for SessionClosed<'_> {
             messages_out = self.messages_out,
             bytes_in = self.bytes_in,
             bytes_out = self.bytes_out,
+            compression = self.compression,
             wire_bytes_in = self.wire_bytes_in,
             wire_bytes_out = self.wire_bytes_out,
             pings_sent = self.pings_sent,

@@ -70,7 +70,7 @@ impl WebSocketRequest {
     fn on_upgrade<F, Fut>(
         self,
         max_message_bytes: usize,
-        wire: Arc<websocket::WireBytes>,
+        wire: Arc<websocket::Wire>,
         session: F,
     ) -> Response
     where
@@ -181,8 +181,10 @@ async fn upgrade_session(
         client: trace.client.ip,
         user,
         upgrade: UpgradeInfo {
-            compression: upgrade.compression(limits.compression_min_bytes),
-            wire: Arc::default(),
+            wire: Arc::new(websocket::Wire {
+                compression: upgrade.compression(limits.compression_min_bytes),
+                ..Default::default()
+            }),
             user_agent: trace.user_agent,
             trace_origin: trace.origin,
         },

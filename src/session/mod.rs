@@ -108,12 +108,9 @@ pub enum SessionMode {
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeInfo {
     pub user_agent: String,
-    /// permessage-deflate, when the client offered it and the server
-    /// accepted: what the writer compresses.
-    pub compression: Option<crate::websocket::deflate::Compression>,
-    /// The connection's bytes on the wire, counted by its reader and
-    /// writer, for `session closed`.
-    pub wire: Arc<crate::websocket::WireBytes>,
+    /// The connection's compression and bytes on the wire, for the writer
+    /// and `session closed`.
+    pub wire: Arc<crate::websocket::Wire>,
     /// `header`, `query`, or `new` when the session started a new trace.
     pub trace_origin: &'static str,
 }
@@ -208,7 +205,6 @@ struct Session {
     outbound_tx: outbound::OutboundQueue,
     outbound_rx: outbound::OutboundReceiver,
     echo_only: bool,
-    compression: Option<crate::websocket::deflate::Compression>,
     ending: Ending,
 }
 
@@ -223,7 +219,6 @@ struct Ending {
     /// end: kept from the start, since each lookup through the `tracing`
     /// span costs a registry search (BENCHMARKS.md, seventh round).
     otel: opentelemetry::Context,
-    wire: Arc<crate::websocket::WireBytes>,
 }
 
 impl Session {
@@ -231,7 +226,9 @@ impl Session {
     /// welcome frame.
     fn new(info: SessionInfo, state: Arc<ServerState>) -> Self {
         let limits = &state.config.limits;
-        let stats = Arc::new(SessionStats::with_recorder(limits.flight_recorder_messages));
+        let mut stats = SessionStats::with_recorder(limits.flight_recorder_messages);
+        stats.wire = info.upgrade.wire.clone();
+        let stats = Arc::new(stats);
         let close = CloseSignal::new();
         let (outbound_tx, outbound_rx) =
             outbound::outbound_queue(limits.outbound_queue_frames, limits.outbound_queue_bytes);
@@ -239,7 +236,7 @@ impl Session {
         let otel = span.context();
         otel.span().set_attribute(opentelemetry::KeyValue::new(
             "ws.compression",
-            info.upgrade.compression.is_some(),
+            info.upgrade.wire.compression.is_some(),
         ));
         let span_context = otel.span().span_context().clone();
         let debug = info.debug.and_then(|reason| {
@@ -262,7 +259,7 @@ impl Session {
         SessionOpened {
             user_agent: &info.upgrade.user_agent,
             trace_origin: info.upgrade.trace_origin,
-            compression: info.upgrade.compression.is_some(),
+            compression: info.upgrade.wire.compression.is_some(),
             debug,
             metrics: &state.metrics,
         }
@@ -300,12 +297,10 @@ impl Session {
                 stats,
                 peer_close: Arc::new(PeerClose::default()),
                 otel,
-                wire: info.upgrade.wire.clone(),
             },
             outbound_tx,
             outbound_rx,
             echo_only: info.mode == SessionMode::Echo,
-            compression: info.upgrade.compression,
         }
     }
 
@@ -337,7 +332,7 @@ impl Session {
             stats: ending.stats.clone(),
             state: state.clone(),
             close: ending.close.clone(),
-            compression: self.compression,
+            compression: ending.stats.wire.compression,
             heartbeat: heartbeat::Heartbeat::new(
                 limits.heartbeat_interval,
                 limits.idle_timeout,
@@ -420,7 +415,6 @@ async fn finish(
         stats,
         peer_close,
         otel,
-        wire,
     } = ending;
     let limits = &state.config.limits;
     // Stop taking deliveries: nothing more will be sent.
@@ -458,7 +452,7 @@ async fn finish(
         &state,
         &otel,
         session_id,
-        (&stats, &wire),
+        &stats,
         &summary,
         peer_close.get(),
     );
@@ -499,12 +493,13 @@ fn log_closed(
     state: &ServerState,
     otel: &opentelemetry::Context,
     session_id: uuid::Uuid,
-    (stats, wire): (&SessionStats, &crate::websocket::WireBytes),
+    stats: &SessionStats,
     summary: &SessionSummary,
     peer_close: Option<(u16, String)>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let decision = &summary.decision;
+    let wire = &stats.wire;
     let (rtt_last, rtt_mean) = stats.ping_rtt_ms().unzip();
     let (peer_code, _) = peer_close.unzip();
     SessionClosed {
@@ -518,6 +513,7 @@ fn log_closed(
         messages_out: stats.messages_out.load(Relaxed),
         bytes_in: stats.bytes_in.load(Relaxed),
         bytes_out: stats.bytes_out.load(Relaxed),
+        compression: wire.compression.is_some(),
         wire_bytes_in: wire.read.load(Relaxed),
         wire_bytes_out: wire.written.load(Relaxed),
         pings_sent: u64::from(stats.pings_sent.load(Relaxed)),
@@ -630,7 +626,7 @@ mod tests {
         }
         .run(Quiet, rx);
         let (session, writer) = (size_of_val(&session), size_of_val(&writer));
-        // Measured 200 and 592 bytes (rustc 1.95). The budgets leave room
+        // Measured 248 and 568 bytes (rustc 1.95). The budgets leave room
         // for a toolchain's drift, not for a new slot the size of a socket
         // or a span (the session future was 5,496 bytes before issue 15).
         assert!(session <= 256, "session future: {session} B");

@@ -67,11 +67,14 @@ pub enum Message {
     Deflated(Deflated),
 }
 
-/// Bytes one connection read and wrote as WebSocket frames (headers
-/// included; inside TLS), counted by its reader and writer: with
-/// compression, what the messages cost on the wire.
+/// One connection's wire: the compression agreed at the upgrade, and the
+/// bytes it read and wrote as WebSocket frames (headers included; inside
+/// TLS), counted by its reader and writer. Shared by them and the session,
+/// behind one pointer (an idle session's futures stay small).
 #[derive(Debug, Default)]
-pub struct WireBytes {
+pub struct Wire {
+    /// permessage-deflate, if negotiated: what the writer compresses.
+    pub compression: Option<deflate::Compression>,
     pub read: std::sync::atomic::AtomicU64,
     pub written: std::sync::atomic::AtomicU64,
 }

@@ -23,7 +23,7 @@ pub struct MessageReader<R> {
     /// permessage-deflate was negotiated: RSV1 marks a compressed message.
     deflate: bool,
     /// Where the bytes read are counted, if anywhere.
-    wire: Option<std::sync::Arc<super::WireBytes>>,
+    wire: Option<std::sync::Arc<super::Wire>>,
     /// A fragmented message, while its frames arrive.
     fragments: Option<Fragments>,
     done: bool,
@@ -96,7 +96,7 @@ impl<R> MessageReader<R> {
     }
 
     /// Counts every byte read (and those that came with the upgrade).
-    pub fn counting(mut self, wire: std::sync::Arc<super::WireBytes>) -> Self {
+    pub fn counting(mut self, wire: std::sync::Arc<super::Wire>) -> Self {
         let early = self.buffer.len() as u64;
         wire.read
             .fetch_add(early, std::sync::atomic::Ordering::Relaxed);

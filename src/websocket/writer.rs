@@ -20,7 +20,7 @@ pub struct MessageWriter<W> {
     buffer: BytesMut,
     closed: bool,
     /// Where the bytes written are counted, if anywhere.
-    wire: Option<std::sync::Arc<super::WireBytes>>,
+    wire: Option<std::sync::Arc<super::Wire>>,
 }
 
 impl<W: AsyncWrite + Unpin> MessageWriter<W> {
@@ -34,7 +34,7 @@ impl<W: AsyncWrite + Unpin> MessageWriter<W> {
     }
 
     /// Counts every byte written.
-    pub fn counting(mut self, wire: std::sync::Arc<super::WireBytes>) -> Self {
+    pub fn counting(mut self, wire: std::sync::Arc<super::Wire>) -> Self {
         self.wire = Some(wire);
         self
     }

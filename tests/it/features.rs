@@ -1442,6 +1442,7 @@ async fn permessage_deflate_is_negotiated_with_a_real_client_and_replies_go_comp
         wire * 3 < sent,
         "{sent} message bytes took {wire} on the wire: {raw}"
     );
+    assert_eq!(raw["compression"], true, "{raw}");
     assert!(
         raw["wire_bytes_in"].as_u64().unwrap() > raw["bytes_in"].as_u64().unwrap(),
         "uncompressed in: headers and masks count too"

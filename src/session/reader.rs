@@ -155,7 +155,17 @@ impl Reader {
             }
         };
         self.state.metrics.message_in(kind, size);
-        let mut entry = Entry::new(Direction::In, kind, size, at_us);
+        // The recorder keeps what the message took on the wire (compressed,
+        // with permessage-deflate), as the reader saw it.
+        let on_wire = self
+            .ctx
+            .session
+            .stats
+            .wire
+            .last_read
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let recorded = if on_wire > 0 { on_wire } else { size };
+        let mut entry = Entry::new(Direction::In, kind, recorded, at_us);
         let span = sampled.then(|| receive_span(kind, size));
         entry.span_id = span.as_ref().map(|span| message_span_id(span, debug));
         self.ctx.session.stats.flight().record(entry);

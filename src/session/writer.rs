@@ -170,6 +170,8 @@ impl Writer {
                 sampled,
             } => {
                 let size = data_len(&message);
+                let message = self.compressed(message);
+                let on_wire = wire_len(&message);
                 let mut span_id = None;
                 if sampled && let Some(size) = size {
                     let span = tracing::info_span!(
@@ -178,9 +180,9 @@ impl Writer {
                         ws.message.size = size as i64,
                     );
                     span_id = Some(message_span_id(&span, debug));
-                    sink.feed(self.compressed(message)).instrument(span).await?;
+                    sink.feed(message).instrument(span).await?;
                 } else {
-                    sink.feed(self.compressed(message)).await?;
+                    sink.feed(message).await?;
                 }
                 if let Some(size) = size {
                     self.stats.message_out(size);
@@ -188,7 +190,9 @@ impl Writer {
                     // The welcome is in `session opened`; the recorder
                     // stays unallocated until a real message.
                     if kind != FrameKind::Welcome {
-                        let mut entry = Entry::new(Direction::Out, kind, size, at_us);
+                        // What it took on the wire (compressed, if it was).
+                        let recorded = on_wire.unwrap_or(size);
+                        let mut entry = Entry::new(Direction::Out, kind, recorded, at_us);
                         entry.span_id = span_id;
                         self.stats.flight().record(entry);
                     }
@@ -211,10 +215,11 @@ impl Writer {
                     },
                     _ => Message::Text(delivery.frame.clone()),
                 };
+                let on_wire = wire_len(&message).unwrap_or(size);
                 sink.feed(message).await?;
                 self.stats.message_out(size);
                 self.state.metrics.message_out(FrameKind::Message, size);
-                let mut entry = Entry::new(Direction::Out, FrameKind::Message, size, at_us);
+                let mut entry = Entry::new(Direction::Out, FrameKind::Message, on_wire, at_us);
                 entry.message_id = delivery.id;
                 entry.span_id = span_id;
                 self.stats.flight().record(entry);
@@ -348,6 +353,14 @@ where
 }
 
 /// Size of a data frame; control frames are not messages.
+/// A data message's payload as it goes on the wire (compressed, if it is).
+fn wire_len(message: &Message) -> Option<usize> {
+    match message {
+        Message::Deflated(d) => Some(d.wire.len()),
+        other => data_len(other),
+    }
+}
+
 fn data_len(message: &Message) -> Option<usize> {
     match message {
         Message::Text(t) => Some(t.len()),

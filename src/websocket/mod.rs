@@ -77,6 +77,9 @@ pub struct Wire {
     pub compression: Option<deflate::Compression>,
     pub read: std::sync::atomic::AtomicU64,
     pub written: std::sync::atomic::AtomicU64,
+    /// The payload bytes the last data message read took on the wire
+    /// (compressed, if it was), for the flight recorder.
+    pub last_read: std::sync::atomic::AtomicU64,
 }
 
 /// A data message's payload as permessage-deflate sends it.

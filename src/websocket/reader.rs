@@ -104,6 +104,14 @@ impl<R> MessageReader<R> {
         self
     }
 
+    /// Notes what the data message about to be returned took on the wire.
+    fn on_the_wire(&self, payload_bytes: usize) {
+        if let Some(wire) = &self.wire {
+            wire.last_read
+                .store(payload_bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The most a frame may carry on the wire: the message limit, or with
     /// compression a little more (incompressible data grows by about 5
     /// bytes per 16 KiB block); the inflated size is checked on its own.
@@ -165,11 +173,15 @@ impl<R> MessageReader<R> {
                         continue;
                     }
                     let whole = self.fragments.take().expect("matched above");
+                    self.on_the_wire(whole.data.len());
                     return whole.into_message(self.max_message_bytes).map(Some);
                 }
             };
             if self.fragments.is_some() {
                 return Err(WsError::Protocol("new message before the last one ended"));
+            }
+            if header.fin {
+                self.on_the_wire(payload.len());
             }
             if header.fin && header.compressed {
                 let inflated = deflate::inflate(&payload, self.max_message_bytes)?;

@@ -1397,6 +1397,12 @@ async fn permessage_deflate_is_negotiated_with_a_real_client_and_replies_go_comp
     let reply = wstrace::websocket::deflate::inflate(&wire, 1 << 20).unwrap();
     let reply: Value = serde_json::from_slice(&reply).unwrap();
     assert_eq!(reply["content"], content.as_str());
+    // Invalid UTF-8 ends it with 1007, and its flight recorder is written.
+    let bad = raw_ws::masked_frame(true, 0x1, b"\xff", [1, 2, 3, 4]);
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &bad)
+        .await
+        .unwrap();
+    let compressed_reply = wire.len();
     drop(stream);
 
     // A bad offer is declined: the upgrade still succeeds, uncompressed.
@@ -1443,6 +1449,24 @@ async fn permessage_deflate_is_negotiated_with_a_real_client_and_replies_go_comp
         "{sent} message bytes took {wire} on the wire: {raw}"
     );
     assert_eq!(raw["compression"], true, "{raw}");
+    // The flight recorder keeps sizes as on the wire: the echo's reply as
+    // compressed, the uncompressed request as it was.
+    let recording = read_log_lines(log_dir.path())
+        .into_iter()
+        .find(|l| {
+            l["msg"] == wstrace::events::FlightRecorded::MESSAGE
+                && l["session_id"] == raw["session_id"]
+        })
+        .expect("the 1007 session's flight recorder");
+    let entries = recording["flight_recorder"].as_array().unwrap();
+    let size_of = |dir: &str| {
+        entries
+            .iter()
+            .find(|e| e["dir"] == dir && e["type"] == "echo")
+            .map(|e| e["size"].as_u64().unwrap() as usize)
+    };
+    assert_eq!(size_of("out"), Some(compressed_reply), "{recording}");
+    assert_eq!(size_of("in"), Some(echo.len()), "{recording}");
     assert!(
         raw["wire_bytes_in"].as_u64().unwrap() > raw["bytes_in"].as_u64().unwrap(),
         "uncompressed in: headers and masks count too"

@@ -54,11 +54,8 @@ impl WebSocketRequest {
     /// What the session's writer compresses, if the client offered
     /// permessage-deflate and the server allows it (`min_bytes`); else the
     /// offer is declined and nothing is compressed.
-    fn compression(&mut self, min_bytes: Option<usize>) -> Option<websocket::deflate::Compression> {
-        let Some(min_bytes) = min_bytes else {
-            self.deflate = None;
-            return None;
-        };
+    fn compression(&self, min_bytes: Option<usize>) -> Option<websocket::deflate::Compression> {
+        let min_bytes = min_bytes?;
         let (agreed, _) = self.deflate.as_ref()?;
         Some(websocket::deflate::Compression {
             min_bytes,
@@ -78,7 +75,9 @@ impl WebSocketRequest {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let on_upgrade = self.on_upgrade;
-        let deflate = self.deflate.is_some();
+        // What the session compresses decides it all: the answer header,
+        // and whether the reader takes compressed frames.
+        let deflate = wire.compression.is_some();
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
@@ -118,7 +117,7 @@ impl WebSocketRequest {
             .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
             .header(header::UPGRADE, HeaderValue::from_static("websocket"))
             .header(header::SEC_WEBSOCKET_ACCEPT, self.accept);
-        if let Some((_, answer)) = self.deflate {
+        if let Some((_, answer)) = self.deflate.filter(|_| deflate) {
             response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, answer);
         }
         response
@@ -152,7 +151,7 @@ async fn upgrade_session(
     Extension(trace): Extension<RequestTrace>,
     request_headers: axum::http::HeaderMap,
     uri: axum::http::Uri,
-    mut upgrade: WebSocketRequest,
+    upgrade: WebSocketRequest,
     mode: SessionMode,
 ) -> Result<Response, HttpError> {
     if state.shutdown.is_cancelled() {

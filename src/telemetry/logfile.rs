@@ -32,13 +32,16 @@ impl Filter {
             && self
                 .min_level
                 .is_none_or(|min| line["level"].as_u64().unwrap_or(0) >= min)
-            && self.since.is_none_or(|since| {
-                line["time"]
-                    .as_str()
-                    .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
-                    .is_some_and(|t| t >= since)
-            })
+            && self
+                .since
+                .is_none_or(|since| line_time(line).is_some_and(|t| t >= since))
     }
+}
+
+/// When a line was written (its `time`), if it says.
+pub fn line_time(line: &Value) -> Option<SystemTime> {
+    let time = line["time"].as_str()?;
+    humantime::parse_rfc3339_weak(time.trim_end_matches('Z')).ok()
 }
 
 /// Shortest part of an id a search accepts in place of the whole id.
@@ -63,6 +66,20 @@ pub enum LogLine {
         line: usize,
         raw: String,
     },
+}
+
+impl LogLine {
+    /// Line `line` of `file`: an event if it is a JSON object, else corrupt.
+    pub fn parse(raw: String, file: &std::path::Path, line: usize) -> Self {
+        match serde_json::from_str::<Value>(&raw) {
+            Ok(value) if value.is_object() => LogLine::Event { raw, value },
+            _ => LogLine::Corrupt {
+                file: file.to_path_buf(),
+                line,
+                raw,
+            },
+        }
+    }
 }
 
 /// The log files under the given paths, in name (= time) order.
@@ -119,14 +136,7 @@ impl Tail {
             {
                 *line_no += 1;
                 let raw = String::from_utf8_lossy(raw).into_owned();
-                match serde_json::from_str::<Value>(&raw) {
-                    Ok(value) if value.is_object() => each(LogLine::Event { raw, value }),
-                    _ => each(LogLine::Corrupt {
-                        file: file.clone(),
-                        line: *line_no,
-                        raw,
-                    }),
-                }
+                each(LogLine::parse(raw, file, *line_no));
             }
             *offset += complete as u64;
         }

@@ -435,19 +435,11 @@ fn stdin_is_piped() -> bool {
 /// Every line of standard input, as a file's lines are read.
 fn read_stdin(mut each: impl FnMut(LogLine)) -> std::io::Result<()> {
     use std::io::BufRead;
-    let stdin = PathBuf::from("(stdin)");
+    let stdin = std::path::Path::new("(stdin)");
     for (number, raw) in std::io::stdin().lock().lines().enumerate() {
         let raw = raw?;
-        if raw.is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Value>(&raw) {
-            Ok(value) if value.is_object() => each(LogLine::Event { raw, value }),
-            _ => each(LogLine::Corrupt {
-                file: stdin.clone(),
-                line: number + 1,
-                raw,
-            }),
+        if !raw.is_empty() {
+            each(LogLine::parse(raw, stdin, number + 1));
         }
     }
     Ok(())
@@ -492,7 +484,7 @@ fn wanted(args: &LogsArgs) -> String {
 
 /// A short id (as the human output and the explorer print them) must name
 /// one session or trace: the full ids it matched, if more than one.
-fn ambiguous<'a>(
+pub(crate) fn ambiguous<'a>(
     lines: impl Iterator<Item = &'a Value>,
     field: &str,
     wanted: Option<&str>,

@@ -439,6 +439,18 @@ fn script() -> Option<std::path::PathBuf> {
     found
 }
 
+/// `command` run by `sh` in a pseudo-terminal that `script` gives it: its
+/// keys are the child's stdin, its screen the child's stdout.
+fn in_terminal(script: &std::path::Path, command: &str) -> std::process::Child {
+    Command::new(script)
+        .args(["-qfec", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Types `text` into a terminal one key at a time, as a person does.
 fn type_keys(keys: &mut impl Write, text: &str) {
     for key in text.bytes() {
@@ -460,13 +472,7 @@ fn in_a_terminal_the_client_has_a_prompt_and_prints_frames_above_it() {
     // Twice: the second ends with Ctrl-D.
     let client = format!("{} client {}", env!("CARGO_BIN_EXE_wstrace"), server.url());
     let command = format!("{client}; echo CLIENT-EXIT=$?; {client}; echo CLIENT-EXIT=$?");
-    let mut terminal = Command::new(script)
-        .args(["-qfec", &command, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut terminal = in_terminal(&script, &command);
     let mut keys = terminal.stdin.take().unwrap();
     let mut screen_pipe = terminal.stdout.take().unwrap();
     let (screen_tx, screen_rx) = std::sync::mpsc::channel::<String>();
@@ -548,13 +554,7 @@ fn in_a_terminal_load_draws_progress_and_finishes_it_at_100_percent() {
         env!("CARGO_BIN_EXE_wstrace"),
         server.url()
     );
-    let mut terminal = Command::new(script)
-        .args(["-qfec", &command, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut terminal = in_terminal(&script, &command);
     // Kept open: `script` ends its session when its input ends.
     let _keys = terminal.stdin.take().unwrap();
     let mut screen = String::new();

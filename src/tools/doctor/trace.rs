@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::{DoctorArgs, DoctorError, SESSION_SPANS, Trust, loki_lines, tempo_span_names, unix_ns};
-use crate::telemetry::logfile::{Filter, LogLine, Tail, log_files};
+use crate::telemetry::logfile::{Filter, LogLine, Tail, line_time, log_files};
 
 /// Around the files' first and last line: Vector stamps a line with the
 /// time the server wrote it, but clocks of hosts differ a little.
@@ -133,34 +133,18 @@ fn read_files(dir: &std::path::Path, id: &str) -> Result<FileRecord, DoctorError
             }
         })
         .map_err(|e| DoctorError::Files(format!("cannot read {}: {e}", dir.display())))?;
-    let mut traces: Vec<&str> = matched
-        .iter()
-        .filter_map(|l| l["trace_id"].as_str())
-        .collect();
-    traces.sort_unstable();
-    traces.dedup();
-    let trace_id = match traces.as_slice() {
-        [] => {
-            return Err(DoctorError::Files(format!(
-                "no line of trace {id} in {} ({} file(s) searched)",
-                dir.display(),
-                files.len()
-            )));
-        }
-        [one] => (*one).to_owned(),
-        [a, b, ..] => {
-            return Err(DoctorError::Usage(format!(
-                "{id} matches {} traces ({a}, {b}…): give more characters",
-                traces.len()
-            )));
-        }
+    // The same rule as `wstrace logs`: a short id must name one trace.
+    crate::tools::logs::ambiguous(matched.iter(), "trace_id", Some(id))
+        .map_err(|e| DoctorError::Usage(e.to_string()))?;
+    let Some(trace_id) = matched.iter().find_map(|l| l["trace_id"].as_str()) else {
+        return Err(DoctorError::Files(format!(
+            "no line of trace {id} in {} ({} file(s) searched)",
+            dir.display(),
+            files.len()
+        )));
     };
-    let time = |line: &serde_json::Value| {
-        line["time"]
-            .as_str()
-            .and_then(|t| humantime::parse_rfc3339_weak(t.trim_end_matches('Z')).ok())
-    };
-    let times: Vec<SystemTime> = matched.iter().filter_map(time).collect();
+    let trace_id = trace_id.to_owned();
+    let times: Vec<SystemTime> = matched.iter().filter_map(line_time).collect();
     let now = SystemTime::now();
     let mut lines = PerSession::new();
     for line in &matched {
